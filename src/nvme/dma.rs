@@ -1,0 +1,414 @@
+//! DMA buffers: memory a device reads and writes directly.
+//!
+//! A pool maps one region (hugepage-backed when the system has hugepages reserved, plain 4 KiB
+//! pages otherwise), pre-faults it on the thread that creates it — so a per-core pool lands in
+//! that core's memory — and carves it into equal buffers aligned to 4 KiB. A [`DmaBuf`] is the
+//! unique owner of its slice of the region: while a command holds it, no one else can reach its
+//! bytes, and a backend registers the whole region once (io_uring fixed buffers, an IOMMU mapping)
+//! instead of every buffer.
+
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_queue::ArrayQueue;
+
+use super::error::NvmeError;
+
+/// Alignment of every DMA buffer: one 4 KiB page, what NVMe PRP entries and O_DIRECT on any
+/// logical block size need.
+pub const DMA_ALIGN: usize = 4096;
+
+/// Size of the hugepages we ask for with `MAP_HUGETLB` (the x86-64 default).
+const HUGEPAGE_SIZE: usize = 2 << 20;
+
+/// Whether a pool should be backed by hugepages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum HugePages {
+    /// Use reserved hugepages when enough are free; plain pages otherwise.
+    #[default]
+    Auto,
+    /// Always plain pages.
+    Never,
+    /// Fail if hugepages cannot be had.
+    Require,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct DmaPoolConfig {
+    /// Bytes per buffer; rounded up to a multiple of [`DMA_ALIGN`].
+    pub buf_size: usize,
+    /// Number of buffers.
+    pub count: usize,
+    pub hugepages: HugePages,
+}
+
+static NEXT_REGION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One anonymous mapping.
+struct Region {
+    ptr: NonNull<u8>,
+    len: usize,
+    hugepages: bool,
+    id: u64,
+}
+
+// SAFETY: a Region is a plain private mapping with no thread affinity. Its bytes are only reached
+// through DmaBufs, each the unique owner of a disjoint slice, so sharing the Region itself between
+// threads cannot create aliasing access.
+unsafe impl Send for Region {}
+// SAFETY: as above; &Region exposes only the address and length, never the bytes.
+unsafe impl Sync for Region {}
+
+impl Region {
+    fn map(len: usize, hugepages: HugePages) -> Result<Region, NvmeError> {
+        let want_huge = match hugepages {
+            HugePages::Never => false,
+            HugePages::Auto => free_hugepage_bytes() >= round_up(len, HUGEPAGE_SIZE),
+            HugePages::Require => true,
+        };
+        if want_huge {
+            let huge_len = round_up(len, HUGEPAGE_SIZE);
+            match map_anonymous(huge_len, libc::MAP_HUGETLB) {
+                Ok(ptr) => return Ok(Region::new(ptr, huge_len, true)),
+                Err(source) if hugepages == HugePages::Require => {
+                    return Err(NvmeError::Os {
+                        what: "mmap of hugepage DMA memory",
+                        source,
+                    });
+                }
+                Err(_) => {} // fall back to plain pages
+            }
+        }
+        let len = round_up(len, DMA_ALIGN);
+        let ptr = map_anonymous(len, 0).map_err(|source| NvmeError::Os {
+            what: "mmap of DMA memory",
+            source,
+        })?;
+        Ok(Region::new(ptr, len, false))
+    }
+
+    fn new(ptr: NonNull<u8>, len: usize, hugepages: bool) -> Region {
+        Region {
+            ptr,
+            len,
+            hugepages,
+            id: NEXT_REGION_ID.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly what mmap returned, and every DmaBuf into this region holds
+        // an Arc to the pool that owns it, so no buffer outlives the mapping.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+fn map_anonymous(len: usize, extra_flags: libc::c_int) -> std::io::Result<NonNull<u8>> {
+    // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
+    // existing memory; the result is checked before use. MAP_POPULATE pre-faults the pages on this
+    // thread so the first I/O does not take page faults and the memory is local to this core.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE | extra_flags,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    NonNull::new(ptr.cast::<u8>()).ok_or_else(|| std::io::Error::other("mmap returned null"))
+}
+
+/// Bytes of hugepages the kernel has free, from /proc/meminfo.
+fn free_hugepage_bytes() -> usize {
+    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
+        return 0;
+    };
+    let field = |name: &str| -> usize {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let page_kib = field("Hugepagesize:");
+    if page_kib * 1024 != HUGEPAGE_SIZE {
+        return 0;
+    }
+    field("HugePages_Free:") * HUGEPAGE_SIZE
+}
+
+fn round_up(n: usize, to: usize) -> usize {
+    n.div_ceil(to) * to
+}
+
+struct PoolShared {
+    region: Region,
+    buf_size: usize,
+    count: usize,
+    free: ArrayQueue<u32>,
+}
+
+/// A set of equal DMA buffers carved from one region. Cloning shares the pool.
+#[derive(Clone)]
+pub struct DmaPool {
+    shared: Arc<PoolShared>,
+}
+
+impl DmaPool {
+    /// A pool of `count` buffers of `buf_size` bytes, hugepage-backed when possible.
+    pub fn new(buf_size: usize, count: usize) -> Result<DmaPool, NvmeError> {
+        DmaPool::with_config(DmaPoolConfig {
+            buf_size,
+            count,
+            hugepages: HugePages::Auto,
+        })
+    }
+
+    pub fn with_config(config: DmaPoolConfig) -> Result<DmaPool, NvmeError> {
+        if config.buf_size == 0 || config.count == 0 {
+            return Err(NvmeError::InvalidPool {
+                reason: format!(
+                    "{} buffers of {} bytes: both must be at least 1",
+                    config.count, config.buf_size
+                ),
+            });
+        }
+        if config.count > u32::MAX as usize {
+            return Err(NvmeError::InvalidPool {
+                reason: format!("{} buffers is too many", config.count),
+            });
+        }
+        let buf_size = round_up(config.buf_size, DMA_ALIGN);
+        let total = buf_size
+            .checked_mul(config.count)
+            .ok_or_else(|| NvmeError::InvalidPool {
+                reason: format!("{} x {} bytes overflows", config.count, buf_size),
+            })?;
+        let region = Region::map(total, config.hugepages)?;
+        let free = ArrayQueue::new(config.count);
+        for index in 0..config.count as u32 {
+            // Capacity equals count, so this cannot fail.
+            let _ = free.push(index);
+        }
+        Ok(DmaPool {
+            shared: Arc::new(PoolShared {
+                region,
+                buf_size,
+                count: config.count,
+                free,
+            }),
+        })
+    }
+
+    /// Takes a free buffer. Its contents are whatever its previous owner left there.
+    pub fn alloc(&self) -> Result<DmaBuf, NvmeError> {
+        let index = self.shared.free.pop().ok_or(NvmeError::PoolExhausted {
+            count: self.shared.count,
+            buf_size: self.shared.buf_size,
+        })?;
+        let offset = index as usize * self.shared.buf_size;
+        // SAFETY: index < count, so offset + buf_size lies within the region.
+        let ptr = unsafe { NonNull::new_unchecked(self.shared.region.ptr.as_ptr().add(offset)) };
+        Ok(DmaBuf {
+            ptr,
+            len: self.shared.buf_size,
+            index,
+            pool: Arc::clone(&self.shared),
+        })
+    }
+
+    pub fn buf_size(&self) -> usize {
+        self.shared.buf_size
+    }
+
+    pub fn count(&self) -> usize {
+        self.shared.count
+    }
+
+    /// Buffers not currently handed out.
+    pub fn available(&self) -> usize {
+        self.shared.free.len()
+    }
+
+    pub fn uses_hugepages(&self) -> bool {
+        self.shared.region.hugepages
+    }
+
+    /// The whole region, for registering it with a device once.
+    pub fn region(&self) -> DmaRegionInfo {
+        DmaRegionInfo {
+            id: self.shared.region.id,
+            addr: self.shared.region.ptr.as_ptr() as usize,
+            len: self.shared.region.len,
+        }
+    }
+}
+
+/// Where a pool's memory lives; what a backend needs to register it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaRegionInfo {
+    pub id: u64,
+    pub addr: usize,
+    pub len: usize,
+}
+
+/// One DMA buffer, 4 KiB aligned, owned exclusively.
+///
+/// Dropping it returns it to its pool. It moves into a command on submission and comes back in
+/// the completion; only then can its bytes be read again.
+pub struct DmaBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    index: u32,
+    pool: Arc<PoolShared>,
+}
+
+// SAFETY: a DmaBuf is the only handle to its slice of the region (pool indices are handed out once
+// until returned), so moving it to another thread moves exclusive access with it.
+unsafe impl Send for DmaBuf {}
+// SAFETY: &DmaBuf only allows reading the bytes; &mut is needed to write them.
+unsafe impl Sync for DmaBuf {}
+
+impl DmaBuf {
+    /// A standalone buffer of at least `len` bytes (a pool of one).
+    pub fn new(len: usize) -> Result<DmaBuf, NvmeError> {
+        DmaPool::with_config(DmaPoolConfig {
+            buf_size: len,
+            count: 1,
+            hugepages: HugePages::Never,
+        })?
+        .alloc()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The buffer's virtual address (also its I/O virtual address where the IOMMU maps 1:1).
+    pub fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+
+    /// Raw pointer for handing the buffer to a device. Only backends use it, while they own `self`.
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Identity of the region this buffer lies in (see [`DmaPool::region`]).
+    pub fn region_id(&self) -> u64 {
+        self.pool.region.id
+    }
+
+    pub fn uses_hugepages(&self) -> bool {
+        self.pool.region.hugepages
+    }
+}
+
+impl Deref for DmaBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: ptr..ptr+len lies inside the live region (the Arc keeps it mapped) and is owned
+        // by this DmaBuf alone; no device holds it, since a device only gets it by taking `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for DmaBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as for deref, and &mut self guarantees no other reference exists.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for DmaBuf {
+    fn drop(&mut self) {
+        // The queue holds every index at most once, so it always has room.
+        let _ = self.pool.free.push(self.index);
+    }
+}
+
+impl std::fmt::Debug for DmaBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DmaBuf")
+            .field("addr", &format_args!("{:#x}", self.addr()))
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_aligned_distinct_and_recycled() {
+        let pool = DmaPool::new(1000, 3).unwrap();
+        assert_eq!(pool.buf_size(), 4096);
+        let a = pool.alloc().unwrap();
+        let b = pool.alloc().unwrap();
+        let c = pool.alloc().unwrap();
+        for buf in [&a, &b, &c] {
+            assert_eq!(buf.addr() % DMA_ALIGN, 0);
+            assert_eq!(buf.len(), 4096);
+            assert_eq!(buf.region_id(), pool.region().id);
+        }
+        assert_ne!(a.addr(), b.addr());
+        assert!(matches!(
+            pool.alloc(),
+            Err(NvmeError::PoolExhausted { count: 3, .. })
+        ));
+        drop(b);
+        assert_eq!(pool.available(), 1);
+        let again = pool.alloc().unwrap();
+        assert_eq!(again.len(), 4096);
+        drop((a, c, again));
+        assert_eq!(pool.available(), 3);
+    }
+
+    #[test]
+    fn buffers_keep_their_region_alive() {
+        let mut buf = {
+            let pool = DmaPool::new(8192, 2).unwrap();
+            pool.alloc().unwrap()
+        };
+        buf.fill(0xab);
+        assert!(buf.iter().all(|&b| b == 0xab));
+    }
+
+    #[test]
+    fn empty_pools_are_refused() {
+        assert!(matches!(
+            DmaPool::new(0, 4),
+            Err(NvmeError::InvalidPool { .. })
+        ));
+        assert!(matches!(
+            DmaPool::new(4096, 0),
+            Err(NvmeError::InvalidPool { .. })
+        ));
+    }
+
+    #[test]
+    fn standalone_buffers_work() {
+        let mut buf = DmaBuf::new(512).unwrap();
+        assert_eq!(buf.len(), 4096);
+        buf[..4].copy_from_slice(b"abcd");
+        assert_eq!(&buf[..4], b"abcd");
+    }
+}

@@ -1,0 +1,26 @@
+//! The device layer: namespaces and per-thread queue pairs, polled by the thread that submits.
+//!
+//! Backends: `mem:` (RAM), `null:` (no data), `uring:` (files and block devices through
+//! io_uring), and the `fault:` wrapper that every crash test builds on. docs/devices.md lists
+//! their URIs and parameters.
+
+pub mod command;
+pub mod device;
+pub mod dma;
+pub mod error;
+pub mod fault;
+mod mem;
+mod null;
+pub mod uri;
+mod uring;
+
+#[cfg(test)]
+pub(crate) mod conformance;
+
+pub use command::{Completion, IoCmd, Opcode, Status};
+pub use device::{
+    Device, DeviceClass, NamespaceInfo, QueueFull, QueuePair, QueuePairStats, SupportedOps,
+};
+pub use dma::{DMA_ALIGN, DmaBuf, DmaPool, DmaPoolConfig, DmaRegionInfo, HugePages};
+pub use error::NvmeError;
+pub use fault::{FaultConfig, FaultControl};
