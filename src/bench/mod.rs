@@ -1,1 +1,426 @@
-//! placeholder
+//! `bluepoll bench`: fio-style load runs against bluepoll's layers.
+//!
+//! Jobs come from fio job files and command-line options ([`options`]); `stonewall` splits them
+//! into phases that run one after another. In a phase, jobs are spread round-robin over the
+//! reactors; each reactor runs one [`engine`] shard with its jobs. Results print as fio's text
+//! summary and/or fio-shaped JSON ([`report`]); latency logs ([`latlog`]) and an SVG ([`plot`])
+//! are optional.
+
+pub mod compare;
+pub mod engine;
+pub mod jobfile;
+pub mod latlog;
+pub mod offsets;
+pub mod options;
+pub mod plot;
+pub mod report;
+pub mod stats;
+pub mod status;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use crate::nvme::{Device, DmaPool, IoCmd};
+use crate::reactor::{ReactorConfig, Reactors, available_cpus};
+use engine::{JobPlan, JobProgress, JobResult, RunControl, ShardPlan, start_shard};
+use offsets::splitmix;
+use options::{Eta, IoEngine, JobSpec, VerifyMode, parse_invocation};
+use verify::Generations;
+
+/// Size of the RAM device used when a job names no `filename` and no `size`.
+const DEFAULT_DEVICE_BYTES: u64 = 256 << 20;
+
+/// What a run produced, for callers that want more than the exit code.
+pub struct Outcome {
+    pub exit_code: i32,
+    pub results: Vec<JobResult>,
+}
+
+/// One job instance (a `numjobs` clone) ready to be placed.
+struct Instance {
+    spec: Arc<JobSpec>,
+    number: usize,
+    group: usize,
+    device_uri: String,
+    range_start: u64,
+    units: u64,
+    seed: u64,
+}
+
+/// Runs `bluepoll bench ARGS…`, printing the report; returns the process exit code.
+pub fn run(args: &[String]) -> Result<Outcome> {
+    let invocation = parse_invocation(args)?;
+    let run = invocation.run.clone();
+    let started = SystemTime::now();
+    let started_at = Instant::now();
+
+    let default_uri = default_device_uri(&invocation.jobs);
+    let mut devices: HashMap<String, Device> = HashMap::new();
+    let mut instances = Vec::new();
+    let mut group = 0usize;
+    let mut number = 0usize;
+    for (i, spec) in invocation.jobs.iter().enumerate() {
+        if spec.stonewall && i > 0 {
+            group += 1;
+        }
+        let uri = spec.filename.clone().unwrap_or_else(|| default_uri.clone());
+        if !devices.contains_key(&uri) {
+            let device = match spec.ioengine {
+                IoEngine::Dev => {
+                    Device::open(&uri).with_context(|| format!("job '{}': cannot open device '{uri}'", spec.name))?
+                }
+            };
+            devices.insert(uri.clone(), device);
+        }
+        let (range_start, units) = job_range(spec, &devices[&uri])?;
+        let spec = Arc::new(spec.clone());
+        for clone in 0..spec.numjobs {
+            let seed = if spec.randrepeat {
+                splitmix(spec.randseed ^ (number as u64).wrapping_mul(0x9e37_79b9) ^ clone as u64)
+            } else {
+                splitmix(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64 ^ number as u64)
+            };
+            instances.push(Instance {
+                spec: Arc::clone(&spec),
+                number,
+                group,
+                device_uri: uri.clone(),
+                range_start,
+                units,
+                seed,
+            });
+            number += 1;
+        }
+    }
+
+    let generations = verify_tables(&instances, &devices);
+    let cpus = choose_cpus(&run.cpus, &instances)?;
+    let reactors = Reactors::start(ReactorConfig::new(cpus.clone())).context("cannot start reactors")?;
+    let interrupted = crate::sys::interrupt_flag();
+    let control = Arc::new(RunControl::default());
+    let mut notes = Vec::new();
+    if generations.values().any(Option::is_none) {
+        notes.push("verify: a device range is too large to track generations; only headers and checksums are checked".into());
+    }
+
+    let mut results: Vec<JobResult> = Vec::new();
+    let mut queue_pairs = Vec::new();
+    let mut written: Vec<String> = Vec::new();
+    let show_status = match run.eta {
+        Eta::Always => true,
+        Eta::Never => false,
+        Eta::Auto => status::stdout_is_terminal() && run.output.is_none(),
+    };
+    let groups = instances.iter().map(|i| i.group).max().map_or(0, |g| g + 1);
+    for phase in 0..groups {
+        let members: Vec<&Instance> = instances.iter().filter(|i| i.group == phase).collect();
+        if run.layout {
+            lay_out_fresh_ram(&members, &devices, &generations, &mut written)?;
+        }
+        for m in &members {
+            if m.spec.rw.writes() && !written.contains(&m.device_uri) {
+                written.push(m.device_uri.clone());
+            }
+        }
+        let progress: Vec<Arc<JobProgress>> = members.iter().map(|_| Arc::new(JobProgress::default())).collect();
+        let (tx, rx) = mpsc::channel();
+        let mut shards: Vec<(Vec<Device>, Vec<JobPlan>)> = (0..reactors.len()).map(|_| (Vec::new(), Vec::new())).collect();
+        for (slot, m) in members.iter().enumerate() {
+            let (shard_devices, plans) = &mut shards[slot % reactors.len()];
+            let device = &devices[&m.device_uri];
+            let index = match shard_devices.iter().position(|d| d.info().uri == m.device_uri) {
+                Some(i) => i,
+                None => {
+                    shard_devices.push(device.clone());
+                    shard_devices.len() - 1
+                }
+            };
+            plans.push(JobPlan {
+                spec: Arc::clone(&m.spec),
+                number: m.number,
+                group: m.group,
+                device: index,
+                device_uri: m.device_uri.clone(),
+                block_size: device.info().block_size as u64,
+                range_start: m.range_start,
+                units: m.units,
+                seed: m.seed,
+                generations: if m.spec.verify == VerifyMode::Crc32c {
+                    generations.get(&(m.device_uri.clone(), m.spec.bs)).cloned().flatten()
+                } else {
+                    None
+                },
+                progress: Arc::clone(&progress[slot]),
+            });
+        }
+        let mut pending = 0;
+        for (reactor, (shard_devices, plans)) in shards.into_iter().enumerate() {
+            if plans.is_empty() {
+                continue;
+            }
+            let plan = ShardPlan { devices: shard_devices, jobs: plans, control: Arc::clone(&control), results: tx.clone() };
+            reactors.send(reactor, move |cx| start_shard(cx, plan)).context("cannot hand jobs to a reactor")?;
+            pending += 1;
+        }
+        drop(tx);
+        let planned = members.iter().filter_map(|m| engine::planned_duration(&m.spec)).max();
+        let mut line = status::StatusLine::new(show_status);
+        let phase_start = Instant::now();
+        while pending > 0 {
+            match rx.recv_timeout(Duration::from_millis(250)) {
+                Ok(report) => {
+                    pending -= 1;
+                    if let Some(error) = report.error {
+                        control.stop.store(true, Ordering::SeqCst);
+                        line.clear();
+                        bail!("reactor {} (cpu {}): {error}", report.reactor, report.cpu);
+                    }
+                    queue_pairs.extend(report.queue_pairs.into_iter().map(|(uri, s)| (report.reactor, uri, s)));
+                    results.extend(report.jobs);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("a reactor stopped without reporting its jobs");
+                }
+            }
+            if interrupted.load(Ordering::Relaxed) && !control.stop.load(Ordering::Relaxed) {
+                control.stop.store(true, Ordering::SeqCst);
+                line.clear();
+                eprintln!("bluepoll: interrupted, stopping jobs (press Ctrl-C again to abort)");
+            }
+            line.update(&members.iter().map(|m| m.spec.rw).collect::<Vec<_>>(), &progress, phase_start.elapsed(), planned);
+        }
+        line.clear();
+        if control.stop.load(Ordering::Relaxed) {
+            notes.push("run interrupted: later phases skipped; results cover the time actually run".into());
+            break;
+        }
+    }
+    let reactor_stats = reactors.shutdown();
+    results.sort_by_key(|r| r.number);
+    queue_pairs.sort_by_key(|(r, _, _)| *r);
+
+    let global_options = invocation.jobs.first().map(|j| j.global_options.clone()).unwrap_or_default();
+    let summary = report::RunSummary {
+        started,
+        elapsed_s: started_at.elapsed().as_secs(),
+        global_options: &global_options,
+        reactors: &reactor_stats,
+        queue_pairs: &queue_pairs,
+        notes: &notes,
+    };
+    let entries = report::entries(&results);
+    let mut text = String::new();
+    if run.output_format.normal {
+        text.push_str(&report::text_report(&entries, &summary));
+    }
+    if run.output_format.json {
+        let json = serde_json::to_string_pretty(&report::json_report(&entries, &summary))?;
+        text.push_str(&json);
+        text.push('\n');
+    }
+    match &run.output {
+        Some(path) => std::fs::write(path, &text).with_context(|| format!("cannot write output file '{path}'"))?,
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(text.as_bytes())?;
+            stdout.flush()?;
+        }
+    }
+    for r in &results {
+        latlog::write_logs(r)?;
+    }
+    if let Some(path) = &run.plot {
+        let svg = plot::render(&results);
+        std::fs::write(path, svg).with_context(|| format!("cannot write plot '{path}'"))?;
+    }
+    let failed = results.iter().any(|r| r.io_errors > 0 || r.verify_errors > 0);
+    for r in results.iter().filter(|r| r.verify_errors > 0 || r.io_errors > 0) {
+        eprintln!(
+            "bluepoll: job '{}' ({}): {} verify errors, {} I/O errors",
+            r.spec.name, r.device_uri, r.verify_errors, r.io_errors
+        );
+    }
+    Ok(Outcome { exit_code: i32::from(failed), results })
+}
+
+/// The `mem:` device jobs without a `filename` share: large enough for every such job.
+fn default_device_uri(jobs: &[JobSpec]) -> String {
+    let bytes = jobs
+        .iter()
+        .filter(|j| j.filename.is_none())
+        .map(|j| j.offset.saturating_add(j.size.unwrap_or(DEFAULT_DEVICE_BYTES)))
+        .max()
+        .unwrap_or(DEFAULT_DEVICE_BYTES);
+    let mib = bytes.div_ceil(1 << 20).max(1);
+    format!("mem:{mib}M")
+}
+
+/// Checks a job against its device and returns its range as (first byte, units of `bs`).
+fn job_range(spec: &JobSpec, device: &Device) -> Result<(u64, u64)> {
+    let info = device.info();
+    let block = info.block_size as u64;
+    let name = &spec.name;
+    if spec.bs % block != 0 {
+        bail!("job '{name}': bs={} is not a multiple of the block size {block} of {}", spec.bs, info.uri);
+    }
+    if spec.bs > info.max_transfer_bytes as u64 {
+        bail!("job '{name}': bs={} exceeds the largest transfer {} of {}", spec.bs, info.max_transfer_bytes, info.uri);
+    }
+    if spec.offset % block != 0 {
+        bail!("job '{name}': offset={} is not a multiple of the block size {block} of {}", spec.offset, info.uri);
+    }
+    let capacity = info.capacity_bytes();
+    if spec.offset >= capacity {
+        bail!("job '{name}': offset={} is beyond the end of {} ({capacity} bytes)", spec.offset, info.uri);
+    }
+    let size = spec.size.unwrap_or(capacity - spec.offset);
+    if spec.offset.saturating_add(size) > capacity {
+        bail!(
+            "job '{name}': size={size} from offset={} runs past the end of {} ({capacity} bytes)",
+            spec.offset,
+            info.uri
+        );
+    }
+    let units = size / spec.bs;
+    if units == 0 {
+        bail!("job '{name}': size={size} is smaller than bs={}", spec.bs);
+    }
+    if spec.iodepth > info.max_queue_depth {
+        bail!("job '{name}': iodepth={} exceeds the deepest queue {} of {}", spec.iodepth, info.max_queue_depth, info.uri);
+    }
+    Ok((spec.offset, units))
+}
+
+/// One generation table per (device, bs) among verifying jobs; `None` when too large to track.
+fn verify_tables(
+    instances: &[Instance],
+    devices: &HashMap<String, Device>,
+) -> HashMap<(String, u64), Option<Arc<Generations>>> {
+    let mut tables = HashMap::new();
+    for i in instances.iter().filter(|i| i.spec.verify == VerifyMode::Crc32c) {
+        let key = (i.device_uri.clone(), i.spec.bs);
+        tables.entry(key).or_insert_with(|| {
+            let capacity = devices[&i.device_uri].info().capacity_bytes();
+            Generations::new(0, capacity, i.spec.bs).map(Arc::new)
+        });
+    }
+    tables
+}
+
+/// Reactor CPUs: `--cpus`, else the first job's `cpus_allowed`, else as many available CPUs as
+/// the largest phase has jobs.
+fn choose_cpus(requested: &Option<Vec<usize>>, instances: &[Instance]) -> Result<Vec<usize>> {
+    if let Some(cpus) = requested {
+        return Ok(cpus.clone());
+    }
+    if let Some(cpus) = instances.first().and_then(|i| i.spec.cpus_allowed.clone()) {
+        return Ok(cpus);
+    }
+    let available = available_cpus();
+    if available.is_empty() {
+        bail!("cannot read this process's CPU affinity; give --cpus");
+    }
+    let widest = (0..=instances.iter().map(|i| i.group).max().unwrap_or(0))
+        .map(|g| instances.iter().filter(|i| i.group == g).count())
+        .max()
+        .unwrap_or(1);
+    Ok(available.into_iter().take(widest.max(1)).collect())
+}
+
+/// Before jobs read a `mem:` device nothing has written yet in this run, fill their range the
+/// way fio lays out a new file: reads of never-written RAM would only measure zero-filling.
+/// The blocks are verify blocks (generation 1), so a verifying read job passes on them.
+fn lay_out_fresh_ram(
+    members: &[&Instance],
+    devices: &HashMap<String, Device>,
+    generations: &HashMap<(String, u64), Option<Arc<Generations>>>,
+    written: &mut Vec<String>,
+) -> Result<()> {
+    for m in members {
+        if !m.spec.rw.reads() || !m.device_uri.starts_with("mem:") || written.contains(&m.device_uri) {
+            continue;
+        }
+        let device = &devices[&m.device_uri];
+        let info = device.info();
+        let bs = m.spec.bs;
+        let units_per_cmd = ((1u64 << 20) / bs).clamp(1, (info.max_transfer_bytes as u64 / bs).max(1));
+        let pool = DmaPool::new((units_per_cmd * bs) as usize, 1)?;
+        let mut qp = device.queue_pair(1)?;
+        let table = generations.get(&(m.device_uri.clone(), bs)).cloned().flatten();
+        let mut unit = 0;
+        while unit < m.units {
+            let n = units_per_cmd.min(m.units - unit);
+            let mut buf = pool.alloc()?;
+            for k in 0..n {
+                let offset = m.range_start + (unit + k) * bs;
+                verify::fill(&mut buf[(k * bs) as usize..((k + 1) * bs) as usize], offset, 1);
+                if let Some(t) = &table {
+                    t.set(offset, 1);
+                }
+            }
+            let lba = (m.range_start + unit * bs) / info.block_size as u64;
+            let blocks = (n * bs / info.block_size as u64) as u32;
+            let done = qp.execute(IoCmd::write(lba, blocks, buf, 0))?;
+            if !done.status.is_success() {
+                return Err(anyhow!("laying out {}: write at LBA {lba} failed: {}", m.device_uri, done.status));
+            }
+            unit += n;
+        }
+        written.push(m.device_uri.clone());
+    }
+    Ok(())
+}
+
+/// fio's timestamp format, `Sat Nov 21 07:50:39 2026`, in UTC.
+pub fn clock_text(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    format!(
+        "{} {} {:2} {:02}:{:02}:{:02} {}",
+        WEEKDAYS[days.rem_euclid(7) as usize],
+        MONTHS[(month - 1) as usize],
+        day,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        year
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_text_matches_fio() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_247_430);
+        assert_eq!(clock_text(t), "Sat Nov 21 07:50:30 2026");
+        assert_eq!(clock_text(UNIX_EPOCH), "Thu Jan  1 00:00:00 1970");
+    }
+
+    #[test]
+    fn default_device_covers_every_job() {
+        let inv = parse_invocation(&["--size=1g".to_string(), "--offset=4k".to_string()]).unwrap();
+        assert_eq!(default_device_uri(&inv.jobs), "mem:1025M");
+    }
+}

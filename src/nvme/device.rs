@@ -92,7 +92,7 @@ pub struct NamespaceInfo {
     pub capacity_blocks: u64,
     /// Largest data transfer one command may carry.
     pub max_transfer_bytes: u32,
-    /// Required alignment of a command's buffer address.
+    /// Required alignment of a command's buffer address (a power of two).
     pub buffer_alignment: u32,
     /// Deepest queue pair the backend can create.
     pub max_queue_depth: u32,
@@ -191,6 +191,7 @@ impl Device {
                 max: info.max_queue_depth,
             });
         }
+        debug_assert!(info.buffer_alignment.is_power_of_two() && info.block_size.is_power_of_two());
         let backend = Arc::clone(&self.ns).create_queue_pair(depth)?;
         Ok(QueuePair {
             backend,
@@ -316,7 +317,8 @@ pub(crate) fn check_command(limits: &Limits, cmd: &IoCmd) -> Result<(), Status> 
         if (cmd.buf_offset as u64).saturating_add(bytes) > buf.len() as u64 {
             return Err(Status::INVALID_FIELD);
         }
-        if (buf.addr() + cmd.buf_offset as usize) % limits.buffer_alignment as usize != 0 {
+        // Alignments are powers of two; a mask avoids a division on every command.
+        if (buf.addr() + cmd.buf_offset as usize) & (limits.buffer_alignment as usize - 1) != 0 {
             return Err(Status::PRP_OFFSET_INVALID);
         }
     }

@@ -1,0 +1,737 @@
+//! The load generator that runs on a reactor.
+//!
+//! A shard holds the jobs placed on one reactor, one queue pair per device they use (so all of
+//! a reactor's I/O to a device shares one doorbell per poll, as DESIGN §3 wants), and one DMA
+//! pool. Each reactor iteration: stamp the doorbell time on what was queued since the last poll,
+//! poll every queue pair, account the completions, then let each job refill its slots. The clock
+//! is read twice per iteration, not per I/O: every completion reaped by one poll completes at the
+//! same observed instant, which is all a polling engine can know anyway.
+//!
+//! Latencies (per I/O, in ns): `slat` = submit() → doorbell; `clat` = doorbell → reaped;
+//! `lat` = submit() → reaped.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use super::offsets::{OffsetGen, Rng};
+use super::options::{JobSpec, RwMode, VerifyMode};
+use super::stats::{DirSample, DirStats, Sample, batch_bucket, depth_bucket};
+use super::verify::{self, Generations};
+use crate::nvme::{Completion, Device, DmaPool, IoCmd, Opcode, QueueFull, QueuePair, QueuePairStats};
+use crate::reactor::{Context, Poll, Poller};
+use crate::sys::{CpuUsage, thread_cpu_usage};
+
+pub const READ: usize = 0;
+pub const WRITE: usize = 1;
+pub const DIR_NAMES: [&str; 2] = ["read", "write"];
+
+/// Most error messages kept per job; the counts are always exact.
+const MAX_MESSAGES: usize = 10;
+
+/// What the main thread can watch while a job runs.
+#[derive(Debug, Default)]
+pub struct JobProgress {
+    pub ios: [AtomicU64; 2],
+    pub bytes: [AtomicU64; 2],
+    pub finished: AtomicBool,
+}
+
+/// Run-wide switches the main thread flips.
+#[derive(Debug, Default)]
+pub struct RunControl {
+    /// Stop issuing, drain, report (Ctrl-C).
+    pub stop: AtomicBool,
+}
+
+/// A job placed on a reactor, with its device range resolved.
+pub struct JobPlan {
+    pub spec: Arc<JobSpec>,
+    /// Number of the job in the run (0-based; logs and reports add one).
+    pub number: usize,
+    pub group: usize,
+    /// Index into the shard's devices.
+    pub device: usize,
+    pub device_uri: String,
+    pub block_size: u64,
+    /// First byte of the job's range and the number of `bs` units in it.
+    pub range_start: u64,
+    pub units: u64,
+    pub seed: u64,
+    pub generations: Option<Arc<Generations>>,
+    pub progress: Arc<JobProgress>,
+}
+
+/// Everything one reactor needs for one phase of the run.
+pub struct ShardPlan {
+    pub devices: Vec<Device>,
+    pub jobs: Vec<JobPlan>,
+    pub control: Arc<RunControl>,
+    pub results: mpsc::Sender<ShardReport>,
+}
+
+/// What a job measured.
+#[derive(Clone, Debug)]
+pub struct JobResult {
+    pub spec: Arc<JobSpec>,
+    pub number: usize,
+    pub group: usize,
+    pub device_uri: String,
+    pub reactor: usize,
+    pub cpu: usize,
+    pub dirs: [DirStats; 2],
+    /// Time each direction was active, ns (a write job's verify pass counts as read time).
+    pub dir_runtime_ns: [u64; 2],
+    pub runtime_ns: u64,
+    pub samples: Vec<Sample>,
+    pub cpu_usage: CpuUsage,
+    pub depth_dist: [u64; 7],
+    pub submit_dist: [u64; 7],
+    pub complete_dist: [u64; 7],
+    pub io_errors: u64,
+    pub verify_errors: u64,
+    pub messages: Vec<String>,
+}
+
+/// What a reactor sends back when its shard finishes.
+#[derive(Debug)]
+pub struct ShardReport {
+    pub reactor: usize,
+    pub cpu: usize,
+    pub jobs: Vec<JobResult>,
+    pub queue_pairs: Vec<(String, QueuePairStats)>,
+    /// Set when the shard could not start (no queue pair, no memory).
+    pub error: Option<String>,
+}
+
+/// Called on the reactor: builds the shard and starts polling it, or reports why it could not.
+pub fn start_shard(cx: &mut Context<'_>, plan: ShardPlan) {
+    let results = plan.results.clone();
+    match Shard::new(cx, plan) {
+        Ok(shard) => cx.add_poller(shard),
+        Err(error) => {
+            let _ = results.send(ShardReport {
+                reactor: cx.index(),
+                cpu: cx.cpu(),
+                jobs: Vec::new(),
+                queue_pairs: Vec::new(),
+                error: Some(error),
+            });
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Running, statistics discarded at the end (`ramp_time`).
+    Ramp,
+    /// Running and measured.
+    Run,
+    /// No new I/O; waiting for in-flight commands.
+    Drain,
+    /// A write job reading back what it wrote (`verify` with `do_verify`).
+    Verify,
+    Done,
+}
+
+struct Slot {
+    buf: Option<crate::nvme::DmaBuf>,
+    offset: u64,
+    dir: usize,
+    in_flight: bool,
+    /// A read of the verify pass: always checked.
+    verify_read: bool,
+    generation: u64,
+    submit_ns: u64,
+    doorbell_ns: u64,
+}
+
+struct JobRun {
+    plan: JobPlan,
+    qp: usize,
+    bs: u64,
+    blocks: u32,
+    /// log2 of the block size (block sizes are powers of two), to avoid a division per I/O.
+    block_shift: u32,
+    iodepth: u32,
+    mode: RwMode,
+    rwmixread: u64,
+    verify: bool,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    in_flight: u32,
+    offsets: OffsetGen,
+    rng: Rng,
+    phase: Phase,
+    ramp_end_ns: u64,
+    measure_start_ns: u64,
+    deadline_ns: Option<u64>,
+    /// Bytes a size-bound job may still issue.
+    budget: Option<u64>,
+    run_end_ns: u64,
+    verify_start_ns: Option<u64>,
+    verify_cursor: u64,
+    finish_ns: u64,
+    interval: [DirStats; 2],
+    total: [DirStats; 2],
+    samples: Vec<Sample>,
+    sample_every_ns: u64,
+    last_sample_ns: u64,
+    next_sample_ns: u64,
+    depth_dist: [u64; 7],
+    submit_dist: [u64; 7],
+    complete_dist: [u64; 7],
+    reaped_this_poll: usize,
+    io_errors: u64,
+    verify_errors: u64,
+    messages: Vec<String>,
+    cpu_start: CpuUsage,
+    cpu_used: CpuUsage,
+    done_ios: [u64; 2],
+    done_bytes: [u64; 2],
+}
+
+impl JobRun {
+    fn new(plan: JobPlan, qp: usize, slot_bufs: Vec<crate::nvme::DmaBuf>, job_index: usize, now_ns: u64) -> JobRun {
+        let spec = Arc::clone(&plan.spec);
+        let offsets = if spec.rw.is_random() {
+            OffsetGen::random(plan.units, plan.seed, !spec.norandommap)
+        } else {
+            OffsetGen::sequential(plan.units)
+        };
+        let slots = slot_bufs
+            .into_iter()
+            .map(|buf| Slot {
+                buf: Some(buf),
+                offset: 0,
+                dir: READ,
+                in_flight: false,
+                verify_read: false,
+                generation: 0,
+                submit_ns: 0,
+                doorbell_ns: 0,
+            })
+            .collect::<Vec<_>>();
+        let _ = job_index;
+        let free = (0..slots.len() as u32).rev().collect();
+        let mut job = JobRun {
+            qp,
+            bs: spec.bs,
+            blocks: (spec.bs / plan.block_size) as u32,
+            block_shift: plan.block_size.trailing_zeros(),
+            iodepth: spec.iodepth,
+            mode: spec.rw,
+            rwmixread: spec.rwmixread as u64,
+            verify: spec.verify == VerifyMode::Crc32c,
+            slots,
+            free,
+            in_flight: 0,
+            offsets,
+            rng: Rng::new(plan.seed ^ 0x5eed),
+            phase: Phase::Ramp,
+            ramp_end_ns: now_ns + spec.ramp_time.as_nanos() as u64,
+            measure_start_ns: now_ns,
+            deadline_ns: None,
+            budget: None,
+            run_end_ns: now_ns,
+            verify_start_ns: None,
+            verify_cursor: 0,
+            finish_ns: now_ns,
+            interval: Default::default(),
+            total: Default::default(),
+            samples: Vec::new(),
+            sample_every_ns: spec.log_avg_msec * 1_000_000,
+            last_sample_ns: now_ns,
+            next_sample_ns: now_ns,
+            depth_dist: [0; 7],
+            submit_dist: [0; 7],
+            complete_dist: [0; 7],
+            reaped_this_poll: 0,
+            io_errors: 0,
+            verify_errors: 0,
+            messages: Vec::new(),
+            cpu_start: CpuUsage::default(),
+            cpu_used: CpuUsage::default(),
+            done_ios: [0; 2],
+            done_bytes: [0; 2],
+            plan,
+        };
+        if spec.ramp_time.is_zero() {
+            job.begin_measuring(now_ns);
+        }
+        job
+    }
+
+    fn begin_measuring(&mut self, now_ns: u64) {
+        let spec = &self.plan.spec;
+        for d in 0..2 {
+            self.interval[d].reset();
+            self.total[d].reset();
+        }
+        self.samples.clear();
+        self.depth_dist = [0; 7];
+        self.submit_dist = [0; 7];
+        self.complete_dist = [0; 7];
+        self.done_ios = [0; 2];
+        self.done_bytes = [0; 2];
+        self.measure_start_ns = now_ns;
+        self.last_sample_ns = now_ns;
+        self.next_sample_ns = now_ns + self.sample_every_ns;
+        self.deadline_ns = spec.runtime.map(|r| now_ns + r.as_nanos() as u64);
+        self.budget = if spec.time_based { None } else { Some(self.plan.units * self.bs) };
+        self.cpu_start = thread_cpu_usage();
+        self.phase = Phase::Run;
+    }
+
+    fn note(&mut self, message: String) {
+        if self.messages.len() < MAX_MESSAGES {
+            self.messages.push(message);
+        }
+    }
+
+    /// Accounts one completion reaped at `now_ns`.
+    fn complete(&mut self, c: Completion, now_ns: u64) {
+        let index = (c.tag & 0xffff_ffff) as usize;
+        let Some(slot) = self.slots.get_mut(index) else { return };
+        slot.in_flight = false;
+        let (dir, offset, generation, verify_read) = (slot.dir, slot.offset, slot.generation, slot.verify_read);
+        let (submit_ns, doorbell_ns) = (slot.submit_ns, slot.doorbell_ns);
+        self.in_flight -= 1;
+        self.reaped_this_poll += 1;
+        let mut buf = c.buf;
+        if !c.status.is_success() {
+            self.io_errors += 1;
+            let message = format!(
+                "{} error at offset {offset} ({} bytes) on {}: {}",
+                DIR_NAMES[dir], self.bs, self.plan.device_uri, c.status
+            );
+            self.note(message);
+            // Like fio without continue_on_error: the first I/O error ends the job.
+            if matches!(self.phase, Phase::Ramp | Phase::Run | Phase::Verify) {
+                self.phase = Phase::Drain;
+            }
+        } else {
+            let stats = &mut self.interval[dir];
+            stats.ios += 1;
+            stats.bytes += self.bs;
+            stats.slat.record(doorbell_ns.saturating_sub(submit_ns));
+            stats.clat.record(now_ns.saturating_sub(doorbell_ns));
+            stats.lat.record(now_ns.saturating_sub(submit_ns));
+            self.done_ios[dir] += 1;
+            self.done_bytes[dir] += self.bs;
+            if self.verify {
+                match (dir, buf.as_deref()) {
+                    (WRITE, _) => {
+                        if let Some(g) = &self.plan.generations {
+                            g.set(offset, generation);
+                        }
+                    }
+                    (_, Some(data)) => {
+                        let expected = self.plan.generations.as_ref().map_or(0, |g| g.get(offset));
+                        // Mixed jobs check only what this run wrote; pure reads check everything.
+                        let must_check = verify_read || !self.mode.writes() || expected != 0;
+                        if must_check {
+                            if let Err(failure) = verify::check(&data[..self.bs as usize], offset, expected) {
+                                self.verify_errors += 1;
+                                let message = format!(
+                                    "verify: {} offset {offset} ({} bytes): {failure}",
+                                    self.plan.device_uri, self.bs
+                                );
+                                self.note(message);
+                            }
+                        }
+                    }
+                    (_, None) => {}
+                }
+            }
+        }
+        if let Some(slot) = self.slots.get_mut(index) {
+            slot.buf = buf.take();
+        }
+        self.free.push(index as u32);
+    }
+
+    /// Moves the job through its phases, samples, and queues new commands. `submit_ns` reads
+    /// the clock once for the whole refill, after the completions were accounted.
+    fn step(
+        &mut self,
+        now_ns: u64,
+        submit_ns: impl Fn() -> u64,
+        stop: bool,
+        qp: &mut QueuePair,
+        pending: &mut Vec<u64>,
+        job_index: usize,
+    ) {
+        if self.reaped_this_poll > 0 {
+            self.complete_dist[batch_bucket(self.reaped_this_poll)] += 1;
+            self.reaped_this_poll = 0;
+        }
+        if self.phase == Phase::Ramp && (stop || now_ns >= self.ramp_end_ns) {
+            self.begin_measuring(now_ns);
+        }
+        if self.phase == Phase::Run {
+            let expired = self.deadline_ns.is_some_and(|d| now_ns >= d);
+            if stop || expired || self.budget == Some(0) {
+                self.phase = Phase::Drain;
+            }
+        }
+        if self.phase == Phase::Drain && self.in_flight == 0 {
+            if self.verify_start_ns.is_none() {
+                self.run_end_ns = now_ns;
+            }
+            let wants_verify = self.verify
+                && self.plan.spec.do_verify
+                && !self.mode.reads()
+                && self.verify_start_ns.is_none()
+                && !stop
+                && self.io_errors == 0;
+            if wants_verify {
+                self.verify_start_ns = Some(now_ns);
+                self.phase = Phase::Verify;
+            } else {
+                self.finish(now_ns);
+                return;
+            }
+        }
+        if self.phase == Phase::Verify && stop {
+            self.phase = Phase::Drain;
+        }
+        if matches!(self.phase, Phase::Run | Phase::Drain | Phase::Verify) && now_ns >= self.next_sample_ns {
+            self.take_sample(now_ns);
+        }
+        match self.phase {
+            Phase::Ramp | Phase::Run => self.issue(submit_ns(), qp, pending, job_index),
+            Phase::Verify => self.issue_verify_reads(submit_ns(), qp, pending, job_index),
+            Phase::Drain | Phase::Done => {}
+        }
+    }
+
+    fn choose_direction(&mut self) -> usize {
+        match self.mode {
+            RwMode::Read | RwMode::RandRead => READ,
+            RwMode::Write | RwMode::RandWrite => WRITE,
+            RwMode::ReadWrite | RwMode::RandRw => {
+                if self.rng.below(100) < self.rwmixread {
+                    READ
+                } else {
+                    WRITE
+                }
+            }
+        }
+    }
+
+    /// With verify on, two commands to one unit at once would race (which lands last?), so a
+    /// unit already in flight is skipped, as fio's serialize_overlap does.
+    fn unit_busy(&self, offset: u64) -> bool {
+        self.verify && self.slots.iter().any(|s| s.in_flight && s.offset == offset)
+    }
+
+    fn issue(&mut self, now_ns: u64, qp: &mut QueuePair, pending: &mut Vec<u64>, job_index: usize) {
+        let mut issued = 0usize;
+        while self.in_flight < self.iodepth && self.budget != Some(0) {
+            let Some(&slot_index) = self.free.last() else { break };
+            let dir = self.choose_direction();
+            let mut offset = self.plan.range_start + self.offsets.next(&mut self.rng) * self.bs;
+            let mut tries = 0;
+            while self.unit_busy(offset) && tries < 8 {
+                offset = self.plan.range_start + self.offsets.next(&mut self.rng) * self.bs;
+                tries += 1;
+            }
+            if self.unit_busy(offset) {
+                break;
+            }
+            let generation = if self.verify && dir == WRITE {
+                self.plan.generations.as_ref().map_or(1, |g| g.get(offset) + 1)
+            } else {
+                0
+            };
+            if !self.submit(slot_index, dir, offset, generation, false, now_ns, qp, pending, job_index) {
+                break;
+            }
+            issued += 1;
+            if let Some(budget) = &mut self.budget {
+                *budget = budget.saturating_sub(self.bs);
+            }
+        }
+        self.account_batch(issued);
+    }
+
+    /// The verify pass of a write job: read back every unit this run wrote, in order.
+    fn issue_verify_reads(&mut self, now_ns: u64, qp: &mut QueuePair, pending: &mut Vec<u64>, job_index: usize) {
+        let mut issued = 0usize;
+        let mut scanned = 0;
+        while self.in_flight < self.iodepth && self.verify_cursor < self.plan.units && scanned < 4096 {
+            let Some(&slot_index) = self.free.last() else { break };
+            let offset = self.plan.range_start + self.verify_cursor * self.bs;
+            self.verify_cursor += 1;
+            scanned += 1;
+            if self.plan.generations.as_ref().is_some_and(|g| g.get(offset) == 0) {
+                continue;
+            }
+            if !self.submit(slot_index, READ, offset, 0, true, now_ns, qp, pending, job_index) {
+                self.verify_cursor -= 1;
+                break;
+            }
+            issued += 1;
+        }
+        self.account_batch(issued);
+        if self.verify_cursor >= self.plan.units {
+            self.phase = Phase::Drain;
+        }
+    }
+
+    fn account_batch(&mut self, issued: usize) {
+        if issued > 0 {
+            self.depth_dist[depth_bucket(self.in_flight)] += issued as u64;
+            self.submit_dist[batch_bucket(issued)] += 1;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        &mut self,
+        slot_index: u32,
+        dir: usize,
+        offset: u64,
+        generation: u64,
+        verify_read: bool,
+        now_ns: u64,
+        qp: &mut QueuePair,
+        pending: &mut Vec<u64>,
+        job_index: usize,
+    ) -> bool {
+        let bs = self.bs as usize;
+        let slot = &mut self.slots[slot_index as usize];
+        let Some(mut buf) = slot.buf.take() else { return false };
+        if dir == WRITE && self.verify {
+            verify::fill(&mut buf[..bs], offset, generation);
+        }
+        let tag = ((job_index as u64) << 32) | slot_index as u64;
+        let cmd = IoCmd {
+            opcode: if dir == READ { Opcode::Read } else { Opcode::Write },
+            lba: offset >> self.block_shift,
+            blocks: self.blocks,
+            buf: Some(buf),
+            buf_offset: 0,
+            tag,
+        };
+        if let Err(QueueFull(cmd)) = qp.submit(cmd) {
+            slot.buf = cmd.buf;
+            return false;
+        }
+        slot.in_flight = true;
+        slot.offset = offset;
+        slot.dir = dir;
+        slot.generation = generation;
+        slot.verify_read = verify_read;
+        slot.submit_ns = now_ns;
+        slot.doorbell_ns = now_ns;
+        self.free.pop();
+        self.in_flight += 1;
+        pending.push(tag);
+        true
+    }
+
+    fn take_sample(&mut self, now_ns: u64) {
+        self.interval[READ].settle();
+        self.interval[WRITE].settle();
+        let duration_ns = now_ns.saturating_sub(self.last_sample_ns);
+        // A closing fragment shorter than half an interval would distort bw/iops spreads.
+        if duration_ns * 2 >= self.sample_every_ns {
+            self.samples.push(Sample {
+                end_ms: (now_ns - self.measure_start_ns) / 1_000_000,
+                duration_ms: duration_ns / 1_000_000,
+                dirs: [DirSample::of(&self.interval[READ]), DirSample::of(&self.interval[WRITE])],
+            });
+        }
+        for d in 0..2 {
+            self.total[d].merge(&self.interval[d]);
+            self.interval[d].reset();
+        }
+        self.last_sample_ns = now_ns;
+        while self.next_sample_ns <= now_ns {
+            self.next_sample_ns += self.sample_every_ns;
+        }
+    }
+
+    fn finish(&mut self, now_ns: u64) {
+        self.take_sample(now_ns);
+        self.cpu_used = thread_cpu_usage().since(&self.cpu_start);
+        self.finish_ns = now_ns;
+        self.phase = Phase::Done;
+    }
+
+    fn publish(&self) {
+        let p = &self.plan.progress;
+        for d in 0..2 {
+            p.ios[d].store(self.done_ios[d], Ordering::Relaxed);
+            p.bytes[d].store(self.done_bytes[d], Ordering::Relaxed);
+        }
+        if self.phase == Phase::Done {
+            p.finished.store(true, Ordering::Release);
+        }
+    }
+
+    fn result(&self, reactor: usize, cpu: usize) -> JobResult {
+        let run_ns = self.run_end_ns.saturating_sub(self.measure_start_ns);
+        let verify_ns = self.verify_start_ns.map_or(0, |s| self.finish_ns.saturating_sub(s));
+        JobResult {
+            spec: Arc::clone(&self.plan.spec),
+            number: self.plan.number,
+            group: self.plan.group,
+            device_uri: self.plan.device_uri.clone(),
+            reactor,
+            cpu,
+            dirs: self.total.clone(),
+            dir_runtime_ns: [
+                if self.mode.reads() { run_ns } else { 0 } + verify_ns,
+                if self.mode.writes() { run_ns } else { 0 },
+            ],
+            runtime_ns: self.finish_ns.saturating_sub(self.measure_start_ns),
+            samples: self.samples.clone(),
+            cpu_usage: self.cpu_used,
+            depth_dist: self.depth_dist,
+            submit_dist: self.submit_dist,
+            complete_dist: self.complete_dist,
+            io_errors: self.io_errors,
+            verify_errors: self.verify_errors,
+            messages: self.messages.clone(),
+        }
+    }
+}
+
+struct Shard {
+    reactor: usize,
+    cpu: usize,
+    qps: Vec<QueuePair>,
+    qp_uris: Vec<String>,
+    /// Tags queued on each queue pair since its last poll, to stamp with the doorbell time.
+    pending: Vec<Vec<u64>>,
+    jobs: Vec<JobRun>,
+    completions: Vec<Completion>,
+    base: Instant,
+    control: Arc<RunControl>,
+    results: mpsc::Sender<ShardReport>,
+    _pool: DmaPool,
+}
+
+impl Shard {
+    fn new(cx: &mut Context<'_>, plan: ShardPlan) -> Result<Shard, String> {
+        let ShardPlan { devices, jobs, control, results } = plan;
+        let mut depth = vec![0u32; devices.len()];
+        for job in &jobs {
+            depth[job.device] += job.spec.iodepth;
+        }
+        let mut qps = Vec::new();
+        for (device, depth) in devices.iter().zip(&depth) {
+            let qp = device
+                .queue_pair((*depth).max(1))
+                .map_err(|e| format!("cannot create a queue pair on {}: {e}", device.info().uri))?;
+            qps.push(qp);
+        }
+        let buf_size = jobs.iter().map(|j| j.spec.bs as usize).max().unwrap_or(4096);
+        let count: usize = jobs.iter().map(|j| j.spec.iodepth as usize).sum();
+        let pool = DmaPool::new(buf_size, count.max(1)).map_err(|e| format!("cannot allocate I/O buffers: {e}"))?;
+        for qp in &mut qps {
+            // Registration is an optimisation; a backend that cannot register still works.
+            let _ = qp.register_pool(&pool);
+        }
+        let base = Instant::now();
+        let mut runs = Vec::with_capacity(jobs.len());
+        let mut fill = Rng::new(0xb1e5_5ed);
+        for (index, job) in jobs.into_iter().enumerate() {
+            let mut bufs = Vec::with_capacity(job.spec.iodepth as usize);
+            for _ in 0..job.spec.iodepth {
+                let mut buf = pool.alloc().map_err(|e| e.to_string())?;
+                // Written data is incompressible noise, never all zeroes, as fio's buffers are.
+                for chunk in buf.chunks_mut(8) {
+                    chunk.copy_from_slice(&fill.next_u64().to_le_bytes()[..chunk.len()]);
+                }
+                bufs.push(buf);
+            }
+            let qp = job.device;
+            runs.push(JobRun::new(job, qp, bufs, index, 0));
+        }
+        Ok(Shard {
+            reactor: cx.index(),
+            cpu: cx.cpu(),
+            qp_uris: devices.iter().map(|d| d.info().uri.clone()).collect(),
+            pending: vec![Vec::new(); qps.len()],
+            qps,
+            jobs: runs,
+            completions: Vec::with_capacity(count.max(1)),
+            base,
+            control,
+            results,
+            _pool: pool,
+        })
+    }
+
+    #[inline]
+    fn now_ns(&self) -> u64 {
+        Instant::now().duration_since(self.base).as_nanos() as u64
+    }
+
+    fn fail_queue_pair(&mut self, qp: usize, error: String) {
+        for job in self.jobs.iter_mut().filter(|j| j.qp == qp && j.phase != Phase::Done) {
+            job.io_errors += 1;
+            job.note(format!("queue pair on {} failed: {error}", job.plan.device_uri));
+            // Its in-flight commands are gone with the queue pair.
+            job.in_flight = 0;
+            job.phase = Phase::Drain;
+        }
+    }
+
+    fn report(&mut self) {
+        let jobs = self.jobs.iter().map(|j| j.result(self.reactor, self.cpu)).collect();
+        let queue_pairs = self.qp_uris.iter().cloned().zip(self.qps.iter().map(|q| *q.stats())).collect();
+        let _ = self.results.send(ShardReport { reactor: self.reactor, cpu: self.cpu, jobs, queue_pairs, error: None });
+    }
+}
+
+impl Poller for Shard {
+    fn poll(&mut self, _cx: &mut Context<'_>) -> Poll {
+        let stop = self.control.stop.load(Ordering::Relaxed);
+        let doorbell_ns = self.now_ns();
+        let mut broken = Vec::new();
+        for (q, qp) in self.qps.iter_mut().enumerate() {
+            for tag in self.pending[q].drain(..) {
+                let job = &mut self.jobs[(tag >> 32) as usize];
+                job.slots[(tag & 0xffff_ffff) as usize].doorbell_ns = doorbell_ns;
+            }
+            if let Err(e) = qp.poll(usize::MAX, &mut self.completions) {
+                broken.push((q, e.to_string()));
+            }
+        }
+        for (q, error) in broken {
+            self.fail_queue_pair(q, error);
+        }
+        let reaped_ns = self.now_ns();
+        for c in self.completions.drain(..) {
+            let job = (c.tag >> 32) as usize;
+            if let Some(job) = self.jobs.get_mut(job) {
+                job.complete(c, reaped_ns);
+            }
+        }
+        let mut all_done = true;
+        let base = self.base;
+        let clock = || Instant::now().duration_since(base).as_nanos() as u64;
+        for (index, job) in self.jobs.iter_mut().enumerate() {
+            if job.phase != Phase::Done {
+                job.step(reaped_ns, clock, stop, &mut self.qps[job.qp], &mut self.pending[job.qp], index);
+            }
+            job.publish();
+            all_done &= job.phase == Phase::Done;
+        }
+        if all_done {
+            self.report();
+            return Poll::Done;
+        }
+        Poll::Busy
+    }
+}
+
+/// The job's time budget for ETA display: ramp plus runtime, or None when bounded by size.
+pub fn planned_duration(spec: &JobSpec) -> Option<Duration> {
+    spec.runtime.map(|r| r + spec.ramp_time)
+}

@@ -1,0 +1,641 @@
+//! Results as fio prints them: the text summary and `--output-format=json`.
+//!
+//! The JSON has fio 3.33's shape and key order (top level `fio version`, `jobs[]`; per job
+//! `read`/`write`/`trim`/`sync` with `iops`, `bw`, `clat_ns.percentile["99.000000"]`, …) so tools
+//! written for fio read it. What fio has no field for goes under one extra key, `bluepoll`.
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value, json};
+
+use super::engine::{DIR_NAMES, JobResult, READ, WRITE};
+use super::stats::{DirStats, LatencyStat, Spread};
+use crate::nvme::QueuePairStats;
+use crate::reactor::ReactorStats;
+use crate::units::{format_bytes, format_bytes_decimal, format_count};
+
+/// fio exits jobs with these errnos.
+const EIO: i32 = 5;
+const EILSEQ: i32 = 84;
+
+/// One entry of the report: a job, or a group merged by `group_reporting`.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub result: JobResult,
+    /// How many jobs were merged into it.
+    pub jobs: usize,
+}
+
+impl Entry {
+    pub fn error_code(&self) -> i32 {
+        if self.result.io_errors > 0 {
+            EIO
+        } else if self.result.verify_errors > 0 {
+            EILSEQ
+        } else {
+            0
+        }
+    }
+}
+
+/// Merges several jobs' results into one (fio's group_reporting).
+pub fn merge(results: &[JobResult]) -> JobResult {
+    let mut merged = results[0].clone();
+    for r in &results[1..] {
+        for d in 0..2 {
+            merged.dirs[d].merge(&r.dirs[d]);
+            merged.dir_runtime_ns[d] = merged.dir_runtime_ns[d].max(r.dir_runtime_ns[d]);
+        }
+        merged.runtime_ns = merged.runtime_ns.max(r.runtime_ns);
+        merged.cpu_usage.user += r.cpu_usage.user;
+        merged.cpu_usage.system += r.cpu_usage.system;
+        merged.cpu_usage.context_switches += r.cpu_usage.context_switches;
+        merged.cpu_usage.major_faults += r.cpu_usage.major_faults;
+        merged.cpu_usage.minor_faults += r.cpu_usage.minor_faults;
+        for i in 0..7 {
+            merged.depth_dist[i] += r.depth_dist[i];
+            merged.submit_dist[i] += r.submit_dist[i];
+            merged.complete_dist[i] += r.complete_dist[i];
+        }
+        merged.io_errors += r.io_errors;
+        merged.verify_errors += r.verify_errors;
+        merged.messages.extend(r.messages.iter().cloned());
+        // Interval series add up sample by sample (same interval on every job of a group).
+        for (i, s) in r.samples.iter().enumerate() {
+            match merged.samples.get_mut(i) {
+                Some(m) => {
+                    for d in 0..2 {
+                        let (a, b) = (m.dirs[d], s.dirs[d]);
+                        let n = (a.ios + b.ios).max(1) as f64;
+                        let weighted = |x: f64, y: f64| (x * a.ios as f64 + y * b.ios as f64) / n;
+                        m.dirs[d].slat_mean = weighted(a.slat_mean, b.slat_mean);
+                        m.dirs[d].clat_mean = weighted(a.clat_mean, b.clat_mean);
+                        m.dirs[d].lat_mean = weighted(a.lat_mean, b.lat_mean);
+                        m.dirs[d].clat_p50 = a.clat_p50.max(b.clat_p50);
+                        m.dirs[d].clat_p99 = a.clat_p99.max(b.clat_p99);
+                        m.dirs[d].clat_p999 = a.clat_p999.max(b.clat_p999);
+                        m.dirs[d].ios += b.ios;
+                        m.dirs[d].bytes += b.bytes;
+                    }
+                }
+                None => merged.samples.push(*s),
+            }
+        }
+    }
+    merged
+}
+
+/// Groups results into report entries: merged per group where `group_reporting` is set.
+pub fn entries(results: &[JobResult]) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    let mut groups: Vec<usize> = results.iter().map(|r| r.group).collect();
+    groups.dedup();
+    for group in groups {
+        let members: Vec<JobResult> = results.iter().filter(|r| r.group == group).cloned().collect();
+        if members.iter().any(|r| r.spec.group_reporting) {
+            entries.push(Entry { result: merge(&members), jobs: members.len() });
+        } else {
+            entries.extend(members.into_iter().map(|result| Entry { result, jobs: 1 }));
+        }
+    }
+    entries
+}
+
+fn per_second(count: u64, runtime_ns: u64) -> f64 {
+    if runtime_ns == 0 { 0.0 } else { count as f64 * 1e9 / runtime_ns as f64 }
+}
+
+/// Per-interval bandwidth (KiB/s) and IOPS spreads of one direction.
+fn spreads(r: &JobResult, dir: usize) -> (Spread, Spread) {
+    let bw = Spread::of(
+        r.samples
+            .iter()
+            .filter(|s| s.duration_ms > 0)
+            .map(|s| s.dirs[dir].bytes as f64 / 1024.0 * 1000.0 / s.duration_ms as f64),
+    );
+    let iops = Spread::of(
+        r.samples
+            .iter()
+            .filter(|s| s.duration_ms > 0)
+            .map(|s| s.dirs[dir].ios as f64 * 1000.0 / s.duration_ms as f64),
+    );
+    (bw, iops)
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON
+
+fn lat_json(s: &LatencyStat, percentiles: Option<&[f64]>) -> Value {
+    let mut m = Map::new();
+    m.insert("min".into(), json!(s.min()));
+    m.insert("max".into(), json!(s.max));
+    m.insert("mean".into(), json!(round6(s.mean())));
+    m.insert("stddev".into(), json!(round6(s.stddev())));
+    m.insert("N".into(), json!(s.n));
+    if let Some(list) = percentiles.filter(|_| s.n > 0) {
+        let mut p = Map::new();
+        for &q in list {
+            p.insert(format!("{q:.6}"), json!(s.percentile(q)));
+        }
+        m.insert("percentile".into(), Value::Object(p));
+    }
+    Value::Object(m)
+}
+
+fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
+fn dir_json(r: &JobResult, dir: usize, group_bw: f64) -> Value {
+    let d = &r.dirs[dir];
+    let runtime_ns = r.dir_runtime_ns[dir];
+    let bw_bytes = per_second(d.bytes, runtime_ns);
+    let (bw, iops) = spreads(r, dir);
+    let agg = if group_bw > 0.0 { bw_bytes / group_bw * 100.0 } else { 0.0 };
+    json!({
+        "io_bytes": d.bytes,
+        "io_kbytes": d.bytes / 1024,
+        "bw_bytes": bw_bytes.round() as u64,
+        "bw": (bw_bytes / 1024.0).round() as u64,
+        "iops": round6(per_second(d.ios, runtime_ns)),
+        "runtime": runtime_ns / 1_000_000,
+        "total_ios": d.ios,
+        "short_ios": 0,
+        "drop_ios": 0,
+        "slat_ns": lat_json(&d.slat, None),
+        "clat_ns": lat_json(&d.clat, Some(&r.spec.percentile_list)),
+        "lat_ns": lat_json(&d.lat, None),
+        "bw_min": bw.min.round() as u64,
+        "bw_max": bw.max.round() as u64,
+        "bw_agg": round6(agg),
+        "bw_mean": round6(bw.mean),
+        "bw_dev": round6(bw.stddev),
+        "bw_samples": bw.samples,
+        "iops_min": iops.min.round() as u64,
+        "iops_max": iops.max.round() as u64,
+        "iops_mean": round6(iops.mean),
+        "iops_stddev": round6(iops.stddev),
+        "iops_samples": iops.samples,
+    })
+}
+
+fn empty_dir_json() -> Value {
+    let zero = LatencyStat::default();
+    json!({
+        "io_bytes": 0, "io_kbytes": 0, "bw_bytes": 0, "bw": 0, "iops": 0.0, "runtime": 0,
+        "total_ios": 0, "short_ios": 0, "drop_ios": 0,
+        "slat_ns": lat_json(&zero, None), "clat_ns": lat_json(&zero, None), "lat_ns": lat_json(&zero, None),
+        "bw_min": 0, "bw_max": 0, "bw_agg": 0.0, "bw_mean": 0.0, "bw_dev": 0.0, "bw_samples": 0,
+        "iops_min": 0, "iops_max": 0, "iops_mean": 0.0, "iops_stddev": 0.0, "iops_samples": 0,
+    })
+}
+
+fn percent_map(keys: &[&str], counts: &[u64; 7]) -> Value {
+    let total: u64 = counts.iter().sum();
+    let mut m = Map::new();
+    for (k, &c) in keys.iter().zip(counts) {
+        m.insert((*k).into(), json!(pct(c, total)));
+    }
+    Value::Object(m)
+}
+
+/// Percentage as fio shows shares: anything non-zero is at least 0.01.
+fn pct(part: u64, total: u64) -> f64 {
+    if total == 0 || part == 0 {
+        return 0.0;
+    }
+    let p = part as f64 * 100.0 / total as f64;
+    round6(p.max(0.01))
+}
+
+/// Bucket upper bounds of fio's latency distribution, in ns, with the JSON map and key.
+const LATENCY_BUCKETS: [(&str, &str, u64); 32] = [
+    ("latency_ns", "2", 2),
+    ("latency_ns", "4", 4),
+    ("latency_ns", "10", 10),
+    ("latency_ns", "20", 20),
+    ("latency_ns", "50", 50),
+    ("latency_ns", "100", 100),
+    ("latency_ns", "250", 250),
+    ("latency_ns", "500", 500),
+    ("latency_ns", "750", 750),
+    ("latency_ns", "1000", 1000),
+    ("latency_us", "2", 2_000),
+    ("latency_us", "4", 4_000),
+    ("latency_us", "10", 10_000),
+    ("latency_us", "20", 20_000),
+    ("latency_us", "50", 50_000),
+    ("latency_us", "100", 100_000),
+    ("latency_us", "250", 250_000),
+    ("latency_us", "500", 500_000),
+    ("latency_us", "750", 750_000),
+    ("latency_us", "1000", 1_000_000),
+    ("latency_ms", "2", 2_000_000),
+    ("latency_ms", "4", 4_000_000),
+    ("latency_ms", "10", 10_000_000),
+    ("latency_ms", "20", 20_000_000),
+    ("latency_ms", "50", 50_000_000),
+    ("latency_ms", "100", 100_000_000),
+    ("latency_ms", "250", 250_000_000),
+    ("latency_ms", "500", 500_000_000),
+    ("latency_ms", "750", 750_000_000),
+    ("latency_ms", "1000", 1_000_000_000),
+    ("latency_ms", "2000", 2_000_000_000),
+    ("latency_ms", ">=2000", u64::MAX),
+];
+
+/// Share of completions in each latency bucket (from `lat`, both directions together).
+fn latency_distribution(r: &JobResult) -> Vec<(&'static str, &'static str, f64)> {
+    let mut all = LatencyStat::default();
+    all.merge(&r.dirs[READ].lat);
+    all.merge(&r.dirs[WRITE].lat);
+    let total = all.n;
+    let mut lower = 0u64;
+    LATENCY_BUCKETS
+        .iter()
+        .map(|&(map, key, upper)| {
+            let count: u64 = all
+                .hist
+                .iter_recorded()
+                .filter(|v| {
+                    let x = v.value_iterated_to();
+                    x > lower && x <= upper || (lower == 0 && x == 0)
+                })
+                .map(|v| v.count_at_value())
+                .sum();
+            lower = upper;
+            (map, key, pct(count, total))
+        })
+        .collect()
+}
+
+fn job_json(entry: &Entry, group_bw: [f64; 2], elapsed_s: u64, extra: Value) -> Value {
+    let r = &entry.result;
+    let mut job = Map::new();
+    job.insert("jobname".into(), json!(r.spec.name));
+    job.insert("groupid".into(), json!(r.group));
+    job.insert("error".into(), json!(entry.error_code()));
+    job.insert("eta".into(), json!(0));
+    job.insert("elapsed".into(), json!(elapsed_s));
+    let options: Map<String, Value> = r.spec.job_options.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    job.insert("job options".into(), Value::Object(options));
+    job.insert("read".into(), dir_json(r, READ, group_bw[READ]));
+    job.insert("write".into(), dir_json(r, WRITE, group_bw[WRITE]));
+    job.insert("trim".into(), empty_dir_json());
+    job.insert(
+        "sync".into(),
+        json!({"total_ios": 0, "lat_ns": lat_json(&LatencyStat::default(), None)}),
+    );
+    let runtime_ms = r.runtime_ns / 1_000_000;
+    let cpu_pct = |d: std::time::Duration| {
+        if r.runtime_ns == 0 {
+            0.0
+        } else {
+            round6(d.as_nanos() as f64 * 100.0 / (r.runtime_ns as f64 * entry.jobs as f64))
+        }
+    };
+    job.insert("job_runtime".into(), json!(runtime_ms));
+    job.insert("usr_cpu".into(), json!(cpu_pct(r.cpu_usage.user)));
+    job.insert("sys_cpu".into(), json!(cpu_pct(r.cpu_usage.system)));
+    job.insert("ctx".into(), json!(r.cpu_usage.context_switches));
+    job.insert("majf".into(), json!(r.cpu_usage.major_faults));
+    job.insert("minf".into(), json!(r.cpu_usage.minor_faults));
+    job.insert("iodepth_level".into(), percent_map(&["1", "2", "4", "8", "16", "32", ">=64"], &r.depth_dist));
+    let batch_keys = ["0", "4", "8", "16", "32", "64", ">=64"];
+    job.insert("iodepth_submit".into(), percent_map(&batch_keys, &r.submit_dist));
+    job.insert("iodepth_complete".into(), percent_map(&batch_keys, &r.complete_dist));
+    let mut maps: Map<String, Value> = Map::new();
+    for (map, key, share) in latency_distribution(r) {
+        let entry = maps.entry(map).or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(m) = entry {
+            m.insert(key.into(), json!(share));
+        }
+    }
+    for (k, v) in maps {
+        job.insert(k, v);
+    }
+    job.insert("latency_depth".into(), json!(r.spec.iodepth));
+    job.insert("latency_target".into(), json!(0));
+    job.insert("latency_percentile".into(), json!(100.0));
+    job.insert("latency_window".into(), json!(0));
+    job.insert("bluepoll".into(), extra);
+    Value::Object(job)
+}
+
+fn qp_json(stats: &QueuePairStats) -> Value {
+    json!({
+        "submitted": stats.submitted,
+        "completed": stats.completed,
+        "errors": stats.errors,
+        "polls": stats.polls,
+        "polls_with_completions": stats.polls_with_completions,
+        "doorbells": stats.doorbells,
+        "doorbell_commands": stats.doorbell_commands,
+        "syscalls": stats.syscalls,
+    })
+}
+
+/// Everything a report needs besides the job results.
+pub struct RunSummary<'a> {
+    pub started: SystemTime,
+    pub elapsed_s: u64,
+    pub global_options: &'a [(String, String)],
+    pub reactors: &'a [ReactorStats],
+    /// Per reactor, the queue pairs it used and their counters.
+    pub queue_pairs: &'a [(usize, String, QueuePairStats)],
+    pub notes: &'a [String],
+}
+
+fn group_bandwidths(entries: &[Entry]) -> Vec<(usize, [f64; 2])> {
+    let mut groups: Vec<(usize, [f64; 2])> = Vec::new();
+    for e in entries {
+        let r = &e.result;
+        let bw = [0, 1].map(|d| per_second(r.dirs[d].bytes, r.dir_runtime_ns[d]));
+        match groups.iter_mut().find(|(g, _)| *g == r.group) {
+            Some((_, sum)) => {
+                sum[0] += bw[0];
+                sum[1] += bw[1];
+            }
+            None => groups.push((r.group, bw)),
+        }
+    }
+    groups
+}
+
+pub fn json_report(entries: &[Entry], summary: &RunSummary<'_>) -> Value {
+    let since_epoch = summary.started.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let groups = group_bandwidths(entries);
+    let jobs: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let r = &e.result;
+            let group_bw = groups.iter().find(|(g, _)| *g == r.group).map_or([0.0; 2], |(_, b)| *b);
+            let extra = json!({
+                "device": r.device_uri,
+                "reactor": r.reactor,
+                "cpu": r.cpu,
+                "jobs": e.jobs,
+                "io_errors": r.io_errors,
+                "verify_errors": r.verify_errors,
+                "messages": r.messages,
+            });
+            job_json(e, group_bw, summary.elapsed_s, extra)
+        })
+        .collect();
+    let globals: Map<String, Value> = summary.global_options.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let reactors: Vec<Value> = summary
+        .reactors
+        .iter()
+        .map(|s| {
+            let qps: Vec<Value> = summary
+                .queue_pairs
+                .iter()
+                .filter(|(r, _, _)| *r == s.index)
+                .map(|(_, uri, q)| json!({"device": uri, "stats": qp_json(q)}))
+                .collect();
+            json!({
+                "index": s.index, "cpu": s.cpu, "iterations": s.iterations,
+                "busy_iterations": s.busy_iterations, "idle_iterations": s.idle_iterations,
+                "sleeps": s.sleeps, "messages": s.messages, "timers_fired": s.timers_fired,
+                "busy_fraction": round6(s.busy_fraction()), "queue_pairs": qps,
+            })
+        })
+        .collect();
+    json!({
+        "fio version": format!("bluepoll-{}", env!("CARGO_PKG_VERSION")),
+        "timestamp": since_epoch.as_secs(),
+        "timestamp_ms": since_epoch.as_millis() as u64,
+        "time": crate::bench::clock_text(summary.started),
+        "global options": Value::Object(globals),
+        "jobs": jobs,
+        "disk_util": [],
+        "bluepoll": {"reactors": reactors, "notes": summary.notes},
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text
+
+/// Chooses fio's display unit for a latency: nsec below 10 µs, usec below 10 ms, else msec.
+fn unit_for(ns: f64) -> (&'static str, f64) {
+    if ns < 10_000.0 {
+        ("nsec", 1.0)
+    } else if ns < 10_000_000.0 {
+        ("usec", 1e3)
+    } else {
+        ("msec", 1e6)
+    }
+}
+
+fn lat_line(out: &mut String, label: &str, s: &LatencyStat) {
+    if s.n == 0 {
+        return;
+    }
+    let (unit, div) = unit_for(s.mean());
+    let _ = writeln!(
+        out,
+        "    {label} ({unit}): min={}, max={}, avg={:.2}, stdev={:.2}",
+        fmt_lat(s.min() as f64 / div),
+        fmt_lat(s.max as f64 / div),
+        s.mean() / div,
+        s.stddev() / div
+    );
+}
+
+fn fmt_lat(x: f64) -> String {
+    if x >= 100.0 || x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x:.2}") }
+}
+
+fn percentile_lines(out: &mut String, s: &LatencyStat, list: &[f64]) {
+    if s.n == 0 {
+        return;
+    }
+    let (unit, div) = unit_for(s.percentile(list.iter().cloned().fold(0.0, f64::max)) as f64);
+    let _ = writeln!(out, "    clat percentiles ({unit}):");
+    for chunk in list.chunks(4) {
+        let cells: Vec<String> = chunk
+            .iter()
+            .map(|&p| format!("{:>5.2}th=[{:>5}]", p, (s.percentile(p) as f64 / div).round() as u64))
+            .collect();
+        let _ = writeln!(out, "     | {},", cells.join(", "));
+    }
+    let _ = writeln!(out, "     |");
+}
+
+fn dir_text(out: &mut String, r: &JobResult, dir: usize, group_bw: f64) {
+    let d: &DirStats = &r.dirs[dir];
+    if d.ios == 0 {
+        return;
+    }
+    let runtime_ns = r.dir_runtime_ns[dir];
+    let bw = per_second(d.bytes, runtime_ns);
+    let _ = writeln!(
+        out,
+        "  {}: IOPS={}, BW={}/s ({}/s)({}/{}msec)",
+        DIR_NAMES[dir],
+        format_count(per_second(d.ios, runtime_ns)),
+        format_bytes(bw),
+        format_bytes_decimal(bw),
+        format_bytes(d.bytes as f64),
+        runtime_ns / 1_000_000
+    );
+    lat_line(out, "slat", &d.slat);
+    lat_line(out, "clat", &d.clat);
+    lat_line(out, " lat", &d.lat);
+    percentile_lines(out, &d.clat, &r.spec.percentile_list);
+    let (bw_spread, iops_spread) = spreads(r, dir);
+    if bw_spread.samples > 0 {
+        let (unit, div) = if bw_spread.mean >= 10.0 * 1024.0 { ("MiB/s", 1024.0) } else { ("KiB/s", 1.0) };
+        let per = if group_bw > 0.0 { bw / group_bw * 100.0 } else { 0.0 };
+        let _ = writeln!(
+            out,
+            "   bw ({unit:>7}): min={:.0}, max={:.0}, per={per:.2}%, avg={:.2}, stdev={:.2}, samples={}",
+            bw_spread.min / div,
+            bw_spread.max / div,
+            bw_spread.mean / div,
+            bw_spread.stddev / div,
+            bw_spread.samples
+        );
+        let _ = writeln!(
+            out,
+            "   iops        : min={:.0}, max={:.0}, avg={:.2}, stdev={:.2}, samples={}",
+            iops_spread.min, iops_spread.max, iops_spread.mean, iops_spread.stddev, iops_spread.samples
+        );
+    }
+}
+
+fn dist_line(label: &str, keys: &[&str], counts: &[u64; 7]) -> String {
+    let total: u64 = counts.iter().sum();
+    let cells: Vec<String> = keys
+        .iter()
+        .zip(counts)
+        .map(|(k, &c)| format!("{k}={:.1}%", if total == 0 { 0.0 } else { c as f64 * 100.0 / total as f64 }))
+        .collect();
+    format!("{label}: {}", cells.join(", "))
+}
+
+pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
+    let mut out = String::new();
+    let groups = group_bandwidths(entries);
+    let when = crate::bench::clock_text(summary.started);
+    for e in entries {
+        let r = &e.result;
+        let group_bw = groups.iter().find(|(g, _)| *g == r.group).map_or([0.0; 2], |(_, b)| *b);
+        let _ = writeln!(
+            out,
+            "{}: (groupid={}, jobs={}): err={:>2}: pid={}: {}",
+            r.spec.name,
+            r.group,
+            e.jobs,
+            e.error_code(),
+            std::process::id(),
+            when
+        );
+        dir_text(&mut out, r, READ, group_bw[READ]);
+        dir_text(&mut out, r, WRITE, group_bw[WRITE]);
+        let dist = latency_distribution(r);
+        for (map, unit) in [("latency_ns", "nsec"), ("latency_us", "usec"), ("latency_ms", "msec")] {
+            let cells: Vec<String> = dist
+                .iter()
+                .filter(|(m, _, share)| *m == map && *share > 0.0)
+                .map(|(_, k, share)| format!("{k}={share:.2}%"))
+                .collect();
+            if !cells.is_empty() {
+                let _ = writeln!(out, "  lat ({unit})   : {}", cells.join(", "));
+            }
+        }
+        let pct = |d: std::time::Duration| {
+            if r.runtime_ns == 0 { 0.0 } else { d.as_nanos() as f64 * 100.0 / (r.runtime_ns as f64 * e.jobs as f64) }
+        };
+        let _ = writeln!(
+            out,
+            "  cpu          : usr={:.2}%, sys={:.2}%, ctx={}, majf={}, minf={}",
+            pct(r.cpu_usage.user),
+            pct(r.cpu_usage.system),
+            r.cpu_usage.context_switches,
+            r.cpu_usage.major_faults,
+            r.cpu_usage.minor_faults
+        );
+        let _ = writeln!(out, "  {}", dist_line("IO depths    ", &["1", "2", "4", "8", "16", "32", ">=64"], &r.depth_dist));
+        let batch = ["0", "4", "8", "16", "32", "64", ">=64"];
+        let _ = writeln!(out, "     {}", dist_line("submit    ", &batch, &r.submit_dist));
+        let _ = writeln!(out, "     {}", dist_line("complete  ", &batch, &r.complete_dist));
+        let _ = writeln!(
+            out,
+            "     issued rwts: total={},{},0,0 short=0,0,0,0 dropped=0,0,0,0",
+            r.dirs[READ].ios, r.dirs[WRITE].ios
+        );
+        if r.spec.verify != super::options::VerifyMode::None || r.verify_errors > 0 {
+            let _ = writeln!(out, "  verify       : crc32c, errors={}", r.verify_errors);
+        }
+        if r.io_errors > 0 {
+            let _ = writeln!(out, "  io errors    : {}", r.io_errors);
+        }
+        for m in &r.messages {
+            let _ = writeln!(out, "  ! {m}");
+        }
+        let _ = writeln!(out, "  device       : {} (reactor {}, cpu {})", r.device_uri, r.reactor, r.cpu);
+        out.push('\n');
+    }
+    for (group, _) in &groups {
+        let _ = writeln!(out, "Run status group {group} (all jobs):");
+        for dir in [READ, WRITE] {
+            let members: Vec<&JobResult> = entries.iter().map(|e| &e.result).filter(|r| r.group == *group).collect();
+            let bytes: u64 = members.iter().map(|r| r.dirs[dir].bytes).sum();
+            if bytes == 0 {
+                continue;
+            }
+            let runtime_ms: Vec<u64> = members.iter().map(|r| r.dir_runtime_ns[dir] / 1_000_000).collect();
+            let max_runtime = members.iter().map(|r| r.dir_runtime_ns[dir]).max().unwrap_or(0);
+            let bws: Vec<f64> = members.iter().map(|r| per_second(r.dirs[dir].bytes, r.dir_runtime_ns[dir])).collect();
+            let total_bw = per_second(bytes, max_runtime);
+            let (lo, hi) = (bws.iter().cloned().fold(f64::INFINITY, f64::min), bws.iter().cloned().fold(0.0, f64::max));
+            let _ = writeln!(
+                out,
+                "  {:>6}: bw={}/s ({}/s), {}/s-{}/s ({}/s-{}/s), io={} ({}), run={}-{}msec",
+                DIR_NAMES[dir].to_uppercase(),
+                format_bytes(total_bw),
+                format_bytes_decimal(total_bw),
+                format_bytes(lo),
+                format_bytes(hi),
+                format_bytes_decimal(lo),
+                format_bytes_decimal(hi),
+                format_bytes(bytes as f64),
+                format_bytes_decimal(bytes as f64),
+                runtime_ms.iter().min().unwrap_or(&0),
+                runtime_ms.iter().max().unwrap_or(&0)
+            );
+        }
+    }
+    out.push_str("\nReactors:\n");
+    for s in summary.reactors {
+        let _ = writeln!(
+            out,
+            "  reactor {} (cpu {}): loops={}, busy={:.1}%, idle loops={}, sleeps={}, messages={}",
+            s.index,
+            s.cpu,
+            s.iterations,
+            s.busy_fraction() * 100.0,
+            s.idle_iterations,
+            s.sleeps,
+            s.messages
+        );
+        for (_, uri, q) in summary.queue_pairs.iter().filter(|(r, _, _)| *r == s.index) {
+            let per = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+            let _ = writeln!(
+                out,
+                "    qpair {uri}: submitted={}, completed={}, per doorbell={:.1}, per reaping poll={:.1}, syscalls/io={:.3}",
+                q.submitted,
+                q.completed,
+                per(q.doorbell_commands, q.doorbells),
+                per(q.completed, q.polls_with_completions),
+                per(q.syscalls, q.completed)
+            );
+        }
+    }
+    for note in summary.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    out
+}

@@ -1,0 +1,330 @@
+//! Latency and throughput statistics for one job and direction.
+//!
+//! Each latency keeps exact min/max/mean/stddev (what fio prints as `min=… avg=… stdev=…`) and an
+//! HDR histogram with three significant digits for percentiles. The hot path records into an
+//! interval set that is folded into the totals once per `log_avg_msec`, which also yields the
+//! per-interval series for latency logs and plots.
+
+use hdrhistogram::Histogram;
+
+/// Latencies above this (100 s) are recorded as this; a storage benchmark has bigger problems
+/// by then.
+pub const MAX_TRACKED_NS: u64 = 100_000_000_000;
+
+/// Exact moments plus a histogram. Recording is run-length encoded: commands of one submission
+/// batch share their submit and doorbell stamps, and completions of one poll share theirs, so
+/// consecutive values often repeat and one `record_n` serves the whole run. Call [`settle`]
+/// before reading.
+///
+/// [`settle`]: LatencyStat::settle
+#[derive(Clone, Debug)]
+pub struct LatencyStat {
+    pub hist: Histogram<u64>,
+    pub n: u64,
+    pub min: u64,
+    pub max: u64,
+    pub sum: u128,
+    pub sum_sq: f64,
+    run_value: u64,
+    run_length: u64,
+}
+
+impl Default for LatencyStat {
+    fn default() -> Self {
+        LatencyStat {
+            // Constant, valid bounds: this cannot fail.
+            hist: Histogram::new_with_bounds(1, MAX_TRACKED_NS, 3).expect("valid histogram bounds"),
+            n: 0,
+            min: u64::MAX,
+            max: 0,
+            sum: 0,
+            sum_sq: 0.0,
+            run_value: 0,
+            run_length: 0,
+        }
+    }
+}
+
+impl LatencyStat {
+    #[inline]
+    pub fn record(&mut self, ns: u64) {
+        if ns == self.run_value {
+            self.run_length += 1;
+        } else {
+            self.settle();
+            self.run_value = ns;
+            self.run_length = 1;
+        }
+    }
+
+    /// Folds the pending run of equal values into the statistics.
+    pub fn settle(&mut self) {
+        let (ns, count) = (self.run_value, self.run_length);
+        if count == 0 {
+            return;
+        }
+        self.run_length = 0;
+        self.hist.saturating_record_n(ns.clamp(1, MAX_TRACKED_NS), count);
+        self.n += count;
+        self.min = self.min.min(ns);
+        self.max = self.max.max(ns);
+        self.sum += ns as u128 * count as u128;
+        self.sum_sq += (ns as f64) * (ns as f64) * count as f64;
+    }
+
+    /// Adds `other`, which must be settled.
+    pub fn merge(&mut self, other: &LatencyStat) {
+        debug_assert_eq!(other.run_length, 0, "merge of an unsettled LatencyStat");
+        if other.n == 0 {
+            return;
+        }
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.hist.add(&other.hist);
+        self.n += other.n;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        self.sum += other.sum;
+        self.sum_sq += other.sum_sq;
+    }
+
+    pub fn reset(&mut self) {
+        if self.n > 0 {
+            self.hist.reset();
+        }
+        self.run_length = 0;
+        self.n = 0;
+        self.min = u64::MAX;
+        self.max = 0;
+        self.sum = 0;
+        self.sum_sq = 0.0;
+    }
+
+    pub fn min(&self) -> u64 {
+        if self.n == 0 { 0 } else { self.min }
+    }
+
+    pub fn mean(&self) -> f64 {
+        if self.n == 0 { 0.0 } else { self.sum as f64 / self.n as f64 }
+    }
+
+    /// Sample standard deviation, as fio reports it.
+    pub fn stddev(&self) -> f64 {
+        if self.n < 2 {
+            return 0.0;
+        }
+        let n = self.n as f64;
+        let mean = self.sum as f64 / n;
+        ((self.sum_sq - n * mean * mean) / (n - 1.0)).max(0.0).sqrt()
+    }
+
+    /// The latency at percentile `p` (0–100], in ns.
+    pub fn percentile(&self, p: f64) -> u64 {
+        if self.n == 0 { 0 } else { self.hist.value_at_percentile(p) }
+    }
+}
+
+/// Counters and latencies for one direction.
+#[derive(Clone, Debug, Default)]
+pub struct DirStats {
+    pub ios: u64,
+    pub bytes: u64,
+    /// `submit()` call to the doorbell that handed the command to the device.
+    pub slat: LatencyStat,
+    /// Doorbell to the poll that reaped the completion.
+    pub clat: LatencyStat,
+    /// `submit()` call to completion: what the caller waited.
+    pub lat: LatencyStat,
+}
+
+impl DirStats {
+    pub fn settle(&mut self) {
+        self.slat.settle();
+        self.clat.settle();
+        self.lat.settle();
+    }
+
+    pub fn merge(&mut self, other: &DirStats) {
+        self.ios += other.ios;
+        self.bytes += other.bytes;
+        self.slat.merge(&other.slat);
+        self.clat.merge(&other.clat);
+        self.lat.merge(&other.lat);
+    }
+
+    pub fn reset(&mut self) {
+        self.ios = 0;
+        self.bytes = 0;
+        self.slat.reset();
+        self.clat.reset();
+        self.lat.reset();
+    }
+}
+
+/// One interval of one direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DirSample {
+    pub ios: u64,
+    pub bytes: u64,
+    pub slat_mean: f64,
+    pub clat_mean: f64,
+    pub lat_mean: f64,
+    pub clat_p50: u64,
+    pub clat_p99: u64,
+    pub clat_p999: u64,
+}
+
+impl DirSample {
+    pub fn of(stats: &DirStats) -> DirSample {
+        DirSample {
+            ios: stats.ios,
+            bytes: stats.bytes,
+            slat_mean: stats.slat.mean(),
+            clat_mean: stats.clat.mean(),
+            lat_mean: stats.lat.mean(),
+            clat_p50: stats.clat.percentile(50.0),
+            clat_p99: stats.clat.percentile(99.0),
+            clat_p999: stats.clat.percentile(99.9),
+        }
+    }
+}
+
+/// Both directions over one interval, ending `end_ms` after the measured run began.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sample {
+    pub end_ms: u64,
+    pub duration_ms: u64,
+    pub dirs: [DirSample; 2],
+}
+
+/// fio's distribution buckets: "IO depths" 1,2,4,8,16,32,>=64.
+pub fn depth_bucket(depth: u32) -> usize {
+    match depth {
+        0..=1 => 0,
+        2..=3 => 1,
+        4..=7 => 2,
+        8..=15 => 3,
+        16..=31 => 4,
+        32..=63 => 5,
+        _ => 6,
+    }
+}
+
+/// fio's "submit"/"complete" buckets: 0 (none), 1–4, 5–8, 9–16, 17–32, 33–64, >64.
+pub fn batch_bucket(n: usize) -> usize {
+    match n {
+        0 => 0,
+        1..=4 => 1,
+        5..=8 => 2,
+        9..=16 => 3,
+        17..=32 => 4,
+        33..=64 => 5,
+        _ => 6,
+    }
+}
+
+/// Min, max, mean and sample stddev of a series (fio's bw/iops lines).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Spread {
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub stddev: f64,
+    pub samples: usize,
+}
+
+impl Spread {
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Spread {
+        let values: Vec<f64> = values.into_iter().collect();
+        if values.is_empty() {
+            return Spread::default();
+        }
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let var = if values.len() > 1 {
+            values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0)
+        } else {
+            0.0
+        };
+        Spread {
+            min: values.iter().cloned().fold(f64::INFINITY, f64::min),
+            max: values.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+            mean,
+            stddev: var.sqrt(),
+            samples: values.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_moments_and_close_percentiles() {
+        let mut s = LatencyStat::default();
+        for v in 1..=1000u64 {
+            s.record(v * 100);
+        }
+        s.settle();
+        assert_eq!((s.n, s.min(), s.max), (1000, 100, 100_000));
+        assert!((s.mean() - 50_050.0).abs() < 1e-6);
+        assert!((s.stddev() - 28_881.94).abs() < 0.01, "{}", s.stddev());
+        let p99 = s.percentile(99.0) as f64;
+        assert!((p99 - 99_000.0).abs() / 99_000.0 < 0.002, "{p99}");
+    }
+
+    #[test]
+    fn merge_equals_recording_everything_in_one() {
+        let (mut a, mut b, mut all) = (LatencyStat::default(), LatencyStat::default(), LatencyStat::default());
+        for v in 0..500u64 {
+            a.record(v * 7 + 1);
+            all.record(v * 7 + 1);
+            b.record(v * 13 + 5);
+            all.record(v * 13 + 5);
+        }
+        a.settle();
+        b.settle();
+        all.settle();
+        a.merge(&b);
+        assert_eq!((a.n, a.min(), a.max, a.sum), (all.n, all.min(), all.max, all.sum));
+        assert_eq!(a.percentile(90.0), all.percentile(90.0));
+        a.reset();
+        assert_eq!((a.n, a.min(), a.percentile(50.0)), (0, 0, 0));
+    }
+
+    #[test]
+    fn huge_latencies_saturate_instead_of_failing() {
+        let mut s = LatencyStat::default();
+        s.record(u64::MAX / 2);
+        s.settle();
+        assert_eq!(s.n, 1);
+        assert!(s.percentile(50.0) >= MAX_TRACKED_NS / 2);
+    }
+
+    #[test]
+    fn runs_of_equal_values_are_exact() {
+        let (mut runs, mut plain) = (LatencyStat::default(), LatencyStat::default());
+        for (v, times) in [(5u64, 3), (9, 1), (5, 2), (700, 4)] {
+            for _ in 0..times {
+                runs.record(v);
+            }
+        }
+        runs.settle();
+        for v in [5u64, 5, 5, 9, 5, 5, 700, 700, 700, 700] {
+            plain.record(v);
+            plain.settle();
+        }
+        assert_eq!((runs.n, runs.min(), runs.max, runs.sum), (plain.n, plain.min(), plain.max, plain.sum));
+        assert_eq!(runs.sum_sq, plain.sum_sq);
+        assert_eq!(runs.percentile(50.0), plain.percentile(50.0));
+    }
+
+    #[test]
+    fn buckets_match_fio() {
+        assert_eq!([1, 2, 3, 4, 32, 63, 64, 128].map(depth_bucket), [0, 1, 1, 2, 5, 5, 6, 6]);
+        assert_eq!([0, 1, 4, 5, 64, 65].map(batch_bucket), [0, 1, 1, 2, 5, 6]);
+        let s = Spread::of([1.0, 2.0, 3.0]);
+        assert_eq!((s.min, s.max, s.mean, s.samples), (1.0, 3.0, 2.0, 3));
+        assert!((s.stddev - 1.0).abs() < 1e-12);
+    }
+}

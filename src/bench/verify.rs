@@ -1,0 +1,216 @@
+//! Verifiable blocks: what a job with `verify=crc32c` writes, and how reads check it.
+//!
+//! Every write of `bs` bytes carries a 32-byte header at its start (layout in docs/format.md,
+//! "Bench verify block"): magic, version, length, crc32c, the device offset it was written to, and
+//! a generation. The payload is a pseudo-random stream seeded by offset and generation. A read
+//! then catches lost writes (old or never-written data), corrupted bytes (crc), misdirected writes
+//! (offset) and stale data (generation, when this run knows what it last wrote there).
+//!
+//! ```text
+//!  0       4       6       8          12         16                  24                  32
+//!  | magic | vers. | hdrlen| length   | crc32c   | device offset     | generation        | payload…
+//!  | u32   | u16   | u16   | u32      | u32      | u64               | u64               |
+//! ```
+//! All integers little-endian. The crc covers bytes 0..12 and 16..length (the crc field skipped).
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::offsets::splitmix;
+
+pub const MAGIC: u32 = u32::from_le_bytes(*b"BPVF");
+pub const VERSION: u16 = 1;
+pub const HEADER_LEN: usize = 32;
+
+const OFF_MAGIC: usize = 0;
+const OFF_VERSION: usize = OFF_MAGIC + 4;
+const OFF_HEADER_LEN: usize = OFF_VERSION + 2;
+const OFF_LENGTH: usize = OFF_HEADER_LEN + 2;
+const OFF_CRC: usize = OFF_LENGTH + 4;
+const OFF_DEVICE_OFFSET: usize = OFF_CRC + 4;
+const OFF_GENERATION: usize = OFF_DEVICE_OFFSET + 8;
+const _: () = assert!(OFF_GENERATION + 8 == HEADER_LEN);
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(v)
+}
+
+fn checksum(block: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&block[..OFF_CRC]), &block[OFF_DEVICE_OFFSET..])
+}
+
+/// Fills `block` (one unit, at least HEADER_LEN bytes) for `device_offset` and `generation`.
+pub fn fill(block: &mut [u8], device_offset: u64, generation: u64) {
+    let mut x = splitmix(device_offset ^ generation.rotate_left(32)) | 1;
+    for chunk in block[HEADER_LEN..].chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    block[OFF_MAGIC..OFF_VERSION].copy_from_slice(&MAGIC.to_le_bytes());
+    block[OFF_VERSION..OFF_HEADER_LEN].copy_from_slice(&VERSION.to_le_bytes());
+    block[OFF_HEADER_LEN..OFF_LENGTH].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
+    let length = block.len() as u32;
+    block[OFF_LENGTH..OFF_CRC].copy_from_slice(&length.to_le_bytes());
+    block[OFF_DEVICE_OFFSET..OFF_GENERATION].copy_from_slice(&device_offset.to_le_bytes());
+    block[OFF_GENERATION..HEADER_LEN].copy_from_slice(&generation.to_le_bytes());
+    let crc = checksum(block);
+    block[OFF_CRC..OFF_DEVICE_OFFSET].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Why a block failed verification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VerifyFailure {
+    BadMagic { found: u32 },
+    BadVersion { found: u16 },
+    BadLength { found: u32, expected: u32 },
+    ChecksumMismatch { expected: u32, actual: u32 },
+    WrongOffset { found: u64 },
+    Stale { found: u64, expected: u64 },
+}
+
+impl fmt::Display for VerifyFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VerifyFailure::BadMagic { found } => {
+                write!(f, "bad magic {found:#010x} (never written, or lost)")
+            }
+            VerifyFailure::BadVersion { found } => write!(f, "unknown header version {found}"),
+            VerifyFailure::BadLength { found, expected } => {
+                write!(f, "header length {found}, expected {expected} (written with another bs?)")
+            }
+            VerifyFailure::ChecksumMismatch { expected, actual } => {
+                write!(f, "crc32c mismatch: header says {expected:#010x}, data gives {actual:#010x}")
+            }
+            VerifyFailure::WrongOffset { found } => write!(f, "block belongs at offset {found} (misdirected)"),
+            VerifyFailure::Stale { found, expected } => {
+                write!(f, "stale data: generation {found}, expected {expected} (a write was lost)")
+            }
+        }
+    }
+}
+
+/// Checks one unit read from `device_offset`. `expected_generation` is 0 when unknown.
+pub fn check(block: &[u8], device_offset: u64, expected_generation: u64) -> Result<(), VerifyFailure> {
+    let magic = u32_at(block, OFF_MAGIC);
+    if magic != MAGIC {
+        return Err(VerifyFailure::BadMagic { found: magic });
+    }
+    let version = u16::from_le_bytes([block[OFF_VERSION], block[OFF_VERSION + 1]]);
+    if version != VERSION {
+        return Err(VerifyFailure::BadVersion { found: version });
+    }
+    let length = u32_at(block, OFF_LENGTH);
+    if length as usize != block.len() {
+        return Err(VerifyFailure::BadLength { found: length, expected: block.len() as u32 });
+    }
+    let expected = u32_at(block, OFF_CRC);
+    let actual = checksum(block);
+    if expected != actual {
+        return Err(VerifyFailure::ChecksumMismatch { expected, actual });
+    }
+    let found = u64_at(block, OFF_DEVICE_OFFSET);
+    if found != device_offset {
+        return Err(VerifyFailure::WrongOffset { found });
+    }
+    let generation = u64_at(block, OFF_GENERATION);
+    if expected_generation != 0 && generation != expected_generation {
+        return Err(VerifyFailure::Stale { found: generation, expected: expected_generation });
+    }
+    Ok(())
+}
+
+/// The generation this run last wrote to each unit of a device range (0 = not written by this
+/// run). Shared by all jobs on the device, so a read job verifies what an earlier write job wrote.
+#[derive(Debug)]
+pub struct Generations {
+    pub unit: u64,
+    pub first_offset: u64,
+    table: Box<[AtomicU32]>,
+}
+
+impl Generations {
+    /// Most units we track; beyond this only the header and crc are checked.
+    pub const MAX_UNITS: u64 = 1 << 26;
+
+    pub fn new(first_offset: u64, bytes: u64, unit: u64) -> Option<Generations> {
+        let units = bytes / unit;
+        if units == 0 || units > Self::MAX_UNITS {
+            return None;
+        }
+        Some(Generations { unit, first_offset, table: (0..units).map(|_| AtomicU32::new(0)).collect() })
+    }
+
+    fn slot(&self, device_offset: u64) -> Option<&AtomicU32> {
+        let rel = device_offset.checked_sub(self.first_offset)?;
+        if rel % self.unit != 0 {
+            return None;
+        }
+        self.table.get((rel / self.unit) as usize)
+    }
+
+    /// Generation last written at `device_offset`, 0 if unknown.
+    pub fn get(&self, device_offset: u64) -> u64 {
+        self.slot(device_offset).map_or(0, |s| s.load(Ordering::Relaxed) as u64)
+    }
+
+    pub fn set(&self, device_offset: u64, generation: u64) {
+        if let Some(slot) = self.slot(device_offset) {
+            slot.store(generation.min(u32::MAX as u64) as u32, Ordering::Relaxed);
+        }
+    }
+
+    pub fn covers(&self, unit: u64) -> bool {
+        self.unit == unit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_every_failure() {
+        let mut block = vec![0u8; 4096];
+        fill(&mut block, 8192, 3);
+        assert_eq!(check(&block, 8192, 3), Ok(()));
+        assert_eq!(check(&block, 8192, 0), Ok(()));
+        assert_eq!(check(&block, 4096, 0), Err(VerifyFailure::WrongOffset { found: 8192 }));
+        assert_eq!(check(&block, 8192, 4), Err(VerifyFailure::Stale { found: 3, expected: 4 }));
+        assert!(matches!(check(&block[..2048], 8192, 0), Err(VerifyFailure::BadLength { .. })));
+        let mut flipped = block.clone();
+        flipped[1000] ^= 0x10;
+        assert!(matches!(check(&flipped, 8192, 3), Err(VerifyFailure::ChecksumMismatch { .. })));
+        let zeros = vec![0u8; 4096];
+        assert_eq!(check(&zeros, 0, 0), Err(VerifyFailure::BadMagic { found: 0 }));
+    }
+
+    #[test]
+    fn header_layout_is_stable() {
+        let mut block = vec![0u8; 512];
+        fill(&mut block, 0x1122, 7);
+        assert_eq!(&block[0..4], b"BPVF");
+        assert_eq!(&block[4..8], &[1, 0, 32, 0]);
+        assert_eq!(u32_at(&block, 8), 512);
+        assert_eq!(u64_at(&block, 16), 0x1122);
+        assert_eq!(u64_at(&block, 24), 7);
+    }
+
+    #[test]
+    fn generation_table() {
+        let g = Generations::new(4096, 4096 * 10, 4096).unwrap();
+        assert_eq!(g.get(8192), 0);
+        g.set(8192, 5);
+        assert_eq!(g.get(8192), 5);
+        assert_eq!(g.get(0), 0, "outside the range is unknown");
+        assert_eq!(g.get(8193), 0, "unaligned is unknown");
+        assert!(Generations::new(0, 1 << 50, 4096).is_none());
+    }
+}
