@@ -60,20 +60,29 @@ fn dispatch(args: &[String]) -> Result<i32> {
             Ok(0)
         }
         "devinfo" => {
-            let [uri] = rest else { bail!("usage: bluepoll devinfo URI") };
+            let [uri] = rest else {
+                bail!("usage: bluepoll devinfo URI")
+            };
             let device = bluepoll::nvme::Device::open(uri)?;
             let i = device.info();
             println!("uri:            {}", i.uri);
             println!("model:          {}", i.model);
             println!("class:          {}", i.class);
             println!("block size:     {}", i.block_size);
-            println!("capacity:       {} blocks ({} bytes)", i.capacity_blocks, i.capacity_bytes());
+            println!(
+                "capacity:       {} blocks ({} bytes)",
+                i.capacity_blocks,
+                i.capacity_bytes()
+            );
             println!("max transfer:   {} bytes", i.max_transfer_bytes);
             println!("buffer align:   {} bytes", i.buffer_alignment);
             println!("max qdepth:     {}", i.max_queue_depth);
             println!("flush:          {}", i.ops.flush);
             println!("write zeroes:   {}", i.ops.write_zeroes);
-            println!("trim:           {} (reads zeroes after: {})", i.ops.trim, i.trim_reads_zeroes);
+            println!(
+                "trim:           {} (reads zeroes after: {})",
+                i.ops.trim, i.trim_reads_zeroes
+            );
             println!("volatile cache: {}", i.volatile_write_cache);
             Ok(0)
         }

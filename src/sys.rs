@@ -26,7 +26,9 @@ impl CpuUsage {
         CpuUsage {
             user: self.user.saturating_sub(earlier.user),
             system: self.system.saturating_sub(earlier.system),
-            context_switches: self.context_switches.saturating_sub(earlier.context_switches),
+            context_switches: self
+                .context_switches
+                .saturating_sub(earlier.context_switches),
             major_faults: self.major_faults.saturating_sub(earlier.major_faults),
             minor_faults: self.minor_faults.saturating_sub(earlier.minor_faults),
         }
@@ -45,29 +47,14 @@ fn rusage(who: libc::c_int) -> CpuUsage {
     if unsafe { libc::getrusage(who, &mut usage) } != 0 {
         return CpuUsage::default();
     }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32).saturating_mul(1000));
+    let tv =
+        |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32).saturating_mul(1000));
     CpuUsage {
         user: tv(usage.ru_utime),
         system: tv(usage.ru_stime),
         context_switches: (usage.ru_nvcsw + usage.ru_nivcsw) as u64,
         major_faults: usage.ru_majflt as u64,
         minor_faults: usage.ru_minflt as u64,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn thread_usage_grows_with_work() {
-        let before = super::thread_cpu_usage();
-        let mut x = 0u64;
-        for i in 0..50_000_000u64 {
-            x = x.wrapping_mul(31).wrapping_add(i);
-        }
-        std::hint::black_box(x);
-        let used = super::thread_cpu_usage().since(&before);
-        assert!(used.user + used.system > std::time::Duration::ZERO);
-        assert!(super::current_cpu().is_some());
     }
 }
 
@@ -94,4 +81,20 @@ pub fn interrupt_flag() -> &'static std::sync::atomic::AtomicBool {
         }
     });
     &INTERRUPTED
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thread_usage_grows_with_work() {
+        let before = super::thread_cpu_usage();
+        let mut x = 0u64;
+        for i in 0..50_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let used = super::thread_cpu_usage().since(&before);
+        assert!(used.user + used.system > std::time::Duration::ZERO);
+        assert!(super::current_cpu().is_some());
+    }
 }

@@ -117,9 +117,7 @@ fn scaled(mut value: f64, base: f64, units: &[&str]) -> String {
         value /= base;
         unit += 1;
     }
-    if unit == 0 || value >= 1000.0 {
-        format!("{:.0}{}", value, units[unit])
-    } else if value >= 100.0 {
+    if unit == 0 || value >= 100.0 {
         format!("{:.0}{}", value, units[unit])
     } else if value >= 10.0 {
         format!("{:.1}{}", value, units[unit])

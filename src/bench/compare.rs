@@ -29,7 +29,11 @@ pub fn figures(doc: &Value, dir: &str) -> Option<Figures> {
         any = true;
         f.iops += d.get("iops").and_then(Value::as_f64).unwrap_or(0.0);
         let pct = |key: &str| {
-            d.get("clat_ns").and_then(|c| c.get("percentile")).and_then(|p| p.get(key)).and_then(Value::as_f64).unwrap_or(0.0)
+            d.get("clat_ns")
+                .and_then(|c| c.get("percentile"))
+                .and_then(|p| p.get(key))
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0)
         };
         f.p50 = f.p50.max(pct("50.000000"));
         f.p99 = f.p99.max(pct("99.000000"));
@@ -41,7 +45,9 @@ pub fn figures(doc: &Value, dir: &str) -> Option<Figures> {
 fn load(path: &str) -> Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read '{path}'"))?;
     // fio may print warnings before the JSON document; start at the first '{'.
-    let start = text.find('{').with_context(|| format!("'{path}' holds no JSON object"))?;
+    let start = text
+        .find('{')
+        .with_context(|| format!("'{path}' holds no JSON object"))?;
     serde_json::from_str(&text[start..]).with_context(|| format!("'{path}' is not fio JSON"))
 }
 
@@ -57,11 +63,22 @@ fn fmt_ns(ns: f64) -> String {
 
 /// The comparison table as text.
 pub fn table(peer_label: &str, peer: &Value, ours_label: &str, ours: &Value) -> Result<String> {
-    let mut out = format!("{:<22}{:>18}{:>18}{:>10}\n", "metric", peer_label, ours_label, "ratio");
+    let mut out = format!(
+        "{:<22}{:>18}{:>18}{:>10}\n",
+        "metric", peer_label, ours_label, "ratio"
+    );
     let mut rows = 0;
     for dir in ["read", "write"] {
-        let (Some(a), Some(b)) = (figures(peer, dir), figures(ours, dir)) else { continue };
-        let ratio = |x: f64, y: f64| if x > 0.0 { format!("{:.2}", y / x) } else { "-".into() };
+        let (Some(a), Some(b)) = (figures(peer, dir), figures(ours, dir)) else {
+            continue;
+        };
+        let ratio = |x: f64, y: f64| {
+            if x > 0.0 {
+                format!("{:.2}", y / x)
+            } else {
+                "-".into()
+            }
+        };
         out.push_str(&format!(
             "{:<22}{:>18}{:>18}{:>10}\n",
             format!("{dir} IOPS"),
@@ -69,15 +86,27 @@ pub fn table(peer_label: &str, peer: &Value, ours_label: &str, ours: &Value) -> 
             crate::units::format_count(b.iops),
             ratio(a.iops, b.iops)
         ));
-        for (name, x, y) in [("p50", a.p50, b.p50), ("p99", a.p99, b.p99), ("p99.9", a.p999, b.p999)] {
-            out.push_str(&format!("{:<22}{:>18}{:>18}{:>10}\n", format!("{dir} clat {name}"), fmt_ns(x), fmt_ns(y), ratio(x, y)));
+        for (name, x, y) in [
+            ("p50", a.p50, b.p50),
+            ("p99", a.p99, b.p99),
+            ("p99.9", a.p999, b.p999),
+        ] {
+            out.push_str(&format!(
+                "{:<22}{:>18}{:>18}{:>10}\n",
+                format!("{dir} clat {name}"),
+                fmt_ns(x),
+                fmt_ns(y),
+                ratio(x, y)
+            ));
         }
         rows += 1;
     }
     if rows == 0 {
         bail!("the two runs have no direction with I/O in common");
     }
-    out.push_str("ratio = second / first; above 1 is better for IOPS, below 1 is better for latency\n");
+    out.push_str(
+        "ratio = second / first; above 1 is better for IOPS, below 1 is better for latency\n",
+    );
     Ok(out)
 }
 
@@ -99,7 +128,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let [peer, ours] = files.as_slice() else {
         bail!("usage: bluepoll compare PEER.json OURS.json [--peer-label=NAME] [--label=NAME]");
     };
-    print!("{}", table(&labels.0, &load(peer)?, &labels.1, &load(ours)?)?);
+    print!(
+        "{}",
+        table(&labels.0, &load(peer)?, &labels.1, &load(ours)?)?
+    );
     Ok(())
 }
 
@@ -116,10 +148,24 @@ mod tests {
 
     #[test]
     fn ratios_are_ours_over_peer() {
-        let t = table("fio", &run_json(100.0, 400.0), "bluepoll", &run_json(250.0, 200.0)).unwrap();
+        let t = table(
+            "fio",
+            &run_json(100.0, 400.0),
+            "bluepoll",
+            &run_json(250.0, 200.0),
+        )
+        .unwrap();
         assert!(t.contains("read IOPS"), "{t}");
-        assert!(t.lines().any(|l| l.starts_with("read IOPS") && l.trim_end().ends_with("2.50")), "{t}");
-        assert!(t.lines().any(|l| l.starts_with("read clat p99 ") && l.trim_end().ends_with("0.50")), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("read IOPS") && l.trim_end().ends_with("2.50")),
+            "{t}"
+        );
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("read clat p99 ") && l.trim_end().ends_with("0.50")),
+            "{t}"
+        );
         assert!(!t.contains("write IOPS"));
     }
 

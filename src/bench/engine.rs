@@ -18,7 +18,9 @@ use super::offsets::{OffsetGen, Rng};
 use super::options::{JobSpec, RwMode, VerifyMode};
 use super::stats::{DirSample, DirStats, Sample, batch_bucket, depth_bucket};
 use super::verify::{self, Generations};
-use crate::nvme::{Completion, Device, DmaPool, IoCmd, Opcode, QueueFull, QueuePair, QueuePairStats};
+use crate::nvme::{
+    Completion, Device, DmaPool, IoCmd, Opcode, QueueFull, QueuePair, QueuePairStats,
+};
 use crate::reactor::{Context, Poll, Poller};
 use crate::sys::{CpuUsage, thread_cpu_usage};
 
@@ -192,7 +194,13 @@ struct JobRun {
 }
 
 impl JobRun {
-    fn new(plan: JobPlan, qp: usize, slot_bufs: Vec<crate::nvme::DmaBuf>, job_index: usize, now_ns: u64) -> JobRun {
+    fn new(
+        plan: JobPlan,
+        qp: usize,
+        slot_bufs: Vec<crate::nvme::DmaBuf>,
+        job_index: usize,
+        now_ns: u64,
+    ) -> JobRun {
         let spec = Arc::clone(&plan.spec);
         let offsets = if spec.rw.is_random() {
             OffsetGen::random(plan.units, plan.seed, !spec.norandommap)
@@ -278,7 +286,11 @@ impl JobRun {
         self.last_sample_ns = now_ns;
         self.next_sample_ns = now_ns + self.sample_every_ns;
         self.deadline_ns = spec.runtime.map(|r| now_ns + r.as_nanos() as u64);
-        self.budget = if spec.time_based { None } else { Some(self.plan.units * self.bs) };
+        self.budget = if spec.time_based {
+            None
+        } else {
+            Some(self.plan.units * self.bs)
+        };
         self.cpu_start = thread_cpu_usage();
         self.phase = Phase::Run;
     }
@@ -292,9 +304,12 @@ impl JobRun {
     /// Accounts one completion reaped at `now_ns`.
     fn complete(&mut self, c: Completion, now_ns: u64) {
         let index = (c.tag & 0xffff_ffff) as usize;
-        let Some(slot) = self.slots.get_mut(index) else { return };
+        let Some(slot) = self.slots.get_mut(index) else {
+            return;
+        };
         slot.in_flight = false;
-        let (dir, offset, generation, verify_read) = (slot.dir, slot.offset, slot.generation, slot.verify_read);
+        let (dir, offset, generation, verify_read) =
+            (slot.dir, slot.offset, slot.generation, slot.verify_read);
         let (submit_ns, doorbell_ns) = (slot.submit_ns, slot.doorbell_ns);
         self.in_flight -= 1;
         self.reaped_this_poll += 1;
@@ -331,7 +346,9 @@ impl JobRun {
                         // Mixed jobs check only what this run wrote; pure reads check everything.
                         let must_check = verify_read || !self.mode.writes() || expected != 0;
                         if must_check {
-                            if let Err(failure) = verify::check(&data[..self.bs as usize], offset, expected) {
+                            if let Err(failure) =
+                                verify::check(&data[..self.bs as usize], offset, expected)
+                            {
                                 self.verify_errors += 1;
                                 let message = format!(
                                     "verify: {} offset {offset} ({} bytes): {failure}",
@@ -396,7 +413,9 @@ impl JobRun {
         if self.phase == Phase::Verify && stop {
             self.phase = Phase::Drain;
         }
-        if matches!(self.phase, Phase::Run | Phase::Drain | Phase::Verify) && now_ns >= self.next_sample_ns {
+        if matches!(self.phase, Phase::Run | Phase::Drain | Phase::Verify)
+            && now_ns >= self.next_sample_ns
+        {
             self.take_sample(now_ns);
         }
         match self.phase {
@@ -429,7 +448,9 @@ impl JobRun {
     fn issue(&mut self, now_ns: u64, qp: &mut QueuePair, pending: &mut Vec<u64>, job_index: usize) {
         let mut issued = 0usize;
         while self.in_flight < self.iodepth && self.budget != Some(0) {
-            let Some(&slot_index) = self.free.last() else { break };
+            let Some(&slot_index) = self.free.last() else {
+                break;
+            };
             let dir = self.choose_direction();
             let mut offset = self.plan.range_start + self.offsets.next(&mut self.rng) * self.bs;
             let mut tries = 0;
@@ -441,11 +462,16 @@ impl JobRun {
                 break;
             }
             let generation = if self.verify && dir == WRITE {
-                self.plan.generations.as_ref().map_or(1, |g| g.get(offset) + 1)
+                self.plan
+                    .generations
+                    .as_ref()
+                    .map_or(1, |g| g.get(offset) + 1)
             } else {
                 0
             };
-            if !self.submit(slot_index, dir, offset, generation, false, now_ns, qp, pending, job_index) {
+            if !self.submit(
+                slot_index, dir, offset, generation, false, now_ns, qp, pending, job_index,
+            ) {
                 break;
             }
             issued += 1;
@@ -457,18 +483,36 @@ impl JobRun {
     }
 
     /// The verify pass of a write job: read back every unit this run wrote, in order.
-    fn issue_verify_reads(&mut self, now_ns: u64, qp: &mut QueuePair, pending: &mut Vec<u64>, job_index: usize) {
+    fn issue_verify_reads(
+        &mut self,
+        now_ns: u64,
+        qp: &mut QueuePair,
+        pending: &mut Vec<u64>,
+        job_index: usize,
+    ) {
         let mut issued = 0usize;
         let mut scanned = 0;
-        while self.in_flight < self.iodepth && self.verify_cursor < self.plan.units && scanned < 4096 {
-            let Some(&slot_index) = self.free.last() else { break };
+        while self.in_flight < self.iodepth
+            && self.verify_cursor < self.plan.units
+            && scanned < 4096
+        {
+            let Some(&slot_index) = self.free.last() else {
+                break;
+            };
             let offset = self.plan.range_start + self.verify_cursor * self.bs;
             self.verify_cursor += 1;
             scanned += 1;
-            if self.plan.generations.as_ref().is_some_and(|g| g.get(offset) == 0) {
+            if self
+                .plan
+                .generations
+                .as_ref()
+                .is_some_and(|g| g.get(offset) == 0)
+            {
                 continue;
             }
-            if !self.submit(slot_index, READ, offset, 0, true, now_ns, qp, pending, job_index) {
+            if !self.submit(
+                slot_index, READ, offset, 0, true, now_ns, qp, pending, job_index,
+            ) {
                 self.verify_cursor -= 1;
                 break;
             }
@@ -502,13 +546,19 @@ impl JobRun {
     ) -> bool {
         let bs = self.bs as usize;
         let slot = &mut self.slots[slot_index as usize];
-        let Some(mut buf) = slot.buf.take() else { return false };
+        let Some(mut buf) = slot.buf.take() else {
+            return false;
+        };
         if dir == WRITE && self.verify {
             verify::fill(&mut buf[..bs], offset, generation);
         }
         let tag = ((job_index as u64) << 32) | slot_index as u64;
         let cmd = IoCmd {
-            opcode: if dir == READ { Opcode::Read } else { Opcode::Write },
+            opcode: if dir == READ {
+                Opcode::Read
+            } else {
+                Opcode::Write
+            },
             lba: offset >> self.block_shift,
             blocks: self.blocks,
             buf: Some(buf),
@@ -541,7 +591,10 @@ impl JobRun {
             self.samples.push(Sample {
                 end_ms: (now_ns - self.measure_start_ns) / 1_000_000,
                 duration_ms: duration_ns / 1_000_000,
-                dirs: [DirSample::of(&self.interval[READ]), DirSample::of(&self.interval[WRITE])],
+                dirs: [
+                    DirSample::of(&self.interval[READ]),
+                    DirSample::of(&self.interval[WRITE]),
+                ],
             });
         }
         for d in 0..2 {
@@ -574,7 +627,9 @@ impl JobRun {
 
     fn result(&self, reactor: usize, cpu: usize) -> JobResult {
         let run_ns = self.run_end_ns.saturating_sub(self.measure_start_ns);
-        let verify_ns = self.verify_start_ns.map_or(0, |s| self.finish_ns.saturating_sub(s));
+        let verify_ns = self
+            .verify_start_ns
+            .map_or(0, |s| self.finish_ns.saturating_sub(s));
         JobResult {
             spec: Arc::clone(&self.plan.spec),
             number: self.plan.number,
@@ -617,7 +672,12 @@ struct Shard {
 
 impl Shard {
     fn new(cx: &mut Context<'_>, plan: ShardPlan) -> Result<Shard, String> {
-        let ShardPlan { devices, jobs, control, results } = plan;
+        let ShardPlan {
+            devices,
+            jobs,
+            control,
+            results,
+        } = plan;
         let mut depth = vec![0u32; devices.len()];
         for job in &jobs {
             depth[job.device] += job.spec.iodepth;
@@ -629,16 +689,21 @@ impl Shard {
                 .map_err(|e| format!("cannot create a queue pair on {}: {e}", device.info().uri))?;
             qps.push(qp);
         }
-        let buf_size = jobs.iter().map(|j| j.spec.bs as usize).max().unwrap_or(4096);
+        let buf_size = jobs
+            .iter()
+            .map(|j| j.spec.bs as usize)
+            .max()
+            .unwrap_or(4096);
         let count: usize = jobs.iter().map(|j| j.spec.iodepth as usize).sum();
-        let pool = DmaPool::new(buf_size, count.max(1)).map_err(|e| format!("cannot allocate I/O buffers: {e}"))?;
+        let pool = DmaPool::new(buf_size, count.max(1))
+            .map_err(|e| format!("cannot allocate I/O buffers: {e}"))?;
         for qp in &mut qps {
             // Registration is an optimisation; a backend that cannot register still works.
             let _ = qp.register_pool(&pool);
         }
         let base = Instant::now();
         let mut runs = Vec::with_capacity(jobs.len());
-        let mut fill = Rng::new(0xb1e5_5ed);
+        let mut fill = Rng::new(0x0b1e_55ed);
         for (index, job) in jobs.into_iter().enumerate() {
             let mut bufs = Vec::with_capacity(job.spec.iodepth as usize);
             for _ in 0..job.spec.iodepth {
@@ -673,9 +738,16 @@ impl Shard {
     }
 
     fn fail_queue_pair(&mut self, qp: usize, error: String) {
-        for job in self.jobs.iter_mut().filter(|j| j.qp == qp && j.phase != Phase::Done) {
+        for job in self
+            .jobs
+            .iter_mut()
+            .filter(|j| j.qp == qp && j.phase != Phase::Done)
+        {
             job.io_errors += 1;
-            job.note(format!("queue pair on {} failed: {error}", job.plan.device_uri));
+            job.note(format!(
+                "queue pair on {} failed: {error}",
+                job.plan.device_uri
+            ));
             // Its in-flight commands are gone with the queue pair.
             job.in_flight = 0;
             job.phase = Phase::Drain;
@@ -683,9 +755,24 @@ impl Shard {
     }
 
     fn report(&mut self) {
-        let jobs = self.jobs.iter().map(|j| j.result(self.reactor, self.cpu)).collect();
-        let queue_pairs = self.qp_uris.iter().cloned().zip(self.qps.iter().map(|q| *q.stats())).collect();
-        let _ = self.results.send(ShardReport { reactor: self.reactor, cpu: self.cpu, jobs, queue_pairs, error: None });
+        let jobs = self
+            .jobs
+            .iter()
+            .map(|j| j.result(self.reactor, self.cpu))
+            .collect();
+        let queue_pairs = self
+            .qp_uris
+            .iter()
+            .cloned()
+            .zip(self.qps.iter().map(|q| *q.stats()))
+            .collect();
+        let _ = self.results.send(ShardReport {
+            reactor: self.reactor,
+            cpu: self.cpu,
+            jobs,
+            queue_pairs,
+            error: None,
+        });
     }
 }
 
@@ -718,7 +805,14 @@ impl Poller for Shard {
         let clock = || Instant::now().duration_since(base).as_nanos() as u64;
         for (index, job) in self.jobs.iter_mut().enumerate() {
             if job.phase != Phase::Done {
-                job.step(reaped_ns, clock, stop, &mut self.qps[job.qp], &mut self.pending[job.qp], index);
+                job.step(
+                    reaped_ns,
+                    clock,
+                    stop,
+                    &mut self.qps[job.qp],
+                    &mut self.pending[job.qp],
+                    index,
+                );
             }
             job.publish();
             all_done &= job.phase == Phase::Done;

@@ -54,23 +54,36 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<RawJob>, JobFileError> {
     // None before the first section; Some(None) inside [global]; Some(Some(i)) inside job i.
     let mut section: Option<Option<usize>> = None;
     for (index, raw_line) in text.lines().enumerate() {
-        let origin = Origin::File { path: path.to_string(), line: index + 1 };
+        let origin = Origin::File {
+            path: path.to_string(),
+            line: index + 1,
+        };
         let line = strip_comment(raw_line).trim();
         if line.is_empty() {
             continue;
         }
         if let Some(rest) = line.strip_prefix('[') {
             let Some(name) = rest.strip_suffix(']') else {
-                return Err(JobFileError { origin, message: format!("unterminated section header '{line}'") });
+                return Err(JobFileError {
+                    origin,
+                    message: format!("unterminated section header '{line}'"),
+                });
             };
             let name = name.trim();
             if name.is_empty() {
-                return Err(JobFileError { origin, message: "empty section name".into() });
+                return Err(JobFileError {
+                    origin,
+                    message: "empty section name".into(),
+                });
             }
             if name == "global" {
                 section = Some(None);
             } else {
-                jobs.push(RawJob { name: name.to_string(), globals: globals.clone(), options: Vec::new() });
+                jobs.push(RawJob {
+                    name: name.to_string(),
+                    globals: globals.clone(),
+                    options: Vec::new(),
+                });
                 section = Some(Some(jobs.len() - 1));
             }
             continue;
@@ -80,9 +93,16 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<RawJob>, JobFileError> {
             None => (line, None),
         };
         if key.is_empty() {
-            return Err(JobFileError { origin, message: format!("missing option name in '{line}'") });
+            return Err(JobFileError {
+                origin,
+                message: format!("missing option name in '{line}'"),
+            });
         }
-        let option = RawOption { key: key.to_string(), value, origin: origin.clone() };
+        let option = RawOption {
+            key: key.to_string(),
+            value,
+            origin: origin.clone(),
+        };
         match section {
             None => {
                 return Err(JobFileError {
@@ -126,19 +146,32 @@ mod tests {
         assert_eq!(jobs[0].globals[1].key, "time_based");
         assert_eq!(jobs[0].globals[1].value, None);
         assert_eq!(jobs[0].options[0].value.as_deref(), Some("randread"));
-        assert_eq!(jobs[1].globals.len(), 3, "a later [global] adds to the defaults");
+        assert_eq!(
+            jobs[1].globals.len(),
+            3,
+            "a later [global] adds to the defaults"
+        );
         assert_eq!(
             jobs[1].options[0].origin,
-            Origin::File { path: "t.fio".into(), line: 12 }
+            Origin::File {
+                path: "t.fio".into(),
+                line: 12
+            }
         );
     }
 
     #[test]
     fn malformed_files_name_the_line() {
         let err = parse("x.fio", "[global\nbs=4k\n").unwrap_err();
-        assert_eq!(err.to_string(), "x.fio:1: unterminated section header '[global'");
+        assert_eq!(
+            err.to_string(),
+            "x.fio:1: unterminated section header '[global'"
+        );
         let err = parse("x.fio", "bs=4k\n").unwrap_err();
-        assert!(err.to_string().starts_with("x.fio:1: option 'bs' appears before"));
+        assert!(
+            err.to_string()
+                .starts_with("x.fio:1: option 'bs' appears before")
+        );
         let err = parse("x.fio", "[a]\n=3\n").unwrap_err();
         assert!(err.to_string().contains("missing option name"));
     }

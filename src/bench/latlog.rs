@@ -19,24 +19,45 @@ pub fn write_logs(r: &JobResult) -> Result<()> {
         let mut out = String::new();
         for s in &r.samples {
             for d in (0..2).filter(|&d| active(d)) {
-                let _ = writeln!(out, "{}, {}, {d}, 0, 0", s.end_ms, value(&s.dirs[d], s.duration_ms));
+                let _ = writeln!(
+                    out,
+                    "{}, {}, {d}, 0, 0",
+                    s.end_ms,
+                    value(&s.dirs[d], s.duration_ms)
+                );
             }
         }
         out
     };
-    let iops = |d: &super::stats::DirSample, ms: u64| format!("{}", if ms == 0 { 0 } else { d.ios * 1000 / ms });
+    let iops = |d: &super::stats::DirSample, ms: u64| {
+        format!("{}", (d.ios * 1000).checked_div(ms).unwrap_or(0))
+    };
     if let Some(prefix) = &r.spec.write_lat_log {
         let write = |name: String, text: String| {
-            std::fs::write(&name, text).with_context(|| format!("cannot write latency log '{name}'"))
+            std::fs::write(&name, text)
+                .with_context(|| format!("cannot write latency log '{name}'"))
         };
-        write(format!("{prefix}_lat.{n}.log"), series(&|d, _| format!("{:.0}", d.lat_mean)))?;
-        write(format!("{prefix}_clat.{n}.log"), series(&|d, _| format!("{:.0}", d.clat_mean)))?;
-        write(format!("{prefix}_slat.{n}.log"), series(&|d, _| format!("{:.0}", d.slat_mean)))?;
+        write(
+            format!("{prefix}_lat.{n}.log"),
+            series(&|d, _| format!("{:.0}", d.lat_mean)),
+        )?;
+        write(
+            format!("{prefix}_clat.{n}.log"),
+            series(&|d, _| format!("{:.0}", d.clat_mean)),
+        )?;
+        write(
+            format!("{prefix}_slat.{n}.log"),
+            series(&|d, _| format!("{:.0}", d.slat_mean)),
+        )?;
         let mut pct = String::new();
         for s in &r.samples {
             for d in (0..2).filter(|&d| active(d)) {
                 let x = &s.dirs[d];
-                let _ = writeln!(pct, "{}, {}, {}, {}, {d}", s.end_ms, x.clat_p50, x.clat_p99, x.clat_p999);
+                let _ = writeln!(
+                    pct,
+                    "{}, {}, {}, {}, {d}",
+                    s.end_ms, x.clat_p50, x.clat_p99, x.clat_p999
+                );
             }
         }
         write(format!("{prefix}_clat_pct.{n}.log"), pct)?;
@@ -46,7 +67,8 @@ pub fn write_logs(r: &JobResult) -> Result<()> {
     }
     if let Some(prefix) = &r.spec.write_iops_log {
         let name = format!("{prefix}_iops.{n}.log");
-        std::fs::write(&name, series(&iops)).with_context(|| format!("cannot write IOPS log '{name}'"))?;
+        std::fs::write(&name, series(&iops))
+            .with_context(|| format!("cannot write IOPS log '{name}'"))?;
     }
     Ok(())
 }

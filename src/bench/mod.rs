@@ -72,9 +72,8 @@ pub fn run(args: &[String]) -> Result<Outcome> {
         let uri = spec.filename.clone().unwrap_or_else(|| default_uri.clone());
         if !devices.contains_key(&uri) {
             let device = match spec.ioengine {
-                IoEngine::Dev => {
-                    Device::open(&uri).with_context(|| format!("job '{}': cannot open device '{uri}'", spec.name))?
-                }
+                IoEngine::Dev => Device::open(&uri)
+                    .with_context(|| format!("job '{}': cannot open device '{uri}'", spec.name))?,
             };
             devices.insert(uri.clone(), device);
         }
@@ -84,7 +83,13 @@ pub fn run(args: &[String]) -> Result<Outcome> {
             let seed = if spec.randrepeat {
                 splitmix(spec.randseed ^ (number as u64).wrapping_mul(0x9e37_79b9) ^ clone as u64)
             } else {
-                splitmix(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64 ^ number as u64)
+                splitmix(
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_nanos() as u64
+                        ^ number as u64,
+                )
             };
             instances.push(Instance {
                 spec: Arc::clone(&spec),
@@ -101,7 +106,8 @@ pub fn run(args: &[String]) -> Result<Outcome> {
 
     let generations = verify_tables(&instances, &devices);
     let cpus = choose_cpus(&run.cpus, &instances)?;
-    let reactors = Reactors::start(ReactorConfig::new(cpus.clone())).context("cannot start reactors")?;
+    let reactors =
+        Reactors::start(ReactorConfig::new(cpus.clone())).context("cannot start reactors")?;
     let interrupted = crate::sys::interrupt_flag();
     let control = Arc::new(RunControl::default());
     let mut notes = Vec::new();
@@ -128,13 +134,21 @@ pub fn run(args: &[String]) -> Result<Outcome> {
                 written.push(m.device_uri.clone());
             }
         }
-        let progress: Vec<Arc<JobProgress>> = members.iter().map(|_| Arc::new(JobProgress::default())).collect();
+        let progress: Vec<Arc<JobProgress>> = members
+            .iter()
+            .map(|_| Arc::new(JobProgress::default()))
+            .collect();
         let (tx, rx) = mpsc::channel();
-        let mut shards: Vec<(Vec<Device>, Vec<JobPlan>)> = (0..reactors.len()).map(|_| (Vec::new(), Vec::new())).collect();
+        let mut shards: Vec<(Vec<Device>, Vec<JobPlan>)> = (0..reactors.len())
+            .map(|_| (Vec::new(), Vec::new()))
+            .collect();
         for (slot, m) in members.iter().enumerate() {
             let (shard_devices, plans) = &mut shards[slot % reactors.len()];
             let device = &devices[&m.device_uri];
-            let index = match shard_devices.iter().position(|d| d.info().uri == m.device_uri) {
+            let index = match shard_devices
+                .iter()
+                .position(|d| d.info().uri == m.device_uri)
+            {
                 Some(i) => i,
                 None => {
                     shard_devices.push(device.clone());
@@ -152,7 +166,10 @@ pub fn run(args: &[String]) -> Result<Outcome> {
                 units: m.units,
                 seed: m.seed,
                 generations: if m.spec.verify == VerifyMode::Crc32c {
-                    generations.get(&(m.device_uri.clone(), m.spec.bs)).cloned().flatten()
+                    generations
+                        .get(&(m.device_uri.clone(), m.spec.bs))
+                        .cloned()
+                        .flatten()
                 } else {
                     None
                 },
@@ -164,12 +181,22 @@ pub fn run(args: &[String]) -> Result<Outcome> {
             if plans.is_empty() {
                 continue;
             }
-            let plan = ShardPlan { devices: shard_devices, jobs: plans, control: Arc::clone(&control), results: tx.clone() };
-            reactors.send(reactor, move |cx| start_shard(cx, plan)).context("cannot hand jobs to a reactor")?;
+            let plan = ShardPlan {
+                devices: shard_devices,
+                jobs: plans,
+                control: Arc::clone(&control),
+                results: tx.clone(),
+            };
+            reactors
+                .send(reactor, move |cx| start_shard(cx, plan))
+                .context("cannot hand jobs to a reactor")?;
             pending += 1;
         }
         drop(tx);
-        let planned = members.iter().filter_map(|m| engine::planned_duration(&m.spec)).max();
+        let planned = members
+            .iter()
+            .filter_map(|m| engine::planned_duration(&m.spec))
+            .max();
         let mut line = status::StatusLine::new(show_status);
         let phase_start = Instant::now();
         while pending > 0 {
@@ -181,7 +208,12 @@ pub fn run(args: &[String]) -> Result<Outcome> {
                         line.clear();
                         bail!("reactor {} (cpu {}): {error}", report.reactor, report.cpu);
                     }
-                    queue_pairs.extend(report.queue_pairs.into_iter().map(|(uri, s)| (report.reactor, uri, s)));
+                    queue_pairs.extend(
+                        report
+                            .queue_pairs
+                            .into_iter()
+                            .map(|(uri, s)| (report.reactor, uri, s)),
+                    );
                     results.extend(report.jobs);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -194,11 +226,18 @@ pub fn run(args: &[String]) -> Result<Outcome> {
                 line.clear();
                 eprintln!("bluepoll: interrupted, stopping jobs (press Ctrl-C again to abort)");
             }
-            line.update(&members.iter().map(|m| m.spec.rw).collect::<Vec<_>>(), &progress, phase_start.elapsed(), planned);
+            line.update(
+                &members.iter().map(|m| m.spec.rw).collect::<Vec<_>>(),
+                &progress,
+                phase_start.elapsed(),
+                planned,
+            );
         }
         line.clear();
         if control.stop.load(Ordering::Relaxed) {
-            notes.push("run interrupted: later phases skipped; results cover the time actually run".into());
+            notes.push(
+                "run interrupted: later phases skipped; results cover the time actually run".into(),
+            );
             break;
         }
     }
@@ -206,7 +245,11 @@ pub fn run(args: &[String]) -> Result<Outcome> {
     results.sort_by_key(|r| r.number);
     queue_pairs.sort_by_key(|(r, _, _)| *r);
 
-    let global_options = invocation.jobs.first().map(|j| j.global_options.clone()).unwrap_or_default();
+    let global_options = invocation
+        .jobs
+        .first()
+        .map(|j| j.global_options.clone())
+        .unwrap_or_default();
     let summary = report::RunSummary {
         started,
         elapsed_s: started_at.elapsed().as_secs(),
@@ -226,7 +269,8 @@ pub fn run(args: &[String]) -> Result<Outcome> {
         text.push('\n');
     }
     match &run.output {
-        Some(path) => std::fs::write(path, &text).with_context(|| format!("cannot write output file '{path}'"))?,
+        Some(path) => std::fs::write(path, &text)
+            .with_context(|| format!("cannot write output file '{path}'"))?,
         None => {
             let mut stdout = std::io::stdout().lock();
             stdout.write_all(text.as_bytes())?;
@@ -240,14 +284,22 @@ pub fn run(args: &[String]) -> Result<Outcome> {
         let svg = plot::render(&results);
         std::fs::write(path, svg).with_context(|| format!("cannot write plot '{path}'"))?;
     }
-    let failed = results.iter().any(|r| r.io_errors > 0 || r.verify_errors > 0);
-    for r in results.iter().filter(|r| r.verify_errors > 0 || r.io_errors > 0) {
+    let failed = results
+        .iter()
+        .any(|r| r.io_errors > 0 || r.verify_errors > 0);
+    for r in results
+        .iter()
+        .filter(|r| r.verify_errors > 0 || r.io_errors > 0)
+    {
         eprintln!(
             "bluepoll: job '{}' ({}): {} verify errors, {} I/O errors",
             r.spec.name, r.device_uri, r.verify_errors, r.io_errors
         );
     }
-    Ok(Outcome { exit_code: i32::from(failed), results })
+    Ok(Outcome {
+        exit_code: i32::from(failed),
+        results,
+    })
 }
 
 /// The `mem:` device jobs without a `filename` share: large enough for every such job.
@@ -255,7 +307,10 @@ fn default_device_uri(jobs: &[JobSpec]) -> String {
     let bytes = jobs
         .iter()
         .filter(|j| j.filename.is_none())
-        .map(|j| j.offset.saturating_add(j.size.unwrap_or(DEFAULT_DEVICE_BYTES)))
+        .map(|j| {
+            j.offset
+                .saturating_add(j.size.unwrap_or(DEFAULT_DEVICE_BYTES))
+        })
         .max()
         .unwrap_or(DEFAULT_DEVICE_BYTES);
     let mib = bytes.div_ceil(1 << 20).max(1);
@@ -268,17 +323,34 @@ fn job_range(spec: &JobSpec, device: &Device) -> Result<(u64, u64)> {
     let block = info.block_size as u64;
     let name = &spec.name;
     if spec.bs % block != 0 {
-        bail!("job '{name}': bs={} is not a multiple of the block size {block} of {}", spec.bs, info.uri);
+        bail!(
+            "job '{name}': bs={} is not a multiple of the block size {block} of {}",
+            spec.bs,
+            info.uri
+        );
     }
     if spec.bs > info.max_transfer_bytes as u64 {
-        bail!("job '{name}': bs={} exceeds the largest transfer {} of {}", spec.bs, info.max_transfer_bytes, info.uri);
+        bail!(
+            "job '{name}': bs={} exceeds the largest transfer {} of {}",
+            spec.bs,
+            info.max_transfer_bytes,
+            info.uri
+        );
     }
     if spec.offset % block != 0 {
-        bail!("job '{name}': offset={} is not a multiple of the block size {block} of {}", spec.offset, info.uri);
+        bail!(
+            "job '{name}': offset={} is not a multiple of the block size {block} of {}",
+            spec.offset,
+            info.uri
+        );
     }
     let capacity = info.capacity_bytes();
     if spec.offset >= capacity {
-        bail!("job '{name}': offset={} is beyond the end of {} ({capacity} bytes)", spec.offset, info.uri);
+        bail!(
+            "job '{name}': offset={} is beyond the end of {} ({capacity} bytes)",
+            spec.offset,
+            info.uri
+        );
     }
     let size = spec.size.unwrap_or(capacity - spec.offset);
     if spec.offset.saturating_add(size) > capacity {
@@ -293,7 +365,12 @@ fn job_range(spec: &JobSpec, device: &Device) -> Result<(u64, u64)> {
         bail!("job '{name}': size={size} is smaller than bs={}", spec.bs);
     }
     if spec.iodepth > info.max_queue_depth {
-        bail!("job '{name}': iodepth={} exceeds the deepest queue {} of {}", spec.iodepth, info.max_queue_depth, info.uri);
+        bail!(
+            "job '{name}': iodepth={} exceeds the deepest queue {} of {}",
+            spec.iodepth,
+            info.max_queue_depth,
+            info.uri
+        );
     }
     Ok((spec.offset, units))
 }
@@ -304,7 +381,10 @@ fn verify_tables(
     devices: &HashMap<String, Device>,
 ) -> HashMap<(String, u64), Option<Arc<Generations>>> {
     let mut tables = HashMap::new();
-    for i in instances.iter().filter(|i| i.spec.verify == VerifyMode::Crc32c) {
+    for i in instances
+        .iter()
+        .filter(|i| i.spec.verify == VerifyMode::Crc32c)
+    {
         let key = (i.device_uri.clone(), i.spec.bs);
         tables.entry(key).or_insert_with(|| {
             let capacity = devices[&i.device_uri].info().capacity_bytes();
@@ -344,23 +424,34 @@ fn lay_out_fresh_ram(
     written: &mut Vec<String>,
 ) -> Result<()> {
     for m in members {
-        if !m.spec.rw.reads() || !m.device_uri.starts_with("mem:") || written.contains(&m.device_uri) {
+        if !m.spec.rw.reads()
+            || !m.device_uri.starts_with("mem:")
+            || written.contains(&m.device_uri)
+        {
             continue;
         }
         let device = &devices[&m.device_uri];
         let info = device.info();
         let bs = m.spec.bs;
-        let units_per_cmd = ((1u64 << 20) / bs).clamp(1, (info.max_transfer_bytes as u64 / bs).max(1));
+        let units_per_cmd =
+            ((1u64 << 20) / bs).clamp(1, (info.max_transfer_bytes as u64 / bs).max(1));
         let pool = DmaPool::new((units_per_cmd * bs) as usize, 1)?;
         let mut qp = device.queue_pair(1)?;
-        let table = generations.get(&(m.device_uri.clone(), bs)).cloned().flatten();
+        let table = generations
+            .get(&(m.device_uri.clone(), bs))
+            .cloned()
+            .flatten();
         let mut unit = 0;
         while unit < m.units {
             let n = units_per_cmd.min(m.units - unit);
             let mut buf = pool.alloc()?;
             for k in 0..n {
                 let offset = m.range_start + (unit + k) * bs;
-                verify::fill(&mut buf[(k * bs) as usize..((k + 1) * bs) as usize], offset, 1);
+                verify::fill(
+                    &mut buf[(k * bs) as usize..((k + 1) * bs) as usize],
+                    offset,
+                    1,
+                );
                 if let Some(t) = &table {
                     t.set(offset, 1);
                 }
@@ -369,7 +460,11 @@ fn lay_out_fresh_ram(
             let blocks = (n * bs / info.block_size as u64) as u32;
             let done = qp.execute(IoCmd::write(lba, blocks, buf, 0))?;
             if !done.status.is_success() {
-                return Err(anyhow!("laying out {}: write at LBA {lba} failed: {}", m.device_uri, done.status));
+                return Err(anyhow!(
+                    "laying out {}: write at LBA {lba} failed: {}",
+                    m.device_uri,
+                    done.status
+                ));
             }
             unit += n;
         }
@@ -394,7 +489,9 @@ pub fn clock_text(t: SystemTime) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     format!(
         "{} {} {:2} {:02}:{:02}:{:02} {}",
         WEEKDAYS[days.rem_euclid(7) as usize],

@@ -18,7 +18,9 @@ impl Rng {
             sm = sm.wrapping_add(0x9e37_79b9_7f4a_7c15);
             splitmix(sm)
         };
-        Rng { s: [next(), next(), next(), next()] }
+        Rng {
+            s: [next(), next(), next(), next()],
+        }
     }
 
     #[inline]
@@ -60,8 +62,20 @@ struct Shuffle {
 
 impl Shuffle {
     fn new(bits: u32, seed: u64) -> Shuffle {
-        let mask = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
-        Shuffle { mask, shift: (bits / 2).max(1), keys: [splitmix(seed), splitmix(seed ^ 1) | 1, splitmix(seed ^ 2) | 1] }
+        let mask = if bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits) - 1
+        };
+        Shuffle {
+            mask,
+            shift: (bits / 2).max(1),
+            keys: [
+                splitmix(seed),
+                splitmix(seed ^ 1) | 1,
+                splitmix(seed ^ 2) | 1,
+            ],
+        }
     }
 
     #[inline]
@@ -77,8 +91,16 @@ impl Shuffle {
 
 #[derive(Clone, Debug)]
 enum Order {
-    Sequential { next: u64 },
-    Shuffled { shuffle: Shuffle, counter: u64, pass: u64, seed: u64, bits: u32 },
+    Sequential {
+        next: u64,
+    },
+    Shuffled {
+        shuffle: Shuffle,
+        counter: u64,
+        pass: u64,
+        seed: u64,
+        bits: u32,
+    },
     Uniform,
 }
 
@@ -91,18 +113,30 @@ pub struct OffsetGen {
 
 impl OffsetGen {
     pub fn sequential(units: u64) -> OffsetGen {
-        OffsetGen { units: units.max(1), order: Order::Sequential { next: 0 } }
+        OffsetGen {
+            units: units.max(1),
+            order: Order::Sequential { next: 0 },
+        }
     }
 
     pub fn random(units: u64, seed: u64, random_map: bool) -> OffsetGen {
         let units = units.max(1);
         if !random_map {
-            return OffsetGen { units, order: Order::Uniform };
+            return OffsetGen {
+                units,
+                order: Order::Uniform,
+            };
         }
         let bits = 64 - (units - 1).leading_zeros();
         OffsetGen {
             units,
-            order: Order::Shuffled { shuffle: Shuffle::new(bits, seed), counter: 0, pass: 0, seed, bits },
+            order: Order::Shuffled {
+                shuffle: Shuffle::new(bits, seed),
+                counter: 0,
+                pass: 0,
+                seed,
+                bits,
+            },
         }
     }
 
@@ -119,11 +153,20 @@ impl OffsetGen {
                 unit
             }
             Order::Uniform => rng.below(self.units),
-            Order::Shuffled { shuffle, counter, pass, seed, bits } => loop {
+            Order::Shuffled {
+                shuffle,
+                counter,
+                pass,
+                seed,
+                bits,
+            } => loop {
                 if *counter > shuffle.mask {
                     *counter = 0;
                     *pass += 1;
-                    *shuffle = Shuffle::new(*bits, splitmix(*seed ^ pass.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+                    *shuffle = Shuffle::new(
+                        *bits,
+                        splitmix(*seed ^ pass.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                    );
                 }
                 let unit = shuffle.apply(*counter);
                 *counter += 1;
@@ -175,7 +218,10 @@ mod tests {
     fn sequential_wraps_and_uniform_stays_in_range() {
         let mut offsets = OffsetGen::sequential(3);
         let mut rng = Rng::new(0);
-        assert_eq!((0..7).map(|_| offsets.next(&mut rng)).collect::<Vec<_>>(), vec![0, 1, 2, 0, 1, 2, 0]);
+        assert_eq!(
+            (0..7).map(|_| offsets.next(&mut rng)).collect::<Vec<_>>(),
+            vec![0, 1, 2, 0, 1, 2, 0]
+        );
         let mut offsets = OffsetGen::random(10, 0, false);
         let mut hist = [0u32; 10];
         for _ in 0..100_000 {

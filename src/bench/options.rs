@@ -12,8 +12,10 @@ use super::jobfile::{Origin, RawJob, RawOption};
 use crate::units::{parse_duration, parse_size};
 
 /// fio's default `percentile_list`.
-pub const DEFAULT_PERCENTILES: [f64; 17] =
-    [1.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99];
+pub const DEFAULT_PERCENTILES: [f64; 17] = [
+    1.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95,
+    99.99,
+];
 
 /// The embedded default job, used when neither a job file nor `--name` is given.
 pub const DEFAULT_JOB: &str = include_str!("../../bench/jobs/quick.fio");
@@ -157,13 +159,21 @@ pub enum OptionError {
     #[error("{origin}: unknown option '{key}'")]
     Unknown { origin: Origin, key: String },
     #[error("{origin}: invalid value '{value}' for option '{key}': {reason}")]
-    Invalid { origin: Origin, key: String, value: String, reason: String },
+    Invalid {
+        origin: Origin,
+        key: String,
+        value: String,
+        reason: String,
+    },
     #[error("{origin}: option '{key}' needs a value")]
     MissingValue { origin: Origin, key: String },
 }
 
 fn normalise(key: &str) -> String {
-    key.trim().trim_start_matches('-').replace('-', "_").to_ascii_lowercase()
+    key.trim()
+        .trim_start_matches('-')
+        .replace('-', "_")
+        .to_ascii_lowercase()
 }
 
 fn parse_bool(value: &str) -> Result<bool, String> {
@@ -202,8 +212,12 @@ pub fn parse_cpu_list(value: &str) -> Result<Vec<usize>, String> {
             Some((a, b)) => (a.trim(), b.trim()),
             None => (part, part),
         };
-        let first: usize = first.parse().map_err(|_| format!("'{part}' is not a cpu number or range"))?;
-        let last: usize = last.parse().map_err(|_| format!("'{part}' is not a cpu number or range"))?;
+        let first: usize = first
+            .parse()
+            .map_err(|_| format!("'{part}' is not a cpu number or range"))?;
+        let last: usize = last
+            .parse()
+            .map_err(|_| format!("'{part}' is not a cpu number or range"))?;
         if last < first || last - first > 4096 {
             return Err(format!("'{part}' is not a valid cpu range"));
         }
@@ -223,8 +237,15 @@ pub fn parse_cpu_list(value: &str) -> Result<Vec<usize>, String> {
 fn is_flag(key: &str) -> bool {
     matches!(
         key,
-        "time_based" | "group_reporting" | "randrepeat" | "norandommap" | "stonewall" | "wait_for_previous"
-            | "direct" | "do_verify" | "thread"
+        "time_based"
+            | "group_reporting"
+            | "randrepeat"
+            | "norandommap"
+            | "stonewall"
+            | "wait_for_previous"
+            | "direct"
+            | "do_verify"
+            | "thread"
     )
 }
 
@@ -235,7 +256,10 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         (Some(v), _) => v.clone(),
         (None, true) => "1".to_string(),
         (None, false) => {
-            return Err(OptionError::MissingValue { origin: option.origin.clone(), key });
+            return Err(OptionError::MissingValue {
+                origin: option.origin.clone(),
+                key,
+            });
         }
     };
     let invalid = |reason: String| OptionError::Invalid {
@@ -249,8 +273,9 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         "name" => spec.name = value.clone(),
         "description" => {}
         "rw" | "readwrite" => {
-            spec.rw = RwMode::parse(&value)
-                .ok_or_else(|| invalid("expected read, write, randread, randwrite, rw, readwrite or randrw".into()))?;
+            spec.rw = RwMode::parse(&value).ok_or_else(|| {
+                invalid("expected read, write, randread, randwrite, rw, readwrite or randrw".into())
+            })?;
         }
         "bs" | "blocksize" => spec.bs = at_least_one(&value, 1 << 30).map_err(invalid)?,
         "iodepth" => spec.iodepth = at_least_one(&value, 65536).map_err(invalid)? as u32,
@@ -286,7 +311,12 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         "ioengine" => {
             spec.ioengine = match value.as_str() {
                 "dev" => IoEngine::Dev,
-                _ => return Err(invalid("bluepoll's engines are: dev (queue pairs on the device in filename)".into())),
+                _ => {
+                    return Err(invalid(
+                        "bluepoll's engines are: dev (queue pairs on the device in filename)"
+                            .into(),
+                    ));
+                }
             }
         }
         "direct" => spec.direct = parse_bool(&value).map_err(invalid)?,
@@ -294,7 +324,9 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         "percentile_list" => {
             let mut list = Vec::new();
             for part in value.split(':').filter(|p| !p.is_empty()) {
-                let p: f64 = part.parse().map_err(|_| invalid(format!("'{part}' is not a number")))?;
+                let p: f64 = part
+                    .parse()
+                    .map_err(|_| invalid(format!("'{part}' is not a number")))?;
                 if !(p > 0.0 && p <= 100.0) {
                     return Err(invalid(format!("percentile {part} is not in (0, 100]")));
                 }
@@ -317,18 +349,27 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
             }
         }
         "do_verify" => spec.do_verify = parse_bool(&value).map_err(invalid)?,
-        "stonewall" | "wait_for_previous" => spec.stonewall = parse_bool(&value).map_err(invalid)?,
+        "stonewall" | "wait_for_previous" => {
+            spec.stonewall = parse_bool(&value).map_err(invalid)?
+        }
         "write_lat_log" => spec.write_lat_log = Some(value.clone()),
         "write_iops_log" => spec.write_iops_log = Some(value.clone()),
         "log_avg_msec" => {
             let n = parse_u64(&value).map_err(invalid)?;
             if n == 0 {
-                return Err(invalid("must be at least 1 (bluepoll always averages)".into()));
+                return Err(invalid(
+                    "must be at least 1 (bluepoll always averages)".into(),
+                ));
             }
             spec.log_avg_msec = n;
         }
         "cpus_allowed" => spec.cpus_allowed = Some(parse_cpu_list(&value).map_err(invalid)?),
-        _ => return Err(OptionError::Unknown { origin: option.origin.clone(), key }),
+        _ => {
+            return Err(OptionError::Unknown {
+                origin: option.origin.clone(),
+                key,
+            });
+        }
     }
     Ok(())
 }
@@ -363,7 +404,10 @@ pub struct RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
-            output_format: OutputFormat { normal: true, json: false },
+            output_format: OutputFormat {
+                normal: true,
+                json: false,
+            },
             output: None,
             cpus: None,
             plot: None,
@@ -374,11 +418,18 @@ impl Default for RunOptions {
 }
 
 /// Applies a run-level option; `Ok(false)` if `key` is not one.
-fn apply_run_option(run: &mut RunOptions, key: &str, value: Option<&str>) -> Result<bool, OptionError> {
+fn apply_run_option(
+    run: &mut RunOptions,
+    key: &str,
+    value: Option<&str>,
+) -> Result<bool, OptionError> {
     let origin = Origin::CommandLine;
     let need = |v: Option<&str>| {
         v.map(str::to_string)
-            .ok_or_else(|| OptionError::MissingValue { origin: origin.clone(), key: key.to_string() })
+            .ok_or_else(|| OptionError::MissingValue {
+                origin: origin.clone(),
+                key: key.to_string(),
+            })
     };
     let invalid = |value: &str, reason: &str| OptionError::Invalid {
         origin: origin.clone(),
@@ -389,7 +440,10 @@ fn apply_run_option(run: &mut RunOptions, key: &str, value: Option<&str>) -> Res
     match key {
         "output_format" => {
             let v = need(value)?;
-            let mut format = OutputFormat { normal: false, json: false };
+            let mut format = OutputFormat {
+                normal: false,
+                json: false,
+            };
             for part in v.split(',') {
                 match part.trim() {
                     "normal" => format.normal = true,
@@ -452,8 +506,11 @@ pub fn parse_invocation(args: &[String]) -> Result<Invocation, InvocationError> 
     let mut cli_jobs: Vec<RawJob> = Vec::new();
     for arg in args {
         let Some(option) = arg.strip_prefix("--") else {
-            let text = std::fs::read_to_string(arg)
-                .map_err(|source| InvocationError::ReadJobFile { path: arg.clone(), source })?;
+            let text =
+                std::fs::read_to_string(arg).map_err(|source| InvocationError::ReadJobFile {
+                    path: arg.clone(),
+                    source,
+                })?;
             files.extend(super::jobfile::parse(arg, &text)?);
             continue;
         };
@@ -464,12 +521,23 @@ pub fn parse_invocation(args: &[String]) -> Result<Invocation, InvocationError> 
         if apply_run_option(&mut run, &key, value)? {
             continue;
         }
-        let raw = RawOption { key: key.clone(), value: value.map(str::to_string), origin: Origin::CommandLine };
+        let raw = RawOption {
+            key: key.clone(),
+            value: value.map(str::to_string),
+            origin: Origin::CommandLine,
+        };
         if key == "name" {
             let name = value
                 .filter(|v| !v.is_empty())
-                .ok_or(OptionError::MissingValue { origin: Origin::CommandLine, key: key.clone() })?;
-            cli_jobs.push(RawJob { name: name.to_string(), globals: Vec::new(), options: Vec::new() });
+                .ok_or(OptionError::MissingValue {
+                    origin: Origin::CommandLine,
+                    key: key.clone(),
+                })?;
+            cli_jobs.push(RawJob {
+                name: name.to_string(),
+                globals: Vec::new(),
+                options: Vec::new(),
+            });
             continue;
         }
         match cli_jobs.last_mut() {
@@ -495,12 +563,22 @@ pub fn parse_invocation(args: &[String]) -> Result<Invocation, InvocationError> 
     Ok(Invocation { run, jobs })
 }
 
-fn resolve(raw: &RawJob, globals: &[RawOption], own: &[RawOption], overrides: &[RawOption]) -> Result<JobSpec, OptionError> {
+fn resolve(
+    raw: &RawJob,
+    globals: &[RawOption],
+    own: &[RawOption],
+    overrides: &[RawOption],
+) -> Result<JobSpec, OptionError> {
     let mut spec = JobSpec::new(&raw.name);
     for option in globals.iter().chain(own).chain(overrides) {
         apply(&mut spec, option)?;
     }
-    let text = |o: &RawOption| (normalise(&o.key), o.value.clone().unwrap_or_else(|| "1".into()));
+    let text = |o: &RawOption| {
+        (
+            normalise(&o.key),
+            o.value.clone().unwrap_or_else(|| "1".into()),
+        )
+    };
     spec.job_options = own.iter().map(text).collect();
     spec.global_options = globals.iter().chain(overrides).map(text).collect();
     Ok(spec)
@@ -525,10 +603,21 @@ mod tests {
 
     #[test]
     fn command_line_overrides_the_job_file() {
-        let inv = parse_invocation(&args(&["--runtime=2", "--filename=null:1G", "--output-format=json"])).unwrap();
+        let inv = parse_invocation(&args(&[
+            "--runtime=2",
+            "--filename=null:1G",
+            "--output-format=json",
+        ]))
+        .unwrap();
         assert_eq!(inv.jobs[0].runtime, Some(Duration::from_secs(2)));
         assert_eq!(inv.jobs[0].filename.as_deref(), Some("null:1G"));
-        assert_eq!(inv.run.output_format, OutputFormat { normal: false, json: true });
+        assert_eq!(
+            inv.run.output_format,
+            OutputFormat {
+                normal: false,
+                json: true
+            }
+        );
     }
 
     #[test]
@@ -544,25 +633,54 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(inv.jobs.len(), 2);
-        assert_eq!((inv.jobs[0].name.as_str(), inv.jobs[0].rw, inv.jobs[0].bs), ("w", RwMode::RandWrite, 8192));
-        assert_eq!((inv.jobs[1].rw, inv.jobs[1].iodepth, inv.jobs[1].stonewall), (RwMode::Read, 4, true));
+        assert_eq!(
+            (inv.jobs[0].name.as_str(), inv.jobs[0].rw, inv.jobs[0].bs),
+            ("w", RwMode::RandWrite, 8192)
+        );
+        assert_eq!(
+            (inv.jobs[1].rw, inv.jobs[1].iodepth, inv.jobs[1].stonewall),
+            (RwMode::Read, 4, true)
+        );
     }
 
     #[test]
     fn bad_options_are_named() {
-        let e = parse_invocation(&args(&["--bs=4q"])).unwrap_err().to_string();
-        assert_eq!(e, "command line: invalid value '4q' for option 'bs': unknown unit 'q' in '4q' (use k, m, g, t or p)");
-        let e = parse_invocation(&args(&["--iodepth=0"])).unwrap_err().to_string();
-        assert!(e.contains("invalid value '0' for option 'iodepth': must be at least 1"), "{e}");
-        let e = parse_invocation(&args(&["--frobnicate=1"])).unwrap_err().to_string();
+        let e = parse_invocation(&args(&["--bs=4q"]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "command line: invalid value '4q' for option 'bs': unknown unit 'q' in '4q' (use k, m, g, t or p)"
+        );
+        let e = parse_invocation(&args(&["--iodepth=0"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("invalid value '0' for option 'iodepth': must be at least 1"),
+            "{e}"
+        );
+        let e = parse_invocation(&args(&["--frobnicate=1"]))
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "command line: unknown option 'frobnicate'");
-        let e = parse_invocation(&args(&["/no/such/job.fio"])).unwrap_err().to_string();
-        assert!(e.starts_with("cannot read job file '/no/such/job.fio'"), "{e}");
-        let e = parse_invocation(&args(&["--rw=sideways"])).unwrap_err().to_string();
+        let e = parse_invocation(&args(&["/no/such/job.fio"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("cannot read job file '/no/such/job.fio'"),
+            "{e}"
+        );
+        let e = parse_invocation(&args(&["--rw=sideways"]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("option 'rw'"), "{e}");
-        let e = parse_invocation(&args(&["--name"])).unwrap_err().to_string();
+        let e = parse_invocation(&args(&["--name"]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("needs a value"), "{e}");
-        let e = parse_invocation(&args(&["--output-format=xml"])).unwrap_err().to_string();
+        let e = parse_invocation(&args(&["--output-format=xml"]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("output_format"), "{e}");
     }
 

@@ -45,7 +45,9 @@ impl Panel {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn fmt_ns(ns: f64) -> String {
@@ -80,7 +82,11 @@ fn decades(values: impl Iterator<Item = f64>) -> (f64, f64) {
 }
 
 fn log_fraction(v: f64, (lo, hi): (f64, f64)) -> f64 {
-    if v <= 0.0 { 0.0 } else { (v.log10() - lo.log10()) / (hi.log10() - lo.log10()) }
+    if v <= 0.0 {
+        0.0
+    } else {
+        (v.log10() - lo.log10()) / (hi.log10() - lo.log10())
+    }
 }
 
 fn frame(svg: &mut String, p: &Panel, title: &str, x_label: &str, y_label: &str) {
@@ -89,7 +95,13 @@ fn frame(svg: &mut String, p: &Panel, title: &str, x_label: &str, y_label: &str)
         r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#fafafa" stroke="#999"/>"##,
         p.x0, p.y0, p.w, p.h
     );
-    let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" font-size="15" font-weight="bold">{}</text>"#, p.x0, p.y0 - 12.0, escape(title));
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" font-size="15" font-weight="bold">{}</text>"#,
+        p.x0,
+        p.y0 - 12.0,
+        escape(title)
+    );
     let _ = writeln!(
         svg,
         r#"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle">{}</text>"#,
@@ -108,21 +120,45 @@ fn frame(svg: &mut String, p: &Panel, title: &str, x_label: &str, y_label: &str)
 
 fn tick_y(svg: &mut String, p: &Panel, fraction: f64, label: &str) {
     let y = p.y(fraction);
-    let _ = writeln!(svg, r##"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##, p.x0, p.x0 + p.w);
-    let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{}</text>"#, p.x0 - 6.0, y + 4.0, escape(label));
+    let _ = writeln!(
+        svg,
+        r##"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
+        p.x0,
+        p.x0 + p.w
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{}</text>"#,
+        p.x0 - 6.0,
+        y + 4.0,
+        escape(label)
+    );
 }
 
 fn tick_x(svg: &mut String, p: &Panel, fraction: f64, label: &str) {
     let x = p.x(fraction);
-    let _ = writeln!(svg, r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##, p.y0, p.y0 + p.h);
-    let _ = writeln!(svg, r#"<text x="{x:.1}" y="{:.1}" font-size="11" text-anchor="middle">{}</text>"#, p.y0 + p.h + 16.0, escape(label));
+    let _ = writeln!(
+        svg,
+        r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##,
+        p.y0,
+        p.y0 + p.h
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{x:.1}" y="{:.1}" font-size="11" text-anchor="middle">{}</text>"#,
+        p.y0 + p.h + 16.0,
+        escape(label)
+    );
 }
 
 fn polyline(svg: &mut String, points: &[(f64, f64)], colour: &str, dash: &str) {
     if points.is_empty() {
         return;
     }
-    let coords: Vec<String> = points.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+    let coords: Vec<String> = points
+        .iter()
+        .map(|(x, y)| format!("{x:.1},{y:.1}"))
+        .collect();
     let _ = writeln!(
         svg,
         r#"<polyline fill="none" stroke="{colour}" stroke-width="1.8" stroke-dasharray="{dash}" points="{}"/>"#,
@@ -138,7 +174,13 @@ fn legend(svg: &mut String, p: &Panel, row: usize, colour: &str, dash: &str, lab
         r#"<line x1="{x:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{colour}" stroke-width="2" stroke-dasharray="{dash}"/>"#,
         x + 24.0
     );
-    let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" font-size="11">{}</text>"#, x + 30.0, y + 4.0, escape(label));
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" font-size="11">{}</text>"#,
+        x + 30.0,
+        y + 4.0,
+        escape(label)
+    );
 }
 
 /// Renders the run; works (with empty panels) even when nothing completed.
@@ -155,7 +197,11 @@ pub fn render(results: &[JobResult]) -> String {
     if let Some(r) = results.first() {
         title.push_str(&format!(" on {}", r.device_uri));
     }
-    let _ = writeln!(svg, r#"<text x="{LEFT}" y="18" font-size="14">{}</text>"#, escape(&title));
+    let _ = writeln!(
+        svg,
+        r#"<text x="{LEFT}" y="18" font-size="14">{}</text>"#,
+        escape(&title)
+    );
 
     // Series per direction, summed over jobs by sample index.
     let max_samples = results.iter().map(|r| r.samples.len()).max().unwrap_or(0);
@@ -192,7 +238,13 @@ pub fn render(results: &[JobResult]) -> String {
     // Panel 1: IOPS.
     let p = Panel::new(0);
     frame(&mut svg, &p, "IOPS over time", "seconds", "IOPS");
-    let iops_max = iops.iter().flatten().map(|p| p.1).fold(0.0, f64::max).max(1.0) * 1.1;
+    let iops_max = iops
+        .iter()
+        .flatten()
+        .map(|p| p.1)
+        .fold(0.0, f64::max)
+        .max(1.0)
+        * 1.1;
     for k in 0..=4 {
         let f = k as f64 / 4.0;
         tick_y(&mut svg, &p, f, &fmt_count(iops_max * f));
@@ -202,7 +254,10 @@ pub fn render(results: &[JobResult]) -> String {
         tick_x(&mut svg, &p, f, &format!("{:.1}", t_max * f));
     }
     for d in [READ, WRITE] {
-        let pts: Vec<(f64, f64)> = iops[d].iter().map(|(t, v)| (p.x(t / t_max), p.y(v / iops_max))).collect();
+        let pts: Vec<(f64, f64)> = iops[d]
+            .iter()
+            .map(|(t, v)| (p.x(t / t_max), p.y(v / iops_max)))
+            .collect();
         polyline(&mut svg, &pts, COLOURS[d], "");
         if !pts.is_empty() {
             legend(&mut svg, &p, d, COLOURS[d], "", DIR_NAMES[d]);
@@ -211,7 +266,13 @@ pub fn render(results: &[JobResult]) -> String {
 
     // Panel 2: percentiles over time.
     let p = Panel::new(1);
-    frame(&mut svg, &p, "Completion latency percentiles over time (worst job per interval)", "seconds", "latency");
+    frame(
+        &mut svg,
+        &p,
+        "Completion latency percentiles over time (worst job per interval)",
+        "seconds",
+        "latency",
+    );
     let range = decades(pct.iter().flatten().flatten().map(|q| q.1));
     let mut v = range.0;
     while v <= range.1 * 1.0001 {
@@ -227,10 +288,20 @@ pub fn render(results: &[JobResult]) -> String {
     let mut row = 0;
     for d in [READ, WRITE] {
         for k in 0..3 {
-            let pts: Vec<(f64, f64)> = pct[d][k].iter().map(|(t, v)| (p.x(t / t_max), p.y(log_fraction(*v, range)))).collect();
+            let pts: Vec<(f64, f64)> = pct[d][k]
+                .iter()
+                .map(|(t, v)| (p.x(t / t_max), p.y(log_fraction(*v, range))))
+                .collect();
             if !pts.is_empty() {
                 polyline(&mut svg, &pts, COLOURS[d], dashes[k]);
-                legend(&mut svg, &p, row, COLOURS[d], dashes[k], &format!("{} {}", DIR_NAMES[d], labels[k]));
+                legend(
+                    &mut svg,
+                    &p,
+                    row,
+                    COLOURS[d],
+                    dashes[k],
+                    &format!("{} {}", DIR_NAMES[d], labels[k]),
+                );
                 row += 1;
             }
         }
@@ -238,7 +309,13 @@ pub fn render(results: &[JobResult]) -> String {
 
     // Panel 3: latency spectrum.
     let p = Panel::new(2);
-    frame(&mut svg, &p, "Completion latency by percentile (whole run)", "percentile", "latency");
+    frame(
+        &mut svg,
+        &p,
+        "Completion latency by percentile (whole run)",
+        "percentile",
+        "latency",
+    );
     let mut merged = [LatencyStat::default(), LatencyStat::default()];
     for r in results {
         for d in [READ, WRITE] {
@@ -246,14 +323,24 @@ pub fn render(results: &[JobResult]) -> String {
         }
     }
     const NINES: f64 = 5.0;
-    let quantiles: Vec<f64> = (0..=100).map(|i| 100.0 * (1.0 - 10f64.powf(-NINES * i as f64 / 100.0))).collect();
-    let range = decades(merged.iter().filter(|s| s.n > 0).flat_map(|s| [s.percentile(0.0).max(1) as f64, s.max as f64]));
+    let quantiles: Vec<f64> = (0..=100)
+        .map(|i| 100.0 * (1.0 - 10f64.powf(-NINES * i as f64 / 100.0)))
+        .collect();
+    let range = decades(
+        merged
+            .iter()
+            .filter(|s| s.n > 0)
+            .flat_map(|s| [s.percentile(0.0).max(1) as f64, s.max as f64]),
+    );
     let mut v = range.0;
     while v <= range.1 * 1.0001 {
         tick_y(&mut svg, &p, log_fraction(v, range), &fmt_ns(v));
         v *= 10.0;
     }
-    for (k, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"].iter().enumerate() {
+    for (k, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
+        .iter()
+        .enumerate()
+    {
         tick_x(&mut svg, &p, k as f64 / NINES, label);
     }
     for d in [READ, WRITE] {
@@ -265,11 +352,21 @@ pub fn render(results: &[JobResult]) -> String {
             .iter()
             .map(|&q| {
                 let nines = -(1.0 - q / 100.0).max(1e-12).log10();
-                (p.x(nines / NINES), p.y(log_fraction(s.percentile(q).max(1) as f64, range)))
+                (
+                    p.x(nines / NINES),
+                    p.y(log_fraction(s.percentile(q).max(1) as f64, range)),
+                )
             })
             .collect();
         polyline(&mut svg, &pts, COLOURS[d], "");
-        legend(&mut svg, &p, d, COLOURS[d], "", &format!("{} ({} I/Os)", DIR_NAMES[d], s.n));
+        legend(
+            &mut svg,
+            &p,
+            d,
+            COLOURS[d],
+            "",
+            &format!("{} ({} I/Os)", DIR_NAMES[d], s.n),
+        );
     }
     svg.push_str("</svg>\n");
     svg

@@ -92,9 +92,16 @@ pub fn entries(results: &[JobResult]) -> Vec<Entry> {
     let mut groups: Vec<usize> = results.iter().map(|r| r.group).collect();
     groups.dedup();
     for group in groups {
-        let members: Vec<JobResult> = results.iter().filter(|r| r.group == group).cloned().collect();
+        let members: Vec<JobResult> = results
+            .iter()
+            .filter(|r| r.group == group)
+            .cloned()
+            .collect();
         if members.iter().any(|r| r.spec.group_reporting) {
-            entries.push(Entry { result: merge(&members), jobs: members.len() });
+            entries.push(Entry {
+                result: merge(&members),
+                jobs: members.len(),
+            });
         } else {
             entries.extend(members.into_iter().map(|result| Entry { result, jobs: 1 }));
         }
@@ -103,7 +110,11 @@ pub fn entries(results: &[JobResult]) -> Vec<Entry> {
 }
 
 fn per_second(count: u64, runtime_ns: u64) -> f64 {
-    if runtime_ns == 0 { 0.0 } else { count as f64 * 1e9 / runtime_ns as f64 }
+    if runtime_ns == 0 {
+        0.0
+    } else {
+        count as f64 * 1e9 / runtime_ns as f64
+    }
 }
 
 /// Per-interval bandwidth (KiB/s) and IOPS spreads of one direction.
@@ -152,7 +163,11 @@ fn dir_json(r: &JobResult, dir: usize, group_bw: f64) -> Value {
     let runtime_ns = r.dir_runtime_ns[dir];
     let bw_bytes = per_second(d.bytes, runtime_ns);
     let (bw, iops) = spreads(r, dir);
-    let agg = if group_bw > 0.0 { bw_bytes / group_bw * 100.0 } else { 0.0 };
+    let agg = if group_bw > 0.0 {
+        bw_bytes / group_bw * 100.0
+    } else {
+        0.0
+    };
     json!({
         "io_bytes": d.bytes,
         "io_kbytes": d.bytes / 1024,
@@ -278,7 +293,12 @@ fn job_json(entry: &Entry, group_bw: [f64; 2], elapsed_s: u64, extra: Value) -> 
     job.insert("error".into(), json!(entry.error_code()));
     job.insert("eta".into(), json!(0));
     job.insert("elapsed".into(), json!(elapsed_s));
-    let options: Map<String, Value> = r.spec.job_options.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let options: Map<String, Value> = r
+        .spec
+        .job_options
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
     job.insert("job options".into(), Value::Object(options));
     job.insert("read".into(), dir_json(r, READ, group_bw[READ]));
     job.insert("write".into(), dir_json(r, WRITE, group_bw[WRITE]));
@@ -301,10 +321,19 @@ fn job_json(entry: &Entry, group_bw: [f64; 2], elapsed_s: u64, extra: Value) -> 
     job.insert("ctx".into(), json!(r.cpu_usage.context_switches));
     job.insert("majf".into(), json!(r.cpu_usage.major_faults));
     job.insert("minf".into(), json!(r.cpu_usage.minor_faults));
-    job.insert("iodepth_level".into(), percent_map(&["1", "2", "4", "8", "16", "32", ">=64"], &r.depth_dist));
+    job.insert(
+        "iodepth_level".into(),
+        percent_map(&["1", "2", "4", "8", "16", "32", ">=64"], &r.depth_dist),
+    );
     let batch_keys = ["0", "4", "8", "16", "32", "64", ">=64"];
-    job.insert("iodepth_submit".into(), percent_map(&batch_keys, &r.submit_dist));
-    job.insert("iodepth_complete".into(), percent_map(&batch_keys, &r.complete_dist));
+    job.insert(
+        "iodepth_submit".into(),
+        percent_map(&batch_keys, &r.submit_dist),
+    );
+    job.insert(
+        "iodepth_complete".into(),
+        percent_map(&batch_keys, &r.complete_dist),
+    );
     let mut maps: Map<String, Value> = Map::new();
     for (map, key, share) in latency_distribution(r) {
         let entry = maps.entry(map).or_insert_with(|| Value::Object(Map::new()));
@@ -364,13 +393,19 @@ fn group_bandwidths(entries: &[Entry]) -> Vec<(usize, [f64; 2])> {
 }
 
 pub fn json_report(entries: &[Entry], summary: &RunSummary<'_>) -> Value {
-    let since_epoch = summary.started.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since_epoch = summary
+        .started
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let groups = group_bandwidths(entries);
     let jobs: Vec<Value> = entries
         .iter()
         .map(|e| {
             let r = &e.result;
-            let group_bw = groups.iter().find(|(g, _)| *g == r.group).map_or([0.0; 2], |(_, b)| *b);
+            let group_bw = groups
+                .iter()
+                .find(|(g, _)| *g == r.group)
+                .map_or([0.0; 2], |(_, b)| *b);
             let extra = json!({
                 "device": r.device_uri,
                 "reactor": r.reactor,
@@ -383,7 +418,11 @@ pub fn json_report(entries: &[Entry], summary: &RunSummary<'_>) -> Value {
             job_json(e, group_bw, summary.elapsed_s, extra)
         })
         .collect();
-    let globals: Map<String, Value> = summary.global_options.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let globals: Map<String, Value> = summary
+        .global_options
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
     let reactors: Vec<Value> = summary
         .reactors
         .iter()
@@ -444,7 +483,11 @@ fn lat_line(out: &mut String, label: &str, s: &LatencyStat) {
 }
 
 fn fmt_lat(x: f64) -> String {
-    if x >= 100.0 || x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x:.2}") }
+    if x >= 100.0 || x.fract() == 0.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.2}")
+    }
 }
 
 fn percentile_lines(out: &mut String, s: &LatencyStat, list: &[f64]) {
@@ -456,7 +499,13 @@ fn percentile_lines(out: &mut String, s: &LatencyStat, list: &[f64]) {
     for chunk in list.chunks(4) {
         let cells: Vec<String> = chunk
             .iter()
-            .map(|&p| format!("{:>5.2}th=[{:>5}]", p, (s.percentile(p) as f64 / div).round() as u64))
+            .map(|&p| {
+                format!(
+                    "{:>5.2}th=[{:>5}]",
+                    p,
+                    (s.percentile(p) as f64 / div).round() as u64
+                )
+            })
             .collect();
         let _ = writeln!(out, "     | {},", cells.join(", "));
     }
@@ -486,8 +535,16 @@ fn dir_text(out: &mut String, r: &JobResult, dir: usize, group_bw: f64) {
     percentile_lines(out, &d.clat, &r.spec.percentile_list);
     let (bw_spread, iops_spread) = spreads(r, dir);
     if bw_spread.samples > 0 {
-        let (unit, div) = if bw_spread.mean >= 10.0 * 1024.0 { ("MiB/s", 1024.0) } else { ("KiB/s", 1.0) };
-        let per = if group_bw > 0.0 { bw / group_bw * 100.0 } else { 0.0 };
+        let (unit, div) = if bw_spread.mean >= 10.0 * 1024.0 {
+            ("MiB/s", 1024.0)
+        } else {
+            ("KiB/s", 1.0)
+        };
+        let per = if group_bw > 0.0 {
+            bw / group_bw * 100.0
+        } else {
+            0.0
+        };
         let _ = writeln!(
             out,
             "   bw ({unit:>7}): min={:.0}, max={:.0}, per={per:.2}%, avg={:.2}, stdev={:.2}, samples={}",
@@ -500,7 +557,11 @@ fn dir_text(out: &mut String, r: &JobResult, dir: usize, group_bw: f64) {
         let _ = writeln!(
             out,
             "   iops        : min={:.0}, max={:.0}, avg={:.2}, stdev={:.2}, samples={}",
-            iops_spread.min, iops_spread.max, iops_spread.mean, iops_spread.stddev, iops_spread.samples
+            iops_spread.min,
+            iops_spread.max,
+            iops_spread.mean,
+            iops_spread.stddev,
+            iops_spread.samples
         );
     }
 }
@@ -510,7 +571,16 @@ fn dist_line(label: &str, keys: &[&str], counts: &[u64; 7]) -> String {
     let cells: Vec<String> = keys
         .iter()
         .zip(counts)
-        .map(|(k, &c)| format!("{k}={:.1}%", if total == 0 { 0.0 } else { c as f64 * 100.0 / total as f64 }))
+        .map(|(k, &c)| {
+            format!(
+                "{k}={:.1}%",
+                if total == 0 {
+                    0.0
+                } else {
+                    c as f64 * 100.0 / total as f64
+                }
+            )
+        })
         .collect();
     format!("{label}: {}", cells.join(", "))
 }
@@ -521,7 +591,10 @@ pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
     let when = crate::bench::clock_text(summary.started);
     for e in entries {
         let r = &e.result;
-        let group_bw = groups.iter().find(|(g, _)| *g == r.group).map_or([0.0; 2], |(_, b)| *b);
+        let group_bw = groups
+            .iter()
+            .find(|(g, _)| *g == r.group)
+            .map_or([0.0; 2], |(_, b)| *b);
         let _ = writeln!(
             out,
             "{}: (groupid={}, jobs={}): err={:>2}: pid={}: {}",
@@ -535,7 +608,11 @@ pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
         dir_text(&mut out, r, READ, group_bw[READ]);
         dir_text(&mut out, r, WRITE, group_bw[WRITE]);
         let dist = latency_distribution(r);
-        for (map, unit) in [("latency_ns", "nsec"), ("latency_us", "usec"), ("latency_ms", "msec")] {
+        for (map, unit) in [
+            ("latency_ns", "nsec"),
+            ("latency_us", "usec"),
+            ("latency_ms", "msec"),
+        ] {
             let cells: Vec<String> = dist
                 .iter()
                 .filter(|(m, _, share)| *m == map && *share > 0.0)
@@ -546,7 +623,11 @@ pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
             }
         }
         let pct = |d: std::time::Duration| {
-            if r.runtime_ns == 0 { 0.0 } else { d.as_nanos() as f64 * 100.0 / (r.runtime_ns as f64 * e.jobs as f64) }
+            if r.runtime_ns == 0 {
+                0.0
+            } else {
+                d.as_nanos() as f64 * 100.0 / (r.runtime_ns as f64 * e.jobs as f64)
+            }
         };
         let _ = writeln!(
             out,
@@ -557,10 +638,26 @@ pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
             r.cpu_usage.major_faults,
             r.cpu_usage.minor_faults
         );
-        let _ = writeln!(out, "  {}", dist_line("IO depths    ", &["1", "2", "4", "8", "16", "32", ">=64"], &r.depth_dist));
+        let _ = writeln!(
+            out,
+            "  {}",
+            dist_line(
+                "IO depths    ",
+                &["1", "2", "4", "8", "16", "32", ">=64"],
+                &r.depth_dist
+            )
+        );
         let batch = ["0", "4", "8", "16", "32", "64", ">=64"];
-        let _ = writeln!(out, "     {}", dist_line("submit    ", &batch, &r.submit_dist));
-        let _ = writeln!(out, "     {}", dist_line("complete  ", &batch, &r.complete_dist));
+        let _ = writeln!(
+            out,
+            "     {}",
+            dist_line("submit    ", &batch, &r.submit_dist)
+        );
+        let _ = writeln!(
+            out,
+            "     {}",
+            dist_line("complete  ", &batch, &r.complete_dist)
+        );
         let _ = writeln!(
             out,
             "     issued rwts: total={},{},0,0 short=0,0,0,0 dropped=0,0,0,0",
@@ -575,22 +672,43 @@ pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
         for m in &r.messages {
             let _ = writeln!(out, "  ! {m}");
         }
-        let _ = writeln!(out, "  device       : {} (reactor {}, cpu {})", r.device_uri, r.reactor, r.cpu);
+        let _ = writeln!(
+            out,
+            "  device       : {} (reactor {}, cpu {})",
+            r.device_uri, r.reactor, r.cpu
+        );
         out.push('\n');
     }
     for (group, _) in &groups {
         let _ = writeln!(out, "Run status group {group} (all jobs):");
         for dir in [READ, WRITE] {
-            let members: Vec<&JobResult> = entries.iter().map(|e| &e.result).filter(|r| r.group == *group).collect();
+            let members: Vec<&JobResult> = entries
+                .iter()
+                .map(|e| &e.result)
+                .filter(|r| r.group == *group)
+                .collect();
             let bytes: u64 = members.iter().map(|r| r.dirs[dir].bytes).sum();
             if bytes == 0 {
                 continue;
             }
-            let runtime_ms: Vec<u64> = members.iter().map(|r| r.dir_runtime_ns[dir] / 1_000_000).collect();
-            let max_runtime = members.iter().map(|r| r.dir_runtime_ns[dir]).max().unwrap_or(0);
-            let bws: Vec<f64> = members.iter().map(|r| per_second(r.dirs[dir].bytes, r.dir_runtime_ns[dir])).collect();
+            let runtime_ms: Vec<u64> = members
+                .iter()
+                .map(|r| r.dir_runtime_ns[dir] / 1_000_000)
+                .collect();
+            let max_runtime = members
+                .iter()
+                .map(|r| r.dir_runtime_ns[dir])
+                .max()
+                .unwrap_or(0);
+            let bws: Vec<f64> = members
+                .iter()
+                .map(|r| per_second(r.dirs[dir].bytes, r.dir_runtime_ns[dir]))
+                .collect();
             let total_bw = per_second(bytes, max_runtime);
-            let (lo, hi) = (bws.iter().cloned().fold(f64::INFINITY, f64::min), bws.iter().cloned().fold(0.0, f64::max));
+            let (lo, hi) = (
+                bws.iter().cloned().fold(f64::INFINITY, f64::min),
+                bws.iter().cloned().fold(0.0, f64::max),
+            );
             let _ = writeln!(
                 out,
                 "  {:>6}: bw={}/s ({}/s), {}/s-{}/s ({}/s-{}/s), io={} ({}), run={}-{}msec",

@@ -64,7 +64,8 @@ impl LatencyStat {
             return;
         }
         self.run_length = 0;
-        self.hist.saturating_record_n(ns.clamp(1, MAX_TRACKED_NS), count);
+        self.hist
+            .saturating_record_n(ns.clamp(1, MAX_TRACKED_NS), count);
         self.n += count;
         self.min = self.min.min(ns);
         self.max = self.max.max(ns);
@@ -104,7 +105,11 @@ impl LatencyStat {
     }
 
     pub fn mean(&self) -> f64 {
-        if self.n == 0 { 0.0 } else { self.sum as f64 / self.n as f64 }
+        if self.n == 0 {
+            0.0
+        } else {
+            self.sum as f64 / self.n as f64
+        }
     }
 
     /// Sample standard deviation, as fio reports it.
@@ -114,12 +119,18 @@ impl LatencyStat {
         }
         let n = self.n as f64;
         let mean = self.sum as f64 / n;
-        ((self.sum_sq - n * mean * mean) / (n - 1.0)).max(0.0).sqrt()
+        ((self.sum_sq - n * mean * mean) / (n - 1.0))
+            .max(0.0)
+            .sqrt()
     }
 
     /// The latency at percentile `p` (0–100], in ns.
     pub fn percentile(&self, p: f64) -> u64 {
-        if self.n == 0 { 0 } else { self.hist.value_at_percentile(p) }
+        if self.n == 0 {
+            0
+        } else {
+            self.hist.value_at_percentile(p)
+        }
     }
 }
 
@@ -275,7 +286,11 @@ mod tests {
 
     #[test]
     fn merge_equals_recording_everything_in_one() {
-        let (mut a, mut b, mut all) = (LatencyStat::default(), LatencyStat::default(), LatencyStat::default());
+        let (mut a, mut b, mut all) = (
+            LatencyStat::default(),
+            LatencyStat::default(),
+            LatencyStat::default(),
+        );
         for v in 0..500u64 {
             a.record(v * 7 + 1);
             all.record(v * 7 + 1);
@@ -286,7 +301,10 @@ mod tests {
         b.settle();
         all.settle();
         a.merge(&b);
-        assert_eq!((a.n, a.min(), a.max, a.sum), (all.n, all.min(), all.max, all.sum));
+        assert_eq!(
+            (a.n, a.min(), a.max, a.sum),
+            (all.n, all.min(), all.max, all.sum)
+        );
         assert_eq!(a.percentile(90.0), all.percentile(90.0));
         a.reset();
         assert_eq!((a.n, a.min(), a.percentile(50.0)), (0, 0, 0));
@@ -314,14 +332,20 @@ mod tests {
             plain.record(v);
             plain.settle();
         }
-        assert_eq!((runs.n, runs.min(), runs.max, runs.sum), (plain.n, plain.min(), plain.max, plain.sum));
+        assert_eq!(
+            (runs.n, runs.min(), runs.max, runs.sum),
+            (plain.n, plain.min(), plain.max, plain.sum)
+        );
         assert_eq!(runs.sum_sq, plain.sum_sq);
         assert_eq!(runs.percentile(50.0), plain.percentile(50.0));
     }
 
     #[test]
     fn buckets_match_fio() {
-        assert_eq!([1, 2, 3, 4, 32, 63, 64, 128].map(depth_bucket), [0, 1, 1, 2, 5, 5, 6, 6]);
+        assert_eq!(
+            [1, 2, 3, 4, 32, 63, 64, 128].map(depth_bucket),
+            [0, 1, 1, 2, 5, 5, 6, 6]
+        );
         assert_eq!([0, 1, 4, 5, 64, 65].map(batch_bucket), [0, 1, 1, 2, 5, 6]);
         let s = Spread::of([1.0, 2.0, 3.0]);
         assert_eq!((s.min, s.max, s.mean, s.samples), (1.0, 3.0, 2.0, 3));

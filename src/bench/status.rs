@@ -22,21 +22,42 @@ pub struct StatusLine {
 
 impl StatusLine {
     pub fn new(enabled: bool) -> StatusLine {
-        StatusLine { enabled, last: None, width: 0 }
+        StatusLine {
+            enabled,
+            last: None,
+            width: 0,
+        }
     }
 
     /// Redraws the line from the jobs' progress counters (rates since the previous call).
-    pub fn update(&mut self, modes: &[RwMode], progress: &[Arc<JobProgress>], elapsed: Duration, planned: Option<Duration>) {
+    pub fn update(
+        &mut self,
+        modes: &[RwMode],
+        progress: &[Arc<JobProgress>],
+        elapsed: Duration,
+        planned: Option<Duration>,
+    ) {
         if !self.enabled {
             return;
         }
         let now = Instant::now();
         let sum = |f: &dyn Fn(&JobProgress) -> u64| progress.iter().map(|p| f(p)).sum::<u64>();
-        let ios = [sum(&|p| p.ios[READ].load(Ordering::Relaxed)), sum(&|p| p.ios[WRITE].load(Ordering::Relaxed))];
-        let bytes = [sum(&|p| p.bytes[READ].load(Ordering::Relaxed)), sum(&|p| p.bytes[WRITE].load(Ordering::Relaxed))];
-        let Some((then, last_ios, last_bytes)) = self.last.replace((now, ios, bytes)) else { return };
+        let ios = [
+            sum(&|p| p.ios[READ].load(Ordering::Relaxed)),
+            sum(&|p| p.ios[WRITE].load(Ordering::Relaxed)),
+        ];
+        let bytes = [
+            sum(&|p| p.bytes[READ].load(Ordering::Relaxed)),
+            sum(&|p| p.bytes[WRITE].load(Ordering::Relaxed)),
+        ];
+        let Some((then, last_ios, last_bytes)) = self.last.replace((now, ios, bytes)) else {
+            return;
+        };
         let dt = now.duration_since(then).as_secs_f64().max(1e-3);
-        let running = progress.iter().filter(|p| !p.finished.load(Ordering::Relaxed)).count();
+        let running = progress
+            .iter()
+            .filter(|p| !p.finished.load(Ordering::Relaxed))
+            .count();
         let letters: String = modes
             .iter()
             .zip(progress)
@@ -61,13 +82,31 @@ impl StatusLine {
         let tags = ["r", "w"];
         let bw: Vec<String> = (0..2)
             .filter(|&d| ios[d] > 0)
-            .map(|d| format!("{}={}/s", tags[d], format_bytes((bytes[d] - last_bytes[d]) as f64 / dt)))
+            .map(|d| {
+                format!(
+                    "{}={}/s",
+                    tags[d],
+                    format_bytes((bytes[d] - last_bytes[d]) as f64 / dt)
+                )
+            })
             .collect();
         let iops: Vec<String> = (0..2)
             .filter(|&d| ios[d] > 0)
-            .map(|d| format!("{}={} IOPS", tags[d], format_count((ios[d] - last_ios[d]) as f64 / dt)))
+            .map(|d| {
+                format!(
+                    "{}={} IOPS",
+                    tags[d],
+                    format_count((ios[d] - last_ios[d]) as f64 / dt)
+                )
+            })
             .collect();
-        line.push_str(&format!("[{}][{}][eta {:02}m:{:02}s]", bw.join(","), iops.join(","), eta / 60, eta % 60));
+        line.push_str(&format!(
+            "[{}][{}][eta {:02}m:{:02}s]",
+            bw.join(","),
+            iops.join(","),
+            eta / 60,
+            eta % 60
+        ));
         let pad = self.width.saturating_sub(line.len());
         self.width = line.len();
         let mut out = std::io::stdout().lock();

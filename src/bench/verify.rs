@@ -42,7 +42,10 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 fn checksum(block: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&block[..OFF_CRC]), &block[OFF_DEVICE_OFFSET..])
+    crc32c::crc32c_append(
+        crc32c::crc32c(&block[..OFF_CRC]),
+        &block[OFF_DEVICE_OFFSET..],
+    )
 }
 
 /// Fills `block` (one unit, at least HEADER_LEN bytes) for `device_offset` and `generation`.
@@ -84,21 +87,36 @@ impl fmt::Display for VerifyFailure {
             }
             VerifyFailure::BadVersion { found } => write!(f, "unknown header version {found}"),
             VerifyFailure::BadLength { found, expected } => {
-                write!(f, "header length {found}, expected {expected} (written with another bs?)")
+                write!(
+                    f,
+                    "header length {found}, expected {expected} (written with another bs?)"
+                )
             }
             VerifyFailure::ChecksumMismatch { expected, actual } => {
-                write!(f, "crc32c mismatch: header says {expected:#010x}, data gives {actual:#010x}")
+                write!(
+                    f,
+                    "crc32c mismatch: header says {expected:#010x}, data gives {actual:#010x}"
+                )
             }
-            VerifyFailure::WrongOffset { found } => write!(f, "block belongs at offset {found} (misdirected)"),
+            VerifyFailure::WrongOffset { found } => {
+                write!(f, "block belongs at offset {found} (misdirected)")
+            }
             VerifyFailure::Stale { found, expected } => {
-                write!(f, "stale data: generation {found}, expected {expected} (a write was lost)")
+                write!(
+                    f,
+                    "stale data: generation {found}, expected {expected} (a write was lost)"
+                )
             }
         }
     }
 }
 
 /// Checks one unit read from `device_offset`. `expected_generation` is 0 when unknown.
-pub fn check(block: &[u8], device_offset: u64, expected_generation: u64) -> Result<(), VerifyFailure> {
+pub fn check(
+    block: &[u8],
+    device_offset: u64,
+    expected_generation: u64,
+) -> Result<(), VerifyFailure> {
     let magic = u32_at(block, OFF_MAGIC);
     if magic != MAGIC {
         return Err(VerifyFailure::BadMagic { found: magic });
@@ -109,7 +127,10 @@ pub fn check(block: &[u8], device_offset: u64, expected_generation: u64) -> Resu
     }
     let length = u32_at(block, OFF_LENGTH);
     if length as usize != block.len() {
-        return Err(VerifyFailure::BadLength { found: length, expected: block.len() as u32 });
+        return Err(VerifyFailure::BadLength {
+            found: length,
+            expected: block.len() as u32,
+        });
     }
     let expected = u32_at(block, OFF_CRC);
     let actual = checksum(block);
@@ -122,7 +143,10 @@ pub fn check(block: &[u8], device_offset: u64, expected_generation: u64) -> Resu
     }
     let generation = u64_at(block, OFF_GENERATION);
     if expected_generation != 0 && generation != expected_generation {
-        return Err(VerifyFailure::Stale { found: generation, expected: expected_generation });
+        return Err(VerifyFailure::Stale {
+            found: generation,
+            expected: expected_generation,
+        });
     }
     Ok(())
 }
@@ -145,7 +169,11 @@ impl Generations {
         if units == 0 || units > Self::MAX_UNITS {
             return None;
         }
-        Some(Generations { unit, first_offset, table: (0..units).map(|_| AtomicU32::new(0)).collect() })
+        Some(Generations {
+            unit,
+            first_offset,
+            table: (0..units).map(|_| AtomicU32::new(0)).collect(),
+        })
     }
 
     fn slot(&self, device_offset: u64) -> Option<&AtomicU32> {
@@ -158,7 +186,8 @@ impl Generations {
 
     /// Generation last written at `device_offset`, 0 if unknown.
     pub fn get(&self, device_offset: u64) -> u64 {
-        self.slot(device_offset).map_or(0, |s| s.load(Ordering::Relaxed) as u64)
+        self.slot(device_offset)
+            .map_or(0, |s| s.load(Ordering::Relaxed) as u64)
     }
 
     pub fn set(&self, device_offset: u64, generation: u64) {
@@ -182,14 +211,32 @@ mod tests {
         fill(&mut block, 8192, 3);
         assert_eq!(check(&block, 8192, 3), Ok(()));
         assert_eq!(check(&block, 8192, 0), Ok(()));
-        assert_eq!(check(&block, 4096, 0), Err(VerifyFailure::WrongOffset { found: 8192 }));
-        assert_eq!(check(&block, 8192, 4), Err(VerifyFailure::Stale { found: 3, expected: 4 }));
-        assert!(matches!(check(&block[..2048], 8192, 0), Err(VerifyFailure::BadLength { .. })));
+        assert_eq!(
+            check(&block, 4096, 0),
+            Err(VerifyFailure::WrongOffset { found: 8192 })
+        );
+        assert_eq!(
+            check(&block, 8192, 4),
+            Err(VerifyFailure::Stale {
+                found: 3,
+                expected: 4
+            })
+        );
+        assert!(matches!(
+            check(&block[..2048], 8192, 0),
+            Err(VerifyFailure::BadLength { .. })
+        ));
         let mut flipped = block.clone();
         flipped[1000] ^= 0x10;
-        assert!(matches!(check(&flipped, 8192, 3), Err(VerifyFailure::ChecksumMismatch { .. })));
+        assert!(matches!(
+            check(&flipped, 8192, 3),
+            Err(VerifyFailure::ChecksumMismatch { .. })
+        ));
         let zeros = vec![0u8; 4096];
-        assert_eq!(check(&zeros, 0, 0), Err(VerifyFailure::BadMagic { found: 0 }));
+        assert_eq!(
+            check(&zeros, 0, 0),
+            Err(VerifyFailure::BadMagic { found: 0 })
+        );
     }
 
     #[test]

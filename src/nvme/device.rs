@@ -404,23 +404,24 @@ impl QueuePair {
     /// Runs one command to completion on an idle queue pair (tools and tests; the data path
     /// keeps many commands in flight instead).
     pub fn execute(&mut self, cmd: IoCmd) -> Result<Completion, NvmeError> {
+        let uri = self.uri.clone();
+        let broken = |reason: String| NvmeError::QueuePairFailed {
+            uri: uri.clone(),
+            reason,
+        };
         if self.outstanding != 0 {
-            return Err(NvmeError::QueuePairFailed {
-                uri: self.uri.clone(),
-                reason: format!(
-                    "execute() needs an idle queue pair; {} commands are outstanding",
-                    self.outstanding
-                ),
-            });
+            return Err(broken(format!(
+                "execute() needs an idle queue pair; {} commands are outstanding",
+                self.outstanding
+            )));
         }
-        if let Err(QueueFull(_)) = self.submit(cmd) {
-            unreachable!("an idle queue pair of depth >= 1 has room");
+        if self.submit(cmd).is_err() {
+            return Err(broken("an idle queue pair refused a command".into()));
         }
         let mut out = Vec::with_capacity(1);
         self.drain(&mut out)?;
-        Ok(out
-            .pop()
-            .expect("drain returned the one outstanding completion"))
+        out.pop()
+            .ok_or_else(|| broken("the command's completion never came back".into()))
     }
 
     /// Registers a pool's region with the device (io_uring fixed buffers, IOMMU mapping), so

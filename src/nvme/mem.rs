@@ -64,9 +64,12 @@ impl SyntheticParams {
     }
 }
 
+/// One 1 MiB chunk: `None` until first written, and again after it is trimmed whole.
+type Chunk = Mutex<Option<Box<[u8]>>>;
+
 pub(crate) struct MemNamespace {
     info: NamespaceInfo,
-    chunks: Box<[Mutex<Option<Box<[u8]>>>]>,
+    chunks: Box<[Chunk]>,
 }
 
 impl MemNamespace {

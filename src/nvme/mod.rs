@@ -23,4 +23,6 @@ pub use device::{
 };
 pub use dma::{DMA_ALIGN, DmaBuf, DmaPool, DmaPoolConfig, DmaRegionInfo, HugePages};
 pub use error::NvmeError;
-pub use fault::{FaultConfig, FaultControl};
+pub use fault::{
+    EioRule, EioTrigger, FaultConfig, FaultControl, FaultOps, FaultStats, PowerCutReport,
+};

@@ -70,7 +70,10 @@ pub struct IdlePolicy {
 
 impl Default for IdlePolicy {
     fn default() -> Self {
-        IdlePolicy { spin: Duration::from_micros(200), max_sleep: Duration::from_millis(1) }
+        IdlePolicy {
+            spin: Duration::from_micros(200),
+            max_sleep: Duration::from_millis(1),
+        }
     }
 }
 
@@ -87,7 +90,12 @@ pub struct ReactorConfig {
 
 impl ReactorConfig {
     pub fn new(cpus: Vec<usize>) -> ReactorConfig {
-        ReactorConfig { cpus, idle: IdlePolicy::default(), mailbox_capacity: 1024, pin: true }
+        ReactorConfig {
+            cpus,
+            idle: IdlePolicy::default(),
+            mailbox_capacity: 1024,
+            pin: true,
+        }
     }
 }
 
@@ -135,7 +143,11 @@ pub struct ReactorStats {
 
 impl ReactorStats {
     pub fn busy_fraction(&self) -> f64 {
-        if self.total_ns == 0 { 0.0 } else { self.busy_ns as f64 / self.total_ns as f64 }
+        if self.total_ns == 0 {
+            0.0
+        } else {
+            self.busy_ns as f64 / self.total_ns as f64
+        }
     }
 }
 
@@ -182,13 +194,19 @@ impl Reactors {
         let capacity = config.mailbox_capacity.max(1);
         let shared = Arc::new(Shared {
             count,
-            mesh: (0..count * count).map(|_| ArrayQueue::new(capacity)).collect(),
+            mesh: (0..count * count)
+                .map(|_| ArrayQueue::new(capacity))
+                .collect(),
             external: (0..count).map(|_| ArrayQueue::new(capacity)).collect(),
             parked: (0..count).map(|_| AtomicBool::new(false)).collect(),
             threads: (0..count).map(|_| OnceLock::new()).collect(),
             stop: AtomicBool::new(false),
         });
-        let mut reactors = Reactors { shared: Arc::clone(&shared), cpus: config.cpus.clone(), handles: Vec::new() };
+        let mut reactors = Reactors {
+            shared: Arc::clone(&shared),
+            cpus: config.cpus.clone(),
+            handles: Vec::new(),
+        };
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), ReactorError>>();
         for (index, &cpu) in config.cpus.iter().enumerate() {
             let shared = Arc::clone(&shared);
@@ -199,7 +217,11 @@ impl Reactors {
                 .spawn(move || {
                     if pin && !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
                         let _ = ready.send(Err(ReactorError::PinFailed { cpu }));
-                        return ReactorStats { index, cpu, ..Default::default() };
+                        return ReactorStats {
+                            index,
+                            cpu,
+                            ..Default::default()
+                        };
                     }
                     let _ = shared.threads[index].set(thread::current());
                     let _ = ready.send(Ok(()));
@@ -234,9 +256,16 @@ impl Reactors {
     }
 
     /// Sends work to reactor `index` from a thread that is not a reactor.
-    pub fn send(&self, index: usize, message: impl FnOnce(&mut Context<'_>) + Send + 'static) -> Result<(), ReactorError> {
+    pub fn send(
+        &self,
+        index: usize,
+        message: impl FnOnce(&mut Context<'_>) + Send + 'static,
+    ) -> Result<(), ReactorError> {
         if index >= self.shared.count {
-            return Err(ReactorError::NoSuchReactor { index, count: self.shared.count });
+            return Err(ReactorError::NoSuchReactor {
+                index,
+                count: self.shared.count,
+            });
         }
         if self.shared.stop.load(Ordering::Relaxed) {
             return Err(ReactorError::Stopped);
@@ -263,7 +292,12 @@ impl Reactors {
         self.handles
             .drain(..)
             .enumerate()
-            .map(|(index, h)| h.join().unwrap_or(ReactorStats { index, ..Default::default() }))
+            .map(|(index, h)| {
+                h.join().unwrap_or(ReactorStats {
+                    index,
+                    ..Default::default()
+                })
+            })
             .collect()
     }
 }
@@ -278,7 +312,9 @@ impl Drop for Reactors {
 
 impl fmt::Debug for Reactors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reactors").field("cpus", &self.cpus).finish()
+        f.debug_struct("Reactors")
+            .field("cpus", &self.cpus)
+            .finish()
     }
 }
 
@@ -294,8 +330,15 @@ fn validate_cpus(config: &ReactorConfig) -> Result<(), ReactorError> {
     if config.pin {
         let available: Vec<usize> = available_cpus();
         if let Some(&cpu) = config.cpus.iter().find(|c| !available.contains(c)) {
-            let list = available.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
-            return Err(ReactorError::CpuUnavailable { cpu, available: list });
+            let list = available
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            return Err(ReactorError::CpuUnavailable {
+                cpu,
+                available: list,
+            });
         }
     }
     Ok(())
@@ -356,16 +399,30 @@ impl Context<'_> {
     }
 
     /// Runs `f` every `period` until it returns [`TimerAction::Cancel`].
-    pub fn every(&mut self, period: Duration, f: impl FnMut(&mut Context<'_>) -> TimerAction + 'static) {
+    pub fn every(
+        &mut self,
+        period: Duration,
+        f: impl FnMut(&mut Context<'_>) -> TimerAction + 'static,
+    ) {
         let period = period.max(Duration::from_micros(1));
         let deadline = self.core.now + period;
-        self.push_timer(deadline, TimerKind::Every { period, f: Box::new(f) });
+        self.push_timer(
+            deadline,
+            TimerKind::Every {
+                period,
+                f: Box::new(f),
+            },
+        );
     }
 
     fn push_timer(&mut self, deadline: Instant, kind: TimerKind) {
         let seq = self.core.next_timer_seq;
         self.core.next_timer_seq += 1;
-        self.core.timers.push(Timer { deadline, seq, kind });
+        self.core.timers.push(Timer {
+            deadline,
+            seq,
+            kind,
+        });
     }
 
     /// Sends work to reactor `to` over this reactor's queue to it; a full queue hands it back.
@@ -406,7 +463,11 @@ fn run(index: usize, cpu: usize, shared: Arc<Shared>, idle: IdlePolicy) -> React
         timers: BinaryHeap::new(),
         next_timer_seq: 0,
         new_pollers: Vec::new(),
-        stats: ReactorStats { index, cpu, ..Default::default() },
+        stats: ReactorStats {
+            index,
+            cpu,
+            ..Default::default()
+        },
     };
     let mut pollers: Vec<Box<dyn Poller>> = Vec::new();
     let mut idle_since: Option<Instant> = None;
@@ -496,7 +557,9 @@ fn deliver_mail(core: &mut Core) -> bool {
 fn fire_timers(core: &mut Core) -> bool {
     let mut fired = false;
     while core.timers.peek().is_some_and(|t| t.deadline <= core.now) {
-        let Some(timer) = core.timers.pop() else { break };
+        let Some(timer) = core.timers.pop() else {
+            break;
+        };
         fired = true;
         core.stats.timers_fired += 1;
         match timer.kind {
@@ -508,7 +571,11 @@ fn fire_timers(core: &mut Core) -> bool {
                     let deadline = (timer.deadline + period).max(core.now);
                     let seq = core.next_timer_seq;
                     core.next_timer_seq += 1;
-                    core.timers.push(Timer { deadline, seq, kind: TimerKind::Every { period, f } });
+                    core.timers.push(Timer {
+                        deadline,
+                        seq,
+                        kind: TimerKind::Every { period, f },
+                    });
                 }
             }
         }

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 use super::*;
 
 fn unpinned(cpus: Vec<usize>) -> ReactorConfig {
-    ReactorConfig { pin: false, ..ReactorConfig::new(cpus) }
+    ReactorConfig {
+        pin: false,
+        ..ReactorConfig::new(cpus)
+    }
 }
 
 #[test]
@@ -17,13 +20,19 @@ fn messages_run_on_the_addressed_reactor() {
         let tx = tx.clone();
         reactors
             .send(i, move |cx| {
-                tx.send((cx.index(), thread::current().name().map(str::to_string))).unwrap();
+                tx.send((cx.index(), thread::current().name().map(str::to_string)))
+                    .unwrap();
             })
             .unwrap();
     }
-    let mut got: Vec<_> = (0..2).map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
+    let mut got: Vec<_> = (0..2)
+        .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+        .collect();
     got.sort();
-    assert_eq!(got, vec![(0, Some("reactor-0".into())), (1, Some("reactor-1".into()))]);
+    assert_eq!(
+        got,
+        vec![(0, Some("reactor-0".into())), (1, Some("reactor-1".into()))]
+    );
     let stats = reactors.shutdown();
     assert_eq!(stats.len(), 2);
     assert!(stats.iter().all(|s| s.messages == 1));
@@ -63,7 +72,9 @@ fn timers_fire_in_deadline_order_and_periodic_ones_repeat() {
             let t1 = tx.clone();
             cx.after(Duration::from_millis(30), move |_| t1.send("late").unwrap());
             let t2 = tx.clone();
-            cx.after(Duration::from_millis(10), move |_| t2.send("early").unwrap());
+            cx.after(Duration::from_millis(10), move |_| {
+                t2.send("early").unwrap()
+            });
             let mut ticks = 0;
             cx.every(Duration::from_millis(5), move |cx| {
                 ticks += 1;
@@ -77,7 +88,9 @@ fn timers_fire_in_deadline_order_and_periodic_ones_repeat() {
             });
         })
         .unwrap();
-    let order: Vec<&str> = (0..3).map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
+    let order: Vec<&str> = (0..3)
+        .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+        .collect();
     assert_eq!(order.iter().filter(|s| **s == "third tick").count(), 1);
     let early = order.iter().position(|s| *s == "early").unwrap();
     let late = order.iter().position(|s| *s == "late").unwrap();
@@ -110,7 +123,10 @@ fn reactors_pass_messages_to_each_other_over_their_queues() {
 #[test]
 fn idle_reactors_back_off_to_sleeping_and_wake_for_mail() {
     let config = ReactorConfig {
-        idle: IdlePolicy { spin: Duration::from_micros(50), max_sleep: Duration::from_millis(50) },
+        idle: IdlePolicy {
+            spin: Duration::from_micros(50),
+            max_sleep: Duration::from_millis(50),
+        },
         ..unpinned(vec![0])
     };
     let reactors = Reactors::start(config).unwrap();
@@ -118,7 +134,9 @@ fn idle_reactors_back_off_to_sleeping_and_wake_for_mail() {
     // Parked with up to 50 ms of backoff, the reactor must still answer promptly when mailed.
     let (tx, rx) = mpsc::channel();
     let sent = Instant::now();
-    reactors.send(0, move |_| tx.send(Instant::now()).unwrap()).unwrap();
+    reactors
+        .send(0, move |_| tx.send(Instant::now()).unwrap())
+        .unwrap();
     let ran = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     let stats = reactors.shutdown();
     assert!(stats[0].sleeps > 0, "an idle reactor parks: {stats:?}");
@@ -129,7 +147,10 @@ fn idle_reactors_back_off_to_sleeping_and_wake_for_mail() {
 
 #[test]
 fn full_mailboxes_push_back() {
-    let config = ReactorConfig { mailbox_capacity: 2, ..unpinned(vec![0]) };
+    let config = ReactorConfig {
+        mailbox_capacity: 2,
+        ..unpinned(vec![0])
+    };
     let reactors = Reactors::start(config).unwrap();
     let gate = Arc::new(AtomicU64::new(0));
     let g = Arc::clone(&gate);
@@ -155,28 +176,44 @@ fn full_mailboxes_push_back() {
 
 #[test]
 fn bad_cpu_lists_are_errors() {
-    assert!(matches!(Reactors::start(ReactorConfig::new(vec![])), Err(ReactorError::NoCpus)));
+    assert!(matches!(
+        Reactors::start(ReactorConfig::new(vec![])),
+        Err(ReactorError::NoCpus)
+    ));
     assert!(matches!(
         Reactors::start(unpinned(vec![0, 0])),
         Err(ReactorError::DuplicateCpu { cpu: 0 })
     ));
     let err = Reactors::start(ReactorConfig::new(vec![100_000])).unwrap_err();
-    assert!(err.to_string().contains("cpu 100000 is not available"), "{err}");
+    assert!(
+        err.to_string().contains("cpu 100000 is not available"),
+        "{err}"
+    );
     let reactors = Reactors::start(unpinned(vec![0])).unwrap();
-    assert!(matches!(reactors.send(3, |_| {}), Err(ReactorError::NoSuchReactor { index: 3, count: 1 })));
+    assert!(matches!(
+        reactors.send(3, |_| {}),
+        Err(ReactorError::NoSuchReactor { index: 3, count: 1 })
+    ));
 }
 
 #[test]
 fn reactors_pin_to_their_cpu() {
     let cpus = available_cpus();
     if cpus.is_empty() {
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), b"skipped: cpu affinity not readable\n");
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"skipped: cpu affinity not readable\n",
+        );
         return;
     }
     let cpu = *cpus.last().unwrap();
     let reactors = Reactors::start(ReactorConfig::new(vec![cpu])).unwrap();
     let (tx, rx) = mpsc::channel();
-    reactors.send(0, move |cx| tx.send((cx.cpu(), crate::sys::current_cpu())).unwrap()).unwrap();
+    reactors
+        .send(0, move |cx| {
+            tx.send((cx.cpu(), crate::sys::current_cpu())).unwrap()
+        })
+        .unwrap();
     let (configured, running_on) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(configured, cpu);
     assert_eq!(running_on, Some(cpu));

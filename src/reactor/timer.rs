@@ -8,7 +8,10 @@ use super::{Context, TimerAction};
 
 pub(super) enum TimerKind {
     Once(Box<dyn FnOnce(&mut Context<'_>)>),
-    Every { period: Duration, f: Box<dyn FnMut(&mut Context<'_>) -> TimerAction> },
+    Every {
+        period: Duration,
+        f: Box<dyn FnMut(&mut Context<'_>) -> TimerAction>,
+    },
 }
 
 pub(super) struct Timer {

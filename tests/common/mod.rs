@@ -23,7 +23,11 @@ impl Run {
 
 impl From<Output> for Run {
     fn from(o: Output) -> Run {
-        Run { status: o.status, stdout: o.stdout, stderr: o.stderr }
+        Run {
+            status: o.status,
+            stdout: o.stdout,
+            stderr: o.stderr,
+        }
     }
 }
 
@@ -60,7 +64,9 @@ pub fn require_peer(name: &str) {
 
 pub fn json_of(bytes: &[u8]) -> serde_json::Value {
     let text = String::from_utf8_lossy(bytes);
-    let start = text.find('{').unwrap_or_else(|| panic!("no JSON in output:\n{text}"));
+    let start = text
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON in output:\n{text}"));
     serde_json::from_str(&text[start..]).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{text}"))
 }
 

@@ -1,0 +1,50 @@
+# Shared by the scripts in this directory; source it, do not run it.
+#
+# - ensure_packages PKG...: installs Debian packages that are missing (idempotent; apt-get update
+#   only when an install needs it; sudo when not root).
+# - BLUEPOLL_TARGET: the cargo target directory every script and CI share, under ~/.cache so
+#   repeated runs (and, later, the RocksDB build) are reused.
+
+BLUEPOLL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bluepoll/target}"
+BLUEPOLL_TARGET="$CARGO_TARGET_DIR"
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        echo "need root to run: $*" >&2
+        return 1
+    fi
+}
+
+ensure_packages() {
+    local missing=()
+    local pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "installing: ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    if ! as_root apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
+        as_root apt-get update -qq >/dev/null
+        as_root apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+ensure_rust() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
+        exit 1
+    fi
+}
+
+# Builds the release binary and prints its path.
+build_release() {
+    ensure_rust
+    (cd "$BLUEPOLL_ROOT" && cargo build --release --locked --quiet --bin bluepoll) >&2
+    echo "$BLUEPOLL_TARGET/release/bluepoll"
+}
