@@ -152,6 +152,8 @@ struct UriOptions {
     poll: PollMode,
     sqpoll_idle_ms: Option<u32>,
     class: Option<DeviceClass>,
+    /// `taskrun=coop|ipi`; None leaves the choice to the caller of `open_with`.
+    taskrun: Option<TaskRunMode>,
 }
 
 impl UriOptions {
@@ -200,6 +202,17 @@ impl UriOptions {
             return Err(NvmeError::uri(uri, "sqpoll_idle_ms needs sqpoll=1"));
         }
         let class = params.take_class()?;
+        let taskrun = match params.take_str("taskrun") {
+            None => None,
+            Some("coop") => Some(TaskRunMode::Cooperative),
+            Some("ipi") => Some(TaskRunMode::Interrupting),
+            Some(other) => {
+                return Err(NvmeError::uri(
+                    uri,
+                    format!("taskrun: '{other}' is not one of coop, ipi"),
+                ));
+            }
+        };
         params.finish()?;
         if poll == PollMode::On && !direct {
             return Err(NvmeError::uri(
@@ -215,6 +228,7 @@ impl UriOptions {
             poll: if direct { poll } else { PollMode::Off },
             sqpoll_idle_ms: sqpoll.then(|| idle_ms.unwrap_or(DEFAULT_SQPOLL_IDLE_MS)),
             class,
+            taskrun,
         })
     }
 }
@@ -315,6 +329,7 @@ impl UringNamespace {
         preferred_taskrun: TaskRunMode,
     ) -> Result<UringNamespace, NvmeError> {
         let opts = UriOptions::parse(uri, rest)?;
+        let preferred_taskrun = opts.taskrun.unwrap_or(preferred_taskrun);
         let path = opts.path.clone();
         let (file, kind) = open_backing(&opts)?;
         let meta = file.metadata().map_err(|e| NvmeError::io(&path, e))?;
