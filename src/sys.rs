@@ -83,6 +83,91 @@ pub fn interrupt_flag() -> &'static std::sync::atomic::AtomicBool {
     &INTERRUPTED
 }
 
+/// A cheap monotonic nanosecond clock for timestamping every I/O.
+///
+/// On x86-64 with an invariant TSC (`constant_tsc` and `nonstop_tsc` in /proc/cpuinfo) it reads
+/// the TSC (~10 ns here, against ~26 ns for `Instant::now` through the vDSO), scaled by a rate
+/// calibrated once per process against the monotonic clock, as fio's `clocksource=cpu` and SPDK's
+/// `spdk_get_ticks` do. Elsewhere it falls back to `Instant`. Readings are only compared with
+/// readings from the same thread, so TSC skew between cores cannot matter.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    base: std::time::Instant,
+    tsc: Option<TscScale>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct TscScale {
+    base_ticks: u64,
+    /// Nanoseconds per tick in 32.32 fixed point.
+    ns_per_tick_fp: u64,
+}
+
+impl Clock {
+    /// A clock whose zero is now.
+    pub fn start() -> Clock {
+        let base = std::time::Instant::now();
+        let tsc = tsc_ns_per_tick_fp().map(|ns_per_tick_fp| TscScale {
+            base_ticks: read_tsc(),
+            ns_per_tick_fp,
+        });
+        Clock { base, tsc }
+    }
+
+    /// Nanoseconds since `start`.
+    #[inline]
+    pub fn now_ns(&self) -> u64 {
+        match self.tsc {
+            Some(scale) => {
+                let ticks = read_tsc().wrapping_sub(scale.base_ticks);
+                ((ticks as u128 * scale.ns_per_tick_fp as u128) >> 32) as u64
+            }
+            None => self.base.elapsed().as_nanos() as u64,
+        }
+    }
+
+    /// Whether readings come from the TSC.
+    pub fn uses_tsc(&self) -> bool {
+        self.tsc.is_some()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn read_tsc() -> u64 {
+    // SAFETY: RDTSC is available on every x86-64 CPU and only reads a counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn read_tsc() -> u64 {
+    0
+}
+
+/// The TSC rate, measured once per process over 20 ms; None when the TSC is not invariant.
+fn tsc_ns_per_tick_fp() -> Option<u64> {
+    static RATE: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *RATE.get_or_init(|| {
+        if !cfg!(target_arch = "x86_64") {
+            return None;
+        }
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+        let flags = cpuinfo.lines().find(|l| l.starts_with("flags"))?;
+        let has = |flag: &str| flags.split_whitespace().any(|f| f == flag);
+        if !(has("constant_tsc") && has("nonstop_tsc")) {
+            return None;
+        }
+        let (t0, c0) = (std::time::Instant::now(), read_tsc());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let (ns, ticks) = (t0.elapsed().as_nanos() as u64, read_tsc().wrapping_sub(c0));
+        if ticks == 0 || ns == 0 {
+            return None;
+        }
+        Some(((ns as u128) << 32).checked_div(ticks as u128)? as u64)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -96,5 +181,19 @@ mod tests {
         let used = super::thread_cpu_usage().since(&before);
         assert!(used.user + used.system > std::time::Duration::ZERO);
         assert!(super::current_cpu().is_some());
+    }
+
+    #[test]
+    fn clock_tracks_the_monotonic_clock() {
+        let clock = super::Clock::start();
+        let wall = std::time::Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (ours, theirs) = (clock.now_ns() as f64, wall.elapsed().as_nanos() as f64);
+        assert!(
+            (ours - theirs).abs() / theirs < 0.02,
+            "clock {ours} ns vs monotonic {theirs} ns"
+        );
+        let a = clock.now_ns();
+        assert!(clock.now_ns() >= a);
     }
 }

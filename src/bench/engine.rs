@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::offsets::{OffsetGen, Rng};
 use super::options::{JobSpec, RwMode, VerifyMode};
@@ -22,7 +22,7 @@ use crate::nvme::{
     Completion, Device, DmaPool, IoCmd, Opcode, QueueFull, QueuePair, QueuePairStats,
 };
 use crate::reactor::{Context, Poll, Poller};
-use crate::sys::{CpuUsage, thread_cpu_usage};
+use crate::sys::{Clock, CpuUsage, thread_cpu_usage};
 
 pub const READ: usize = 0;
 pub const WRITE: usize = 1;
@@ -156,6 +156,8 @@ struct JobRun {
     /// log2 of the block size (block sizes are powers of two), to avoid a division per I/O.
     block_shift: u32,
     iodepth: u32,
+    /// Most commands queued per doorbell (resolved `iodepth_batch_submit`).
+    batch: u32,
     mode: RwMode,
     rwmixread: u64,
     verify: bool,
@@ -228,6 +230,10 @@ impl JobRun {
             blocks: (spec.bs / plan.block_size) as u32,
             block_shift: plan.block_size.trailing_zeros(),
             iodepth: spec.iodepth,
+            batch: match spec.iodepth_batch_submit {
+                0 => spec.iodepth,
+                n => n.min(spec.iodepth),
+            },
             mode: spec.rw,
             rwmixread: spec.rwmixread as u64,
             verify: spec.verify == VerifyMode::Crc32c,
@@ -368,17 +374,8 @@ impl JobRun {
         self.free.push(index as u32);
     }
 
-    /// Moves the job through its phases, samples, and queues new commands. `submit_ns` reads
-    /// the clock once for the whole refill, after the completions were accounted.
-    fn step(
-        &mut self,
-        now_ns: u64,
-        submit_ns: impl Fn() -> u64,
-        stop: bool,
-        qp: &mut QueuePair,
-        pending: &mut Vec<u64>,
-        job_index: usize,
-    ) {
+    /// Moves the job through its phases and takes interval samples; issues nothing.
+    fn advance(&mut self, now_ns: u64, stop: bool) {
         if self.reaped_this_poll > 0 {
             self.complete_dist[batch_bucket(self.reaped_this_poll)] += 1;
             self.reaped_this_poll = 0;
@@ -391,6 +388,9 @@ impl JobRun {
             if stop || expired || self.budget == Some(0) {
                 self.phase = Phase::Drain;
             }
+        }
+        if self.phase == Phase::Verify && stop {
+            self.phase = Phase::Drain;
         }
         if self.phase == Phase::Drain && self.in_flight == 0 {
             if self.verify_start_ns.is_none() {
@@ -410,18 +410,25 @@ impl JobRun {
                 return;
             }
         }
-        if self.phase == Phase::Verify && stop {
-            self.phase = Phase::Drain;
-        }
         if matches!(self.phase, Phase::Run | Phase::Drain | Phase::Verify)
             && now_ns >= self.next_sample_ns
         {
             self.take_sample(now_ns);
         }
+    }
+
+    /// Queues up to one batch (`iodepth_batch_submit`) of commands; returns how many.
+    fn issue_batch(
+        &mut self,
+        submit_ns: u64,
+        qp: &mut QueuePair,
+        pending: &mut Vec<u64>,
+        job_index: usize,
+    ) -> usize {
         match self.phase {
-            Phase::Ramp | Phase::Run => self.issue(submit_ns(), qp, pending, job_index),
-            Phase::Verify => self.issue_verify_reads(submit_ns(), qp, pending, job_index),
-            Phase::Drain | Phase::Done => {}
+            Phase::Ramp | Phase::Run => self.issue(submit_ns, qp, pending, job_index),
+            Phase::Verify => self.issue_verify_reads(submit_ns, qp, pending, job_index),
+            Phase::Drain | Phase::Done => 0,
         }
     }
 
@@ -445,9 +452,18 @@ impl JobRun {
         self.verify && self.slots.iter().any(|s| s.in_flight && s.offset == offset)
     }
 
-    fn issue(&mut self, now_ns: u64, qp: &mut QueuePair, pending: &mut Vec<u64>, job_index: usize) {
+    fn issue(
+        &mut self,
+        now_ns: u64,
+        qp: &mut QueuePair,
+        pending: &mut Vec<u64>,
+        job_index: usize,
+    ) -> usize {
         let mut issued = 0usize;
-        while self.in_flight < self.iodepth && self.budget != Some(0) {
+        while self.in_flight < self.iodepth
+            && self.budget != Some(0)
+            && issued < self.batch as usize
+        {
             let Some(&slot_index) = self.free.last() else {
                 break;
             };
@@ -480,6 +496,7 @@ impl JobRun {
             }
         }
         self.account_batch(issued);
+        issued
     }
 
     /// The verify pass of a write job: read back every unit this run wrote, in order.
@@ -489,7 +506,7 @@ impl JobRun {
         qp: &mut QueuePair,
         pending: &mut Vec<u64>,
         job_index: usize,
-    ) {
+    ) -> usize {
         let mut issued = 0usize;
         let mut scanned = 0;
         while self.in_flight < self.iodepth
@@ -522,6 +539,7 @@ impl JobRun {
         if self.verify_cursor >= self.plan.units {
             self.phase = Phase::Drain;
         }
+        issued
     }
 
     fn account_batch(&mut self, issued: usize) {
@@ -664,7 +682,7 @@ struct Shard {
     pending: Vec<Vec<u64>>,
     jobs: Vec<JobRun>,
     completions: Vec<Completion>,
-    base: Instant,
+    clock: Clock,
     control: Arc<RunControl>,
     results: mpsc::Sender<ShardReport>,
     _pool: DmaPool,
@@ -701,7 +719,7 @@ impl Shard {
             // Registration is an optimisation; a backend that cannot register still works.
             let _ = qp.register_pool(&pool);
         }
-        let base = Instant::now();
+        let clock = Clock::start();
         let mut runs = Vec::with_capacity(jobs.len());
         let mut fill = Rng::new(0x0b1e_55ed);
         for (index, job) in jobs.into_iter().enumerate() {
@@ -725,7 +743,7 @@ impl Shard {
             qps,
             jobs: runs,
             completions: Vec::with_capacity(count.max(1)),
-            base,
+            clock,
             control,
             results,
             _pool: pool,
@@ -734,7 +752,7 @@ impl Shard {
 
     #[inline]
     fn now_ns(&self) -> u64 {
-        Instant::now().duration_since(self.base).as_nanos() as u64
+        self.clock.now_ns()
     }
 
     fn fail_queue_pair(&mut self, qp: usize, error: String) {
@@ -800,20 +818,48 @@ impl Poller for Shard {
                 job.complete(c, reaped_ns);
             }
         }
-        let mut all_done = true;
-        let base = self.base;
-        let clock = || Instant::now().duration_since(base).as_nanos() as u64;
-        for (index, job) in self.jobs.iter_mut().enumerate() {
-            if job.phase != Phase::Done {
-                job.step(
-                    reaped_ns,
-                    clock,
-                    stop,
+        for job in self.jobs.iter_mut().filter(|j| j.phase != Phase::Done) {
+            job.advance(reaped_ns, stop);
+        }
+        // Issue in rounds of at most one batch per job, ringing each queue pair's doorbell after
+        // every round: fio's iodepth_batch_submit.
+        let mut broken = Vec::new();
+        // One clock read per round: the doorbell stamp of a round is the submit time of the next.
+        let mut submit_ns = self.now_ns();
+        loop {
+            let mut issued = 0;
+            for (index, job) in self.jobs.iter_mut().enumerate() {
+                issued += job.issue_batch(
+                    submit_ns,
                     &mut self.qps[job.qp],
                     &mut self.pending[job.qp],
                     index,
                 );
             }
+            if issued == 0 {
+                break;
+            }
+            let doorbell_ns = self.now_ns();
+            submit_ns = doorbell_ns;
+            for (q, qp) in self.qps.iter_mut().enumerate() {
+                if self.pending[q].is_empty() {
+                    continue;
+                }
+                for tag in self.pending[q].drain(..) {
+                    let job = &mut self.jobs[(tag >> 32) as usize];
+                    job.slots[(tag & 0xffff_ffff) as usize].doorbell_ns = doorbell_ns;
+                }
+                // max = 0: hand over what is queued, reap nothing yet.
+                if let Err(e) = qp.poll(0, &mut self.completions) {
+                    broken.push((q, e.to_string()));
+                }
+            }
+        }
+        for (q, error) in broken {
+            self.fail_queue_pair(q, error);
+        }
+        let mut all_done = true;
+        for job in &self.jobs {
             job.publish();
             all_done &= job.phase == Phase::Done;
         }

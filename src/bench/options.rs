@@ -88,6 +88,9 @@ pub struct JobSpec {
     pub rw: RwMode,
     pub bs: u64,
     pub iodepth: u32,
+    /// Commands queued before the doorbell is rung (fio's `iodepth_batch_submit`; 1 = each as
+    /// soon as it is ready, as fio does by default; 0 = a whole `iodepth` at a time).
+    pub iodepth_batch_submit: u32,
     pub numjobs: u32,
     /// Bytes of the device the job covers from `offset`; `None` = to the end of the device.
     pub size: Option<u64>,
@@ -125,6 +128,7 @@ impl JobSpec {
             rw: RwMode::Read,
             bs: 4096,
             iodepth: 1,
+            iodepth_batch_submit: 1,
             numjobs: 1,
             size: None,
             offset: 0,
@@ -279,6 +283,13 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         }
         "bs" | "blocksize" => spec.bs = at_least_one(&value, 1 << 30).map_err(invalid)?,
         "iodepth" => spec.iodepth = at_least_one(&value, 65536).map_err(invalid)? as u32,
+        "iodepth_batch_submit" | "iodepth_batch" => {
+            let n = parse_u64(&value).map_err(invalid)?;
+            if n > 65536 {
+                return Err(invalid("must be at most 65536 (0 means iodepth)".into()));
+            }
+            spec.iodepth_batch_submit = n as u32;
+        }
         "numjobs" => spec.numjobs = at_least_one(&value, 4096).map_err(invalid)? as u32,
         "size" => spec.size = Some(at_least_one(&value, u64::MAX).map_err(invalid)?),
         "offset" => spec.offset = parse_size(&value).map_err(invalid)?,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! uring:PATH[?size=N][&block_size=N][&direct=1|0][&poll=auto|on|off][&sqpoll=0|1]
-//!           [&sqpoll_idle_ms=N][&class=nvme|ssd|hdd]
+//!           [&sqpoll_idle_ms=N][&taskrun=coop|ipi][&class=nvme|ssd|hdd]
 //! ```
 //!
 //! - `size=N`: a missing file is created, a smaller one extended (sparse); nothing is ever
@@ -14,6 +14,9 @@
 //!   `poll=on` insists (and fails at open if it cannot); `poll=off` never polls.
 //! - `sqpoll=1`: a kernel thread consumes the submission ring; `sqpoll_idle_ms` (default 100) is
 //!   how long it spins before sleeping.
+//! - `taskrun=coop` (default) lets completions wait for our next kernel entry (the ring's
+//!   TASKRUN flag says when one is due); `taskrun=ipi` has the kernel interrupt the poller to post
+//!   them at once (see "Ring flags" below).
 //! - `class=`: overrides what sysfs says about the disk behind PATH.
 //!
 //! Block devices are opened O_EXCL: a mounted or otherwise claimed device is refused.

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
+use crate::sys::Clock;
 use timer::{Timer, TimerKind};
 
 /// Work sent to a reactor: runs once on that reactor's thread.
@@ -356,7 +357,10 @@ struct Core {
     index: usize,
     cpu: usize,
     shared: Arc<Shared>,
-    now: Instant,
+    /// The reactor's clock and the start of this loop iteration on it (ns).
+    clock: Clock,
+    started: Instant,
+    now_ns: u64,
     timers: BinaryHeap<Timer>,
     next_timer_seq: u64,
     new_pollers: Vec<Box<dyn Poller>>,
@@ -384,7 +388,12 @@ impl Context<'_> {
 
     /// The time at the start of this loop iteration: cheap, and the same for every poller.
     pub fn now(&self) -> Instant {
-        self.core.now
+        self.core.started + Duration::from_nanos(self.core.now_ns)
+    }
+
+    /// [`now`](Self::now) as nanoseconds since the reactor started, on its TSC-backed clock.
+    pub fn now_ns(&self) -> u64 {
+        self.core.now_ns
     }
 
     /// Adds a poller; it runs from the next loop iteration on.
@@ -394,7 +403,7 @@ impl Context<'_> {
 
     /// Runs `f` once on this reactor after `delay`.
     pub fn after(&mut self, delay: Duration, f: impl FnOnce(&mut Context<'_>) + 'static) {
-        let deadline = self.core.now + delay;
+        let deadline = self.core.now_ns + delay.as_nanos() as u64;
         self.push_timer(deadline, TimerKind::Once(Box::new(f)));
     }
 
@@ -405,17 +414,17 @@ impl Context<'_> {
         f: impl FnMut(&mut Context<'_>) -> TimerAction + 'static,
     ) {
         let period = period.max(Duration::from_micros(1));
-        let deadline = self.core.now + period;
+        let deadline = self.core.now_ns + period.as_nanos() as u64;
         self.push_timer(
             deadline,
             TimerKind::Every {
-                period,
+                period: period.as_nanos() as u64,
                 f: Box::new(f),
             },
         );
     }
 
-    fn push_timer(&mut self, deadline: Instant, kind: TimerKind) {
+    fn push_timer(&mut self, deadline: u64, kind: TimerKind) {
         let seq = self.core.next_timer_seq;
         self.core.next_timer_seq += 1;
         self.core.timers.push(Timer {
@@ -455,11 +464,14 @@ const MAIL_BUDGET: usize = 256;
 
 fn run(index: usize, cpu: usize, shared: Arc<Shared>, idle: IdlePolicy) -> ReactorStats {
     let started = Instant::now();
+    let clock = Clock::start();
     let mut core = Core {
         index,
         cpu,
         shared,
-        now: started,
+        clock,
+        started,
+        now_ns: 0,
         timers: BinaryHeap::new(),
         next_timer_seq: 0,
         new_pollers: Vec::new(),
@@ -470,12 +482,12 @@ fn run(index: usize, cpu: usize, shared: Arc<Shared>, idle: IdlePolicy) -> React
         },
     };
     let mut pollers: Vec<Box<dyn Poller>> = Vec::new();
-    let mut idle_since: Option<Instant> = None;
+    let mut idle_since: Option<u64> = None;
     let mut backoff = Duration::from_micros(20);
 
     while !core.shared.stop.load(Ordering::Relaxed) {
-        let iteration_start = Instant::now();
-        core.now = iteration_start;
+        let iteration_start = core.clock.now_ns();
+        core.now_ns = iteration_start;
         let mut busy = deliver_mail(&mut core);
 
         let mut i = 0;
@@ -498,7 +510,7 @@ fn run(index: usize, cpu: usize, shared: Arc<Shared>, idle: IdlePolicy) -> React
         busy |= fire_timers(&mut core);
 
         core.stats.iterations += 1;
-        let elapsed = Instant::now().duration_since(iteration_start).as_nanos() as u64;
+        let elapsed = core.clock.now_ns().saturating_sub(iteration_start);
         if busy {
             core.stats.busy_iterations += 1;
             core.stats.busy_ns += elapsed;
@@ -507,8 +519,8 @@ fn run(index: usize, cpu: usize, shared: Arc<Shared>, idle: IdlePolicy) -> React
             continue;
         }
         core.stats.idle_iterations += 1;
-        let since = *idle_since.get_or_insert(core.now);
-        let idle_for = core.now.duration_since(since);
+        let since = *idle_since.get_or_insert(core.now_ns);
+        let idle_for = Duration::from_nanos(core.now_ns - since);
         if idle_for < idle.spin {
             std::hint::spin_loop();
         } else if idle_for < idle.spin * 2 {
@@ -516,7 +528,9 @@ fn run(index: usize, cpu: usize, shared: Arc<Shared>, idle: IdlePolicy) -> React
         } else {
             let mut sleep = backoff.min(idle.max_sleep);
             if let Some(next) = core.timers.peek() {
-                sleep = sleep.min(next.deadline.saturating_duration_since(Instant::now()));
+                sleep = sleep.min(Duration::from_nanos(
+                    next.deadline.saturating_sub(core.clock.now_ns()),
+                ));
             }
             core.shared.parked[index].store(true, Ordering::SeqCst);
             // Re-check after announcing we park: a sender that pushed before seeing the flag
@@ -556,7 +570,11 @@ fn deliver_mail(core: &mut Core) -> bool {
 
 fn fire_timers(core: &mut Core) -> bool {
     let mut fired = false;
-    while core.timers.peek().is_some_and(|t| t.deadline <= core.now) {
+    while core
+        .timers
+        .peek()
+        .is_some_and(|t| t.deadline <= core.now_ns)
+    {
         let Some(timer) = core.timers.pop() else {
             break;
         };
@@ -568,7 +586,7 @@ fn fire_timers(core: &mut Core) -> bool {
                 if f(&mut Context { core }) == TimerAction::Continue {
                     // Next deadline from the previous one, so a periodic timer does not drift;
                     // but never schedule into the past after a long stall.
-                    let deadline = (timer.deadline + period).max(core.now);
+                    let deadline = (timer.deadline + period).max(core.now_ns);
                     let seq = core.next_timer_seq;
                     core.next_timer_seq += 1;
                     core.timers.push(Timer {

@@ -2,20 +2,21 @@
 //! order they were added so equal deadlines fire in FIFO order.
 
 use std::cmp::Ordering;
-use std::time::{Duration, Instant};
 
 use super::{Context, TimerAction};
 
 pub(super) enum TimerKind {
     Once(Box<dyn FnOnce(&mut Context<'_>)>),
     Every {
-        period: Duration,
+        /// In ns of the reactor's clock.
+        period: u64,
         f: Box<dyn FnMut(&mut Context<'_>) -> TimerAction>,
     },
 }
 
 pub(super) struct Timer {
-    pub deadline: Instant,
+    /// Nanoseconds on the reactor's clock.
+    pub deadline: u64,
     pub seq: u64,
     pub kind: TimerKind,
 }
