@@ -11,6 +11,7 @@ pub mod error;
 pub mod fault;
 mod mem;
 mod null;
+mod read_mostly;
 pub mod uri;
 mod uring;
 
