@@ -240,6 +240,13 @@ pub struct QueuePairStats {
 }
 
 impl QueuePairStats {
+    /// Counts one doorbell write that handed `commands` commands to the device.
+    #[inline]
+    pub(crate) fn record_doorbell(&mut self, commands: usize) {
+        self.doorbells += 1;
+        self.doorbell_commands += commands as u64;
+    }
+
     pub fn add(&mut self, other: &QueuePairStats) {
         self.submitted += other.submitted;
         self.completed += other.completed;

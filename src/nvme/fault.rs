@@ -1686,8 +1686,7 @@ impl QueuePairBackend for FaultQueuePair {
     ) -> Result<usize, NvmeError> {
         let syscalls_before = self.inner.stats().syscalls;
         if !self.queued.is_empty() {
-            stats.doorbells += 1;
-            stats.doorbell_commands += self.queued.len() as u64;
+            stats.record_doorbell(self.queued.len());
             let mut batch = std::mem::take(&mut self.queued);
             for cmd in batch.drain(..) {
                 self.execute(cmd)?;

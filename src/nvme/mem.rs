@@ -202,8 +202,7 @@ impl QueuePairBackend for MemQueuePair {
         stats: &mut QueuePairStats,
     ) -> Result<usize, NvmeError> {
         if !self.queued.is_empty() {
-            stats.doorbells += 1;
-            stats.doorbell_commands += self.queued.len() as u64;
+            stats.record_doorbell(self.queued.len());
             for mut cmd in self.queued.drain(..) {
                 let status = self.ns.execute(&mut cmd);
                 self.completed.push_back(cmd.complete(status));

@@ -58,8 +58,7 @@ impl QueuePairBackend for NullQueuePair {
     ) -> Result<usize, NvmeError> {
         let queued = self.ring.len() - self.rung;
         if queued > 0 {
-            stats.doorbells += 1;
-            stats.doorbell_commands += queued as u64;
+            stats.record_doorbell(queued);
             self.rung = self.ring.len();
         }
         let n = max.min(self.rung);

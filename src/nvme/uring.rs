@@ -1293,8 +1293,7 @@ impl UringQueuePair {
                 && pushed > 0
             {
                 ring.in_flight += pushed;
-                stats.doorbells += 1;
-                stats.doorbell_commands += pushed as u64;
+                stats.record_doorbell(pushed as usize);
             }
         }
     }
