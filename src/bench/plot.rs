@@ -14,7 +14,7 @@ const WIDTH: f64 = 960.0;
 const PANEL_HEIGHT: f64 = 260.0;
 const LEFT: f64 = 90.0;
 const RIGHT: f64 = 30.0;
-const TOP: f64 = 40.0;
+const TOP: f64 = 64.0;
 const GAP: f64 = 70.0;
 const COLOURS: [&str; 2] = ["#1f77b4", "#d95f02"];
 
@@ -171,6 +171,12 @@ fn legend(svg: &mut String, p: &Panel, row: usize, colour: &str, dash: &str, lab
     let y = p.y0 + 16.0 + row as f64 * 16.0;
     let _ = writeln!(
         svg,
+        r#"<rect x="{:.1}" y="{:.1}" width="164" height="16" fill="white" fill-opacity="0.85"/>"#,
+        x - 4.0,
+        y - 8.0
+    );
+    let _ = writeln!(
+        svg,
         r#"<line x1="{x:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{colour}" stroke-width="2" stroke-dasharray="{dash}"/>"#,
         x + 24.0
     );
@@ -199,7 +205,7 @@ pub fn render(results: &[JobResult]) -> String {
     }
     let _ = writeln!(
         svg,
-        r#"<text x="{LEFT}" y="18" font-size="14">{}</text>"#,
+        r#"<text x="{LEFT}" y="22" font-size="15">{}</text>"#,
         escape(&title)
     );
 
