@@ -17,7 +17,7 @@ use std::time::Duration;
 use super::offsets::{OffsetGen, Rng};
 use super::options::{JobSpec, RwMode, VerifyMode};
 use super::stats::{DirSample, DirStats, Sample, batch_bucket, depth_bucket};
-use super::verify::{self, Generations};
+use super::verify::{self, Claim, Generations, WrittenUnits};
 use crate::nvme::{
     Completion, Device, DmaPool, IoCmd, Opcode, QueueFull, QueuePair, QueuePairStats,
 };
@@ -125,6 +125,8 @@ pub fn start_shard(cx: &mut Context<'_>, plan: ShardPlan) {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// Built, waiting for the shard's first poll (so setup never counts as runtime).
+    Pending,
     /// Running, statistics discarded at the end (`ramp_time`).
     Ramp,
     /// Running and measured.
@@ -143,9 +145,22 @@ struct Slot {
     in_flight: bool,
     /// A read of the verify pass: always checked.
     verify_read: bool,
+    /// Holds its unit's claim in the generation table (released at completion).
+    claimed: bool,
+    /// For a write, the generation it writes; for a read, the one expected (0 = unknown).
     generation: u64,
     submit_ns: u64,
     doorbell_ns: u64,
+}
+
+/// What one command does, decided before it is submitted.
+#[derive(Clone, Copy, Debug)]
+struct Command {
+    dir: usize,
+    offset: u64,
+    generation: u64,
+    claimed: bool,
+    verify_read: bool,
 }
 
 struct JobRun {
@@ -175,6 +190,8 @@ struct JobRun {
     run_end_ns: u64,
     verify_start_ns: Option<u64>,
     verify_cursor: u64,
+    /// Units this job wrote successfully, read back by its verify pass.
+    written: WrittenUnits,
     finish_ns: u64,
     interval: [DirStats; 2],
     total: [DirStats; 2],
@@ -196,13 +213,7 @@ struct JobRun {
 }
 
 impl JobRun {
-    fn new(
-        plan: JobPlan,
-        qp: usize,
-        slot_bufs: Vec<crate::nvme::DmaBuf>,
-        job_index: usize,
-        now_ns: u64,
-    ) -> JobRun {
+    fn new(plan: JobPlan, qp: usize, slot_bufs: Vec<crate::nvme::DmaBuf>) -> JobRun {
         let spec = Arc::clone(&plan.spec);
         let offsets = if spec.rw.is_random() {
             OffsetGen::random(plan.units, plan.seed, !spec.norandommap)
@@ -217,14 +228,15 @@ impl JobRun {
                 dir: READ,
                 in_flight: false,
                 verify_read: false,
+                claimed: false,
                 generation: 0,
                 submit_ns: 0,
                 doorbell_ns: 0,
             })
             .collect::<Vec<_>>();
-        let _ = job_index;
         let free = (0..slots.len() as u32).rev().collect();
-        let mut job = JobRun {
+        let verify = spec.verify == VerifyMode::Crc32c;
+        JobRun {
             qp,
             bs: spec.bs,
             blocks: (spec.bs / plan.block_size) as u32,
@@ -236,27 +248,32 @@ impl JobRun {
             },
             mode: spec.rw,
             rwmixread: spec.rwmixread as u64,
-            verify: spec.verify == VerifyMode::Crc32c,
+            verify,
             slots,
             free,
             in_flight: 0,
             offsets,
             rng: Rng::new(plan.seed ^ 0x5eed),
-            phase: Phase::Ramp,
-            ramp_end_ns: now_ns + spec.ramp_time.as_nanos() as u64,
-            measure_start_ns: now_ns,
+            phase: Phase::Pending,
+            ramp_end_ns: 0,
+            measure_start_ns: 0,
             deadline_ns: None,
             budget: None,
-            run_end_ns: now_ns,
+            run_end_ns: 0,
             verify_start_ns: None,
             verify_cursor: 0,
-            finish_ns: now_ns,
+            written: if verify {
+                WrittenUnits::new(plan.units)
+            } else {
+                WrittenUnits::default()
+            },
+            finish_ns: 0,
             interval: Default::default(),
             total: Default::default(),
             samples: Vec::new(),
             sample_every_ns: spec.log_avg_msec * 1_000_000,
-            last_sample_ns: now_ns,
-            next_sample_ns: now_ns,
+            last_sample_ns: 0,
+            next_sample_ns: 0,
             depth_dist: [0; 7],
             submit_dist: [0; 7],
             complete_dist: [0; 7],
@@ -269,11 +286,18 @@ impl JobRun {
             done_ios: [0; 2],
             done_bytes: [0; 2],
             plan,
-        };
-        if spec.ramp_time.is_zero() {
-            job.begin_measuring(now_ns);
         }
-        job
+    }
+
+    /// Starts the job at the shard's first poll: ramp first if asked, else measuring.
+    fn start(&mut self, now_ns: u64) {
+        let ramp = self.plan.spec.ramp_time;
+        if ramp.is_zero() {
+            self.begin_measuring(now_ns);
+        } else {
+            self.ramp_end_ns = now_ns + ramp.as_nanos() as u64;
+            self.phase = Phase::Ramp;
+        }
     }
 
     fn begin_measuring(&mut self, now_ns: u64) {
@@ -313,11 +337,20 @@ impl JobRun {
         let Some(slot) = self.slots.get_mut(index) else {
             return;
         };
+        if !slot.in_flight {
+            return;
+        }
         slot.in_flight = false;
-        let (dir, offset, generation, verify_read) =
-            (slot.dir, slot.offset, slot.generation, slot.verify_read);
+        let (dir, offset, generation, verify_read, claimed) = (
+            slot.dir,
+            slot.offset,
+            slot.generation,
+            slot.verify_read,
+            slot.claimed,
+        );
         let (submit_ns, doorbell_ns) = (slot.submit_ns, slot.doorbell_ns);
-        self.in_flight -= 1;
+        slot.claimed = false;
+        self.in_flight = self.in_flight.saturating_sub(1);
         self.reaped_this_poll += 1;
         let mut buf = c.buf;
         if !c.status.is_success() {
@@ -327,6 +360,10 @@ impl JobRun {
                 DIR_NAMES[dir], self.bs, self.plan.device_uri, c.status
             );
             self.note(message);
+            if claimed && let Some(g) = &self.plan.generations {
+                // A failed write leaves the unit's contents unknown.
+                g.release(offset, if dir == WRITE { 0 } else { generation });
+            }
             // Like fio without continue_on_error: the first I/O error ends the job.
             if matches!(self.phase, Phase::Ramp | Phase::Run | Phase::Verify) {
                 self.phase = Phase::Drain;
@@ -341,14 +378,15 @@ impl JobRun {
             self.done_ios[dir] += 1;
             self.done_bytes[dir] += self.bs;
             if self.verify {
+                if claimed && let Some(g) = &self.plan.generations {
+                    g.release(offset, generation);
+                }
                 match (dir, buf.as_deref()) {
-                    (WRITE, _) => {
-                        if let Some(g) = &self.plan.generations {
-                            g.set(offset, generation);
-                        }
-                    }
+                    (WRITE, _) => self
+                        .written
+                        .mark((offset - self.plan.range_start) / self.bs),
                     (_, Some(data)) => {
-                        let expected = self.plan.generations.as_ref().map_or(0, |g| g.get(offset));
+                        let expected = generation;
                         // Mixed jobs check only what this run wrote; pure reads check everything.
                         let must_check = verify_read || !self.mode.writes() || expected != 0;
                         if must_check {
@@ -428,7 +466,7 @@ impl JobRun {
         match self.phase {
             Phase::Ramp | Phase::Run => self.issue(submit_ns, qp, pending, job_index),
             Phase::Verify => self.issue_verify_reads(submit_ns, qp, pending, job_index),
-            Phase::Drain | Phase::Done => 0,
+            Phase::Pending | Phase::Drain | Phase::Done => 0,
         }
     }
 
@@ -447,9 +485,30 @@ impl JobRun {
     }
 
     /// With verify on, two commands to one unit at once would race (which lands last?), so a
-    /// unit already in flight is skipped, as fio's serialize_overlap does.
-    fn unit_busy(&self, offset: u64) -> bool {
-        self.verify && self.slots.iter().any(|s| s.in_flight && s.offset == offset)
+    /// command first reserves its unit, as fio's serialize_overlap does: a claim in the shared
+    /// generation table keeps out every job on the device; where there is no table, only this
+    /// job's own commands are checked. Returns the unit's last generation and whether a claim was
+    /// taken, or None if the unit is busy.
+    fn reserve(&self, offset: u64) -> Option<(u64, bool)> {
+        if !self.verify {
+            return Some((0, false));
+        }
+        if let Some(g) = &self.plan.generations {
+            match g.claim(offset) {
+                Claim::Claimed(generation) => return Some((generation, true)),
+                Claim::Busy => return None,
+                Claim::Untracked => {}
+            }
+        }
+        let busy = self.slots.iter().any(|s| s.in_flight && s.offset == offset);
+        (!busy).then_some((0, false))
+    }
+
+    /// Gives back a claim taken for a command that was not submitted after all.
+    fn unreserve(&self, offset: u64, claimed: bool, generation: u64) {
+        if claimed && let Some(g) = &self.plan.generations {
+            g.release(offset, generation);
+        }
     }
 
     fn issue(
@@ -468,26 +527,27 @@ impl JobRun {
                 break;
             };
             let dir = self.choose_direction();
-            let mut offset = self.plan.range_start + self.offsets.next(&mut self.rng) * self.bs;
-            let mut tries = 0;
-            while self.unit_busy(offset) && tries < 8 {
-                offset = self.plan.range_start + self.offsets.next(&mut self.rng) * self.bs;
-                tries += 1;
+            let mut reserved = None;
+            for _ in 0..8 {
+                let offset = self.plan.range_start + self.offsets.next(&mut self.rng) * self.bs;
+                if let Some((last, claimed)) = self.reserve(offset) {
+                    reserved = Some((offset, last, claimed));
+                    break;
+                }
             }
-            if self.unit_busy(offset) {
+            let Some((offset, last, claimed)) = reserved else {
                 break;
-            }
-            let generation = if self.verify && dir == WRITE {
-                self.plan
-                    .generations
-                    .as_ref()
-                    .map_or(1, |g| g.get(offset) + 1)
-            } else {
-                0
             };
-            if !self.submit(
-                slot_index, dir, offset, generation, false, now_ns, qp, pending, job_index,
-            ) {
+            let generation = if dir == WRITE { last + 1 } else { last };
+            let command = Command {
+                dir,
+                offset,
+                generation,
+                claimed,
+                verify_read: false,
+            };
+            if !self.submit(slot_index, command, now_ns, qp, pending, job_index) {
+                self.unreserve(offset, claimed, last);
                 break;
             }
             issued += 1;
@@ -516,23 +576,29 @@ impl JobRun {
             let Some(&slot_index) = self.free.last() else {
                 break;
             };
-            let offset = self.plan.range_start + self.verify_cursor * self.bs;
-            self.verify_cursor += 1;
+            let unit = self.verify_cursor;
+            let offset = self.plan.range_start + unit * self.bs;
             scanned += 1;
-            if self
-                .plan
-                .generations
-                .as_ref()
-                .is_some_and(|g| g.get(offset) == 0)
-            {
+            if !self.written.contains(unit) {
+                self.verify_cursor += 1;
                 continue;
             }
-            if !self.submit(
-                slot_index, READ, offset, 0, true, now_ns, qp, pending, job_index,
-            ) {
-                self.verify_cursor -= 1;
+            // Another job's command on the unit: try again at the next poll.
+            let Some((last, claimed)) = self.reserve(offset) else {
+                break;
+            };
+            let command = Command {
+                dir: READ,
+                offset,
+                generation: last,
+                claimed,
+                verify_read: true,
+            };
+            if !self.submit(slot_index, command, now_ns, qp, pending, job_index) {
+                self.unreserve(offset, claimed, last);
                 break;
             }
+            self.verify_cursor += 1;
             issued += 1;
         }
         self.account_batch(issued);
@@ -549,19 +615,22 @@ impl JobRun {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn submit(
         &mut self,
         slot_index: u32,
-        dir: usize,
-        offset: u64,
-        generation: u64,
-        verify_read: bool,
+        command: Command,
         now_ns: u64,
         qp: &mut QueuePair,
         pending: &mut Vec<u64>,
         job_index: usize,
     ) -> bool {
+        let Command {
+            dir,
+            offset,
+            generation,
+            claimed,
+            verify_read,
+        } = command;
         let bs = self.bs as usize;
         let slot = &mut self.slots[slot_index as usize];
         let Some(mut buf) = slot.buf.take() else {
@@ -591,6 +660,7 @@ impl JobRun {
         slot.offset = offset;
         slot.dir = dir;
         slot.generation = generation;
+        slot.claimed = claimed;
         slot.verify_read = verify_read;
         slot.submit_ns = now_ns;
         slot.doorbell_ns = now_ns;
@@ -608,7 +678,7 @@ impl JobRun {
         if duration_ns * 2 >= self.sample_every_ns {
             self.samples.push(Sample {
                 end_ms: (now_ns - self.measure_start_ns) / 1_000_000,
-                duration_ms: duration_ns / 1_000_000,
+                duration_ns,
                 dirs: [
                     DirSample::of(&self.interval[READ]),
                     DirSample::of(&self.interval[WRITE]),
@@ -682,7 +752,9 @@ struct Shard {
     pending: Vec<Vec<u64>>,
     jobs: Vec<JobRun>,
     completions: Vec<Completion>,
+    /// Restarted at the first poll, so building the shard never counts as runtime.
     clock: Clock,
+    started: bool,
     control: Arc<RunControl>,
     results: mpsc::Sender<ShardReport>,
     _pool: DmaPool,
@@ -719,10 +791,9 @@ impl Shard {
             // Registration is an optimisation; a backend that cannot register still works.
             let _ = qp.register_pool(&pool);
         }
-        let clock = Clock::start();
         let mut runs = Vec::with_capacity(jobs.len());
         let mut fill = Rng::new(0x0b1e_55ed);
-        for (index, job) in jobs.into_iter().enumerate() {
+        for job in jobs {
             let mut bufs = Vec::with_capacity(job.spec.iodepth as usize);
             for _ in 0..job.spec.iodepth {
                 let mut buf = pool.alloc().map_err(|e| e.to_string())?;
@@ -733,7 +804,7 @@ impl Shard {
                 bufs.push(buf);
             }
             let qp = job.device;
-            runs.push(JobRun::new(job, qp, bufs, index, 0));
+            runs.push(JobRun::new(job, qp, bufs));
         }
         Ok(Shard {
             reactor: cx.index(),
@@ -743,7 +814,8 @@ impl Shard {
             qps,
             jobs: runs,
             completions: Vec::with_capacity(count.max(1)),
-            clock,
+            clock: Clock::start(),
+            started: false,
             control,
             results,
             _pool: pool,
@@ -766,7 +838,16 @@ impl Shard {
                 "queue pair on {} failed: {error}",
                 job.plan.device_uri
             ));
-            // Its in-flight commands are gone with the queue pair.
+            // Its in-flight commands are gone with the queue pair; what they did is unknown.
+            for slot in job.slots.iter_mut().filter(|s| s.in_flight) {
+                slot.in_flight = false;
+                if slot.claimed
+                    && let Some(g) = &job.plan.generations
+                {
+                    g.release(slot.offset, 0);
+                }
+                slot.claimed = false;
+            }
             job.in_flight = 0;
             job.phase = Phase::Drain;
         }
@@ -796,6 +877,13 @@ impl Shard {
 
 impl Poller for Shard {
     fn poll(&mut self, _cx: &mut Context<'_>) -> Poll {
+        if !self.started {
+            self.clock = Clock::start();
+            self.started = true;
+            for job in &mut self.jobs {
+                job.start(0);
+            }
+        }
         let stop = self.control.stop.load(Ordering::Relaxed);
         let doorbell_ns = self.now_ns();
         let mut broken = Vec::new();
@@ -808,9 +896,7 @@ impl Poller for Shard {
                 broken.push((q, e.to_string()));
             }
         }
-        for (q, error) in broken {
-            self.fail_queue_pair(q, error);
-        }
+        // Completions a queue pair returned before it broke are real; account them first.
         let reaped_ns = self.now_ns();
         for c in self.completions.drain(..) {
             let job = (c.tag >> 32) as usize;
@@ -818,13 +904,15 @@ impl Poller for Shard {
                 job.complete(c, reaped_ns);
             }
         }
+        for (q, error) in broken {
+            self.fail_queue_pair(q, error);
+        }
         for job in self.jobs.iter_mut().filter(|j| j.phase != Phase::Done) {
             job.advance(reaped_ns, stop);
         }
         // Issue in rounds of at most one batch per job, ringing each queue pair's doorbell after
         // every round: fio's iodepth_batch_submit.
         let mut broken = Vec::new();
-        // One clock read per round: the doorbell stamp of a round is the submit time of the next.
         let mut submit_ns = self.now_ns();
         loop {
             let mut issued = 0;
@@ -840,7 +928,6 @@ impl Poller for Shard {
                 break;
             }
             let doorbell_ns = self.now_ns();
-            submit_ns = doorbell_ns;
             for (q, qp) in self.qps.iter_mut().enumerate() {
                 if self.pending[q].is_empty() {
                     continue;
@@ -854,6 +941,9 @@ impl Poller for Shard {
                     broken.push((q, e.to_string()));
                 }
             }
+            // After the doorbells (which may do the work: mem copies, io_uring_enter), so the
+            // next round's slat does not include this round's doorbell.
+            submit_ns = self.now_ns();
         }
         for (q, error) in broken {
             self.fail_queue_pair(q, error);

@@ -23,15 +23,13 @@ pub fn write_logs(r: &JobResult) -> Result<()> {
                     out,
                     "{}, {}, {d}, 0, 0",
                     s.end_ms,
-                    value(&s.dirs[d], s.duration_ms)
+                    value(&s.dirs[d], s.duration_ns)
                 );
             }
         }
         out
     };
-    let iops = |d: &super::stats::DirSample, ms: u64| {
-        format!("{}", (d.ios * 1000).checked_div(ms).unwrap_or(0))
-    };
+    let iops = |d: &super::stats::DirSample, ns: u64| format!("{:.0}", d.iops(ns));
     if let Some(prefix) = &r.spec.write_lat_log {
         let write = |name: String, text: String| {
             std::fs::write(&name, text)

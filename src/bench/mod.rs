@@ -104,7 +104,7 @@ pub fn run(args: &[String]) -> Result<Outcome> {
         }
     }
 
-    let generations = verify_tables(&instances, &devices);
+    let generations = verify_tables(&instances);
     let cpus = choose_cpus(&run.cpus, &instances)?;
     let reactors =
         Reactors::start(ReactorConfig::new(cpus.clone())).context("cannot start reactors")?;
@@ -375,23 +375,28 @@ fn job_range(spec: &JobSpec, device: &Device) -> Result<(u64, u64)> {
     Ok((spec.offset, units))
 }
 
-/// One generation table per (device, bs) among verifying jobs; `None` when too large to track.
-fn verify_tables(
-    instances: &[Instance],
-    devices: &HashMap<String, Device>,
-) -> HashMap<(String, u64), Option<Arc<Generations>>> {
-    let mut tables = HashMap::new();
+/// One generation table per (device, bs) among verifying jobs, spanning the union of their
+/// ranges (not the whole device, so a small job on a huge device is still tracked); `None` when
+/// that span is too large to track.
+fn verify_tables(instances: &[Instance]) -> HashMap<(String, u64), Option<Arc<Generations>>> {
+    let mut spans: HashMap<(String, u64), (u64, u64)> = HashMap::new();
     for i in instances
         .iter()
         .filter(|i| i.spec.verify == VerifyMode::Crc32c)
     {
-        let key = (i.device_uri.clone(), i.spec.bs);
-        tables.entry(key).or_insert_with(|| {
-            let capacity = devices[&i.device_uri].info().capacity_bytes();
-            Generations::new(0, capacity, i.spec.bs).map(Arc::new)
-        });
+        let (start, end) = (i.range_start, i.range_start + i.units * i.spec.bs);
+        let span = spans
+            .entry((i.device_uri.clone(), i.spec.bs))
+            .or_insert((start, end));
+        *span = (span.0.min(start), span.1.max(end));
     }
-    tables
+    spans
+        .into_iter()
+        .map(|(key, (start, end))| {
+            let table = Generations::new(start, end - start, key.1).map(Arc::new);
+            (key, table)
+        })
+        .collect()
 }
 
 /// Reactor CPUs: `--cpus`, else the first job's `cpus_allowed`, else as many available CPUs as

@@ -221,8 +221,8 @@ pub fn render(results: &[JobResult]) -> String {
             let mut any = false;
             for r in results {
                 if let Some(s) = r.samples.get(i) {
-                    if s.duration_ms > 0 && s.dirs[d].ios > 0 {
-                        total += s.dirs[d].ios as f64 * 1000.0 / s.duration_ms as f64;
+                    if s.duration_ns > 0 && s.dirs[d].ios > 0 {
+                        total += s.dirs[d].iops(s.duration_ns);
                         worst[0] = worst[0].max(s.dirs[d].clat_p50);
                         worst[1] = worst[1].max(s.dirs[d].clat_p99);
                         worst[2] = worst[2].max(s.dirs[d].clat_p999);

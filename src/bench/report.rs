@@ -119,18 +119,9 @@ fn per_second(count: u64, runtime_ns: u64) -> f64 {
 
 /// Per-interval bandwidth (KiB/s) and IOPS spreads of one direction.
 fn spreads(r: &JobResult, dir: usize) -> (Spread, Spread) {
-    let bw = Spread::of(
-        r.samples
-            .iter()
-            .filter(|s| s.duration_ms > 0)
-            .map(|s| s.dirs[dir].bytes as f64 / 1024.0 * 1000.0 / s.duration_ms as f64),
-    );
-    let iops = Spread::of(
-        r.samples
-            .iter()
-            .filter(|s| s.duration_ms > 0)
-            .map(|s| s.dirs[dir].ios as f64 * 1000.0 / s.duration_ms as f64),
-    );
+    let live = || r.samples.iter().filter(|s| s.duration_ns > 0);
+    let bw = Spread::of(live().map(|s| s.dirs[dir].bytes_per_second(s.duration_ns) / 1024.0));
+    let iops = Spread::of(live().map(|s| s.dirs[dir].iops(s.duration_ns)));
     (bw, iops)
 }
 

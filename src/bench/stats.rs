@@ -185,6 +185,24 @@ pub struct DirSample {
 }
 
 impl DirSample {
+    /// Operations per second over an interval of `duration_ns`.
+    pub fn iops(&self, duration_ns: u64) -> f64 {
+        if duration_ns == 0 {
+            0.0
+        } else {
+            self.ios as f64 * 1e9 / duration_ns as f64
+        }
+    }
+
+    /// Bytes per second over an interval of `duration_ns`.
+    pub fn bytes_per_second(&self, duration_ns: u64) -> f64 {
+        if duration_ns == 0 {
+            0.0
+        } else {
+            self.bytes as f64 * 1e9 / duration_ns as f64
+        }
+    }
+
     pub fn of(stats: &DirStats) -> DirSample {
         DirSample {
             ios: stats.ios,
@@ -203,7 +221,8 @@ impl DirSample {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Sample {
     pub end_ms: u64,
-    pub duration_ms: u64,
+    /// Exact length of the interval (rates use it; whole milliseconds would distort short ones).
+    pub duration_ns: u64,
     pub dirs: [DirSample; 2],
 }
 

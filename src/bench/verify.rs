@@ -151,8 +151,14 @@ pub fn check(
     Ok(())
 }
 
-/// The generation this run last wrote to each unit of a device range (0 = not written by this
-/// run). Shared by all jobs on the device, so a read job verifies what an earlier write job wrote.
+/// The generation this run last wrote to each unit of a device range, shared by every job on
+/// the device (on any reactor), so a read job verifies what an earlier write job wrote.
+///
+/// It is also how jobs keep out of each other's way: a command must [`claim`](Self::claim) its
+/// unit, which fails while another command (of any job) holds it, and
+/// [`release`](Self::release) it when it completes. Two commands to one unit at once would race
+/// (which one lands last?) and make correct data look stale. Generations are read at claim time,
+/// so a read checks against what was durable when it was issued.
 #[derive(Debug)]
 pub struct Generations {
     pub unit: u64,
@@ -160,10 +166,25 @@ pub struct Generations {
     table: Box<[AtomicU32]>,
 }
 
+/// Set in a table entry while a command holds the unit.
+const BUSY: u32 = 1 << 31;
+
+/// What [`Generations::claim`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The unit is ours until released; its last generation (0 = not written in this run).
+    Claimed(u64),
+    /// Another command holds it.
+    Busy,
+    /// Not tracked here (outside the table, or not aligned to its units).
+    Untracked,
+}
+
 impl Generations {
     /// Most units we track; beyond this only the header and crc are checked.
     pub const MAX_UNITS: u64 = 1 << 26;
 
+    /// A table over `bytes` from `first_offset`, or None if that is more than `MAX_UNITS` units.
     pub fn new(first_offset: u64, bytes: u64, unit: u64) -> Option<Generations> {
         let units = bytes / unit;
         if units == 0 || units > Self::MAX_UNITS {
@@ -184,20 +205,63 @@ impl Generations {
         self.table.get((rel / self.unit) as usize)
     }
 
-    /// Generation last written at `device_offset`, 0 if unknown.
-    pub fn get(&self, device_offset: u64) -> u64 {
-        self.slot(device_offset)
-            .map_or(0, |s| s.load(Ordering::Relaxed) as u64)
-    }
-
-    pub fn set(&self, device_offset: u64, generation: u64) {
-        if let Some(slot) = self.slot(device_offset) {
-            slot.store(generation.min(u32::MAX as u64) as u32, Ordering::Relaxed);
+    pub fn claim(&self, device_offset: u64) -> Claim {
+        let Some(slot) = self.slot(device_offset) else {
+            return Claim::Untracked;
+        };
+        let current = slot.load(Ordering::Acquire);
+        if current & BUSY != 0 {
+            return Claim::Busy;
+        }
+        match slot.compare_exchange(current, current | BUSY, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => Claim::Claimed(current as u64),
+            Err(_) => Claim::Busy,
         }
     }
 
-    pub fn covers(&self, unit: u64) -> bool {
-        self.unit == unit
+    /// Ends a claim, recording `generation` as what the unit now holds (0 = unknown, after a
+    /// failed write).
+    pub fn release(&self, device_offset: u64, generation: u64) {
+        if let Some(slot) = self.slot(device_offset) {
+            slot.store((generation as u32) & !BUSY, Ordering::Release);
+        }
+    }
+
+    /// Records a generation outside any claim (laying out a device before jobs start).
+    pub fn set(&self, device_offset: u64, generation: u64) {
+        self.release(device_offset, generation);
+    }
+
+    /// Generation last recorded at `device_offset`, 0 if unknown.
+    pub fn get(&self, device_offset: u64) -> u64 {
+        self.slot(device_offset)
+            .map_or(0, |s| (s.load(Ordering::Acquire) & !BUSY) as u64)
+    }
+}
+
+/// Which units of a job's range the job itself wrote, for its verify pass.
+#[derive(Debug, Default)]
+pub struct WrittenUnits {
+    bits: Vec<u64>,
+}
+
+impl WrittenUnits {
+    pub fn new(units: u64) -> WrittenUnits {
+        WrittenUnits {
+            bits: vec![0; units.div_ceil(64) as usize],
+        }
+    }
+
+    pub fn mark(&mut self, unit: u64) {
+        if let Some(word) = self.bits.get_mut((unit / 64) as usize) {
+            *word |= 1 << (unit % 64);
+        }
+    }
+
+    pub fn contains(&self, unit: u64) -> bool {
+        self.bits
+            .get((unit / 64) as usize)
+            .is_some_and(|w| w & (1 << (unit % 64)) != 0)
     }
 }
 
@@ -251,13 +315,27 @@ mod tests {
     }
 
     #[test]
-    fn generation_table() {
+    fn generation_table_claims_are_exclusive() {
         let g = Generations::new(4096, 4096 * 10, 4096).unwrap();
-        assert_eq!(g.get(8192), 0);
-        g.set(8192, 5);
+        assert_eq!(g.claim(8192), Claim::Claimed(0));
+        assert_eq!(g.claim(8192), Claim::Busy, "one command per unit");
+        g.release(8192, 5);
         assert_eq!(g.get(8192), 5);
-        assert_eq!(g.get(0), 0, "outside the range is unknown");
-        assert_eq!(g.get(8193), 0, "unaligned is unknown");
+        assert_eq!(g.claim(8192), Claim::Claimed(5));
+        g.release(8192, 5);
+        assert_eq!(g.claim(0), Claim::Untracked, "outside the range");
+        assert_eq!(g.claim(8193), Claim::Untracked, "not aligned to units");
         assert!(Generations::new(0, 1 << 50, 4096).is_none());
+    }
+
+    #[test]
+    fn written_units() {
+        let mut w = WrittenUnits::new(130);
+        assert!(!w.contains(129));
+        w.mark(129);
+        w.mark(0);
+        assert!(w.contains(129) && w.contains(0) && !w.contains(64));
+        w.mark(1000);
+        assert!(!w.contains(1000), "out of range is ignored");
     }
 }

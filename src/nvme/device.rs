@@ -364,22 +364,22 @@ impl QueuePair {
     }
 
     /// Hands every queued command to the device, then appends up to `max` completions to `out`.
-    /// Returns the number appended. An error means the queue pair itself broke.
+    /// Returns the number appended. An error means the queue pair itself broke; completions it
+    /// appended before breaking stay in `out` and are accounted (they are no longer outstanding).
     #[inline]
     pub fn poll(&mut self, max: usize, out: &mut Vec<Completion>) -> Result<usize, NvmeError> {
         self.stats.polls += 1;
         let start = out.len();
-        let mut reaped = 0;
-        while reaped < max {
+        while out.len() - start < max {
             match self.rejected.pop_front() {
-                Some(c) => {
-                    out.push(c);
-                    reaped += 1;
-                }
+                Some(c) => out.push(c),
                 None => break,
             }
         }
-        reaped += self.backend.poll(max - reaped, out, &mut self.stats)?;
+        let rejected = out.len() - start;
+        let result = self.backend.poll(max - rejected, out, &mut self.stats);
+        // Account whatever reached `out`, whether or not the backend then failed.
+        let reaped = out.len() - start;
         if reaped > 0 {
             self.outstanding -= reaped as u32;
             self.stats.completed += reaped as u64;
@@ -389,7 +389,7 @@ impl QueuePair {
                 .filter(|c| !c.status.is_success())
                 .count() as u64;
         }
-        Ok(reaped)
+        result.map(|_| reaped)
     }
 
     /// Polls until nothing is outstanding, appending every completion to `out`.

@@ -87,11 +87,17 @@ impl<T> ReadMostly<T> {
                 std::hint::spin_loop();
             }
         }
+        // Lowers the count even if `f` panics; a raised count would make writers wait forever.
+        struct Leave<'a>(&'a AtomicU32);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Release);
+            }
+        }
+        let _leave = Leave(count);
         // SAFETY: our count is raised and no writer was in the cell after we raised it; a writer
         // arriving now waits for the count to drop, so only shared access happens until then.
-        let result = f(unsafe { &*cell.value.get() });
-        count.fetch_sub(1, Ordering::Release);
-        result
+        f(unsafe { &*cell.value.get() })
     }
 
     /// Runs `f` with exclusive access to cell `index`.
@@ -148,6 +154,16 @@ mod tests {
         for h in handles {
             h.join().unwrap();
         }
+    }
+
+    #[test]
+    fn a_panicking_reader_does_not_block_writers() {
+        let table = Arc::new(ReadMostly::new(1, 1, || 0u64));
+        let t = Arc::clone(&table);
+        let panicked = std::thread::spawn(move || t.read(0, |_| panic!("reader fails"))).join();
+        assert!(panicked.is_err());
+        table.write(0, |v| *v = 7);
+        table.read(0, |v| assert_eq!(*v, 7));
     }
 
     #[test]

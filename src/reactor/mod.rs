@@ -568,25 +568,28 @@ fn deliver_mail(core: &mut Core) -> bool {
     delivered > 0
 }
 
+/// Fires the timers that were due when the pass began. A timer armed by a callback (even with
+/// zero delay) waits for the next iteration, so timers cannot keep the reactor from its mail and
+/// pollers.
 fn fire_timers(core: &mut Core) -> bool {
-    let mut fired = false;
-    while core
-        .timers
-        .peek()
-        .is_some_and(|t| t.deadline <= core.now_ns)
-    {
-        let Some(timer) = core.timers.pop() else {
-            break;
-        };
-        fired = true;
+    let now = core.now_ns;
+    let mut due = Vec::new();
+    while core.timers.peek().is_some_and(|t| t.deadline <= now) {
+        if let Some(timer) = core.timers.pop() {
+            due.push(timer);
+        }
+    }
+    let fired = !due.is_empty();
+    for timer in due {
         core.stats.timers_fired += 1;
         match timer.kind {
             TimerKind::Once(f) => f(&mut Context { core }),
             TimerKind::Every { period, mut f } => {
                 if f(&mut Context { core }) == TimerAction::Continue {
-                    // Next deadline from the previous one, so a periodic timer does not drift;
-                    // but never schedule into the past after a long stall.
-                    let deadline = (timer.deadline + period).max(core.now_ns);
+                    // Keep the original cadence (no drift), skipping periods missed in a stall
+                    // instead of firing them back to back.
+                    let missed = now.saturating_sub(timer.deadline) / period;
+                    let deadline = timer.deadline + (missed + 1) * period;
                     let seq = core.next_timer_seq;
                     core.next_timer_seq += 1;
                     core.timers.push(Timer {

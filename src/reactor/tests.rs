@@ -218,3 +218,44 @@ fn reactors_pin_to_their_cpu() {
     assert_eq!(configured, cpu);
     assert_eq!(running_on, Some(cpu));
 }
+
+#[test]
+fn a_stalled_periodic_timer_skips_missed_periods_and_zero_delay_rearm_yields() {
+    let reactors = Reactors::start(unpinned(vec![0])).unwrap();
+    let (tx, rx) = mpsc::channel();
+    reactors
+        .send(0, move |cx| {
+            // Stall the reactor for 20 ms inside a 5 ms periodic timer's first call: the next
+            // call must come about one period later, not immediately.
+            let mut calls: Vec<Instant> = Vec::new();
+            let tx2 = tx.clone();
+            cx.every(Duration::from_millis(5), move |cx| {
+                calls.push(Instant::now());
+                if calls.len() == 1 {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                if calls.len() == 3 {
+                    tx2.send(("gaps", calls[2].duration_since(calls[1])))
+                        .unwrap();
+                    return TimerAction::Cancel;
+                }
+                let _ = cx;
+                TimerAction::Continue
+            });
+            // A timer that re-arms itself with zero delay forever must not starve the mailbox.
+            fn rearm(cx: &mut Context<'_>) {
+                cx.after(Duration::ZERO, rearm);
+            }
+            cx.after(Duration::ZERO, rearm);
+        })
+        .unwrap();
+    let (_, gap) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        gap >= Duration::from_millis(2),
+        "a missed period fired back to back: {gap:?}"
+    );
+    let (tx, rx) = mpsc::channel();
+    reactors.send(0, move |_| tx.send(()).unwrap()).unwrap();
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("mail is still delivered");
+}
