@@ -125,6 +125,11 @@ pub(crate) trait Namespace: Send + Sync {
     }
 }
 
+/// What a backend's `poll` returns. The error is boxed so the common `Ok(n)` comes back in
+/// registers: a poll happens on every doorbell round, and a 50-byte result passed through memory
+/// cost ~14% of the null device's per-I/O time (a store-forwarding stall on reading it back).
+pub(crate) type PollResult = Result<usize, Box<NvmeError>>;
+
 /// A backend's half of a queue pair. [`QueuePair`] does the accounting and validation around it.
 pub(crate) trait QueuePairBackend: Send {
     /// Queues a valid command. The wrapper guarantees at most `depth` commands are outstanding.
@@ -137,7 +142,7 @@ pub(crate) trait QueuePairBackend: Send {
         max: usize,
         out: &mut Vec<Completion>,
         stats: &mut QueuePairStats,
-    ) -> Result<usize, NvmeError>;
+    ) -> PollResult;
 
     /// Makes a pool's buffers cheaper to use (registered with the kernel or the IOMMU). Returns
     /// whether the backend did anything with it.
@@ -389,7 +394,10 @@ impl QueuePair {
                 .filter(|c| !c.status.is_success())
                 .count() as u64;
         }
-        result.map(|_| reaped)
+        match result {
+            Ok(_) => Ok(reaped),
+            Err(e) => Err(*e),
+        }
     }
 
     /// Polls until nothing is outstanding, appending every completion to `out`.

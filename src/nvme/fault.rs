@@ -118,8 +118,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::command::{Completion, IoCmd, Opcode, Status};
 use super::device::{
-    Device, Namespace, NamespaceInfo, QueueFull, QueuePair, QueuePairBackend, QueuePairStats,
-    SupportedOps,
+    Device, Namespace, NamespaceInfo, PollResult, QueueFull, QueuePair, QueuePairBackend,
+    QueuePairStats, SupportedOps,
 };
 use super::dma::{DmaBuf, DmaPool};
 use super::error::NvmeError;
@@ -1683,7 +1683,7 @@ impl QueuePairBackend for FaultQueuePair {
         max: usize,
         out: &mut Vec<Completion>,
         stats: &mut QueuePairStats,
-    ) -> Result<usize, NvmeError> {
+    ) -> PollResult {
         let syscalls_before = self.inner.stats().syscalls;
         if !self.queued.is_empty() {
             stats.record_doorbell(self.queued.len());
@@ -1821,7 +1821,7 @@ mod tests {
             max: usize,
             out: &mut Vec<Completion>,
             _stats: &mut QueuePairStats,
-        ) -> Result<usize, NvmeError> {
+        ) -> PollResult {
             let mut done = Vec::new();
             self.inner.poll(usize::MAX, &mut done)?;
             for c in done {

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use super::command::{Completion, IoCmd, Opcode, Status};
 use super::device::{
-    DeviceClass, Namespace, NamespaceInfo, QueuePairBackend, QueuePairStats, SupportedOps,
+    DeviceClass, Namespace, NamespaceInfo, PollResult, QueuePairBackend, QueuePairStats,
+    SupportedOps,
 };
 use super::error::NvmeError;
 use super::read_mostly::ReadMostly;
@@ -200,7 +201,7 @@ impl QueuePairBackend for MemQueuePair {
         max: usize,
         out: &mut Vec<Completion>,
         stats: &mut QueuePairStats,
-    ) -> Result<usize, NvmeError> {
+    ) -> PollResult {
         if !self.queued.is_empty() {
             stats.record_doorbell(self.queued.len());
             for mut cmd in self.queued.drain(..) {
@@ -209,7 +210,9 @@ impl QueuePairBackend for MemQueuePair {
             }
         }
         let n = max.min(self.completed.len());
-        out.extend(self.completed.drain(..n));
+        if n > 0 {
+            out.extend(self.completed.drain(..n));
+        }
         Ok(n)
     }
 }

@@ -54,7 +54,8 @@ use io_uring::{EnterFlags, IoUring, opcode, squeue, types};
 
 use super::command::{Completion, IoCmd, Opcode, Status};
 use super::device::{
-    DeviceClass, Namespace, NamespaceInfo, QueuePairBackend, QueuePairStats, SupportedOps,
+    DeviceClass, Namespace, NamespaceInfo, PollResult, QueuePairBackend, QueuePairStats,
+    SupportedOps,
 };
 use super::dma::{DmaPool, DmaRegionInfo};
 use super::error::NvmeError;
@@ -1401,9 +1402,9 @@ impl QueuePairBackend for UringQueuePair {
         max: usize,
         out: &mut Vec<Completion>,
         stats: &mut QueuePairStats,
-    ) -> Result<usize, NvmeError> {
+    ) -> PollResult {
         if let Some(reason) = &self.broken {
-            return Err(self.failure(reason));
+            return Err(self.failure(reason).into());
         }
         self.hand_over(stats);
         let rings = std::iter::once(&mut self.data).chain(self.sync.as_mut());
@@ -1412,7 +1413,7 @@ impl QueuePairBackend for UringQueuePair {
                 let reason = format!("io_uring_enter failed: {e}");
                 let error = self.failure(&reason);
                 self.broken = Some(reason);
-                return Err(error);
+                return Err(error.into());
             }
         }
         let mut produced = 0;

@@ -235,8 +235,11 @@ fn a_stalled_periodic_timer_skips_missed_periods_and_zero_delay_rearm_yields() {
                     thread::sleep(Duration::from_millis(20));
                 }
                 if calls.len() == 3 {
-                    tx2.send(("gaps", calls[2].duration_since(calls[1])))
-                        .unwrap();
+                    tx2.send((
+                        "third call after the first",
+                        calls[2].duration_since(calls[0]),
+                    ))
+                    .unwrap();
                     return TimerAction::Cancel;
                 }
                 let _ = cx;
