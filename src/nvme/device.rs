@@ -468,3 +468,63 @@ impl fmt::Debug for QueuePair {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend whose poll always fails: the queue pair broke.
+    struct Broken;
+
+    impl QueuePairBackend for Broken {
+        fn queue(&mut self, _cmd: IoCmd) {}
+
+        fn poll(
+            &mut self,
+            _max: usize,
+            _out: &mut Vec<Completion>,
+            _stats: &mut QueuePairStats,
+        ) -> PollResult {
+            Err(Box::new(NvmeError::QueuePairFailed {
+                uri: "test:".into(),
+                reason: "gone".into(),
+            }))
+        }
+    }
+
+    /// Regression (review finding): completions handed out before the backend failed were left
+    /// counted as outstanding.
+    #[test]
+    fn completions_returned_before_a_backend_error_are_accounted() {
+        let info = NamespaceInfo {
+            uri: "test:".into(),
+            model: "test".into(),
+            block_size: 4096,
+            capacity_blocks: 16,
+            max_transfer_bytes: 1 << 20,
+            buffer_alignment: 4,
+            max_queue_depth: 8,
+            class: DeviceClass::Nvme,
+            ops: SupportedOps::ALL,
+            trim_reads_zeroes: true,
+            volatile_write_cache: false,
+        };
+        let mut qp = QueuePair {
+            backend: Box::new(Broken),
+            limits: Limits::of(&info),
+            uri: info.uri.clone(),
+            depth: 4,
+            outstanding: 0,
+            rejected: VecDeque::new(),
+            stats: QueuePairStats::default(),
+        };
+        // Out of range: rejected by validation, completes at the next poll.
+        qp.submit(IoCmd::write_zeroes(100, 1, 7)).unwrap();
+        let mut out = Vec::new();
+        assert!(qp.poll(8, &mut out).is_err());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].status, Status::LBA_OUT_OF_RANGE);
+        assert_eq!(qp.outstanding(), 0);
+        assert_eq!((qp.stats().completed, qp.stats().errors), (1, 1));
+    }
+}
