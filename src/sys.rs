@@ -125,11 +125,6 @@ impl Clock {
             None => self.base.elapsed().as_nanos() as u64,
         }
     }
-
-    /// Whether readings come from the TSC.
-    pub fn uses_tsc(&self) -> bool {
-        self.tsc.is_some()
-    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -2,10 +2,10 @@
 //!
 //! A shard holds the jobs placed on one reactor, one queue pair per device they use (so all of
 //! a reactor's I/O to a device shares one doorbell per poll, as DESIGN §3 wants), and one DMA
-//! pool. Each reactor iteration: stamp the doorbell time on what was queued since the last poll,
-//! poll every queue pair, account the completions, then let each job refill its slots. The clock
-//! is read twice per iteration, not per I/O: every completion reaped by one poll completes at the
-//! same observed instant, which is all a polling engine can know anyway.
+//! pool. Each reactor iteration polls every queue pair, accounts the completions, then refills the
+//! jobs in rounds of at most `iodepth_batch_submit` commands each, ringing the doorbells after
+//! every round. The clock is read per poll and per round, not per I/O: every completion reaped by
+//! one poll completes at the same observed instant, which is all a polling engine can know anyway.
 //!
 //! Latencies (per I/O, in ns): `slat` = submit() → doorbell; `clat` = doorbell → reaped;
 //! `lat` = submit() → reaped.

@@ -251,17 +251,6 @@ impl QueuePairStats {
         self.doorbells += 1;
         self.doorbell_commands += commands as u64;
     }
-
-    pub fn add(&mut self, other: &QueuePairStats) {
-        self.submitted += other.submitted;
-        self.completed += other.completed;
-        self.errors += other.errors;
-        self.polls += other.polls;
-        self.polls_with_completions += other.polls_with_completions;
-        self.doorbells += other.doorbells;
-        self.doorbell_commands += other.doorbell_commands;
-        self.syscalls += other.syscalls;
-    }
 }
 
 /// Returned by [`QueuePair::submit`] when `depth` commands are already outstanding; hands the
