@@ -9,6 +9,10 @@ commands:
   bench [JOBFILE...] [--OPTION=VALUE...]   run fio-style jobs (default: bench/jobs/quick.fio on mem:256M)
   compare PEER.json OURS.json              side-by-side table of two fio-format JSON results
   devinfo URI                              open a device and print its namespace facts
+  selftest device URI --destructive [--serial=S --capacity=SIZE --block-size=N --strict]
+                                           check the NVMe driver against a controller
+                                           (overwrites the first 48 MiB; pcie: devices)
+  selftest prepare-image|check-image FILE  the QEMU harness's host-side steps
   version                                  print the version
 
 Run `bluepoll bench --help` for the job options, docs/bench.md for details.";
@@ -21,7 +25,8 @@ command line override those in job files. With neither, runs the built-in quick 
 
 job options (fio's names and meanings):
   name rw bs iodepth numjobs size offset runtime time_based ramp_time rwmixread rwmixwrite
-  filename (a device URI: mem:SIZE, null:SIZE, uring:PATH, fault:[OPTS+]URI) ioengine=dev
+  filename (a device URI: mem:SIZE, null:SIZE, uring:PATH, pcie:DDDD:BB:DD.F, fault:[OPTS+]URI)
+  ioengine=dev
   direct percentile_list group_reporting randrepeat randseed norandommap verify=crc32c
   do_verify stonewall write_lat_log write_iops_log log_avg_msec cpus_allowed thread
 
@@ -67,6 +72,9 @@ fn dispatch(args: &[String]) -> Result<i32> {
             let i = device.info();
             println!("uri:            {}", i.uri);
             println!("model:          {}", i.model);
+            if !i.serial.is_empty() {
+                println!("serial:         {}", i.serial);
+            }
             println!("class:          {}", i.class);
             println!("block size:     {}", i.block_size);
             println!(
@@ -86,6 +94,7 @@ fn dispatch(args: &[String]) -> Result<i32> {
             println!("volatile cache: {}", i.volatile_write_cache);
             Ok(0)
         }
+        "selftest" => selftest(rest),
         "version" | "--version" | "-V" => {
             println!("bluepoll {}", env!("CARGO_PKG_VERSION"));
             Ok(0)
@@ -94,6 +103,87 @@ fn dispatch(args: &[String]) -> Result<i32> {
             println!("{USAGE}");
             Ok(0)
         }
-        other => bail!("unknown command '{other}' (commands: bench, compare, devinfo, version)"),
+        other => bail!(
+            "unknown command '{other}' (commands: bench, compare, devinfo, selftest, version)"
+        ),
     }
+}
+
+/// `bluepoll selftest ...`: the NVMe driver's checks (see src/nvme/pcie/selftest.rs).
+fn selftest(args: &[String]) -> Result<i32> {
+    use bluepoll::nvme::pcie::selftest::{self as st, Outcome};
+    const USAGE: &str = "usage: bluepoll selftest device URI --destructive [--serial=S] \
+[--capacity=SIZE] [--block-size=N] [--strict]
+       bluepoll selftest prepare-image FILE | check-image FILE | rogue-dma URI";
+    let Some((step, rest)) = args.split_first() else {
+        bail!("{USAGE}")
+    };
+    let (target, options) = match rest.split_first() {
+        Some((target, options)) => (target.as_str(), options),
+        None => bail!("{USAGE}"),
+    };
+    let report = match step.as_str() {
+        "prepare-image" => {
+            st::prepare_image(std::path::Path::new(target))?;
+            println!("host pattern written to {target}");
+            return Ok(0);
+        }
+        "check-image" => st::check_image(std::path::Path::new(target))?,
+        "rogue-dma" => {
+            println!("{}", st::rogue_dma(target)?);
+            return Ok(0);
+        }
+        "device" => {
+            let mut expect = st::Expectations::default();
+            let (mut destructive, mut strict) = (false, false);
+            for option in options {
+                let (key, value) = option.split_once('=').unwrap_or((option, ""));
+                match key {
+                    "--destructive" => destructive = true,
+                    "--strict" => strict = true,
+                    "--serial" => expect.serial = Some(value.to_string()),
+                    "--capacity" => {
+                        expect.capacity_bytes = Some(
+                            bluepoll::units::parse_size(value)
+                                .map_err(|e| anyhow::anyhow!("--capacity: {e}"))?,
+                        )
+                    }
+                    "--block-size" => {
+                        expect.block_size = Some(
+                            value
+                                .parse()
+                                .map_err(|_| anyhow::anyhow!("--block-size: '{value}'"))?,
+                        )
+                    }
+                    _ => bail!("unknown option '{option}'\n{USAGE}"),
+                }
+            }
+            if !destructive {
+                bail!(
+                    "the device checks overwrite the first 48 MiB of {target}; \
+                     pass --destructive to run them"
+                );
+            }
+            let mut report = st::run_device_checks(target, &expect)?;
+            if strict {
+                for check in &mut report.checks {
+                    if check.outcome == Outcome::Skip {
+                        check.outcome = Outcome::Fail;
+                    }
+                }
+            }
+            report
+        }
+        other => bail!("unknown selftest step '{other}'\n{USAGE}"),
+    };
+    for line in report.lines() {
+        println!("{line}");
+    }
+    let failed = report.count(Outcome::Fail);
+    println!(
+        "selftest {step}: {} passed, {failed} failed, {} skipped",
+        report.count(Outcome::Pass),
+        report.count(Outcome::Skip)
+    );
+    Ok(if failed == 0 { 0 } else { 1 })
 }

@@ -229,6 +229,11 @@ fn bad_input_is_one_line_naming_the_problem() {
             vec!["--filename=uring:/nonexistent/dir/file".into()],
             "/nonexistent/dir/file",
         ),
+        (
+            vec!["--filename=pcie:ffff:ff:1f.7".into()],
+            "no such PCI function",
+        ),
+        (vec!["--filename=pcie:00:04".into()], "is not a PCI address"),
     ];
     for (args, needle) in cases {
         let mut full = vec!["bench".to_string(), "--runtime=1".to_string()];
@@ -250,6 +255,28 @@ fn bad_input_is_one_line_naming_the_problem() {
             !stderr.contains("panicked") && !stderr.contains("backtrace"),
             "{stderr}"
         );
+    }
+    for (args, needle) in [
+        (&["selftest"][..], "usage: bluepoll selftest"),
+        (
+            &["selftest", "device", "pcie:00:04.0"],
+            "pass --destructive",
+        ),
+        (
+            &["selftest", "device", "mem:64M", "--destructive"],
+            "runs on pcie: devices",
+        ),
+        (
+            &["selftest", "check-image", "/nonexistent.img"],
+            "/nonexistent.img",
+        ),
+        (&["devinfo", "pcie:0000:ff:1f.7?nsid=0"], "nsid '0'"),
+    ] {
+        let out = bluepoll(args);
+        let stderr = out.stderr_text();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
     }
     let out = bluepoll(&["nonsense"]);
     assert!(!out.status.success());

@@ -20,7 +20,7 @@ use super::dma::DmaPool;
 use super::error::NvmeError;
 use super::fault::FaultControl;
 use super::uri::{SCHEMES, split_scheme};
-use super::{fault, mem, null, uring};
+use super::{fault, mem, null, pcie, uring};
 
 /// What kind of medium a namespace is, for tier placement (WAL → nvme, DB → ssd, data → hdd).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -87,6 +87,8 @@ pub struct NamespaceInfo {
     pub uri: String,
     /// What the backend is, in a few words (model number for real controllers).
     pub model: String,
+    /// The controller's serial number; empty where the backend has none.
+    pub serial: String,
     /// Bytes per logical block.
     pub block_size: u32,
     pub capacity_blocks: u64,
@@ -158,7 +160,8 @@ pub struct Device {
 }
 
 impl Device {
-    /// Opens a device by URI: `mem:SIZE`, `null:SIZE`, `uring:PATH`, `fault:[OPTIONS+]URI`.
+    /// Opens a device by URI: `mem:SIZE`, `null:SIZE`, `uring:PATH`, `pcie:DDDD:BB:DD.F`,
+    /// `fault:[OPTIONS+]URI`.
     /// See docs/devices.md for every parameter.
     pub fn open(uri: &str) -> Result<Device, NvmeError> {
         let (scheme, rest) = split_scheme(uri)?;
@@ -166,6 +169,7 @@ impl Device {
             "mem" => Arc::new(mem::MemNamespace::open(uri, rest)?),
             "null" => Arc::new(null::NullNamespace::open(uri, rest)?),
             "uring" => Arc::new(uring::UringNamespace::open(uri, rest)?),
+            "pcie" => Arc::new(pcie::PcieNamespace::open(uri, rest)?),
             "fault" => fault::open(uri, rest)?,
             other => {
                 return Err(NvmeError::UnknownScheme {
@@ -488,6 +492,7 @@ mod tests {
         let info = NamespaceInfo {
             uri: "test:".into(),
             model: "test".into(),
+            serial: String::new(),
             block_size: 4096,
             capacity_blocks: 16,
             max_transfer_bytes: 1 << 20,

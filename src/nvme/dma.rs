@@ -256,6 +256,24 @@ impl DmaPool {
     }
 }
 
+impl DmaPool {
+    /// A handle that tells whether the pool (and so its region) still exists, without keeping it
+    /// alive: a backend that mapped the region releases the mapping once the pool is gone.
+    pub(crate) fn liveness(&self) -> PoolLiveness {
+        PoolLiveness(Arc::downgrade(&self.shared))
+    }
+}
+
+/// See [`DmaPool::liveness`].
+#[derive(Clone)]
+pub(crate) struct PoolLiveness(std::sync::Weak<PoolShared>);
+
+impl PoolLiveness {
+    pub fn is_alive(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+}
+
 /// Where a pool's memory lives; what a backend needs to register it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DmaRegionInfo {

@@ -63,6 +63,19 @@ pub enum NvmeError {
 
     #[error("the device lost power; queue pairs created before the power cut are dead")]
     PowerLost,
+
+    #[error("pcie:{device}: {reason}")]
+    Vfio { device: String, reason: String },
+
+    #[error("pcie:{device}: controller {reason}")]
+    Controller { device: String, reason: String },
+
+    #[error("pcie:{device}: admin command {command} failed: {status}")]
+    AdminCommand {
+        device: String,
+        command: &'static str,
+        status: Status,
+    },
 }
 
 impl NvmeError {

@@ -58,6 +58,7 @@ impl SyntheticParams {
         NamespaceInfo {
             uri: uri.to_string(),
             model: model.to_string(),
+            serial: String::new(),
             block_size: self.block_size,
             capacity_blocks: self.capacity_blocks,
             max_transfer_bytes: self.max_transfer_bytes,

@@ -1,7 +1,7 @@
 //! The device layer: namespaces and per-thread queue pairs, polled by the thread that submits.
 //!
 //! Backends: `mem:` (RAM), `null:` (no data), `uring:` (files and block devices through
-//! io_uring), and the `fault:` wrapper that every crash test builds on. docs/devices.md lists
+//! io_uring), `pcie:` (bluepoll's own NVMe driver over VFIO), and the `fault:` wrapper that every crash test builds on. docs/devices.md lists
 //! their URIs and parameters.
 
 pub mod command;
@@ -11,6 +11,7 @@ pub mod error;
 pub mod fault;
 mod mem;
 mod null;
+pub mod pcie;
 mod read_mostly;
 pub mod uri;
 mod uring;

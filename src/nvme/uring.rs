@@ -521,6 +521,7 @@ impl UringNamespace {
         let info = NamespaceInfo {
             uri: uri.to_string(),
             model: model_name(kind, opts.direct, &plan),
+            serial: String::new(),
             block_size,
             capacity_blocks,
             max_transfer_bytes: MAX_TRANSFER_BYTES,
