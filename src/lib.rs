@@ -3,11 +3,13 @@
 //! Layers, bottom up (see ../shared/DESIGN.md and docs/architecture.md):
 //! - [`nvme`]: devices and per-thread queue pairs (`submit` queues, `poll` rings and reaps);
 //! - [`reactor`]: one pinned run-to-completion loop per core, lock-free queues between them;
+//! - [`bluefs`]: the journaling filesystem RocksDB runs on, over up to three devices;
 //! - [`bench`]: the fio-style load harness that drives every layer.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod bench;
+pub mod bluefs;
 pub mod nvme;
 pub mod reactor;
 pub mod sys;

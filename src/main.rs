@@ -2,11 +2,14 @@
 
 use anyhow::{Result, bail};
 
+mod bluefs_cli;
+
 const USAGE: &str = "\
 usage: bluepoll <command> [arguments]
 
 commands:
   bench [JOBFILE...] [--OPTION=VALUE...]   run fio-style jobs (default: bench/jobs/quick.fio on mem:256M)
+  bluefs COMMAND --db=URI [...]            make, inspect and maintain a BlueFS (bluefs --help)
   compare PEER.json OURS.json              side-by-side table of two fio-format JSON results
   devinfo URI                              open a device and print its namespace facts
   selftest device URI --destructive [--serial=S --capacity=SIZE --block-size=N --strict]
@@ -60,6 +63,7 @@ fn dispatch(args: &[String]) -> Result<i32> {
             }
             Ok(bluepoll::bench::run(rest)?.exit_code)
         }
+        "bluefs" => bluefs_cli::run(rest),
         "compare" => {
             bluepoll::bench::compare::run(rest)?;
             Ok(0)
@@ -104,7 +108,7 @@ fn dispatch(args: &[String]) -> Result<i32> {
             Ok(0)
         }
         other => bail!(
-            "unknown command '{other}' (commands: bench, compare, devinfo, selftest, version)"
+            "unknown command '{other}' (commands: bench, bluefs, compare, devinfo, selftest, version)"
         ),
     }
 }

@@ -1,0 +1,2309 @@
+//! The filesystem: metadata, the log, files, compaction.
+//!
+//! One lock (`State`) guards metadata, allocators and the log writer; file data moves without
+//! it. A metadata change is a list of [`LogOp`]s: `commit` writes them as one log transaction
+//! (flushing the log's devices), and only then runs them through `apply`, the same function
+//! replay uses. Space is taken from the allocators before a commit (and given back if it fails)
+//! and released only after the commit that freed it is durable.
+//!
+//! A file's metadata has two parts: `fnode`, exactly what the log says (what replay would
+//! rebuild), and `pending`: extents allocated and a size reached by data written since, which
+//! become committed at the next fsync as one `FileUpdateDelta`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::alloc::{AllocError, ExtentAllocator, SharedAllocator, SharedSpace};
+use super::error::{BlueFsError, Result};
+use super::format::{
+    self, BLOCK_SIZE, DeviceId, Extent, Fnode, FrameEnd, Label, LogOp, RESERVED_PREFIX,
+    SUPERBLOCK_OFFSETS, Superblock, Transaction, Uuid,
+};
+use super::io::BlockDevice;
+use crate::nvme::Device;
+
+/// The log is file 1; files are numbered from 2.
+const LOG_INO: u64 = 1;
+const FIRST_FILE_INO: u64 = 2;
+
+/// Space the log always keeps ahead of its write position: enough for the transaction that
+/// records the log's own growth.
+const LOG_RUNWAY: u64 = 4 * BLOCK_SIZE;
+
+/// Devices a filesystem is made of.
+#[derive(Clone)]
+pub struct Devices {
+    pub wal: Option<Device>,
+    pub db: Device,
+    pub slow: Option<Device>,
+}
+
+impl Devices {
+    pub fn only(db: Device) -> Devices {
+        Devices {
+            wal: None,
+            db,
+            slow: None,
+        }
+    }
+
+    fn get(&self, id: DeviceId) -> Option<&Device> {
+        match id {
+            DeviceId::Wal => self.wal.as_ref(),
+            DeviceId::Db => Some(&self.db),
+            DeviceId::Slow => self.slow.as_ref(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BlueFsConfig {
+    /// Allocation unit per device (WAL, DB, SLOW): a power of two ≥ 4 KiB.
+    pub alloc_units: [u64; 3],
+    /// Bytes kept free on the WAL and DB devices for the log alone, so it can always commit
+    /// and compact when data has filled everything else.
+    pub log_reserve: u64,
+    /// The log's first allocation and each later growth.
+    pub log_grow: u64,
+    /// Compact when the log exceeds this many bytes...
+    pub compact_min_bytes: u64,
+    /// ...and is this many times larger than the live metadata it describes.
+    pub compact_ratio: u64,
+    /// Compact without stopping appends (the log is copied, then switched under the lock).
+    pub async_compaction: bool,
+}
+
+impl Default for BlueFsConfig {
+    fn default() -> BlueFsConfig {
+        BlueFsConfig {
+            alloc_units: [64 << 10; 3],
+            log_reserve: 4 << 20,
+            log_grow: 1 << 20,
+            compact_min_bytes: 16 << 20,
+            compact_ratio: 5,
+            async_compaction: true,
+        }
+    }
+}
+
+impl BlueFsConfig {
+    fn validate(&self) -> Result<()> {
+        for (i, unit) in self.alloc_units.iter().enumerate() {
+            if !unit.is_power_of_two() || *unit < BLOCK_SIZE {
+                return Err(BlueFsError::InvalidConfig {
+                    reason: format!(
+                        "allocation unit {unit} of the {} device must be a power of two ≥ {BLOCK_SIZE}",
+                        DeviceId::ALL[i].name()
+                    ),
+                });
+            }
+        }
+        if self.log_grow < BLOCK_SIZE * 8 {
+            return Err(BlueFsError::InvalidConfig {
+                reason: format!("log_grow {} is below 32 KiB", self.log_grow),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Where a file's data goes, from its name (DESIGN §5 placement).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// `*.log` (RocksDB's WAL): WAL device first.
+    Wal,
+    /// Everything else: DB device first.
+    Db,
+    /// Files in a directory ending in `.slow`: SLOW device first.
+    Slow,
+}
+
+impl FileKind {
+    pub fn of(dir: &str, name: &str) -> FileKind {
+        if dir.ends_with(".slow") {
+            FileKind::Slow
+        } else if name.ends_with(".log") {
+            FileKind::Wal
+        } else {
+            FileKind::Db
+        }
+    }
+
+    /// Devices to try, in order: the home device, then the fallbacks WAL → DB → SLOW.
+    fn preference(self) -> &'static [DeviceId] {
+        match self {
+            FileKind::Wal => &[DeviceId::Wal, DeviceId::Db, DeviceId::Slow],
+            FileKind::Db => &[DeviceId::Db, DeviceId::Slow],
+            FileKind::Slow => &[DeviceId::Slow, DeviceId::Db],
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FileKind::Wal => "wal",
+            FileKind::Db => "db",
+            FileKind::Slow => "slow",
+        }
+    }
+
+    const ALL: [FileKind; 3] = [FileKind::Wal, FileKind::Db, FileKind::Slow];
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileStat {
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: u64,
+    pub nlink: u32,
+    pub allocated: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceUsage {
+    pub size: u64,
+    pub free: u64,
+    /// Bytes allocated to files of each kind (WAL, DB, SLOW order) and to the log.
+    pub by_kind: [u64; 3],
+    pub log: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Indexed by DeviceId; None where the device is absent.
+    pub devices: [Option<DeviceUsage>; 3],
+    /// Bytes of WAL/DB files that had to go to the SLOW device.
+    pub spillover_bytes: u64,
+    pub files: u64,
+    pub log_bytes: u64,
+    pub log_position: u64,
+    pub compactions: u64,
+}
+
+/// The result of a mount.
+pub struct Mounted {
+    pub fs: BlueFs,
+    /// BlueFS's extents on the shared SLOW device: its owner marks them used.
+    pub slow_extents: Vec<Extent>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct FsckReport {
+    pub files: u64,
+    pub dirs: u64,
+    pub errors: Vec<String>,
+}
+
+struct FileMeta {
+    /// Exactly what the log says.
+    fnode: Fnode,
+    nlink: u32,
+    kind: FileKind,
+    /// Extents allocated since the last commit, in file order after `fnode.extents`.
+    pending_extents: Vec<Extent>,
+    /// Size reached by data written since the last commit (≥ fnode.size when set).
+    pending_size: Option<u64>,
+    readers: u32,
+    writer: bool,
+}
+
+impl FileMeta {
+    fn new(fnode: Fnode, kind: FileKind) -> FileMeta {
+        FileMeta {
+            fnode,
+            nlink: 0,
+            kind,
+            pending_extents: Vec::new(),
+            pending_size: None,
+            readers: 0,
+            writer: false,
+        }
+    }
+
+    fn size(&self) -> u64 {
+        self.pending_size.unwrap_or(self.fnode.size)
+    }
+
+    fn allocated(&self) -> u64 {
+        self.fnode.allocated() + self.pending_extents.iter().map(|e| e.length).sum::<u64>()
+    }
+
+    fn all_extents(&self) -> impl Iterator<Item = &Extent> {
+        self.fnode.extents.iter().chain(&self.pending_extents)
+    }
+}
+
+/// Appends `e` to `list`, merging it into the last extent when contiguous.
+fn push_extent(list: &mut Vec<Extent>, e: Extent) {
+    if let Some(last) = list.last_mut()
+        && last.device == e.device
+        && last.end() == e.offset
+    {
+        last.length += e.length;
+        return;
+    }
+    list.push(e);
+}
+
+/// The device ranges behind bytes [offset, offset + len) of a file laid out on `extents`.
+fn map_range(extents: &[Extent], offset: u64, len: u64) -> Option<Vec<Extent>> {
+    let mut out = Vec::new();
+    let mut file_pos = 0u64;
+    let (mut want, end) = (offset, offset + len);
+    for e in extents {
+        let e_end = file_pos + e.length;
+        if want < e_end && want < end {
+            let start_in = want - file_pos;
+            let take = (e.length - start_in).min(end - want);
+            out.push(Extent {
+                device: e.device,
+                offset: e.offset + start_in,
+                length: take,
+            });
+            want += take;
+        }
+        file_pos = e_end;
+        if want >= end {
+            break;
+        }
+    }
+    (want >= end).then_some(out)
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Splits `dir/name` (a leading `/` is ignored; the name is what follows the last `/`).
+fn split_path(path: &str) -> Result<(&str, &str)> {
+    let trimmed = path.trim_start_matches('/');
+    let Some((dir, name)) = trimmed.rsplit_once('/') else {
+        return Err(BlueFsError::InvalidPath {
+            path: path.into(),
+            reason: "expected DIR/NAME",
+        });
+    };
+    check_name(path, dir)?;
+    check_name(path, name)?;
+    Ok((dir, name))
+}
+
+fn check_name(path: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(BlueFsError::InvalidPath {
+            path: path.into(),
+            reason: "empty directory or file name",
+        });
+    }
+    if name.len() > 1024 {
+        return Err(BlueFsError::InvalidPath {
+            path: path.into(),
+            reason: "name longer than 1024 bytes",
+        });
+    }
+    Ok(())
+}
+
+struct LogWriter {
+    fnode: Fnode,
+    /// Byte offset in the log of the next frame.
+    position: u64,
+    next_seq: u64,
+}
+
+/// An async compaction in progress: the new log being written from a snapshot, and the ops
+/// committed to the old log since, which are replayed onto the new one at the switch.
+struct Compaction {
+    delta: Vec<Vec<LogOp>>,
+}
+
+struct State {
+    dirs: BTreeMap<String, BTreeMap<String, u64>>,
+    files: HashMap<u64, FileMeta>,
+    /// Files removed while open: their space is released when the last handle closes.
+    orphans: HashMap<u64, FileMeta>,
+    next_ino: u64,
+    allocators: [Option<ExtentAllocator>; 2],
+    log: LogWriter,
+    superblock: Superblock,
+    locks: BTreeSet<String>,
+    read_only: Option<String>,
+    compaction: Option<Compaction>,
+    spillover_bytes: u64,
+    spillover_warned: bool,
+    compactions: u64,
+}
+
+struct Inner {
+    uuid: Uuid,
+    config: BlueFsConfig,
+    devices: [Option<BlockDevice>; 3],
+    slow: Option<Arc<dyn SharedSpace>>,
+    /// Whether SLOW space belongs to another owner (then BlueFS writes no label there).
+    slow_shared: bool,
+    state: Mutex<State>,
+    /// One compaction at a time.
+    compacting: AtomicBool,
+}
+
+/// A mounted filesystem; cheap to clone, safe to use from many threads.
+#[derive(Clone)]
+pub struct BlueFs {
+    inner: Arc<Inner>,
+}
+
+fn block_devices(devices: &Devices) -> Result<[Option<BlockDevice>; 3]> {
+    let mut out: [Option<BlockDevice>; 3] = [None, None, None];
+    for id in DeviceId::ALL {
+        if let Some(d) = devices.get(id) {
+            out[id.index()] = Some(BlockDevice::new(id, d.clone())?);
+        }
+    }
+    Ok(out)
+}
+
+fn device_too_small(id: DeviceId, size: u64, unit: u64) -> BlueFsError {
+    BlueFsError::WrongDevice {
+        device: id.name(),
+        reason: format!(
+            "{size} bytes is too small (needs more than {} bytes with a {unit}-byte unit)",
+            RESERVED_PREFIX + unit
+        ),
+    }
+}
+
+impl BlueFs {
+    /// Makes a new filesystem on `devices`: labels, an empty log, the superblock.
+    /// `shared_slow` means the SLOW device's space belongs to another owner, who will hand
+    /// BlueFS an allocator at mount: no label is written there.
+    pub fn mkfs(devices: &Devices, config: &BlueFsConfig, shared_slow: bool) -> Result<Uuid> {
+        config.validate()?;
+        let blocks = block_devices(devices)?;
+        let uuid = new_uuid();
+        let created_ns = now_ns();
+        for id in DeviceId::ALL {
+            let Some(dev) = &blocks[id.index()] else {
+                continue;
+            };
+            let unit = config.alloc_units[id.index()];
+            if dev.size() <= RESERVED_PREFIX + unit {
+                return Err(device_too_small(id, dev.size(), unit));
+            }
+            if id == DeviceId::Slow && shared_slow {
+                continue;
+            }
+            let label = Label {
+                uuid,
+                device: id,
+                device_size: dev.size(),
+                created_ns,
+            };
+            dev.write(format::LABEL_OFFSET, &format::encode_label(&label))?;
+        }
+        // The first log: on WAL if present, else DB.
+        let log_dev = if blocks[DeviceId::Wal.index()].is_some() {
+            DeviceId::Wal
+        } else {
+            DeviceId::Db
+        };
+        let dev = blocks[log_dev.index()].as_ref().expect("checked above");
+        let mut allocator = ExtentAllocator::new(
+            log_dev,
+            dev.size(),
+            config.alloc_units[log_dev.index()],
+            RESERVED_PREFIX,
+        );
+        let extents = allocator.allocate(config.log_grow)?;
+        let log_fnode = Fnode {
+            ino: LOG_INO,
+            size: 0,
+            mtime_ns: created_ns,
+            extents,
+        };
+        let first = Transaction {
+            uuid,
+            seq: 1,
+            ops: vec![LogOp::Init { created_ns }],
+        };
+        let frame = format::encode_transaction(&first);
+        write_at(&blocks, &log_fnode.extents, 0, &frame)?;
+        let superblock = Superblock {
+            uuid,
+            generation: 1,
+            block_size: BLOCK_SIZE as u32,
+            alloc_units: config.alloc_units,
+            log_fnode,
+            log_first_seq: 1,
+        };
+        let db = blocks[DeviceId::Db.index()]
+            .as_ref()
+            .expect("DB is required");
+        // Zero the second slot so a superblock of an earlier filesystem cannot win.
+        db.write(SUPERBLOCK_OFFSETS[1], &vec![0u8; BLOCK_SIZE as usize])?;
+        db.write(
+            SUPERBLOCK_OFFSETS[0],
+            &format::encode_superblock(&superblock)?,
+        )?;
+        for dev in blocks.iter().flatten() {
+            dev.flush()?;
+        }
+        Ok(uuid)
+    }
+
+    /// Mounts: checks labels, picks the newest valid superblock, replays the log, rebuilds the
+    /// allocators. With `shared_slow`, SLOW space comes from that allocator (its owner marks
+    /// the returned extents used); without it, BlueFS manages the SLOW device itself.
+    pub fn mount(
+        devices: Devices,
+        config: BlueFsConfig,
+        shared_slow: Option<Arc<dyn SharedSpace>>,
+    ) -> Result<Mounted> {
+        config.validate()?;
+        let blocks = block_devices(&devices)?;
+        let db = blocks[DeviceId::Db.index()]
+            .as_ref()
+            .expect("DB is required");
+        let mut block = vec![0u8; BLOCK_SIZE as usize];
+        db.read(format::LABEL_OFFSET, &mut block)?;
+        let db_label = format::decode_label(&block)?;
+        if db_label.device != DeviceId::Db {
+            return Err(BlueFsError::WrongDevice {
+                device: "db",
+                reason: format!("its label says it is a {} device", db_label.device.name()),
+            });
+        }
+        let uuid = db_label.uuid;
+        // Allocators cover the size each label records: a device that grew since is taken into
+        // use by `expand`, explicitly, which also records the new size.
+        let mut recorded = [0u64; 3];
+        recorded[DeviceId::Db.index()] = db_label.device_size;
+        if db.size() < db_label.device_size {
+            return Err(BlueFsError::WrongDevice {
+                device: "db",
+                reason: format!(
+                    "shrank from {} to {} bytes",
+                    db_label.device_size,
+                    db.size()
+                ),
+            });
+        }
+        for id in [DeviceId::Wal, DeviceId::Slow] {
+            let Some(dev) = &blocks[id.index()] else {
+                continue;
+            };
+            if id == DeviceId::Slow && shared_slow.is_some() {
+                continue;
+            }
+            dev.read(format::LABEL_OFFSET, &mut block)?;
+            let label = format::decode_label(&block).map_err(|e| BlueFsError::WrongDevice {
+                device: id.name(),
+                reason: e.to_string(),
+            })?;
+            if label.uuid != uuid || label.device != id {
+                return Err(BlueFsError::WrongDevice {
+                    device: id.name(),
+                    reason: format!(
+                        "belongs to another filesystem or role ({} device of {})",
+                        label.device.name(),
+                        uuid_text(&label.uuid)
+                    ),
+                });
+            }
+            if dev.size() < label.device_size {
+                return Err(BlueFsError::WrongDevice {
+                    device: id.name(),
+                    reason: format!("shrank from {} to {} bytes", label.device_size, dev.size()),
+                });
+            }
+            recorded[id.index()] = label.device_size;
+        }
+        let superblock = read_superblock(db, &uuid)?;
+        let mut replay = Replay::new(&superblock);
+        replay.run(&blocks)?;
+
+        let slow_shared = shared_slow.is_some();
+        let slow: Option<Arc<dyn SharedSpace>> =
+            match (&blocks[DeviceId::Slow.index()], shared_slow) {
+                (_, Some(shared)) => Some(shared),
+                (Some(_), None) => Some(Arc::new(SharedAllocator::new(ExtentAllocator::new(
+                    DeviceId::Slow,
+                    recorded[DeviceId::Slow.index()],
+                    config.alloc_units[DeviceId::Slow.index()],
+                    RESERVED_PREFIX,
+                )))),
+                (None, None) => None,
+            };
+        let mut allocators: [Option<ExtentAllocator>; 2] = [None, None];
+        for id in [DeviceId::Wal, DeviceId::Db] {
+            if blocks[id.index()].is_some() {
+                allocators[id.index()] = Some(ExtentAllocator::new(
+                    id,
+                    recorded[id.index()],
+                    config.alloc_units[id.index()],
+                    RESERVED_PREFIX,
+                ));
+            }
+        }
+        let mut slow_extents = Vec::new();
+        let all_extents = replay
+            .files
+            .values()
+            .flat_map(|f| f.fnode.extents.iter())
+            .chain(&replay.log.extents);
+        for e in all_extents {
+            match e.device {
+                DeviceId::Slow => slow_extents.push(*e),
+                id => match allocators[id.index()].as_mut() {
+                    Some(a) => a.mark_used(std::slice::from_ref(e)).map_err(|err| {
+                        BlueFsError::Corrupt {
+                            reason: format!("extent {e:?}: {err}"),
+                        }
+                    })?,
+                    None => {
+                        return Err(BlueFsError::WrongDevice {
+                            device: id.name(),
+                            reason: "holds BlueFS data but was not given".into(),
+                        });
+                    }
+                },
+            }
+        }
+        if !slow_extents.is_empty() {
+            let Some(space) = &slow else {
+                return Err(BlueFsError::WrongDevice {
+                    device: "slow",
+                    reason: "holds BlueFS data but was not given".into(),
+                });
+            };
+            // A SLOW device BlueFS manages itself: mark its extents here. A shared one: the
+            // owner does, from the list returned.
+            if !slow_shared {
+                space
+                    .mark_used(&slow_extents)
+                    .map_err(|err| BlueFsError::Corrupt {
+                        reason: format!("SLOW extents: {err}"),
+                    })?;
+            }
+        }
+        let next_ino = replay
+            .files
+            .keys()
+            .max()
+            .map_or(FIRST_FILE_INO, |m| m + 1)
+            .max(FIRST_FILE_INO);
+        let state = State {
+            dirs: replay.dirs,
+            files: replay.files,
+            orphans: HashMap::new(),
+            next_ino,
+            allocators,
+            log: LogWriter {
+                fnode: replay.log,
+                position: replay.position,
+                next_seq: replay.next_seq,
+            },
+            superblock,
+            locks: BTreeSet::new(),
+            read_only: None,
+            compaction: None,
+            spillover_bytes: 0,
+            spillover_warned: false,
+            compactions: 0,
+        };
+        let fs = BlueFs {
+            inner: Arc::new(Inner {
+                uuid,
+                config,
+                devices: blocks,
+                slow,
+                slow_shared,
+                state: Mutex::new(state),
+                compacting: AtomicBool::new(false),
+            }),
+        };
+        Ok(Mounted { fs, slow_extents })
+    }
+
+    pub fn uuid(&self) -> Uuid {
+        self.inner.uuid
+    }
+
+    /// Commits whatever open writers left pending and drops this handle. Other clones and open
+    /// files keep the filesystem alive; the log needs no closing.
+    pub fn umount(self) -> Result<()> {
+        let st = lock(&self.inner.state);
+        if let Some(reason) = &st.read_only {
+            return Err(BlueFsError::ReadOnly {
+                reason: reason.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    // ---- namespace ---------------------------------------------------------------------
+
+    pub fn mkdir(&self, dir: &str) -> Result<()> {
+        check_name(dir, dir)?;
+        let mut st = self.inner.lock_writable()?;
+        if st.dirs.contains_key(dir) {
+            return Err(BlueFsError::Exists { path: dir.into() });
+        }
+        self.inner.commit(
+            &mut st,
+            vec![LogOp::DirCreate { name: dir.into() }],
+            Vec::new(),
+        )
+    }
+
+    pub fn rmdir(&self, dir: &str) -> Result<()> {
+        let mut st = self.inner.lock_writable()?;
+        match st.dirs.get(dir) {
+            None => return Err(BlueFsError::NotFound { path: dir.into() }),
+            Some(entries) if !entries.is_empty() => {
+                return Err(BlueFsError::NotEmpty { path: dir.into() });
+            }
+            Some(_) => {}
+        }
+        self.inner.commit(
+            &mut st,
+            vec![LogOp::DirRemove { name: dir.into() }],
+            Vec::new(),
+        )
+    }
+
+    pub fn dir_exists(&self, dir: &str) -> bool {
+        lock(&self.inner.state).dirs.contains_key(dir)
+    }
+
+    /// Directory names, sorted.
+    pub fn list_dirs(&self) -> Vec<String> {
+        lock(&self.inner.state).dirs.keys().cloned().collect()
+    }
+
+    /// File names in `dir`, sorted.
+    pub fn readdir(&self, dir: &str) -> Result<Vec<String>> {
+        let st = lock(&self.inner.state);
+        st.dirs
+            .get(dir)
+            .map(|d| d.keys().cloned().collect())
+            .ok_or_else(|| BlueFsError::NotFound { path: dir.into() })
+    }
+
+    pub fn exists(&self, path: &str) -> bool {
+        self.stat(path).is_ok()
+    }
+
+    pub fn stat(&self, path: &str) -> Result<FileStat> {
+        let (dir, name) = split_path(path)?;
+        let st = lock(&self.inner.state);
+        let ino = st.lookup(path, dir, name)?;
+        let f = &st.files[&ino];
+        Ok(FileStat {
+            ino,
+            size: f.size(),
+            mtime_ns: f.fnode.mtime_ns,
+            nlink: f.nlink,
+            allocated: f.allocated(),
+        })
+    }
+
+    /// Creates `path` (or truncates it to nothing if it exists) and opens it for writing.
+    pub fn create(&self, path: &str) -> Result<FileWriter> {
+        let (dir, name) = split_path(path)?;
+        let mut st = self.inner.lock_writable()?;
+        if !st.dirs.contains_key(dir) {
+            return Err(BlueFsError::NotFound { path: dir.into() });
+        }
+        let ino = match st.dirs[dir].get(name).copied() {
+            Some(ino) => {
+                let f = &st.files[&ino];
+                if f.writer {
+                    return Err(BlueFsError::Busy {
+                        path: path.into(),
+                        reason: "already open for writing",
+                    });
+                }
+                let released: Vec<Extent> = f.all_extents().copied().collect();
+                let fnode = Fnode {
+                    ino,
+                    size: 0,
+                    mtime_ns: now_ns(),
+                    extents: Vec::new(),
+                };
+                self.inner
+                    .commit(&mut st, vec![LogOp::FileUpdate(fnode)], released)?;
+                let f = st.files.get_mut(&ino).expect("still there");
+                f.pending_extents.clear();
+                f.pending_size = None;
+                ino
+            }
+            None => {
+                let ino = st.next_ino;
+                let fnode = Fnode {
+                    ino,
+                    size: 0,
+                    mtime_ns: now_ns(),
+                    extents: Vec::new(),
+                };
+                self.inner.commit(
+                    &mut st,
+                    vec![
+                        LogOp::FileUpdate(fnode),
+                        LogOp::DirLink {
+                            dir: dir.into(),
+                            name: name.into(),
+                            ino,
+                        },
+                    ],
+                    Vec::new(),
+                )?;
+                st.next_ino += 1;
+                ino
+            }
+        };
+        st.files.get_mut(&ino).expect("just made").writer = true;
+        Ok(FileWriter::new(
+            self.clone(),
+            path.into(),
+            ino,
+            0,
+            Vec::new(),
+        ))
+    }
+
+    /// Opens an existing file to append to it.
+    pub fn open_append(&self, path: &str) -> Result<FileWriter> {
+        let (dir, name) = split_path(path)?;
+        let (ino, size, tail_extents) = {
+            let mut st = self.inner.lock_writable()?;
+            let ino = st.lookup(path, dir, name)?;
+            let f = st.files.get_mut(&ino).expect("looked up");
+            if f.writer {
+                return Err(BlueFsError::Busy {
+                    path: path.into(),
+                    reason: "already open for writing",
+                });
+            }
+            f.writer = true;
+            let size = f.size();
+            let tail_start = size / BLOCK_SIZE * BLOCK_SIZE;
+            let extents: Vec<Extent> = f.all_extents().copied().collect();
+            let tail = if size % BLOCK_SIZE != 0 {
+                map_range(&extents, tail_start, BLOCK_SIZE)
+            } else {
+                None
+            };
+            (ino, size, tail)
+        };
+        let mut tail = Vec::new();
+        if let Some(pieces) = tail_extents {
+            let mut block = vec![0u8; BLOCK_SIZE as usize];
+            if let Err(e) = self.inner.read_pieces(&pieces, &mut block) {
+                self.inner.release_writer(ino);
+                return Err(e);
+            }
+            tail = block[..(size % BLOCK_SIZE) as usize].to_vec();
+        }
+        Ok(FileWriter::new(self.clone(), path.into(), ino, size, tail))
+    }
+
+    /// Renames `old` to `new` (replacing it) and opens it for writing from size 0, keeping its
+    /// allocated space (RocksDB recycles WAL files this way).
+    pub fn reuse(&self, old: &str, new: &str) -> Result<FileWriter> {
+        self.rename(old, new)?;
+        let (dir, name) = split_path(new)?;
+        let mut st = self.inner.lock_writable()?;
+        let ino = st.lookup(new, dir, name)?;
+        let f = &st.files[&ino];
+        if f.writer {
+            return Err(BlueFsError::Busy {
+                path: new.into(),
+                reason: "already open for writing",
+            });
+        }
+        let mut fnode = f.fnode.clone();
+        for e in &f.pending_extents {
+            push_extent(&mut fnode.extents, *e);
+        }
+        fnode.size = 0;
+        fnode.mtime_ns = now_ns();
+        self.inner
+            .commit(&mut st, vec![LogOp::FileUpdate(fnode)], Vec::new())?;
+        let f = st.files.get_mut(&ino).expect("still there");
+        f.pending_extents.clear();
+        f.pending_size = None;
+        f.writer = true;
+        Ok(FileWriter::new(
+            self.clone(),
+            new.into(),
+            ino,
+            0,
+            Vec::new(),
+        ))
+    }
+
+    pub fn open_read(&self, path: &str) -> Result<FileReader> {
+        let (dir, name) = split_path(path)?;
+        let mut st = lock(&self.inner.state);
+        let ino = st.lookup(path, dir, name)?;
+        st.files.get_mut(&ino).expect("looked up").readers += 1;
+        Ok(FileReader {
+            fs: self.clone(),
+            ino,
+            position: 0,
+        })
+    }
+
+    /// Renames atomically, replacing `to` if it exists.
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let (from_dir, from_name) = split_path(from)?;
+        let (to_dir, to_name) = split_path(to)?;
+        let mut st = self.inner.lock_writable()?;
+        let ino = st.lookup(from, from_dir, from_name)?;
+        if !st.dirs.contains_key(to_dir) {
+            return Err(BlueFsError::NotFound {
+                path: to_dir.into(),
+            });
+        }
+        if from_dir == to_dir && from_name == to_name {
+            return Ok(());
+        }
+        let mut ops = Vec::new();
+        let mut released = Vec::new();
+        if let Some(&target) = st.dirs[to_dir].get(to_name) {
+            if target == ino {
+                // Two links to the same file: just drop the old name.
+                ops.push(LogOp::DirUnlink {
+                    dir: from_dir.into(),
+                    name: from_name.into(),
+                });
+                return self.inner.commit(&mut st, ops, released);
+            }
+            ops.push(LogOp::DirUnlink {
+                dir: to_dir.into(),
+                name: to_name.into(),
+            });
+            st.unlink_ops(target, &mut ops, &mut released);
+        }
+        ops.push(LogOp::DirLink {
+            dir: to_dir.into(),
+            name: to_name.into(),
+            ino,
+        });
+        ops.push(LogOp::DirUnlink {
+            dir: from_dir.into(),
+            name: from_name.into(),
+        });
+        self.inner.commit(&mut st, ops, released)
+    }
+
+    /// A second name for a file.
+    pub fn link(&self, from: &str, to: &str) -> Result<()> {
+        let (from_dir, from_name) = split_path(from)?;
+        let (to_dir, to_name) = split_path(to)?;
+        let mut st = self.inner.lock_writable()?;
+        let ino = st.lookup(from, from_dir, from_name)?;
+        match st.dirs.get(to_dir) {
+            None => {
+                return Err(BlueFsError::NotFound {
+                    path: to_dir.into(),
+                });
+            }
+            Some(d) if d.contains_key(to_name) => {
+                return Err(BlueFsError::Exists { path: to.into() });
+            }
+            Some(_) => {}
+        }
+        self.inner.commit(
+            &mut st,
+            vec![LogOp::DirLink {
+                dir: to_dir.into(),
+                name: to_name.into(),
+                ino,
+            }],
+            Vec::new(),
+        )
+    }
+
+    pub fn unlink(&self, path: &str) -> Result<()> {
+        let (dir, name) = split_path(path)?;
+        let mut st = self.inner.lock_writable()?;
+        let ino = st.lookup(path, dir, name)?;
+        let mut ops = vec![LogOp::DirUnlink {
+            dir: dir.into(),
+            name: name.into(),
+        }];
+        let mut released = Vec::new();
+        st.unlink_ops(ino, &mut ops, &mut released);
+        self.inner.commit(&mut st, ops, released)
+    }
+
+    /// Sets a file's size: shrinking releases whole allocation units past the new end;
+    /// growing writes zeroes.
+    pub fn truncate(&self, path: &str, size: u64) -> Result<()> {
+        let (dir, name) = split_path(path)?;
+        let current = {
+            let st = lock(&self.inner.state);
+            let ino = st.lookup(path, dir, name)?;
+            let f = &st.files[&ino];
+            if f.writer {
+                return Err(BlueFsError::Busy {
+                    path: path.into(),
+                    reason: "open for writing; truncate through the writer",
+                });
+            }
+            f.size()
+        };
+        if size > current {
+            let mut w = self.open_append(path)?;
+            w.append_zeroes(size - current)?;
+            return w.close();
+        }
+        let mut st = self.inner.lock_writable()?;
+        let ino = st.lookup(path, dir, name)?;
+        self.inner.shrink(&mut st, ino, size)
+    }
+
+    /// Takes the advisory lock on `path`, creating the file if needed (RocksDB's LOCK file).
+    pub fn lock_file(&self, path: &str) -> Result<()> {
+        if !self.exists(path) {
+            self.create(path)?.close()?;
+        }
+        let mut st = lock(&self.inner.state);
+        if !st.locks.insert(path.to_string()) {
+            return Err(BlueFsError::Busy {
+                path: path.into(),
+                reason: "is locked",
+            });
+        }
+        Ok(())
+    }
+
+    pub fn unlock_file(&self, path: &str) -> Result<()> {
+        if lock(&self.inner.state).locks.remove(path) {
+            Ok(())
+        } else {
+            Err(BlueFsError::NotFound { path: path.into() })
+        }
+    }
+
+    // ---- maintenance -------------------------------------------------------------------
+
+    pub fn usage(&self) -> Usage {
+        let st = lock(&self.inner.state);
+        let mut usage = Usage {
+            spillover_bytes: st.spillover_bytes,
+            files: st.files.len() as u64,
+            log_bytes: st.log.fnode.allocated(),
+            log_position: st.log.position,
+            compactions: st.compactions,
+            ..Usage::default()
+        };
+        for id in DeviceId::ALL {
+            if self.inner.devices[id.index()].is_none() {
+                continue;
+            }
+            // The size in use (what the label records), not a larger size the device may have
+            // grown to before `expand`.
+            let (size, free) = match id {
+                DeviceId::Slow => self
+                    .inner
+                    .slow
+                    .as_ref()
+                    .map_or((0, 0), |s| (s.device_size(), s.free_bytes())),
+                _ => st.allocators[id.index()]
+                    .as_ref()
+                    .map_or((0, 0), |a| (a.size(), a.free_bytes())),
+            };
+            usage.devices[id.index()] = Some(DeviceUsage {
+                size,
+                free,
+                ..DeviceUsage::default()
+            });
+        }
+        for f in st.files.values().chain(st.orphans.values()) {
+            let kind = FileKind::ALL.iter().position(|k| *k == f.kind).unwrap_or(1);
+            for e in f.all_extents() {
+                if let Some(d) = usage.devices[e.device.index()].as_mut() {
+                    d.by_kind[kind] += e.length;
+                }
+            }
+        }
+        for e in &st.log.fnode.extents {
+            if let Some(d) = usage.devices[e.device.index()].as_mut() {
+                d.log += e.length;
+            }
+        }
+        usage
+    }
+
+    /// Rewrites the log from live metadata now (synchronously).
+    pub fn compact(&self) -> Result<()> {
+        self.inner.compact(false)
+    }
+
+    /// Compacts while other threads keep committing; the switch takes the lock briefly.
+    pub fn compact_async(&self) -> Result<()> {
+        self.inner.compact(true)
+    }
+
+    /// Takes the space of grown devices into use and records their new sizes in their labels.
+    /// Returns (device, old size, new size) for each device that grew.
+    pub fn expand(&self) -> Result<Vec<(DeviceId, u64, u64)>> {
+        let mut grown = Vec::new();
+        let mut st = self.inner.lock_writable()?;
+        for id in DeviceId::ALL {
+            let Some(dev) = &self.inner.devices[id.index()] else {
+                continue;
+            };
+            let new_size = dev.size();
+            let old_size = match id {
+                DeviceId::Slow => match &self.inner.slow {
+                    Some(s) => s.device_size(),
+                    None => continue,
+                },
+                _ => st.allocators[id.index()].as_ref().map_or(0, |a| a.size()),
+            };
+            if new_size <= old_size {
+                continue;
+            }
+            match id {
+                DeviceId::Slow => {
+                    if let Some(s) = &self.inner.slow {
+                        s.grow(new_size)?;
+                    }
+                }
+                _ => {
+                    if let Some(a) = st.allocators[id.index()].as_mut() {
+                        a.grow(new_size)?;
+                    }
+                }
+            }
+            let label = Label {
+                uuid: self.inner.uuid,
+                device: id,
+                device_size: new_size,
+                created_ns: now_ns(),
+            };
+            if id != DeviceId::Slow || self.inner.owns_slow_label() {
+                dev.write(format::LABEL_OFFSET, &format::encode_label(&label))?;
+                dev.flush()?;
+            }
+            grown.push((id, old_size, new_size));
+        }
+        drop(st);
+        Ok(grown)
+    }
+
+    /// Checks the metadata: every extent inside its device, no two extents overlapping, every
+    /// directory entry naming a live file, link counts right.
+    pub fn fsck(&self) -> FsckReport {
+        let st = lock(&self.inner.state);
+        let mut report = FsckReport {
+            files: st.files.len() as u64,
+            dirs: st.dirs.len() as u64,
+            errors: Vec::new(),
+        };
+        let mut spans: Vec<(DeviceId, u64, u64, u64)> = Vec::new();
+        for f in st.files.values() {
+            for e in f.all_extents() {
+                spans.push((e.device, e.offset, e.end(), f.fnode.ino));
+            }
+            if f.size() > f.allocated() {
+                report.errors.push(format!(
+                    "file {}: size {} exceeds its {} allocated bytes",
+                    f.fnode.ino,
+                    f.size(),
+                    f.allocated()
+                ));
+            }
+        }
+        for e in &st.log.fnode.extents {
+            spans.push((e.device, e.offset, e.end(), LOG_INO));
+        }
+        for (device, start, end, ino) in &spans {
+            let size = self.inner.devices[device.index()]
+                .as_ref()
+                .map_or(0, |d| d.size());
+            if *start < RESERVED_PREFIX || *end > size {
+                report.errors.push(format!(
+                    "file {ino}: extent {start}..{end} lies outside the {} device",
+                    device.name()
+                ));
+            }
+        }
+        spans.sort();
+        for pair in spans.windows(2) {
+            if pair[0].0 == pair[1].0 && pair[0].2 > pair[1].1 {
+                report.errors.push(format!(
+                    "files {} and {} overlap on the {} device at {}",
+                    pair[0].3,
+                    pair[1].3,
+                    pair[0].0.name(),
+                    pair[1].1
+                ));
+            }
+        }
+        let mut links: HashMap<u64, u32> = HashMap::new();
+        for (dir, entries) in &st.dirs {
+            for (name, ino) in entries {
+                if !st.files.contains_key(ino) {
+                    report
+                        .errors
+                        .push(format!("{dir}/{name} names missing file {ino}"));
+                }
+                *links.entry(*ino).or_default() += 1;
+            }
+        }
+        for (ino, f) in &st.files {
+            let counted = links.get(ino).copied().unwrap_or(0);
+            if counted != f.nlink || counted == 0 {
+                report.errors.push(format!(
+                    "file {ino}: {counted} directory entries, link count {}",
+                    f.nlink
+                ));
+            }
+        }
+        // Allocated (per the allocators) must equal referenced, device by device.
+        for id in [DeviceId::Wal, DeviceId::Db] {
+            let Some(a) = &st.allocators[id.index()] else {
+                continue;
+            };
+            let referenced: u64 = spans.iter().filter(|s| s.0 == id).map(|s| s.2 - s.1).sum();
+            let usable = a.size() / a.unit() * a.unit()
+                - RESERVED_PREFIX.next_multiple_of(a.unit()).min(a.size());
+            if usable - a.free_bytes() != referenced {
+                report.errors.push(format!(
+                    "{} device: {} bytes allocated but {referenced} referenced",
+                    id.name(),
+                    usable - a.free_bytes()
+                ));
+            }
+        }
+        report
+    }
+
+    /// Every file as `dir/name`, sorted.
+    pub fn list_files(&self) -> Vec<String> {
+        let st = lock(&self.inner.state);
+        st.dirs
+            .iter()
+            .flat_map(|(d, entries)| entries.keys().map(move |n| format!("{d}/{n}")))
+            .collect()
+    }
+
+    /// Reads a whole file.
+    pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        let r = self.open_read(path)?;
+        let mut data = vec![0u8; r.size() as usize];
+        let n = r.read_at(0, &mut data)?;
+        data.truncate(n);
+        Ok(data)
+    }
+
+    /// Drops pooled queue pairs; after a power cut of a fault device they are dead.
+    pub fn reset_queue_pairs(&self) {
+        for d in self.inner.devices.iter().flatten() {
+            d.reset_queue_pairs();
+        }
+    }
+}
+
+impl State {
+    fn lookup(&self, path: &str, dir: &str, name: &str) -> Result<u64> {
+        self.dirs
+            .get(dir)
+            .and_then(|d| d.get(name))
+            .copied()
+            .ok_or_else(|| BlueFsError::NotFound { path: path.into() })
+    }
+
+    /// Ops (and space to free) for dropping one link of `ino`: when it was the last, the file
+    /// goes, and its space with it unless it is open (then when the last handle closes).
+    fn unlink_ops(&self, ino: u64, ops: &mut Vec<LogOp>, released: &mut Vec<Extent>) {
+        let f = &self.files[&ino];
+        if f.nlink <= 1 {
+            ops.push(LogOp::FileRemove { ino });
+            if f.readers == 0 && !f.writer {
+                released.extend(f.all_extents().copied());
+            }
+        }
+    }
+
+    /// Makes every state change an op describes; replay uses the same function.
+    fn apply(&mut self, op: &LogOp) -> std::result::Result<(), String> {
+        match op {
+            LogOp::Init { .. } | LogOp::Jump { .. } | LogOp::JumpSeq { .. } => {}
+            LogOp::DirCreate { name } => {
+                if self.dirs.insert(name.clone(), BTreeMap::new()).is_some() {
+                    return Err(format!("directory {name} created twice"));
+                }
+            }
+            LogOp::DirRemove { name } => match self.dirs.remove(name) {
+                Some(d) if d.is_empty() => {}
+                Some(_) => return Err(format!("directory {name} removed while not empty")),
+                None => return Err(format!("directory {name} removed but never created")),
+            },
+            LogOp::DirLink { dir, name, ino } => {
+                let Some(f) = self.files.get_mut(ino) else {
+                    return Err(format!("{dir}/{name} links to missing file {ino}"));
+                };
+                let Some(d) = self.dirs.get_mut(dir) else {
+                    return Err(format!("{dir}/{name} linked in a missing directory"));
+                };
+                if d.insert(name.clone(), *ino).is_some() {
+                    return Err(format!("{dir}/{name} linked twice"));
+                }
+                f.nlink += 1;
+                f.kind = FileKind::of(dir, name);
+            }
+            LogOp::DirUnlink { dir, name } => {
+                let Some(ino) = self.dirs.get_mut(dir).and_then(|d| d.remove(name)) else {
+                    return Err(format!("{dir}/{name} unlinked but not linked"));
+                };
+                if let Some(f) = self.files.get_mut(&ino) {
+                    f.nlink = f.nlink.saturating_sub(1);
+                }
+            }
+            LogOp::FileUpdate(fnode) => {
+                if fnode.ino == LOG_INO {
+                    self.log.fnode = fnode.clone();
+                } else if let Some(f) = self.files.get_mut(&fnode.ino) {
+                    f.fnode = fnode.clone();
+                } else {
+                    self.files
+                        .insert(fnode.ino, FileMeta::new(fnode.clone(), FileKind::Db));
+                }
+            }
+            LogOp::FileUpdateDelta {
+                ino,
+                size,
+                mtime_ns,
+                appended,
+            } => {
+                let Some(f) = self.files.get_mut(ino) else {
+                    return Err(format!("update of missing file {ino}"));
+                };
+                for e in appended {
+                    push_extent(&mut f.fnode.extents, *e);
+                }
+                f.fnode.size = *size;
+                f.fnode.mtime_ns = *mtime_ns;
+            }
+            LogOp::FileRemove { ino } => match self.files.remove(ino) {
+                Some(f) if f.readers > 0 || f.writer => {
+                    self.orphans.insert(*ino, f);
+                }
+                Some(_) => {}
+                None => return Err(format!("removal of missing file {ino}")),
+            },
+        }
+        Ok(())
+    }
+
+    /// Gives space back to the allocators (after the commit that freed it is durable).
+    fn release(&mut self, slow: Option<&Arc<dyn SharedSpace>>, extents: &[Extent]) {
+        for e in extents {
+            let result = match e.device {
+                DeviceId::Slow => slow.map_or(Ok(()), |s| s.release(std::slice::from_ref(e))),
+                id => self.allocators[id.index()]
+                    .as_mut()
+                    .map_or(Ok(()), |a| a.release(std::slice::from_ref(e))),
+            };
+            // A failed release means the space was already free: leaking it is safe, so it is
+            // left for fsck to report rather than turning into an error here.
+            let _ = result;
+        }
+    }
+}
+
+impl Inner {
+    fn lock_writable(&self) -> Result<MutexGuard<'_, State>> {
+        let st = lock(&self.state);
+        match &st.read_only {
+            Some(reason) => Err(BlueFsError::ReadOnly {
+                reason: reason.clone(),
+            }),
+            None => Ok(st),
+        }
+    }
+
+    fn owns_slow_label(&self) -> bool {
+        !self.slow_shared
+    }
+
+    fn device(&self, id: DeviceId) -> Result<&BlockDevice> {
+        self.devices[id.index()]
+            .as_ref()
+            .ok_or(BlueFsError::WrongDevice {
+                device: id.name(),
+                reason: "is referenced but was not given".into(),
+            })
+    }
+
+    /// Takes `want` bytes for a file of `kind`, trying its devices in order. WAL and DB keep
+    /// the log's reserve free.
+    fn allocate(&self, st: &mut State, kind: FileKind, want: u64) -> Result<Vec<Extent>> {
+        let (device, extents) = self
+            .allocate_from(st, kind.preference(), want, self.config.log_reserve)
+            .map_err(|detail| BlueFsError::NoSpace {
+                what: format!("{want} bytes of {} data", kind.name()),
+                detail,
+            })??;
+        if device == DeviceId::Slow && kind != FileKind::Slow {
+            st.spillover_bytes += extents.iter().map(|e| e.length).sum::<u64>();
+            if !st.spillover_warned {
+                st.spillover_warned = true;
+                eprintln!(
+                    "bluefs: warning: {} data spilled over to the SLOW device (faster devices full)",
+                    kind.name()
+                );
+            }
+        }
+        Ok(extents)
+    }
+
+    /// Space for the log: WAL, then DB, then SLOW, its reserve included.
+    fn allocate_log(&self, st: &mut State, want: u64) -> Result<Vec<Extent>> {
+        let (_, extents) =
+            self.allocate_from(st, &DeviceId::ALL, want, 0)
+                .map_err(|detail| BlueFsError::NoSpace {
+                    what: format!("{want} bytes of log"),
+                    detail,
+                })??;
+        Ok(extents)
+    }
+
+    /// Tries `devices` in order, leaving `keep_free` bytes on WAL and DB. The outer error lists
+    /// what each device had when all were full; the inner one is any other allocator failure.
+    fn allocate_from(
+        &self,
+        st: &mut State,
+        devices: &[DeviceId],
+        want: u64,
+        keep_free: u64,
+    ) -> std::result::Result<Result<(DeviceId, Vec<Extent>)>, String> {
+        let mut tried = Vec::new();
+        for &id in devices {
+            if self.devices[id.index()].is_none() {
+                continue;
+            }
+            let result = match (id, &self.slow, st.allocators.get_mut(id.index())) {
+                (DeviceId::Slow, Some(s), _) => s.allocate(want),
+                (DeviceId::Slow, None, _) => continue,
+                (_, _, Some(Some(a))) => a.allocate_keeping(want, keep_free),
+                _ => continue,
+            };
+            match result {
+                Ok(extents) => return Ok(Ok((id, extents))),
+                Err(AllocError::NoSpace { free, .. }) => {
+                    tried.push(format!("{} {free} bytes free", id.name()))
+                }
+                Err(e) => return Ok(Err(e.into())),
+            }
+        }
+        Err(if tried.is_empty() {
+            "no device may hold it".into()
+        } else {
+            tried.join(", ")
+        })
+    }
+
+    fn release_now(&self, st: &mut State, extents: &[Extent]) {
+        st.release(self.slow.as_ref(), extents);
+    }
+
+    /// Writes `ops` as one log transaction, makes it durable, applies it, then releases
+    /// `released`. On failure nothing is applied and nothing released; a failure of the log
+    /// write itself makes the filesystem read-only (what reached the disk is unknown).
+    fn commit(&self, st: &mut State, ops: Vec<LogOp>, released: Vec<Extent>) -> Result<()> {
+        if ops.is_empty() {
+            self.release_now(st, &released);
+            return Ok(());
+        }
+        self.ensure_log_room(st, &ops)?;
+        self.write_log_frame(st, &ops)?;
+        for op in &ops {
+            if let Err(reason) = st.apply(op) {
+                // The log now holds an op the live state refuses: replay would refuse it too.
+                st.read_only = Some(format!("applying a committed op failed: {reason}"));
+                return Err(BlueFsError::Corrupt { reason });
+            }
+        }
+        if let Some(c) = st.compaction.as_mut() {
+            c.delta.push(ops);
+        }
+        self.release_now(st, &released);
+        self.maybe_compact(st);
+        Ok(())
+    }
+
+    /// Makes sure a frame for `ops` fits in the log and leaves the runway: if not, first
+    /// commits a small transaction that records more log space (it always fits in the runway).
+    fn ensure_log_room(&self, st: &mut State, ops: &[LogOp]) -> Result<()> {
+        let estimate = format::encode_transaction(&Transaction {
+            uuid: self.uuid,
+            seq: st.log.next_seq,
+            ops: ops.to_vec(),
+        })
+        .len() as u64;
+        let allocated = st.log.fnode.allocated();
+        if st.log.position + estimate + LOG_RUNWAY <= allocated {
+            return Ok(());
+        }
+        let want = (estimate + LOG_RUNWAY).max(self.config.log_grow);
+        let extents = self.allocate_log(st, want)?;
+        let mut fnode = st.log.fnode.clone();
+        for e in &extents {
+            push_extent(&mut fnode.extents, *e);
+        }
+        let grow = vec![LogOp::FileUpdate(fnode)];
+        if let Err(e) = self.write_log_frame(st, &grow) {
+            self.release_now(st, &extents);
+            return Err(e);
+        }
+        for op in &grow {
+            let _ = st.apply(op);
+        }
+        Ok(())
+    }
+
+    fn write_log_frame(&self, st: &mut State, ops: &[LogOp]) -> Result<()> {
+        let frame = format::encode_transaction(&Transaction {
+            uuid: self.uuid,
+            seq: st.log.next_seq,
+            ops: ops.to_vec(),
+        });
+        let len = frame.len() as u64;
+        if st.log.position + len > st.log.fnode.allocated() {
+            return Err(BlueFsError::NoSpace {
+                what: "a log transaction".into(),
+                detail: format!(
+                    "{len} bytes at log offset {} of {}",
+                    st.log.position,
+                    st.log.fnode.allocated()
+                ),
+            });
+        }
+        let devices = &self.devices;
+        let result =
+            write_at(devices, &st.log.fnode.extents, st.log.position, &frame).and_then(|touched| {
+                for id in touched {
+                    self.device(id)?.flush()?;
+                }
+                Ok(())
+            });
+        if let Err(e) = result {
+            st.read_only = Some(format!("a log write failed: {e}"));
+            return Err(e);
+        }
+        st.log.position += len;
+        st.log.next_seq += 1;
+        Ok(())
+    }
+
+    fn read_pieces(&self, pieces: &[Extent], out: &mut [u8]) -> Result<()> {
+        let mut at = 0usize;
+        for p in pieces {
+            let len = p.length as usize;
+            self.device(p.device)?
+                .read(p.offset, &mut out[at..at + len])?;
+            at += len;
+        }
+        Ok(())
+    }
+
+    fn release_writer(&self, ino: u64) {
+        let mut st = lock(&self.state);
+        if let Some(f) = st.files.get_mut(&ino) {
+            f.writer = false;
+        } else if let Some(mut f) = st.orphans.remove(&ino) {
+            f.writer = false;
+            self.close_orphan(&mut st, ino, f);
+        }
+    }
+
+    fn release_reader(&self, ino: u64) {
+        let mut st = lock(&self.state);
+        if let Some(f) = st.files.get_mut(&ino) {
+            f.readers = f.readers.saturating_sub(1);
+        } else if let Some(mut f) = st.orphans.remove(&ino) {
+            f.readers = f.readers.saturating_sub(1);
+            self.close_orphan(&mut st, ino, f);
+        }
+    }
+
+    /// A removed file lost a handle: put it back until the last one, then free its space (its
+    /// removal is already in the log).
+    fn close_orphan(&self, st: &mut State, ino: u64, f: FileMeta) {
+        if f.readers > 0 || f.writer {
+            st.orphans.insert(ino, f);
+        } else {
+            let extents: Vec<Extent> = f.all_extents().copied().collect();
+            self.release_now(st, &extents);
+        }
+    }
+
+    /// Shrinks `ino` to `size`: whole allocation units past the end are released.
+    fn shrink(&self, st: &mut State, ino: u64, size: u64) -> Result<()> {
+        let f = &st.files[&ino];
+        let mut kept = Vec::new();
+        let mut released = Vec::new();
+        let mut pos = 0u64;
+        for e in f.all_extents() {
+            let unit = self.unit_of(e.device);
+            let keep = size
+                .saturating_sub(pos)
+                .next_multiple_of(unit)
+                .min(e.length);
+            if keep > 0 {
+                kept.push(Extent { length: keep, ..*e });
+            }
+            if keep < e.length {
+                released.push(Extent {
+                    device: e.device,
+                    offset: e.offset + keep,
+                    length: e.length - keep,
+                });
+            }
+            pos += e.length;
+        }
+        let fnode = Fnode {
+            ino,
+            size: size.min(f.size()),
+            mtime_ns: now_ns(),
+            extents: kept,
+        };
+        self.commit(st, vec![LogOp::FileUpdate(fnode)], released)?;
+        let f = st.files.get_mut(&ino).expect("still there");
+        f.pending_extents.clear();
+        f.pending_size = None;
+        Ok(())
+    }
+
+    fn unit_of(&self, id: DeviceId) -> u64 {
+        match id {
+            DeviceId::Slow => self
+                .slow
+                .as_ref()
+                .map_or(self.config.alloc_units[id.index()], |s| s.unit()),
+            _ => self.config.alloc_units[id.index()],
+        }
+    }
+
+    fn maybe_compact(&self, st: &State) {
+        let live = live_metadata_estimate(st);
+        let position = st.log.position;
+        if position < self.config.compact_min_bytes
+            || position < live.saturating_mul(self.config.compact_ratio)
+            || st.compaction.is_some()
+        {
+            return;
+        }
+        // Compaction needs the lock this caller holds: ask for it once the caller is done.
+        COMPACT_WANTED.with(|w| w.set(true));
+    }
+
+    /// Rewrites the log from a snapshot of live metadata and switches the superblock to it.
+    fn compact(&self, concurrent: bool) -> Result<()> {
+        if self.compacting.swap(true, Ordering::AcqRel) {
+            return Ok(()); // someone else is at it
+        }
+        let result = self.compact_inner(concurrent);
+        self.compacting.store(false, Ordering::Release);
+        result
+    }
+
+    fn compact_inner(&self, concurrent: bool) -> Result<()> {
+        let mut st = self.lock_writable()?;
+        let snapshot = snapshot_ops(&st);
+        let first_seq = st.log.next_seq;
+        let frame = format::encode_transaction(&Transaction {
+            uuid: self.uuid,
+            seq: first_seq,
+            ops: snapshot,
+        });
+        let want = frame.len() as u64 + LOG_RUNWAY + self.config.log_grow;
+        let extents = self.allocate_log(&mut st, want)?;
+        let new_log = Fnode {
+            ino: LOG_INO,
+            size: 0,
+            mtime_ns: now_ns(),
+            extents,
+        };
+        let mut held = Some(st);
+        if concurrent && let Some(mut st) = held.take() {
+            st.compaction = Some(Compaction { delta: Vec::new() });
+        }
+        // The expensive part: write the snapshot (without the lock when concurrent).
+        let written = write_at(&self.devices, &new_log.extents, 0, &frame).and_then(|touched| {
+            for id in touched {
+                self.device(id)?.flush()?;
+            }
+            Ok(())
+        });
+        let mut st = match held {
+            Some(st) => st,
+            None => lock(&self.state),
+        };
+        let delta = st.compaction.take().map(|c| c.delta).unwrap_or_default();
+        if let Err(e) = written {
+            self.release_now(&mut st, &new_log.extents);
+            return Err(e);
+        }
+        if st.read_only.is_some() {
+            self.release_now(&mut st, &new_log.extents);
+            return Err(BlueFsError::ReadOnly {
+                reason: st.read_only.clone().unwrap_or_default(),
+            });
+        }
+        // Ops committed to the old log meanwhile go onto the new one, in order (minus the old
+        // log's own growth records).
+        let mut position = frame.len() as u64;
+        let mut seq = first_seq + 1;
+        let mut tail = Vec::new();
+        for ops in delta {
+            let ops: Vec<LogOp> = ops
+                .into_iter()
+                .filter(|op| !matches!(op, LogOp::FileUpdate(f) if f.ino == LOG_INO))
+                .collect();
+            if ops.is_empty() {
+                continue;
+            }
+            let bytes = format::encode_transaction(&Transaction {
+                uuid: self.uuid,
+                seq,
+                ops,
+            });
+            seq += 1;
+            tail.extend_from_slice(&bytes);
+        }
+        if position + tail.len() as u64 + LOG_RUNWAY > new_log.allocated() {
+            self.release_now(&mut st, &new_log.extents);
+            return Err(BlueFsError::NoSpace {
+                what: "log compaction".into(),
+                detail: "the new log filled up while it was being written".into(),
+            });
+        }
+        if !tail.is_empty() {
+            let result =
+                write_at(&self.devices, &new_log.extents, position, &tail).and_then(|touched| {
+                    for id in touched {
+                        self.device(id)?.flush()?;
+                    }
+                    Ok(())
+                });
+            if let Err(e) = result {
+                self.release_now(&mut st, &new_log.extents);
+                return Err(e);
+            }
+            position += tail.len() as u64;
+        }
+        let superblock = Superblock {
+            uuid: self.uuid,
+            generation: st.superblock.generation + 1,
+            block_size: BLOCK_SIZE as u32,
+            alloc_units: self.config.alloc_units,
+            log_fnode: new_log.clone(),
+            log_first_seq: first_seq,
+        };
+        // Alternate slots (mkfs wrote generation 1 to the first), so the previous superblock
+        // survives a torn write of this one.
+        let slot = SUPERBLOCK_OFFSETS[((superblock.generation - 1) % 2) as usize];
+        let db = self.device(DeviceId::Db)?;
+        let encoded = format::encode_superblock(&superblock)?;
+        if let Err(e) = db.write(slot, &encoded).and_then(|()| db.flush()) {
+            // Unknown whether the new superblock landed: both logs stay valid for what they
+            // hold, but the next commit must not go to the old one if the new one won.
+            st.read_only = Some(format!("a superblock write failed: {e}"));
+            return Err(e);
+        }
+        // The other slot now describes a log about to be freed: invalidate it, so a damaged
+        // current superblock fails the mount instead of silently rolling back to it. (The next
+        // switch writes that slot while this one stays valid, so a torn write still has a
+        // fallback.)
+        let stale = SUPERBLOCK_OFFSETS[(superblock.generation % 2) as usize];
+        if let Err(e) = db
+            .write(stale, &vec![0u8; BLOCK_SIZE as usize])
+            .and_then(|()| db.flush())
+        {
+            st.read_only = Some(format!("invalidating the old superblock failed: {e}"));
+            return Err(e);
+        }
+        let old_log = std::mem::replace(
+            &mut st.log,
+            LogWriter {
+                fnode: new_log,
+                position,
+                next_seq: seq,
+            },
+        );
+        st.superblock = superblock;
+        st.compactions += 1;
+        self.release_now(&mut st, &old_log.fnode.extents);
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// Set by a commit that crossed the compaction threshold; acted on once its lock is gone.
+    static COMPACT_WANTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs a compaction a commit on this thread asked for.
+fn compact_if_wanted(fs: &BlueFs) {
+    if COMPACT_WANTED.with(|w| w.replace(false)) {
+        let _ = fs.inner.compact(fs.inner.config.async_compaction);
+    }
+}
+
+/// About how many log bytes the live metadata needs.
+fn live_metadata_estimate(st: &State) -> u64 {
+    let files: u64 = st
+        .files
+        .values()
+        .map(|f| 64 + 17 * f.fnode.extents.len() as u64)
+        .sum();
+    let names: u64 = st
+        .dirs
+        .iter()
+        .map(|(d, e)| {
+            d.len() as u64
+                + e.keys()
+                    .map(|n| 24 + n.len() as u64 + d.len() as u64)
+                    .sum::<u64>()
+        })
+        .sum();
+    (files + names).max(BLOCK_SIZE)
+}
+
+/// The ops that rebuild the live metadata from nothing.
+fn snapshot_ops(st: &State) -> Vec<LogOp> {
+    let mut ops = Vec::new();
+    for dir in st.dirs.keys() {
+        ops.push(LogOp::DirCreate { name: dir.clone() });
+    }
+    let mut inos: Vec<&u64> = st.files.keys().collect();
+    inos.sort();
+    for ino in inos {
+        ops.push(LogOp::FileUpdate(st.files[ino].fnode.clone()));
+    }
+    for (dir, entries) in &st.dirs {
+        for (name, ino) in entries {
+            ops.push(LogOp::DirLink {
+                dir: dir.clone(),
+                name: name.clone(),
+                ino: *ino,
+            });
+        }
+    }
+    ops
+}
+
+/// Writes `data` at byte `offset` of a file laid out on `extents`; returns the devices written.
+fn write_at(
+    devices: &[Option<BlockDevice>; 3],
+    extents: &[Extent],
+    offset: u64,
+    data: &[u8],
+) -> Result<Vec<DeviceId>> {
+    let pieces =
+        map_range(extents, offset, data.len() as u64).ok_or_else(|| BlueFsError::Corrupt {
+            reason: format!(
+                "write of {} bytes at {offset} past the file's allocation",
+                data.len()
+            ),
+        })?;
+    let mut touched = Vec::new();
+    let mut at = 0usize;
+    for p in pieces {
+        let dev = devices[p.device.index()]
+            .as_ref()
+            .ok_or(BlueFsError::WrongDevice {
+                device: p.device.name(),
+                reason: "is referenced but was not given".into(),
+            })?;
+        dev.write(p.offset, &data[at..at + p.length as usize])?;
+        at += p.length as usize;
+        if !touched.contains(&p.device) {
+            touched.push(p.device);
+        }
+    }
+    Ok(touched)
+}
+
+fn read_superblock(db: &BlockDevice, uuid: &Uuid) -> Result<Superblock> {
+    let mut best: Option<Superblock> = None;
+    let mut errors = Vec::new();
+    for offset in SUPERBLOCK_OFFSETS {
+        let mut block = vec![0u8; BLOCK_SIZE as usize];
+        db.read(offset, &mut block)?;
+        match format::decode_superblock(&block) {
+            Ok(sb) if &sb.uuid == uuid => {
+                if best.as_ref().is_none_or(|b| sb.generation > b.generation) {
+                    best = Some(sb);
+                }
+            }
+            Ok(_) => errors.push(format!("slot at {offset}: another filesystem's superblock")),
+            Err(e) => errors.push(format!("slot at {offset}: {e}")),
+        }
+    }
+    best.ok_or_else(|| BlueFsError::Corrupt {
+        reason: format!("no valid superblock ({})", errors.join("; ")),
+    })
+}
+
+/// Mount-time log replay.
+struct Replay {
+    uuid: Uuid,
+    dirs: BTreeMap<String, BTreeMap<String, u64>>,
+    files: HashMap<u64, FileMeta>,
+    log: Fnode,
+    position: u64,
+    next_seq: u64,
+}
+
+impl Replay {
+    fn new(sb: &Superblock) -> Replay {
+        Replay {
+            uuid: sb.uuid,
+            dirs: BTreeMap::new(),
+            files: HashMap::new(),
+            log: sb.log_fnode.clone(),
+            position: 0,
+            next_seq: sb.log_first_seq,
+        }
+    }
+
+    /// Applies transactions until the first frame that fails a check (the torn tail).
+    fn run(&mut self, devices: &[Option<BlockDevice>; 3]) -> Result<()> {
+        // Replay reuses State::apply through a scratch State holding only what apply touches.
+        let mut st = State {
+            dirs: std::mem::take(&mut self.dirs),
+            files: std::mem::take(&mut self.files),
+            orphans: HashMap::new(),
+            next_ino: FIRST_FILE_INO,
+            allocators: [None, None],
+            log: LogWriter {
+                fnode: self.log.clone(),
+                position: 0,
+                next_seq: self.next_seq,
+            },
+            superblock: Superblock {
+                uuid: self.uuid,
+                generation: 0,
+                block_size: BLOCK_SIZE as u32,
+                alloc_units: [0; 3],
+                log_fnode: Fnode::default(),
+                log_first_seq: 0,
+            },
+            locks: BTreeSet::new(),
+            read_only: None,
+            compaction: None,
+            spillover_bytes: 0,
+            spillover_warned: false,
+            compactions: 0,
+        };
+        let mut header = vec![0u8; BLOCK_SIZE as usize];
+        loop {
+            let position = st.log.position;
+            if position + BLOCK_SIZE > st.log.fnode.allocated() {
+                break;
+            }
+            let Some(pieces) = map_range(&st.log.fnode.extents, position, BLOCK_SIZE) else {
+                break;
+            };
+            read_into(devices, &pieces, &mut header)?;
+            let Some(len) = format::frame_len_from_header(&header) else {
+                break;
+            };
+            if position + len as u64 > st.log.fnode.allocated() {
+                break;
+            }
+            let mut frame = vec![0u8; len];
+            let pieces = map_range(&st.log.fnode.extents, position, len as u64)
+                .expect("checked against the allocation");
+            read_into(devices, &pieces, &mut frame)?;
+            let (txn, used) = match format::decode_transaction(&frame, &self.uuid, st.log.next_seq)
+            {
+                Ok(decoded) => decoded,
+                Err(FrameEnd::SeqMismatch { .. })
+                | Err(FrameEnd::UuidMismatch)
+                | Err(FrameEnd::BadMagic)
+                | Err(FrameEnd::HeaderChecksum)
+                | Err(FrameEnd::PayloadChecksum { .. })
+                | Err(FrameEnd::Truncated)
+                | Err(FrameEnd::UnsupportedVersion(_))
+                | Err(FrameEnd::BadPayload(_)) => break,
+            };
+            let mut next_position = position + used as u64;
+            let mut next_seq = st.log.next_seq + 1;
+            for op in &txn.ops {
+                match op {
+                    LogOp::Jump { offset } => next_position = *offset,
+                    LogOp::JumpSeq { seq } => next_seq = *seq,
+                    other => st.apply(other).map_err(|reason| BlueFsError::Corrupt {
+                        reason: format!("log transaction {}: {reason}", txn.seq),
+                    })?,
+                }
+            }
+            st.log.position = next_position;
+            st.log.next_seq = next_seq;
+        }
+        self.dirs = st.dirs;
+        self.files = st.files;
+        self.log = st.log.fnode;
+        self.position = st.log.position;
+        self.next_seq = st.log.next_seq;
+        Ok(())
+    }
+}
+
+fn read_into(devices: &[Option<BlockDevice>; 3], pieces: &[Extent], out: &mut [u8]) -> Result<()> {
+    let mut at = 0usize;
+    for p in pieces {
+        let dev = devices[p.device.index()]
+            .as_ref()
+            .ok_or(BlueFsError::WrongDevice {
+                device: p.device.name(),
+                reason: "holds part of the log but was not given".into(),
+            })?;
+        let len = p.length as usize;
+        dev.read(p.offset, &mut out[at..at + len])?;
+        at += len;
+    }
+    Ok(())
+}
+
+fn new_uuid() -> Uuid {
+    let mut uuid = [0u8; 16];
+    let seed = now_ns() ^ (std::process::id() as u64) << 32;
+    let a = crate::bench::offsets::splitmix(seed);
+    let b = crate::bench::offsets::splitmix(a ^ 0x9e37_79b9_7f4a_7c15);
+    uuid[..8].copy_from_slice(&a.to_le_bytes());
+    uuid[8..].copy_from_slice(&b.to_le_bytes());
+    uuid
+}
+
+pub(crate) fn uuid_text(uuid: &Uuid) -> String {
+    uuid.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A file open for writing. Appends are buffered and reach the device at `flush`; `fsync` makes
+/// them durable and commits the file's new size and extents.
+pub struct FileWriter {
+    fs: BlueFs,
+    path: String,
+    ino: u64,
+    /// Bytes that reached the device.
+    flushed: u64,
+    /// The flushed bytes of the last, partial block (rewritten whole with the next flush).
+    tail: Vec<u8>,
+    buffer: Vec<u8>,
+    /// Devices written since the last fsync.
+    dirty: Vec<DeviceId>,
+    closed: bool,
+}
+
+/// Appends are pushed to the device once this much is buffered.
+const WRITE_BUFFER: usize = 1 << 20;
+
+impl FileWriter {
+    fn new(fs: BlueFs, path: String, ino: u64, size: u64, tail: Vec<u8>) -> FileWriter {
+        FileWriter {
+            fs,
+            path,
+            ino,
+            flushed: size,
+            tail,
+            buffer: Vec::new(),
+            dirty: Vec::new(),
+            closed: false,
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The size including buffered bytes.
+    pub fn size(&self) -> u64 {
+        self.flushed + self.buffer.len() as u64
+    }
+
+    pub fn append(&mut self, data: &[u8]) -> Result<()> {
+        self.buffer.extend_from_slice(data);
+        if self.buffer.len() >= WRITE_BUFFER {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn append_zeroes(&mut self, mut len: u64) -> Result<()> {
+        let zeroes = vec![0u8; 64 << 10];
+        while len > 0 {
+            let n = len.min(zeroes.len() as u64) as usize;
+            self.append(&zeroes[..n])?;
+            len -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes buffered bytes to the device (not yet durable, not yet in the log).
+    pub fn flush(&mut self) -> Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let inner = &self.fs.inner;
+        let start = self.flushed - self.tail.len() as u64; // block-aligned
+        let end = self.flushed + self.buffer.len() as u64;
+        let padded_end = end.next_multiple_of(BLOCK_SIZE);
+        // Space: under the lock, extend the file's allocation to cover the new end.
+        let pieces = {
+            let mut st = inner.lock_writable()?;
+            let f = st
+                .files
+                .get(&self.ino)
+                .or_else(|| st.orphans.get(&self.ino));
+            let Some(f) = f else {
+                return Err(BlueFsError::NotFound {
+                    path: self.path.clone(),
+                });
+            };
+            let (allocated, kind) = (f.allocated(), f.kind);
+            if padded_end > allocated {
+                let unit = inner.unit_of(kind.preference()[0]);
+                let want = (padded_end - allocated).next_multiple_of(unit);
+                let extents = inner.allocate(&mut st, kind, want)?;
+                let f = match st.files.get_mut(&self.ino) {
+                    Some(f) => f,
+                    None => st.orphans.get_mut(&self.ino).expect("seen above"),
+                };
+                for e in extents {
+                    push_extent(&mut f.pending_extents, e);
+                }
+            }
+            let f = st
+                .files
+                .get(&self.ino)
+                .or_else(|| st.orphans.get(&self.ino))
+                .expect("seen above");
+            let extents: Vec<Extent> = f.all_extents().copied().collect();
+            map_range(&extents, start, padded_end - start).expect("allocation covers it")
+        };
+        let mut data = Vec::with_capacity((padded_end - start) as usize);
+        data.extend_from_slice(&self.tail);
+        data.extend_from_slice(&self.buffer);
+        data.resize((padded_end - start) as usize, 0);
+        let mut at = 0usize;
+        for p in &pieces {
+            inner
+                .device(p.device)?
+                .write(p.offset, &data[at..at + p.length as usize])?;
+            at += p.length as usize;
+            if !self.dirty.contains(&p.device) {
+                self.dirty.push(p.device);
+            }
+        }
+        let last_block_start = end / BLOCK_SIZE * BLOCK_SIZE;
+        self.tail = data[(last_block_start - start) as usize..(end - start) as usize].to_vec();
+        self.flushed = end;
+        self.buffer.clear();
+        let mut st = lock(&inner.state);
+        let f = match st.files.get_mut(&self.ino) {
+            Some(f) => Some(f),
+            None => st.orphans.get_mut(&self.ino),
+        };
+        if let Some(f) = f {
+            f.pending_size = Some(end);
+        }
+        Ok(())
+    }
+
+    /// Flushes, makes the data durable, then commits the file's size and new extents.
+    pub fn fsync(&mut self) -> Result<()> {
+        self.flush()?;
+        let inner = &self.fs.inner;
+        for id in std::mem::take(&mut self.dirty) {
+            if let Err(e) = inner.device(id)?.flush() {
+                // After a failed flush nothing written since the last good one can be trusted
+                // to be on disk — a later flush succeeding proves nothing about it ("fsyncgate").
+                // Committing any size past it could expose garbage, so stop writing.
+                lock(&inner.state).read_only =
+                    Some(format!("a flush of the {} device failed: {e}", id.name()));
+                return Err(e);
+            }
+        }
+        {
+            let mut st = inner.lock_writable()?;
+            let Some(f) = st.files.get(&self.ino) else {
+                return Ok(()); // removed: nothing left to make durable
+            };
+            let size = f.size();
+            if f.pending_extents.is_empty() && size == f.fnode.size {
+                return Ok(());
+            }
+            let op = LogOp::FileUpdateDelta {
+                ino: self.ino,
+                size,
+                mtime_ns: now_ns(),
+                appended: f.pending_extents.clone(),
+            };
+            inner.commit(&mut st, vec![op], Vec::new())?;
+            let f = st.files.get_mut(&self.ino).expect("still there");
+            f.pending_extents.clear();
+            f.pending_size = None;
+        }
+        compact_if_wanted(&self.fs);
+        Ok(())
+    }
+
+    /// Shrinks or grows the file through this writer.
+    pub fn truncate(&mut self, size: u64) -> Result<()> {
+        self.fsync()?;
+        if size >= self.flushed {
+            return self.append_zeroes(size - self.flushed);
+        }
+        {
+            let mut st = self.fs.inner.lock_writable()?;
+            self.fs.inner.shrink(&mut st, self.ino, size)?;
+        }
+        // Reload the tail block of the new end.
+        self.flushed = size;
+        self.tail.clear();
+        if size % BLOCK_SIZE != 0 {
+            let pieces = {
+                let st = lock(&self.fs.inner.state);
+                let f = &st.files[&self.ino];
+                let extents: Vec<Extent> = f.all_extents().copied().collect();
+                map_range(&extents, size / BLOCK_SIZE * BLOCK_SIZE, BLOCK_SIZE)
+            };
+            if let Some(pieces) = pieces {
+                let mut block = vec![0u8; BLOCK_SIZE as usize];
+                self.fs.inner.read_pieces(&pieces, &mut block)?;
+                self.tail = block[..(size % BLOCK_SIZE) as usize].to_vec();
+            }
+        }
+        Ok(())
+    }
+
+    /// fsync, then release the file for other writers.
+    pub fn close(mut self) -> Result<()> {
+        let result = self.fsync();
+        self.closed = true;
+        self.fs.inner.release_writer(self.ino);
+        result
+    }
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        if !self.closed {
+            // Best effort: what was appended is made durable, as close would.
+            let _ = self.fsync();
+            self.fs.inner.release_writer(self.ino);
+        }
+    }
+}
+
+/// A file open for reading.
+pub struct FileReader {
+    fs: BlueFs,
+    ino: u64,
+    position: u64,
+}
+
+impl FileReader {
+    pub fn size(&self) -> u64 {
+        let st = lock(&self.fs.inner.state);
+        st.files
+            .get(&self.ino)
+            .or_else(|| st.orphans.get(&self.ino))
+            .map_or(0, |f| f.size())
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`; fewer at the end of the file.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let (size, extents) = {
+            let st = lock(&self.fs.inner.state);
+            let Some(f) = st
+                .files
+                .get(&self.ino)
+                .or_else(|| st.orphans.get(&self.ino))
+            else {
+                return Ok(0);
+            };
+            (f.size(), f.all_extents().copied().collect::<Vec<_>>())
+        };
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let len = (buf.len() as u64).min(size - offset);
+        let start = offset / BLOCK_SIZE * BLOCK_SIZE;
+        let end = (offset + len).next_multiple_of(BLOCK_SIZE);
+        let pieces =
+            map_range(&extents, start, end - start).ok_or_else(|| BlueFsError::Corrupt {
+                reason: format!("file {}: size {size} beyond its allocation", self.ino),
+            })?;
+        let mut data = vec![0u8; (end - start) as usize];
+        self.fs.inner.read_pieces(&pieces, &mut data)?;
+        let from = (offset - start) as usize;
+        buf[..len as usize].copy_from_slice(&data[from..from + len as usize]);
+        Ok(len as usize)
+    }
+
+    /// Sequential read from the current position.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let n = self.read_at(self.position, buf)?;
+        self.position += n as u64;
+        Ok(n)
+    }
+
+    pub fn skip(&mut self, n: u64) {
+        self.position = self.position.saturating_add(n);
+    }
+
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+}
+
+impl Drop for FileReader {
+    fn drop(&mut self) {
+        self.fs.inner.release_reader(self.ino);
+    }
+}
+
+impl std::fmt::Debug for BlueFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlueFs")
+            .field("uuid", &uuid_text(&self.inner.uuid))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for FileWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileWriter")
+            .field("path", &self.path)
+            .field("size", &self.size())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for FileReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileReader")
+            .field("ino", &self.ino)
+            .field("position", &self.position)
+            .finish()
+    }
+}
