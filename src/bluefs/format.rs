@@ -999,6 +999,12 @@ pub fn frame_len_from_header(header: &[u8]) -> Option<usize> {
     read_frame_header(header).ok().map(|h| h.frame_len)
 }
 
+/// The uuid and sequence number of a valid frame header (magic, version, header crc), without
+/// the payload: what mount uses to tell a torn log tail from damage in the middle of the log.
+pub fn peek_frame(header: &[u8]) -> Option<(Uuid, u64)> {
+    read_frame_header(header).ok().map(|h| (h.uuid, h.seq))
+}
+
 /// Decodes the frame at the start of `frame`, which must belong to filesystem `uuid` and carry
 /// sequence number `expected_seq`. Returns the transaction and the frame's length (where the
 /// next frame starts, unless a Jump says otherwise). Bytes past the frame are ignored.

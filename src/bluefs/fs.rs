@@ -1958,6 +1958,13 @@ impl Replay {
             st.log.position = next_position;
             st.log.next_seq = next_seq;
         }
+        check_no_later_frames(
+            devices,
+            &st.log.fnode,
+            st.log.position,
+            &self.uuid,
+            st.log.next_seq,
+        )?;
         self.dirs = st.dirs;
         self.files = st.files;
         self.log = st.log.fnode;
@@ -1965,6 +1972,46 @@ impl Replay {
         self.next_seq = st.log.next_seq;
         Ok(())
     }
+}
+
+/// Replay stopped at `position` expecting frame `next_seq`. A torn tail ends the log there; but a
+/// valid later frame of this filesystem means a frame in the middle was damaged (frames are
+/// written one at a time, each flushed before the next), and mounting would silently drop
+/// committed metadata. Stale frames of earlier logs carry lower sequence numbers.
+fn check_no_later_frames(
+    devices: &[Option<BlockDevice>; 3],
+    log: &Fnode,
+    position: u64,
+    uuid: &Uuid,
+    next_seq: u64,
+) -> Result<()> {
+    const SCAN_CHUNK: u64 = 1 << 20;
+    let allocated = log.allocated();
+    let mut at = position;
+    while at < allocated {
+        let len = (allocated - at).min(SCAN_CHUNK);
+        let Some(pieces) = map_range(&log.extents, at, len) else {
+            break;
+        };
+        let mut chunk = vec![0u8; len as usize];
+        read_into(devices, &pieces, &mut chunk)?;
+        for (i, block) in chunk.chunks(BLOCK_SIZE as usize).enumerate() {
+            if let Some((frame_uuid, seq)) = format::peek_frame(block)
+                && &frame_uuid == uuid
+                && seq > next_seq
+            {
+                return Err(BlueFsError::Corrupt {
+                    reason: format!(
+                        "log frame {next_seq} at log offset {position} is damaged, yet frame \
+                         {seq} follows at offset {}: committed metadata would be lost",
+                        at + (i as u64) * BLOCK_SIZE
+                    ),
+                });
+            }
+        }
+        at += len;
+    }
+    Ok(())
 }
 
 fn read_into(devices: &[Option<BlockDevice>; 3], pieces: &[Extent], out: &mut [u8]) -> Result<()> {
