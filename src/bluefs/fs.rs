@@ -100,6 +100,15 @@ impl BlueFsConfig {
                 });
             }
         }
+        if self.log_reserve < 2 * self.log_grow {
+            return Err(BlueFsError::InvalidConfig {
+                reason: format!(
+                    "log_reserve {} must be at least twice log_grow {}: compaction on full \
+                     devices needs room for a new log beside the old one",
+                    self.log_reserve, self.log_grow
+                ),
+            });
+        }
         if self.log_grow < BLOCK_SIZE * 8 {
             return Err(BlueFsError::InvalidConfig {
                 reason: format!("log_grow {} is below 32 KiB", self.log_grow),
@@ -337,6 +346,8 @@ struct State {
     locks: BTreeSet<String>,
     read_only: Option<String>,
     compaction: Option<Compaction>,
+    /// A commit crossed a compaction threshold; acted on when its lock is released.
+    compact_wanted: bool,
     spillover_bytes: u64,
     spillover_warned: bool,
     compactions: u64,
@@ -614,6 +625,7 @@ impl BlueFs {
             locks: BTreeSet::new(),
             read_only: None,
             compaction: None,
+            compact_wanted: false,
             spillover_bytes: 0,
             spillover_warned: false,
             compactions: 0,
@@ -1325,14 +1337,56 @@ impl State {
     }
 }
 
+/// The state lock for code that may commit. When a commit asked for compaction (it cannot run
+/// under the lock the committer holds), dropping the guard releases the lock and then compacts,
+/// on the committing thread — there is no compaction thread.
+struct StateGuard<'a> {
+    guard: Option<MutexGuard<'a, State>>,
+    inner: &'a Inner,
+}
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        self.guard.as_ref().expect("held until drop")
+    }
+}
+
+impl std::ops::DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.guard.as_mut().expect("held until drop")
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        let Some(mut st) = self.guard.take() else {
+            return;
+        };
+        let wanted = std::mem::take(&mut st.compact_wanted);
+        drop(st);
+        if wanted && !std::thread::panicking() {
+            // A failed compaction leaves the current log in use; the next commit asks again.
+            let _ = self.inner.compact(self.inner.config.async_compaction);
+        }
+    }
+}
+
 impl Inner {
-    fn lock_writable(&self) -> Result<MutexGuard<'_, State>> {
+    fn guard<'a>(&'a self, st: MutexGuard<'a, State>) -> StateGuard<'a> {
+        StateGuard {
+            guard: Some(st),
+            inner: self,
+        }
+    }
+
+    fn lock_writable(&self) -> Result<StateGuard<'_>> {
         let st = lock(&self.state);
         match &st.read_only {
             Some(reason) => Err(BlueFsError::ReadOnly {
                 reason: reason.clone(),
             }),
-            None => Ok(st),
+            None => Ok(self.guard(st)),
         }
     }
 
@@ -1599,17 +1653,21 @@ impl Inner {
         }
     }
 
-    fn maybe_compact(&self, st: &State) {
-        let live = live_metadata_estimate(st);
-        let position = st.log.position;
-        if position < self.config.compact_min_bytes
-            || position < live.saturating_mul(self.config.compact_ratio)
-            || st.compaction.is_some()
-        {
+    /// Asks for a compaction (run when the committer's guard drops) when the log is large and
+    /// mostly history, or when it is eating into its reserve because the devices are full.
+    fn maybe_compact(&self, st: &mut State) {
+        if st.compaction.is_some() {
             return;
         }
-        // Compaction needs the lock this caller holds: ask for it once the caller is done.
-        COMPACT_WANTED.with(|w| w.set(true));
+        let position = st.log.position;
+        let large = position >= self.config.compact_min_bytes
+            && position >= live_metadata_estimate(st).saturating_mul(self.config.compact_ratio);
+        let log_devices_free: u64 = st.allocators.iter().flatten().map(|a| a.free_bytes()).sum();
+        let squeezed = log_devices_free < self.config.log_reserve / 2
+            && position > 2 * live_metadata_estimate(st) + LOG_RUNWAY;
+        if large || squeezed {
+            st.compact_wanted = true;
+        }
     }
 
     /// Rewrites the log from a snapshot of live metadata and switches the superblock to it.
@@ -1652,7 +1710,7 @@ impl Inner {
         });
         let mut st = match held {
             Some(st) => st,
-            None => lock(&self.state),
+            None => self.guard(lock(&self.state)),
         };
         let delta = st.compaction.take().map(|c| c.delta).unwrap_or_default();
         if let Err(e) = written {
@@ -1750,18 +1808,6 @@ impl Inner {
         st.compactions += 1;
         self.release_now(&mut st, &old_log.fnode.extents);
         Ok(())
-    }
-}
-
-thread_local! {
-    /// Set by a commit that crossed the compaction threshold; acted on once its lock is gone.
-    static COMPACT_WANTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs a compaction a commit on this thread asked for.
-fn compact_if_wanted(fs: &BlueFs) {
-    if COMPACT_WANTED.with(|w| w.replace(false)) {
-        let _ = fs.inner.compact(fs.inner.config.async_compaction);
     }
 }
 
@@ -1908,6 +1954,7 @@ impl Replay {
             locks: BTreeSet::new(),
             read_only: None,
             compaction: None,
+            compact_wanted: false,
             spillover_bytes: 0,
             spillover_warned: false,
             compactions: 0,
@@ -2209,7 +2256,6 @@ impl FileWriter {
             f.pending_extents.clear();
             f.pending_size = None;
         }
-        compact_if_wanted(&self.fs);
         Ok(())
     }
 

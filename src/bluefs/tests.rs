@@ -450,6 +450,42 @@ fn paths_and_names_are_checked() {
     fs.lock_file("d/LOCK").unwrap();
 }
 
+/// With data filling every device, the log lives on its reserve: thousands of metadata commits
+/// (far more than the reserve holds without compaction) keep working, and the filesystem mounts.
+#[test]
+fn the_log_keeps_committing_and_compacting_on_full_devices() {
+    let devices = Devices::only(mem("24M"));
+    let config = small_config();
+    let fs = fresh(&devices, &config);
+    fs.mkdir("db").unwrap();
+    let chunk = pattern(3, 256 << 10);
+    let mut i = 0;
+    loop {
+        let mut w = fs.create(&format!("db/fill{i}")).unwrap();
+        let result = w.append(&chunk).and_then(|()| w.fsync());
+        drop(w);
+        if let Err(e) = result {
+            assert!(e.is_no_space(), "{e}");
+            break;
+        }
+        i += 1;
+    }
+    let free = fs.usage().devices[1].clone().unwrap().free;
+    assert!(
+        free < config.log_reserve + chunk.len() as u64,
+        "data stopped with {free} bytes free"
+    );
+    for n in 0..3000 {
+        fs.mkdir(&format!("m{n}")).unwrap();
+        fs.rmdir(&format!("m{n}")).unwrap();
+    }
+    assert!(fs.usage().compactions > 0);
+    let fs = remount(fs, &devices, &config);
+    assert_eq!(fs.list_dirs(), vec!["db".to_string()]);
+    assert_eq!(fs.read_file("db/fill0").unwrap(), chunk);
+    assert_clean(&fs);
+}
+
 #[test]
 fn a_device_of_another_filesystem_is_refused() {
     let a = Devices {
