@@ -1691,7 +1691,7 @@ impl Inner {
         });
         let want = frame.len() as u64 + LOG_RUNWAY + self.config.log_grow;
         let extents = self.allocate_log(&mut st, want)?;
-        let new_log = Fnode {
+        let mut new_log = Fnode {
             ino: LOG_INO,
             size: 0,
             mtime_ns: now_ns(),
@@ -1744,12 +1744,22 @@ impl Inner {
             seq += 1;
             tail.extend_from_slice(&bytes);
         }
-        if position + tail.len() as u64 + LOG_RUNWAY > new_log.allocated() {
-            self.release_now(&mut st, &new_log.extents);
-            return Err(BlueFsError::NoSpace {
-                what: "log compaction".into(),
-                detail: "the new log filled up while it was being written".into(),
-            });
+        // What others committed meanwhile may not fit: the new log is not referenced by
+        // anything durable yet, so it can simply be given more space.
+        let needed = position + tail.len() as u64 + LOG_RUNWAY;
+        if needed > new_log.allocated() {
+            let more = (needed - new_log.allocated()).max(self.config.log_grow);
+            match self.allocate_log(&mut st, more) {
+                Ok(extents) => {
+                    for e in extents {
+                        push_extent(&mut new_log.extents, e);
+                    }
+                }
+                Err(e) => {
+                    self.release_now(&mut st, &new_log.extents);
+                    return Err(e);
+                }
+            }
         }
         if !tail.is_empty() {
             let result =
