@@ -29,7 +29,8 @@ command line override those in job files. With neither, runs the built-in quick 
 job options (fio's names and meanings):
   name rw bs iodepth numjobs size offset runtime time_based ramp_time rwmixread rwmixwrite
   filename (a device URI: mem:SIZE, null:SIZE, uring:PATH, pcie:DDDD:BB:DD.F, fault:[OPTS+]URI)
-  ioengine=dev
+  ioengine=dev|bluefs (bluefs: filename=URI or db=URI|wal=URI|slow=URI; a thread per job)
+  fsync fdatasync (a Flush / BlueFS fsync every N writes) bluefs_mkfs (ioengine=bluefs)
   direct percentile_list group_reporting randrepeat randseed norandommap verify=crc32c
   do_verify stonewall write_lat_log write_iops_log log_avg_msec cpus_allowed thread
 

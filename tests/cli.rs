@@ -201,6 +201,43 @@ fn io_errors_end_the_job_and_the_run_fails() {
 }
 
 #[test]
+fn fsync_sends_a_flush_after_every_n_writes() {
+    let out = bluepoll(&[
+        "bench",
+        "--name=f",
+        "--filename=mem:16M",
+        "--rw=randwrite",
+        "--bs=4k",
+        "--size=4m",
+        "--iodepth=8",
+        "--fdatasync=16",
+        "--output-format=json",
+    ]);
+    assert!(out.status.success(), "{}", out.stderr_text());
+    let job = &json_of(&out.stdout)["jobs"][0];
+    assert_eq!(job["write"]["total_ios"], 1024);
+    assert_eq!(job["sync"]["total_ios"], 64);
+    assert_eq!(job["sync"]["lat_ns"]["N"], 64);
+
+    // A failed Flush is an I/O error like any other.
+    let out = bluepoll(&[
+        "bench",
+        "--name=f",
+        "--filename=fault:eio_nth=3,eio_on=flush+mem:16M",
+        "--rw=write",
+        "--size=4m",
+        "--fsync=2",
+        "--output-format=json",
+    ]);
+    assert!(!out.status.success());
+    let job = &json_of(&out.stdout)["jobs"][0];
+    assert_eq!(job["error"], 5, "EIO");
+    assert_eq!(job["sync"]["total_ios"], 2);
+    let message = job["bluepoll"]["messages"][0].as_str().unwrap();
+    assert!(message.starts_with("flush error on fault:"), "{message}");
+}
+
+#[test]
 fn bad_input_is_one_line_naming_the_problem() {
     let dir = scratch_dir();
     let missing = dir.path().join("missing.fio");

@@ -9,6 +9,10 @@
 //!
 //! Latencies (per I/O, in ns): `slat` = submit() → doorbell; `clat` = doorbell → reaped;
 //! `lat` = submit() → reaped.
+//!
+//! `fsync=N` (fio's meaning): after every N writes issued, the job stops issuing, waits for its
+//! commands in flight, sends one Flush and waits for it (fio quiesces the same way); the Flush's
+//! submit → reaped time goes to the job's `syncs`. Devices without Flush skip it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -16,7 +20,7 @@ use std::time::Duration;
 
 use super::offsets::{OffsetGen, Rng};
 use super::options::{JobSpec, RwMode, VerifyMode};
-use super::stats::{DirSample, DirStats, Sample, batch_bucket, depth_bucket};
+use super::stats::{DirSample, DirStats, LatencyStat, Sample, batch_bucket, depth_bucket};
 use super::verify::{self, Claim, Generations, WrittenUnits};
 use crate::nvme::{
     Completion, Device, DmaPool, IoCmd, Opcode, QueueFull, QueuePair, QueuePairStats,
@@ -30,6 +34,21 @@ pub const DIR_NAMES: [&str; 2] = ["read", "write"];
 
 /// Most error messages kept per job; the counts are always exact.
 const MAX_MESSAGES: usize = 10;
+
+/// The slot number in the tag of a job's Flush (`fsync=N`); real slots are numbered from 0.
+const SYNC_SLOT: u64 = 0xffff_ffff;
+
+/// Where a job is with its `fsync=N` Flush.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SyncState {
+    Idle,
+    /// Due: issue nothing more until in-flight commands are done and the Flush is sent.
+    Wanted,
+    /// Sent at this time.
+    InFlight {
+        submit_ns: u64,
+    },
+}
 
 /// What the main thread can watch while a job runs.
 #[derive(Debug, Default)]
@@ -56,6 +75,8 @@ pub struct JobPlan {
     pub device: usize,
     pub device_uri: String,
     pub block_size: u64,
+    /// The device implements Flush (`fsync=N` is skipped where it does not).
+    pub flush: bool,
     /// First byte of the job's range and the number of `bs` units in it.
     pub range_start: u64,
     pub units: u64,
@@ -93,6 +114,10 @@ pub struct JobResult {
     pub io_errors: u64,
     pub verify_errors: u64,
     pub messages: Vec<String>,
+    /// Latencies of the syncs `fsync=N` made (Flush commands; BlueFS fsyncs): fio's `sync`.
+    pub syncs: LatencyStat,
+    /// The errno that ended the job, when the engine knows one (0: EIO/EILSEQ from the counts).
+    pub errno: i32,
 }
 
 /// What a reactor sends back when its shard finishes.
@@ -206,6 +231,10 @@ struct JobRun {
     io_errors: u64,
     verify_errors: u64,
     messages: Vec<String>,
+    /// Writes issued since the last Flush, and the Flush's state (`fsync=N`).
+    writes_since_sync: u64,
+    sync: SyncState,
+    syncs: LatencyStat,
     cpu_start: CpuUsage,
     cpu_used: CpuUsage,
     done_ios: [u64; 2],
@@ -281,6 +310,9 @@ impl JobRun {
             io_errors: 0,
             verify_errors: 0,
             messages: Vec::new(),
+            writes_since_sync: 0,
+            sync: SyncState::Idle,
+            syncs: LatencyStat::default(),
             cpu_start: CpuUsage::default(),
             cpu_used: CpuUsage::default(),
             done_ios: [0; 2],
@@ -312,6 +344,7 @@ impl JobRun {
         self.complete_dist = [0; 7];
         self.done_ios = [0; 2];
         self.done_bytes = [0; 2];
+        self.syncs.reset();
         self.measure_start_ns = now_ns;
         self.last_sample_ns = now_ns;
         self.next_sample_ns = now_ns + self.sample_every_ns;
@@ -331,8 +364,30 @@ impl JobRun {
         }
     }
 
+    /// Accounts the completion of the job's Flush.
+    fn complete_sync(&mut self, c: &Completion, now_ns: u64) {
+        let SyncState::InFlight { submit_ns } = self.sync else {
+            return;
+        };
+        self.sync = SyncState::Idle;
+        if c.status.is_success() {
+            self.syncs.record(now_ns.saturating_sub(submit_ns));
+        } else {
+            self.io_errors += 1;
+            let message = format!("flush error on {}: {}", self.plan.device_uri, c.status);
+            self.note(message);
+            if matches!(self.phase, Phase::Ramp | Phase::Run | Phase::Verify) {
+                self.phase = Phase::Drain;
+            }
+        }
+    }
+
     /// Accounts one completion reaped at `now_ns`.
     fn complete(&mut self, c: Completion, now_ns: u64) {
+        if c.tag & SYNC_SLOT == SYNC_SLOT {
+            self.complete_sync(&c, now_ns);
+            return;
+        }
         let index = (c.tag & 0xffff_ffff) as usize;
         let Some(slot) = self.slots.get_mut(index) else {
             return;
@@ -430,7 +485,14 @@ impl JobRun {
         if self.phase == Phase::Verify && stop {
             self.phase = Phase::Drain;
         }
-        if self.phase == Phase::Drain && self.in_flight == 0 {
+        if self.phase == Phase::Drain
+            && self.sync == SyncState::Wanted
+            && (stop || self.io_errors > 0)
+        {
+            // Stopped or failed: the Flush that was due is not sent.
+            self.sync = SyncState::Idle;
+        }
+        if self.phase == Phase::Drain && self.in_flight == 0 && self.sync == SyncState::Idle {
             if self.verify_start_ns.is_none() {
                 self.run_end_ns = now_ns;
             }
@@ -466,6 +528,12 @@ impl JobRun {
         match self.phase {
             Phase::Ramp | Phase::Run => self.issue(submit_ns, qp, pending, job_index),
             Phase::Verify => self.issue_verify_reads(submit_ns, qp, pending, job_index),
+            // The Flush the last writes made due still goes out, as fio's does.
+            Phase::Drain if self.sync == SyncState::Wanted => {
+                let queued = pending.len();
+                self.sync_blocks(submit_ns, qp, pending, job_index);
+                pending.len() - queued
+            }
             Phase::Pending | Phase::Drain | Phase::Done => 0,
         }
     }
@@ -511,6 +579,31 @@ impl JobRun {
         }
     }
 
+    /// With a Flush due: sends it once nothing else is in flight. True while it blocks issuing.
+    fn sync_blocks(
+        &mut self,
+        now_ns: u64,
+        qp: &mut QueuePair,
+        pending: &mut Vec<u64>,
+        job_index: usize,
+    ) -> bool {
+        match self.sync {
+            SyncState::Idle => false,
+            SyncState::InFlight { .. } => true,
+            SyncState::Wanted => {
+                if self.in_flight == 0 {
+                    let tag = ((job_index as u64) << 32) | SYNC_SLOT;
+                    if qp.submit(IoCmd::flush(tag)).is_ok() {
+                        self.sync = SyncState::InFlight { submit_ns: now_ns };
+                        // Queued: the caller rings the doorbell for it.
+                        pending.push(tag);
+                    }
+                }
+                true
+            }
+        }
+    }
+
     fn issue(
         &mut self,
         now_ns: u64,
@@ -519,6 +612,11 @@ impl JobRun {
         job_index: usize,
     ) -> usize {
         let mut issued = 0usize;
+        let queued = pending.len();
+        if self.sync_blocks(now_ns, qp, pending, job_index) {
+            // 1 when the Flush was just queued, so its doorbell is rung this round.
+            return pending.len() - queued;
+        }
         while self.in_flight < self.iodepth
             && self.budget != Some(0)
             && issued < self.batch as usize
@@ -553,6 +651,14 @@ impl JobRun {
             issued += 1;
             if let Some(budget) = &mut self.budget {
                 *budget = budget.saturating_sub(self.bs);
+            }
+            if dir == WRITE && self.plan.spec.fsync > 0 && self.plan.flush {
+                self.writes_since_sync += 1;
+                if self.writes_since_sync >= self.plan.spec.fsync {
+                    self.writes_since_sync = 0;
+                    self.sync = SyncState::Wanted;
+                    break;
+                }
             }
         }
         self.account_batch(issued);
@@ -739,6 +845,12 @@ impl JobRun {
             io_errors: self.io_errors,
             verify_errors: self.verify_errors,
             messages: self.messages.clone(),
+            syncs: {
+                let mut s = self.syncs.clone();
+                s.settle();
+                s
+            },
+            errno: 0,
         }
     }
 }
@@ -849,6 +961,7 @@ impl Shard {
                 slot.claimed = false;
             }
             job.in_flight = 0;
+            job.sync = SyncState::Idle;
             job.phase = Phase::Drain;
         }
     }
@@ -890,7 +1003,10 @@ impl Poller for Shard {
         for (q, qp) in self.qps.iter_mut().enumerate() {
             for tag in self.pending[q].drain(..) {
                 let job = &mut self.jobs[(tag >> 32) as usize];
-                job.slots[(tag & 0xffff_ffff) as usize].doorbell_ns = doorbell_ns;
+                // A Flush (SYNC_SLOT) has no slot: its latency runs from submit.
+                if let Some(slot) = job.slots.get_mut((tag & 0xffff_ffff) as usize) {
+                    slot.doorbell_ns = doorbell_ns;
+                }
             }
             if let Err(e) = qp.poll(usize::MAX, &mut self.completions) {
                 broken.push((q, e.to_string()));
@@ -934,7 +1050,10 @@ impl Poller for Shard {
                 }
                 for tag in self.pending[q].drain(..) {
                     let job = &mut self.jobs[(tag >> 32) as usize];
-                    job.slots[(tag & 0xffff_ffff) as usize].doorbell_ns = doorbell_ns;
+                    // A Flush (SYNC_SLOT) has no slot: its latency runs from submit.
+                    if let Some(slot) = job.slots.get_mut((tag & 0xffff_ffff) as usize) {
+                        slot.doorbell_ns = doorbell_ns;
+                    }
                 }
                 // max = 0: hand over what is queued, reap nothing yet.
                 if let Err(e) = qp.poll(0, &mut self.completions) {

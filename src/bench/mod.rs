@@ -1,11 +1,13 @@
 //! `bluepoll bench`: fio-style load runs against bluepoll's layers.
 //!
 //! Jobs come from fio job files and command-line options ([`options`]); `stonewall` splits them
-//! into phases that run one after another. In a phase, jobs are spread round-robin over the
-//! reactors; each reactor runs one [`engine`] shard with its jobs. Results print as fio's text
-//! summary and/or fio-shaped JSON ([`report`]); latency logs ([`latlog`]) and an SVG ([`plot`])
-//! are optional.
+//! into phases that run one after another. In a phase, `ioengine=dev` jobs are spread round-robin
+//! over the reactors; each reactor runs one [`engine`] shard with its jobs. `ioengine=bluefs` jobs
+//! each run on a thread of their own ([`bluefs_engine`]). Results print as fio's text summary
+//! and/or fio-shaped JSON ([`report`]); latency logs ([`latlog`]) and an SVG ([`plot`]) are
+//! optional.
 
+pub mod bluefs_engine;
 pub mod compare;
 pub mod engine;
 pub mod jobfile;
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
+use crate::bluefs::BlueFs;
 use crate::nvme::{Device, DmaPool, IoCmd};
 use crate::reactor::{ReactorConfig, Reactors, available_cpus};
 use engine::{JobPlan, JobProgress, JobResult, RunControl, ShardPlan, start_shard};
@@ -46,12 +49,17 @@ pub struct Outcome {
 struct Instance {
     spec: Arc<JobSpec>,
     number: usize,
+    /// Which clone of its job (0..numjobs).
+    clone: u32,
     group: usize,
     device_uri: String,
     range_start: u64,
     units: u64,
     seed: u64,
 }
+
+/// Phase members with their slot in the phase (which indexes their progress).
+type Placed<'a> = Vec<(usize, &'a Instance)>;
 
 /// Runs `bluepoll bench ARGS…`, printing the report; returns the process exit code.
 pub fn run(args: &[String]) -> Result<Outcome> {
@@ -61,7 +69,24 @@ pub fn run(args: &[String]) -> Result<Outcome> {
     let started_at = Instant::now();
 
     let default_uri = default_device_uri(&invocation.jobs);
+    let mut notes = Vec::new();
+    for spec in &invocation.jobs {
+        match spec.ioengine {
+            IoEngine::Dev => {}
+            IoEngine::Bluefs => {
+                bluefs_engine::validate(spec)?;
+                if spec.iodepth > 1 {
+                    notes.push(format!(
+                        "job '{}': ioengine=bluefs is synchronous: iodepth={} ignored (1 I/O in \
+                         flight per job, as fio's psync)",
+                        spec.name, spec.iodepth
+                    ));
+                }
+            }
+        }
+    }
     let mut devices: HashMap<String, Device> = HashMap::new();
+    let mut filesystems: HashMap<String, BlueFs> = HashMap::new();
     let mut instances = Vec::new();
     let mut group = 0usize;
     let mut number = 0usize;
@@ -70,14 +95,25 @@ pub fn run(args: &[String]) -> Result<Outcome> {
             group += 1;
         }
         let uri = spec.filename.clone().unwrap_or_else(|| default_uri.clone());
-        if !devices.contains_key(&uri) {
-            let device = match spec.ioengine {
-                IoEngine::Dev => Device::open(&uri)
-                    .with_context(|| format!("job '{}': cannot open device '{uri}'", spec.name))?,
-            };
-            devices.insert(uri.clone(), device);
-        }
-        let (range_start, units) = job_range(spec, &devices[&uri])?;
+        let (range_start, units) = match spec.ioengine {
+            IoEngine::Dev => {
+                if !devices.contains_key(&uri) {
+                    let device = Device::open(&uri).with_context(|| {
+                        format!("job '{}': cannot open device '{uri}'", spec.name)
+                    })?;
+                    devices.insert(uri.clone(), device);
+                }
+                job_range(spec, &devices[&uri])?
+            }
+            IoEngine::Bluefs => {
+                if !filesystems.contains_key(&uri) {
+                    let fs = bluefs_engine::mount(&uri, spec.bluefs_mkfs)
+                        .with_context(|| format!("job '{}'", spec.name))?;
+                    filesystems.insert(uri.clone(), fs);
+                }
+                (0, spec.size.unwrap_or(spec.bs) / spec.bs)
+            }
+        };
         let spec = Arc::new(spec.clone());
         for clone in 0..spec.numjobs {
             let seed = if spec.randrepeat {
@@ -94,6 +130,7 @@ pub fn run(args: &[String]) -> Result<Outcome> {
             instances.push(Instance {
                 spec: Arc::clone(&spec),
                 number,
+                clone,
                 group,
                 device_uri: uri.clone(),
                 range_start,
@@ -105,12 +142,19 @@ pub fn run(args: &[String]) -> Result<Outcome> {
     }
 
     let generations = verify_tables(&instances);
-    let cpus = choose_cpus(&run.cpus, &instances)?;
-    let reactors =
-        Reactors::start(ReactorConfig::new(cpus.clone())).context("cannot start reactors")?;
+    // Reactors only for the jobs that use them: bluefs jobs run on threads of their own.
+    let on_reactors: Vec<&Instance> = instances
+        .iter()
+        .filter(|i| i.spec.ioengine == IoEngine::Dev)
+        .collect();
+    let reactors = if on_reactors.is_empty() {
+        None
+    } else {
+        let cpus = choose_cpus(&run.cpus, &on_reactors)?;
+        Some(Reactors::start(ReactorConfig::new(cpus)).context("cannot start reactors")?)
+    };
     let interrupted = crate::sys::interrupt_flag();
     let control = Arc::new(RunControl::default());
-    let mut notes = Vec::new();
     if generations.values().any(Option::is_none) {
         notes.push("verify: a device range is too large to track generations; only headers and checksums are checked".into());
     }
@@ -126,24 +170,65 @@ pub fn run(args: &[String]) -> Result<Outcome> {
     let groups = instances.iter().map(|i| i.group).max().map_or(0, |g| g + 1);
     for phase in 0..groups {
         let members: Vec<&Instance> = instances.iter().filter(|i| i.group == phase).collect();
+        let (dev_members, fs_members): (Placed<'_>, Placed<'_>) = members
+            .iter()
+            .copied()
+            .enumerate()
+            .partition(|(_, m)| m.spec.ioengine == IoEngine::Dev);
+        let dev_only: Vec<&Instance> = dev_members.iter().map(|(_, m)| *m).collect();
         if run.layout {
-            lay_out_fresh_ram(&members, &devices, &generations, &mut written)?;
+            lay_out_fresh_ram(&dev_only, &devices, &generations, &mut written)?;
         }
-        for m in &members {
+        for m in &dev_only {
             if m.spec.rw.writes() && !written.contains(&m.device_uri) {
                 written.push(m.device_uri.clone());
+            }
+        }
+        // Read jobs on BlueFS read a file laid out before the phase, as fio lays out files.
+        for (_, m) in &fs_members {
+            if m.spec.rw.reads() {
+                bluefs_engine::lay_out(&filesystems[&m.device_uri], &m.spec, m.clone, m.seed)?;
             }
         }
         let progress: Vec<Arc<JobProgress>> = members
             .iter()
             .map(|_| Arc::new(JobProgress::default()))
             .collect();
+        let (fs_tx, fs_rx) = mpsc::channel::<Result<JobResult, String>>();
+        let mut fs_pending = 0;
+        for (slot, m) in &fs_members {
+            let job = bluefs_engine::FsJob {
+                spec: Arc::clone(&m.spec),
+                number: m.number,
+                group: m.group,
+                clone: m.clone,
+                fs: filesystems[&m.device_uri].clone(),
+                seed: m.seed,
+                progress: Arc::clone(&progress[*slot]),
+                control: Arc::clone(&control),
+            };
+            let tx = fs_tx.clone();
+            let name = format!("bluefs-{}.{}", m.spec.name, m.clone);
+            std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || {
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        bluefs_engine::run(job)
+                    }))
+                    .map_err(|_| format!("thread {name} panicked"));
+                    let _ = tx.send(result);
+                })
+                .context("cannot start a bluefs job thread")?;
+            fs_pending += 1;
+        }
+        drop(fs_tx);
         let (tx, rx) = mpsc::channel();
-        let mut shards: Vec<(Vec<Device>, Vec<JobPlan>)> = (0..reactors.len())
+        let reactor_count = reactors.as_ref().map_or(1, Reactors::len);
+        let mut shards: Vec<(Vec<Device>, Vec<JobPlan>)> = (0..reactor_count)
             .map(|_| (Vec::new(), Vec::new()))
             .collect();
-        for (slot, m) in members.iter().enumerate() {
-            let (shard_devices, plans) = &mut shards[slot % reactors.len()];
+        for (slot, m) in dev_members.iter().copied() {
+            let (shard_devices, plans) = &mut shards[slot % reactor_count];
             let device = &devices[&m.device_uri];
             let index = match shard_devices
                 .iter()
@@ -162,6 +247,7 @@ pub fn run(args: &[String]) -> Result<Outcome> {
                 device: index,
                 device_uri: m.device_uri.clone(),
                 block_size: device.info().block_size as u64,
+                flush: device.info().ops.flush,
                 range_start: m.range_start,
                 units: m.units,
                 seed: m.seed,
@@ -181,6 +267,9 @@ pub fn run(args: &[String]) -> Result<Outcome> {
             if plans.is_empty() {
                 continue;
             }
+            let Some(reactors) = &reactors else {
+                bail!("internal error: device jobs but no reactors");
+            };
             let plan = ShardPlan {
                 devices: shard_devices,
                 jobs: plans,
@@ -199,8 +288,41 @@ pub fn run(args: &[String]) -> Result<Outcome> {
             .max();
         let mut line = status::StatusLine::new(show_status);
         let phase_start = Instant::now();
-        while pending > 0 {
-            match rx.recv_timeout(Duration::from_millis(250)) {
+        while pending > 0 || fs_pending > 0 {
+            // Wait on whichever kind is still running; check the other without blocking.
+            let tick = if pending > 0 && fs_pending > 0 {
+                Duration::from_millis(50)
+            } else {
+                Duration::from_millis(250)
+            };
+            let fs_report = if pending > 0 {
+                fs_rx.try_recv().ok()
+            } else {
+                match fs_rx.recv_timeout(tick) {
+                    Ok(report) => Some(report),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        bail!("a bluefs job thread stopped without reporting");
+                    }
+                }
+            };
+            if let Some(report) = fs_report {
+                fs_pending -= 1;
+                match report {
+                    Ok(result) => results.push(result),
+                    Err(error) => {
+                        control.stop.store(true, Ordering::SeqCst);
+                        line.clear();
+                        bail!("{error}");
+                    }
+                }
+            }
+            let shard_report = if pending > 0 {
+                rx.recv_timeout(tick)
+            } else {
+                Err(mpsc::RecvTimeoutError::Timeout)
+            };
+            match shard_report {
                 Ok(report) => {
                     pending -= 1;
                     if let Some(error) = report.error {
@@ -241,7 +363,9 @@ pub fn run(args: &[String]) -> Result<Outcome> {
             break;
         }
     }
-    let reactor_stats = reactors.shutdown();
+    let reactor_stats = reactors.map(Reactors::shutdown).unwrap_or_default();
+    // Unmount: whatever a job left open is closed by now; dropping the last handle is enough.
+    drop(filesystems);
     results.sort_by_key(|r| r.number);
     queue_pairs.sort_by_key(|(r, _, _)| *r);
 
@@ -306,7 +430,7 @@ pub fn run(args: &[String]) -> Result<Outcome> {
 fn default_device_uri(jobs: &[JobSpec]) -> String {
     let bytes = jobs
         .iter()
-        .filter(|j| j.filename.is_none())
+        .filter(|j| j.filename.is_none() && j.ioengine == IoEngine::Dev)
         .map(|j| {
             j.offset
                 .saturating_add(j.size.unwrap_or(DEFAULT_DEVICE_BYTES))
@@ -401,7 +525,7 @@ fn verify_tables(instances: &[Instance]) -> HashMap<(String, u64), Option<Arc<Ge
 
 /// Reactor CPUs: `--cpus`, else the first job's `cpus_allowed`, else as many available CPUs as
 /// the largest phase has jobs.
-fn choose_cpus(requested: &Option<Vec<usize>>, instances: &[Instance]) -> Result<Vec<usize>> {
+fn choose_cpus(requested: &Option<Vec<usize>>, instances: &[&Instance]) -> Result<Vec<usize>> {
     if let Some(cpus) = requested {
         return Ok(cpus.clone());
     }

@@ -68,11 +68,23 @@ impl RwMode {
     }
 }
 
-/// Which layer a job drives. Later layers add `bluefs`, `store`, `image`.
+/// Which layer a job drives. Later layers add `store`, `image`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoEngine {
     /// Queue pairs on the device named by `filename` (a device URI).
     Dev,
+    /// Files of a BlueFS made on the devices named by `filename`, one synchronous thread per
+    /// job clone, as fio's psync engine ([`super::bluefs_engine`]).
+    Bluefs,
+}
+
+impl IoEngine {
+    pub fn name(self) -> &'static str {
+        match self {
+            IoEngine::Dev => "dev",
+            IoEngine::Bluefs => "bluefs",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +113,10 @@ pub struct JobSpec {
     pub rwmixread: u32,
     pub filename: Option<String>,
     pub ioengine: IoEngine,
+    /// fio's `fsync=N` / `fdatasync=N`: sync the file after every N writes; 0 = never.
+    pub fsync: u64,
+    /// `bluefs_mkfs`: make a new BlueFS on the `filename` devices before the run (default on).
+    pub bluefs_mkfs: bool,
     pub direct: bool,
     pub percentile_list: Vec<f64>,
     pub group_reporting: bool,
@@ -138,6 +154,8 @@ impl JobSpec {
             rwmixread: 50,
             filename: None,
             ioengine: IoEngine::Dev,
+            fsync: 0,
+            bluefs_mkfs: true,
             direct: true,
             percentile_list: DEFAULT_PERCENTILES.to_vec(),
             group_reporting: false,
@@ -250,6 +268,7 @@ fn is_flag(key: &str) -> bool {
             | "direct"
             | "do_verify"
             | "thread"
+            | "bluefs_mkfs"
     )
 }
 
@@ -322,14 +341,19 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         "ioengine" => {
             spec.ioengine = match value.as_str() {
                 "dev" => IoEngine::Dev,
+                "bluefs" => IoEngine::Bluefs,
                 _ => {
                     return Err(invalid(
-                        "bluepoll's engines are: dev (queue pairs on the device in filename)"
+                        "bluepoll's engines are: dev (queue pairs on the device in filename), \
+                         bluefs (files of a BlueFS on the devices in filename)"
                             .into(),
                     ));
                 }
             }
         }
+        // BlueFS has one sync, so fio's fdatasync is the same as its fsync.
+        "fsync" | "fdatasync" => spec.fsync = parse_u64(&value).map_err(invalid)?,
+        "bluefs_mkfs" => spec.bluefs_mkfs = parse_bool(&value).map_err(invalid)?,
         "direct" => spec.direct = parse_bool(&value).map_err(invalid)?,
         "thread" => {}
         "percentile_list" => {

@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value, json};
 
 use super::engine::{DIR_NAMES, JobResult, READ, WRITE};
+use super::options::IoEngine;
 use super::stats::{DirStats, LatencyStat, Spread};
 use crate::nvme::QueuePairStats;
 use crate::reactor::ReactorStats;
@@ -29,7 +30,9 @@ pub struct Entry {
 
 impl Entry {
     pub fn error_code(&self) -> i32 {
-        if self.result.io_errors > 0 {
+        if self.result.errno != 0 {
+            self.result.errno
+        } else if self.result.io_errors > 0 {
             EIO
         } else if self.result.verify_errors > 0 {
             EILSEQ
@@ -60,6 +63,10 @@ pub fn merge(results: &[JobResult]) -> JobResult {
         }
         merged.io_errors += r.io_errors;
         merged.verify_errors += r.verify_errors;
+        merged.syncs.merge(&r.syncs);
+        if merged.errno == 0 {
+            merged.errno = r.errno;
+        }
         merged.messages.extend(r.messages.iter().cloned());
         // Interval series add up sample by sample (same interval on every job of a group).
         for (i, s) in r.samples.iter().enumerate() {
@@ -296,7 +303,10 @@ fn job_json(entry: &Entry, group_bw: [f64; 2], elapsed_s: u64, extra: Value) -> 
     job.insert("trim".into(), empty_dir_json());
     job.insert(
         "sync".into(),
-        json!({"total_ios": 0, "lat_ns": lat_json(&LatencyStat::default(), None)}),
+        json!({
+            "total_ios": r.syncs.n,
+            "lat_ns": lat_json(&r.syncs, Some(&r.spec.percentile_list)),
+        }),
     );
     let runtime_ms = r.runtime_ns / 1_000_000;
     let cpu_pct = |d: std::time::Duration| {
@@ -397,9 +407,12 @@ pub fn json_report(entries: &[Entry], summary: &RunSummary<'_>) -> Value {
                 .iter()
                 .find(|(g, _)| *g == r.group)
                 .map_or([0.0; 2], |(_, b)| *b);
+            let on_thread = r.spec.ioengine == IoEngine::Bluefs;
             let extra = json!({
                 "device": r.device_uri,
-                "reactor": r.reactor,
+                "ioengine": r.spec.ioengine.name(),
+                // ioengine=bluefs jobs run on their own threads, not on reactors.
+                "reactor": if on_thread { Value::Null } else { json!(r.reactor) },
                 "cpu": r.cpu,
                 "jobs": e.jobs,
                 "io_errors": r.io_errors,
@@ -481,12 +494,12 @@ fn fmt_lat(x: f64) -> String {
     }
 }
 
-fn percentile_lines(out: &mut String, s: &LatencyStat, list: &[f64]) {
+fn percentile_lines(out: &mut String, label: &str, s: &LatencyStat, list: &[f64]) {
     if s.n == 0 {
         return;
     }
     let (unit, div) = unit_for(s.percentile(list.iter().cloned().fold(0.0, f64::max)) as f64);
-    let _ = writeln!(out, "    clat percentiles ({unit}):");
+    let _ = writeln!(out, "    {label} percentiles ({unit}):");
     for chunk in list.chunks(4) {
         let cells: Vec<String> = chunk
             .iter()
@@ -523,7 +536,7 @@ fn dir_text(out: &mut String, r: &JobResult, dir: usize, group_bw: f64) {
     lat_line(out, "slat", &d.slat);
     lat_line(out, "clat", &d.clat);
     lat_line(out, " lat", &d.lat);
-    percentile_lines(out, &d.clat, &r.spec.percentile_list);
+    percentile_lines(out, "clat", &d.clat, &r.spec.percentile_list);
     let (bw_spread, iops_spread) = spreads(r, dir);
     if bw_spread.samples > 0 {
         let (unit, div) = if bw_spread.mean >= 10.0 * 1024.0 {
@@ -598,6 +611,12 @@ pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
         );
         dir_text(&mut out, r, READ, group_bw[READ]);
         dir_text(&mut out, r, WRITE, group_bw[WRITE]);
+        if r.syncs.n > 0 {
+            // fio's block for fsync=N jobs.
+            let _ = writeln!(out, "  fsync/fdatasync/sync_file_range:");
+            lat_line(&mut out, "sync", &r.syncs);
+            percentile_lines(&mut out, "sync", &r.syncs, &r.spec.percentile_list);
+        }
         let dist = latency_distribution(r);
         for (map, unit) in [
             ("latency_ns", "nsec"),
@@ -663,11 +682,19 @@ pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
         for m in &r.messages {
             let _ = writeln!(out, "  ! {m}");
         }
-        let _ = writeln!(
-            out,
-            "  device       : {} (reactor {}, cpu {})",
-            r.device_uri, r.reactor, r.cpu
-        );
+        if r.spec.ioengine == IoEngine::Bluefs {
+            let _ = writeln!(
+                out,
+                "  bluefs       : {} (own thread, cpu {}, {} fsyncs)",
+                r.device_uri, r.cpu, r.syncs.n
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "  device       : {} (reactor {}, cpu {})",
+                r.device_uri, r.reactor, r.cpu
+            );
+        }
         out.push('\n');
     }
     for (group, _) in &groups {
@@ -717,7 +744,9 @@ pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
             );
         }
     }
-    out.push_str("\nReactors:\n");
+    if !summary.reactors.is_empty() {
+        out.push_str("\nReactors:\n");
+    }
     for s in summary.reactors {
         let _ = writeln!(
             out,
