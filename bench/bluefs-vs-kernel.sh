@@ -27,6 +27,8 @@
 #   --taskset=CPUS  run both tools under `taskset -c CPUS` (a diagnostic, default: not pinned;
 #                   e.g. 0 puts each tool's thread and the kernel's helpers on one CPU)
 #   --keep=DIR      keep the JSON results
+#   --kind=wal      the BlueFS file's kind (bluefs_kind): wal (default: a RocksDB WAL file, on the
+#                   WAL device with the log) or db (on the DB device)
 #
 # (a) bluepoll bench --ioengine=bluefs --filename='db=uring:DIR/db.img|wal=uring:DIR/wal.img'
 #     with the job below: the file's data goes to the DB image, BlueFS's log to the WAL image.
@@ -55,6 +57,7 @@ command -v python3 >/dev/null 2>&1 || ensure_packages python3
 rounds=3
 runtime=10
 dir="$HOME/.cache/bluepoll/bluefs-vs-kernel"
+kind=wal
 size=1g
 images=written
 warmup=2
@@ -73,6 +76,7 @@ for arg in "$@"; do
         --raw) raw=1 ;;
         --taskset=*) pin=(taskset -c "${arg#*=}") ;;
         -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;
+        --kind=*) kind="${arg#*=}" ;;
         *) echo "bluefs-vs-kernel.sh: unknown argument '$arg' (--help)" >&2; exit 2 ;;
     esac
 done
@@ -157,9 +161,12 @@ us() { awk -v n="$1" 'BEGIN { printf "%.0f", n / 1000 }'; }
 job=(--name=append-fsync --rw=write --bs=4k --direct=1 --fdatasync=1 --size="$size" --time_based)
 filename="db=uring:$db|wal=uring:$wal"
 
+# The appended file is a RocksDB WAL file (bluefs_kind=wal: named *.log), the append+fsync
+# workload RocksDB has: it lives on the WAL device beside the BlueFS log, so one flush covers the
+# data and the log record (--kind=db puts it on the DB device: two devices, two flushes).
 run_bluefs() { # JSON SECONDS
     "${pin[@]}" "$bin" bench "${job[@]}" --runtime="$2" --ioengine=bluefs --filename="$filename" \
-        --output-format=json --output="$1" --eta=never
+        --bluefs_kind="$kind" --output-format=json --output="$1" --eta=never
 }
 run_raw() { # JSON SECONDS
     "${pin[@]}" "$bin" bench "${job[@]}" --runtime="$2" --ioengine=dev --filename="uring:$db" \

@@ -313,3 +313,63 @@ fn the_bluefs_job_file_runs() {
     assert!(writes > 0);
     assert_eq!(job["sync"]["total_ios"].as_u64().unwrap(), writes);
 }
+
+/// `bluefs_kind=wal` names the job's file like a RocksDB WAL, so its data lands on the WAL
+/// device beside the log; a bad kind is refused.
+#[test]
+fn bluefs_kind_places_the_file() {
+    let dir = scratch_dir();
+    let db = dir.path().join("db.img");
+    let wal = dir.path().join("wal.img");
+    std::fs::File::create(&db)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    std::fs::File::create(&wal)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let filename = format!(
+        "--filename=db=uring:{}|wal=uring:{}",
+        db.display(),
+        wal.display()
+    );
+    let out = bluepoll(&[
+        "bench",
+        "--ioengine=bluefs",
+        &filename,
+        "--bluefs_kind=wal",
+        "--rw=write",
+        "--bs=64k",
+        "--size=4M",
+        "--fsync=4",
+        "--name=k",
+    ]);
+    assert!(out.status.success(), "{}", out.stderr_text());
+    let dbo = format!("--db=uring:{}", db.display());
+    let walo = format!("--wal=uring:{}", wal.display());
+    let ls = bluepoll(&["bluefs", "ls", "bench", &dbo, &walo]);
+    assert!(
+        ls.stdout_text().contains("4194304 k.0.log"),
+        "{}",
+        ls.stdout_text()
+    );
+    let sizes = bluepoll(&["bluefs", "sizes", &dbo, &walo]).stdout_text();
+    let wal_line = sizes.lines().find(|l| l.starts_with("wal")).unwrap();
+    assert!(wal_line.contains("4096KiB"), "{sizes}");
+    let out = bluepoll(&[
+        "bench",
+        "--ioengine=bluefs",
+        "--filename=mem:64M",
+        "--bluefs_kind=fast",
+        "--rw=write",
+        "--size=1M",
+        "--name=k",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr_text().contains("bluefs_kind"),
+        "{}",
+        out.stderr_text()
+    );
+}

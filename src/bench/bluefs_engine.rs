@@ -30,12 +30,13 @@ use super::engine::{DIR_NAMES, JobProgress, JobResult, READ, RunControl, WRITE};
 use super::offsets::{OffsetGen, Rng};
 use super::options::{JobSpec, RwMode, VerifyMode};
 use super::stats::{DirSample, DirStats, LatencyStat, Sample};
-use crate::bluefs::{BlueFs, BlueFsConfig, BlueFsError, Devices};
+use crate::bluefs::{BlueFs, BlueFsConfig, BlueFsError, Devices, FileKind};
 use crate::nvme::Device;
 use crate::sys::{Clock, CpuUsage, current_cpu, thread_cpu_usage};
 
-/// The BlueFS directory the job files live in.
+/// The BlueFS directory the job files live in (`bluefs_kind=slow`: SLOW_DIR).
 pub const DIR: &str = "bench";
+pub const SLOW_DIR: &str = "bench.slow";
 
 /// Separates `ROLE=URI` pairs in `filename`.
 pub const SEPARATOR: char = '|';
@@ -151,16 +152,22 @@ pub fn mount(filename: &str, mkfs: bool) -> Result<BlueFs> {
     let fs = BlueFs::mount(devices, config, None)
         .with_context(|| format!("cannot mount the BlueFS on '{filename}'"))?
         .fs;
-    if !fs.dir_exists(DIR) {
-        fs.mkdir(DIR)
-            .with_context(|| format!("cannot make directory '{DIR}' on '{filename}'"))?;
+    for dir in [DIR, SLOW_DIR] {
+        if !fs.dir_exists(dir) {
+            fs.mkdir(dir)
+                .with_context(|| format!("cannot make directory '{dir}' on '{filename}'"))?;
+        }
     }
     Ok(fs)
 }
 
 /// The file job clone `clone` of `spec` works on.
 pub fn file_path(spec: &JobSpec, clone: u32) -> String {
-    format!("{DIR}/{}.{clone}", spec.name)
+    match spec.bluefs_kind {
+        FileKind::Db => format!("{DIR}/{}.{clone}", spec.name),
+        FileKind::Wal => format!("{DIR}/{}.{clone}.log", spec.name),
+        FileKind::Slow => format!("{SLOW_DIR}/{}.{clone}", spec.name),
+    }
 }
 
 /// Before a read job's phase: make sure its file holds `size` bytes, writing it (incompressible

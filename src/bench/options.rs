@@ -117,6 +117,9 @@ pub struct JobSpec {
     pub fsync: u64,
     /// `bluefs_mkfs`: make a new BlueFS on the `filename` devices before the run (default on).
     pub bluefs_mkfs: bool,
+    /// `bluefs_kind=db|wal|slow`: what kind of BlueFS file the job works on, hence where its
+    /// data goes — `wal` names it like a RocksDB WAL (`*.log`: the WAL device, with the log).
+    pub bluefs_kind: crate::bluefs::FileKind,
     pub direct: bool,
     pub percentile_list: Vec<f64>,
     pub group_reporting: bool,
@@ -156,6 +159,7 @@ impl JobSpec {
             ioengine: IoEngine::Dev,
             fsync: 0,
             bluefs_mkfs: true,
+            bluefs_kind: crate::bluefs::FileKind::Db,
             direct: true,
             percentile_list: DEFAULT_PERCENTILES.to_vec(),
             group_reporting: false,
@@ -354,6 +358,14 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         // BlueFS has one sync, so fio's fdatasync is the same as its fsync.
         "fsync" | "fdatasync" => spec.fsync = parse_u64(&value).map_err(invalid)?,
         "bluefs_mkfs" => spec.bluefs_mkfs = parse_bool(&value).map_err(invalid)?,
+        "bluefs_kind" => {
+            spec.bluefs_kind = match value.as_str() {
+                "db" => crate::bluefs::FileKind::Db,
+                "wal" => crate::bluefs::FileKind::Wal,
+                "slow" => crate::bluefs::FileKind::Slow,
+                _ => return Err(invalid("expected db, wal or slow".into())),
+            }
+        }
         "direct" => spec.direct = parse_bool(&value).map_err(invalid)?,
         "thread" => {}
         "percentile_list" => {

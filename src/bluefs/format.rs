@@ -206,6 +206,18 @@ pub enum LogOp {
     FileRemove {
         ino: u64,
     },
+    /// Like `FileUpdateDelta`, for an fsync that wrote the appended bytes and this frame under
+    /// one flush: bytes `data_from..size` of the file have crc32c `data_crc`. Replay checks
+    /// them when this is in the log's last frame (only the last can have been cut short) and,
+    /// if they do not match, ends the log before that frame.
+    FileAppendChecked {
+        ino: u64,
+        size: u64,
+        mtime_ns: u64,
+        appended: Vec<Extent>,
+        data_from: u64,
+        data_crc: u32,
+    },
     /// The next frame starts at this byte offset of the log file.
     Jump {
         offset: u64,
@@ -776,6 +788,8 @@ const _: () = assert!(FRAME_HEADER_LEN == 48);
 //    8  FileRemove         ino u64
 //    9  Jump               offset u64
 //   10  JumpSeq            seq u64
+//   11  FileAppendChecked  ino u64, size u64, mtime_ns u64, extent count u32, appended extents,
+//                          data_from u64, data_crc u32 (crc32c of file bytes data_from..size)
 //  name   = length u16 (≤ 4096), then that many bytes of UTF-8
 //  extent = device u8 (0 wal, 1 db, 2 slow), offset u64, length u64 (> 0, offset + length ≤ u64::MAX)
 // Tag 0 is never an op, so zeroed bytes cannot pass for one.
@@ -789,6 +803,7 @@ const TAG_FILE_UPDATE_DELTA: u8 = 7;
 const TAG_FILE_REMOVE: u8 = 8;
 const TAG_JUMP: u8 = 9;
 const TAG_JUMP_SEQ: u8 = 10;
+const TAG_FILE_APPEND_CHECKED: u8 = 11;
 
 /// Shortest encoded op (DirCreate of an empty name: tag + u16), bounding a corrupt op count.
 const MIN_OP_LEN: usize = 1 + 2;
@@ -838,6 +853,22 @@ fn put_op(out: &mut Vec<u8>, op: &LogOp) {
             put_u64(out, *mtime_ns);
             put_extents(out, appended);
         }
+        LogOp::FileAppendChecked {
+            ino,
+            size,
+            mtime_ns,
+            appended,
+            data_from,
+            data_crc,
+        } => {
+            put_u8(out, TAG_FILE_APPEND_CHECKED);
+            put_u64(out, *ino);
+            put_u64(out, *size);
+            put_u64(out, *mtime_ns);
+            put_extents(out, appended);
+            put_u64(out, *data_from);
+            put_u32(out, *data_crc);
+        }
         LogOp::FileRemove { ino } => {
             put_u8(out, TAG_FILE_REMOVE);
             put_u64(out, *ino);
@@ -865,6 +896,7 @@ fn op_kind(tag: u8) -> Option<&'static str> {
         TAG_FILE_REMOVE => "FileRemove",
         TAG_JUMP => "Jump",
         TAG_JUMP_SEQ => "JumpSeq",
+        TAG_FILE_APPEND_CHECKED => "FileAppendChecked",
         _ => return None,
     })
 }
@@ -907,6 +939,14 @@ fn read_op_fields(tag: u8, r: &mut Reader<'_>) -> Result<LogOp, String> {
             offset: r.u64("offset")?,
         },
         TAG_JUMP_SEQ => LogOp::JumpSeq { seq: r.u64("seq")? },
+        TAG_FILE_APPEND_CHECKED => LogOp::FileAppendChecked {
+            ino: r.u64("ino")?,
+            size: r.u64("size")?,
+            mtime_ns: r.u64("mtime")?,
+            appended: r.extents()?,
+            data_from: r.u64("data from")?,
+            data_crc: r.u32("data crc")?,
+        },
         _ => return Err(format!("unknown op tag {tag}")),
     })
 }
@@ -1156,6 +1196,18 @@ mod tests {
             LogOp::FileRemove { ino: 12 },
             LogOp::Jump { offset: 1 << 22 },
             LogOp::JumpSeq { seq: 5000 },
+            LogOp::FileAppendChecked {
+                ino: 13,
+                size: 12_288,
+                mtime_ns: 102,
+                appended: vec![Extent {
+                    device: DeviceId::Db,
+                    offset: 1 << 20,
+                    length: 65536,
+                }],
+                data_from: 4096,
+                data_crc: 0xdead_beef,
+            },
         ]
     }
 
@@ -1519,7 +1571,7 @@ mod tests {
                 out[0]
             })
             .collect();
-        assert_eq!(tags, [1, 2, 3, 4, 5, 6, 6, 7, 7, 8, 9, 10]);
+        assert_eq!(tags, [1, 2, 3, 4, 5, 6, 6, 7, 7, 8, 9, 10, 11]);
         let mut out = Vec::new();
         put_op(
             &mut out,
@@ -1749,8 +1801,8 @@ mod tests {
         assert_eq!(r, "op 1: tag: needs 1 bytes at offset 13, only 0 left");
         let r = payload_error(&ops(1, &[0, 0, 0]));
         assert_eq!(r, "op 0: unknown op tag 0");
-        let r = payload_error(&ops(1, &[11, 0, 0]));
-        assert_eq!(r, "op 0: unknown op tag 11");
+        let r = payload_error(&ops(1, &[12, 0, 0]));
+        assert_eq!(r, "op 0: unknown op tag 12");
 
         let mut bad_utf8 = vec![TAG_DIR_CREATE];
         bad_utf8.extend(name(&[b'a', 0xff, b'b']));

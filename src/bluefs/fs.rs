@@ -1300,6 +1300,13 @@ impl State {
                 size,
                 mtime_ns,
                 appended,
+            }
+            | LogOp::FileAppendChecked {
+                ino,
+                size,
+                mtime_ns,
+                appended,
+                ..
             } => {
                 let Some(f) = self.files.get_mut(ino) else {
                     return Err(format!("update of missing file {ino}"));
@@ -1479,12 +1486,23 @@ impl Inner {
     /// `released`. On failure nothing is applied and nothing released; a failure of the log
     /// write itself makes the filesystem read-only (what reached the disk is unknown).
     fn commit(&self, st: &mut State, ops: Vec<LogOp>, released: Vec<Extent>) -> Result<()> {
+        self.commit_flushing(st, ops, released, &[])
+    }
+
+    /// `commit`, also flushing `also_flush` with the log (see `write_log_frame`).
+    fn commit_flushing(
+        &self,
+        st: &mut State,
+        ops: Vec<LogOp>,
+        released: Vec<Extent>,
+        also_flush: &[DeviceId],
+    ) -> Result<()> {
         if ops.is_empty() {
             self.release_now(st, &released);
             return Ok(());
         }
         self.ensure_log_room(st, &ops)?;
-        self.write_log_frame(st, &ops)?;
+        self.write_log_frame(st, &ops, also_flush)?;
         for op in &ops {
             if let Err(reason) = st.apply(op) {
                 // The log now holds an op the live state refuses: replay would refuse it too.
@@ -1520,7 +1538,7 @@ impl Inner {
             push_extent(&mut fnode.extents, *e);
         }
         let grow = vec![LogOp::FileUpdate(fnode)];
-        if let Err(e) = self.write_log_frame(st, &grow) {
+        if let Err(e) = self.write_log_frame(st, &grow, &[]) {
             self.release_now(st, &extents);
             return Err(e);
         }
@@ -1530,7 +1548,14 @@ impl Inner {
         Ok(())
     }
 
-    fn write_log_frame(&self, st: &mut State, ops: &[LogOp]) -> Result<()> {
+    /// Writes and flushes one frame; `also_flush` adds devices whose earlier writes must become
+    /// durable under the same flush (the data of a checked append).
+    fn write_log_frame(
+        &self,
+        st: &mut State,
+        ops: &[LogOp],
+        also_flush: &[DeviceId],
+    ) -> Result<()> {
         let frame = format::encode_transaction(&Transaction {
             uuid: self.uuid,
             seq: st.log.next_seq,
@@ -1550,7 +1575,9 @@ impl Inner {
         let devices = &self.devices;
         let result =
             write_at(devices, &st.log.fnode.extents, st.log.position, &frame).and_then(|touched| {
-                for id in touched {
+                let mut flush: Vec<DeviceId> = also_flush.to_vec();
+                flush.extend(touched.into_iter().filter(|id| !also_flush.contains(id)));
+                for id in flush {
                     self.device(id)?.flush()?;
                 }
                 Ok(())
@@ -1917,6 +1944,14 @@ fn read_superblock(db: &BlockDevice, uuid: &Uuid) -> Result<Superblock> {
     })
 }
 
+/// Bytes `from..to` of file `ino` must have crc32c `crc` (a checked append).
+struct AppendCheck {
+    ino: u64,
+    from: u64,
+    to: u64,
+    crc: u32,
+}
+
 /// Mount-time log replay.
 struct Replay {
     uuid: Uuid,
@@ -1941,6 +1976,25 @@ impl Replay {
 
     /// Applies transactions until the first frame that fails a check (the torn tail).
     fn run(&mut self, devices: &[Option<BlockDevice>; 3]) -> Result<()> {
+        let start = (self.log.clone(), self.next_seq);
+        if let Some(bad_seq) = self.run_until(devices, None)? {
+            // The last frame committed appended data under the same flush, and the data did not
+            // all land: that fsync never returned, so the log ends before its frame.
+            self.dirs.clear();
+            self.files.clear();
+            (self.log, self.next_seq) = start;
+            self.run_until(devices, Some(bad_seq))?;
+        }
+        Ok(())
+    }
+
+    /// Replays frames (all, or up to `stop_before`); returns the sequence number of the last
+    /// frame if it holds a checked append whose data does not match.
+    fn run_until(
+        &mut self,
+        devices: &[Option<BlockDevice>; 3],
+        stop_before: Option<u64>,
+    ) -> Result<Option<u64>> {
         // Replay reuses State::apply through a scratch State holding only what apply touches.
         let mut st = State {
             dirs: std::mem::take(&mut self.dirs),
@@ -1970,7 +2024,12 @@ impl Replay {
             compactions: 0,
         };
         let mut header = vec![0u8; BLOCK_SIZE as usize];
+        // Checked appends of the last frame applied, with that frame's sequence number.
+        let mut last_checks: Option<(u64, Vec<AppendCheck>)> = None;
         loop {
+            if stop_before == Some(st.log.next_seq) {
+                break;
+            }
             let position = st.log.position;
             if position + BLOCK_SIZE > st.log.fnode.allocated() {
                 break;
@@ -2003,6 +2062,26 @@ impl Replay {
             };
             let mut next_position = position + used as u64;
             let mut next_seq = st.log.next_seq + 1;
+            let checks: Vec<AppendCheck> = txn
+                .ops
+                .iter()
+                .filter_map(|op| match op {
+                    LogOp::FileAppendChecked {
+                        ino,
+                        size,
+                        data_from,
+                        data_crc,
+                        ..
+                    } => Some(AppendCheck {
+                        ino: *ino,
+                        from: *data_from,
+                        to: *size,
+                        crc: *data_crc,
+                    }),
+                    _ => None,
+                })
+                .collect();
+            last_checks = (!checks.is_empty()).then_some((txn.seq, checks));
             for op in &txn.ops {
                 match op {
                     LogOp::Jump { offset } => next_position = *offset,
@@ -2014,6 +2093,29 @@ impl Replay {
             }
             st.log.position = next_position;
             st.log.next_seq = next_seq;
+        }
+        if let Some((seq, checks)) = last_checks
+            && stop_before.is_none()
+        {
+            for AppendCheck { ino, from, to, crc } in checks {
+                let Some(f) = st.files.get(&ino) else {
+                    continue;
+                };
+                if from >= to {
+                    continue;
+                }
+                let start = from / BLOCK_SIZE * BLOCK_SIZE;
+                let end = to.next_multiple_of(BLOCK_SIZE);
+                let Some(pieces) = map_range(&f.fnode.extents, start, end - start) else {
+                    return Ok(Some(seq));
+                };
+                let mut data = vec![0u8; (end - start) as usize];
+                read_into(devices, &pieces, &mut data)?;
+                let bytes = &data[(from - start) as usize..(to - start) as usize];
+                if crc32c::crc32c(bytes) != crc {
+                    return Ok(Some(seq));
+                }
+            }
         }
         check_no_later_frames(
             devices,
@@ -2027,7 +2129,7 @@ impl Replay {
         self.log = st.log.fnode;
         self.position = st.log.position;
         self.next_seq = st.log.next_seq;
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -2114,6 +2216,10 @@ pub struct FileWriter {
     buffer: Vec<u8>,
     /// Devices written since the last fsync.
     dirty: Vec<DeviceId>,
+    /// The committed size this writer last made durable, and the crc32c of the bytes appended
+    /// since: what lets an fsync commit data and log under one flush (a checked append).
+    synced_size: u64,
+    unsynced_crc: u32,
     closed: bool,
 }
 
@@ -2130,6 +2236,8 @@ impl FileWriter {
             tail,
             buffer: Vec::new(),
             dirty: Vec::new(),
+            synced_size: size,
+            unsynced_crc: 0,
             closed: false,
         }
     }
@@ -2217,6 +2325,7 @@ impl FileWriter {
                 self.dirty.push(p.device);
             }
         }
+        self.unsynced_crc = crc32c::crc32c_append(self.unsynced_crc, &self.buffer);
         let last_block_start = end / BLOCK_SIZE * BLOCK_SIZE;
         self.tail = data[(last_block_start - start) as usize..(end - start) as usize].to_vec();
         self.flushed = end;
@@ -2236,36 +2345,63 @@ impl FileWriter {
     pub fn fsync(&mut self) -> Result<()> {
         self.flush()?;
         let inner = &self.fs.inner;
-        for id in std::mem::take(&mut self.dirty) {
-            if let Err(e) = inner.device(id)?.flush() {
-                // After a failed flush nothing written since the last good one can be trusted
-                // to be on disk — a later flush succeeding proves nothing about it ("fsyncgate").
-                // Committing any size past it could expose garbage, so stop writing.
-                lock(&inner.state).read_only =
-                    Some(format!("a flush of the {} device failed: {e}", id.name()));
-                return Err(e);
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut st = inner.lock_writable()?;
+        let Some(f) = st.files.get(&self.ino) else {
+            return Ok(()); // removed: nothing left to make durable
+        };
+        let size = f.size();
+        // A pure append since this writer's last fsync: data and log go under one flush, the
+        // frame carrying the crc32c of the appended bytes so replay can tell whether they
+        // landed (the last frame is the only one that can be cut short). Otherwise: data,
+        // flush, then log.
+        let checked = f.fnode.size == self.synced_size && size > self.synced_size;
+        let nothing_new = f.pending_extents.is_empty() && size == f.fnode.size;
+        if !checked {
+            for id in &dirty {
+                if let Err(e) = inner.device(*id)?.flush() {
+                    // After a failed flush nothing written since the last good one can be
+                    // trusted to be on disk — a later flush succeeding proves nothing about it
+                    // ("fsyncgate"). Committing any size past it could expose garbage.
+                    st.read_only = Some(format!("a flush of the {} device failed: {e}", id.name()));
+                    return Err(e);
+                }
             }
         }
-        {
-            let mut st = inner.lock_writable()?;
-            let Some(f) = st.files.get(&self.ino) else {
-                return Ok(()); // removed: nothing left to make durable
+        if nothing_new {
+            return Ok(());
+        }
+        let f = &st.files[&self.ino];
+        let (op, also_flush) = if checked {
+            let op = LogOp::FileAppendChecked {
+                ino: self.ino,
+                size,
+                mtime_ns: now_ns(),
+                appended: f.pending_extents.clone(),
+                data_from: self.synced_size,
+                data_crc: self.unsynced_crc,
             };
-            let size = f.size();
-            if f.pending_extents.is_empty() && size == f.fnode.size {
-                return Ok(());
-            }
+            (op, dirty.as_slice())
+        } else {
             let op = LogOp::FileUpdateDelta {
                 ino: self.ino,
                 size,
                 mtime_ns: now_ns(),
                 appended: f.pending_extents.clone(),
             };
-            inner.commit(&mut st, vec![op], Vec::new())?;
-            let f = st.files.get_mut(&self.ino).expect("still there");
-            f.pending_extents.clear();
-            f.pending_size = None;
+            (op, &[][..])
+        };
+        if let Err(e) = inner.commit_flushing(&mut st, vec![op], Vec::new(), also_flush) {
+            // Nothing was committed: the data still needs its flush at the next attempt.
+            drop(st);
+            self.dirty = dirty;
+            return Err(e);
         }
+        let f = st.files.get_mut(&self.ino).expect("still there");
+        f.pending_extents.clear();
+        f.pending_size = None;
+        self.synced_size = size;
+        self.unsynced_crc = 0;
         Ok(())
     }
 
@@ -2281,6 +2417,8 @@ impl FileWriter {
         }
         // Reload the tail block of the new end.
         self.flushed = size;
+        self.synced_size = size;
+        self.unsynced_crc = 0;
         self.tail.clear();
         if size % BLOCK_SIZE != 0 {
             let pieces = {

@@ -31,6 +31,20 @@ pub(crate) struct BlockDevice {
     lanes: Mutex<Vec<Lane>>,
 }
 
+/// Counts polls that found nothing; past a short spin, waits instead (a kernel worker finishing
+/// our command may need this CPU).
+#[derive(Default)]
+struct Idle(u32);
+
+impl Idle {
+    fn tick(&mut self, qp: &mut QueuePair) {
+        self.0 += 1;
+        if self.0 > 64 {
+            qp.wait();
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -114,6 +128,7 @@ impl BlockDevice {
             let mut next = 0;
             let mut done = 0;
             let mut out = Vec::with_capacity(DEPTH as usize);
+            let mut idle = Idle::default();
             let mut first_error = None;
             while done < chunks.len() {
                 while next < chunks.len() && qp.outstanding() < DEPTH && first_error.is_none() {
@@ -131,7 +146,9 @@ impl BlockDevice {
                 if first_error.is_some() && qp.outstanding() == 0 {
                     break;
                 }
-                qp.poll(usize::MAX, &mut out)?;
+                if qp.poll(usize::MAX, &mut out)? == 0 {
+                    idle.tick(qp);
+                }
                 // Draining drops each buffer back into the pool before the next submission.
                 for c in out.drain(..) {
                     let (at, bytes) = chunks[c.tag as usize];
@@ -157,6 +174,7 @@ impl BlockDevice {
             let mut next = 0;
             let mut done = 0;
             let mut completions = Vec::with_capacity(DEPTH as usize);
+            let mut idle = Idle::default();
             let mut first_error = None;
             while done < pieces.len() {
                 while next < pieces.len() && qp.outstanding() < DEPTH && first_error.is_none() {
@@ -174,7 +192,9 @@ impl BlockDevice {
                 if first_error.is_some() && qp.outstanding() == 0 {
                     break;
                 }
-                qp.poll(usize::MAX, &mut completions)?;
+                if qp.poll(usize::MAX, &mut completions)? == 0 {
+                    idle.tick(qp);
+                }
                 for c in completions.drain(..) {
                     let (at, ref mut piece) = pieces[c.tag as usize];
                     match self.check(&c, Opcode::Read, at, piece.len() as u64) {

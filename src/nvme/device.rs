@@ -146,6 +146,14 @@ pub(crate) trait QueuePairBackend: Send {
         stats: &mut QueuePairStats,
     ) -> PollResult;
 
+    /// Called by a caller with nothing to do but wait for completions that are not arriving:
+    /// a backend whose completions come from the kernel sleeps there until one is ready (or
+    /// briefly); others just yield the CPU. Busy-polling here would keep the CPU from the
+    /// kernel worker that has to finish the command when it runs on the same CPU.
+    fn wait(&mut self, _stats: &mut QueuePairStats) {
+        std::thread::yield_now();
+    }
+
     /// Makes a pool's buffers cheaper to use (registered with the kernel or the IOMMU). Returns
     /// whether the backend did anything with it.
     fn register_pool(&mut self, _pool: &DmaPool) -> Result<bool, NvmeError> {
@@ -246,6 +254,8 @@ pub struct QueuePairStats {
     pub doorbell_commands: u64,
     /// Kernel entries made while polling (io_uring_enter); zero for pure userspace backends.
     pub syscalls: u64,
+    /// Sleeps in the kernel by [`QueuePair::wait`] (not counted in `syscalls`).
+    pub waits: u64,
 }
 
 impl QueuePairStats {
@@ -400,7 +410,7 @@ impl QueuePair {
             if self.poll(usize::MAX, out)? == 0 {
                 idle_polls = idle_polls.saturating_add(1);
                 if idle_polls > 64 {
-                    std::thread::yield_now();
+                    self.wait();
                 }
             } else {
                 idle_polls = 0;
@@ -430,6 +440,15 @@ impl QueuePair {
         self.drain(&mut out)?;
         out.pop()
             .ok_or_else(|| broken("the command's completion never came back".into()))
+    }
+
+    /// Waits for completions without spinning, for callers that have nothing else to do (after
+    /// polls that found none): sleeps in the kernel on backends whose completions come from it
+    /// (io_uring), yields elsewhere. Returns at once when nothing is outstanding.
+    pub fn wait(&mut self) {
+        if self.outstanding > 0 && self.rejected.is_empty() {
+            self.backend.wait(&mut self.stats);
+        }
     }
 
     /// Registers a pool's region with the device (io_uring fixed buffers, IOMMU mapping), so

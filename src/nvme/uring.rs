@@ -947,6 +947,22 @@ impl Ring {
         }
     }
 
+    /// Sleeps in the kernel until a completion is ready or `timeout` passes. Only for rings
+    /// whose completions the kernel posts on its own (not IOPOLL) and a kernel with EXT_ARG
+    /// (5.11); returns false when it could not wait.
+    fn wait_for_completion(&mut self, timeout: Duration, stats: &mut QueuePairStats) -> bool {
+        let params = self.uring.params();
+        if self.polled || !params.is_feature_ext_arg() || self.in_flight == 0 {
+            return false;
+        }
+        let timeout = types::Timespec::new().nsec(timeout.as_nanos() as u32);
+        let args = types::SubmitArgs::new().timespec(&timeout);
+        stats.waits += 1;
+        // ETIME, EINTR and the rest only end the wait early; the caller polls again.
+        let _ = self.uring.submitter().submit_with_args(1, &args);
+        true
+    }
+
     /// Waits a little for completions without spinning; used only while dropping.
     fn wait_briefly(&mut self) {
         let params = self.uring.params();
@@ -1384,6 +1400,25 @@ impl UringQueuePair {
 }
 
 impl QueuePairBackend for UringQueuePair {
+    /// Sleeps on a ring with commands in flight, unless a polled ring has some (those complete
+    /// only when polled).
+    fn wait(&mut self, stats: &mut QueuePairStats) {
+        if self.broken.is_some() || !self.unsent.is_empty() || !self.ready.is_empty() {
+            return;
+        }
+        if self.data.polled && self.data.in_flight > 0 {
+            std::thread::yield_now();
+            return;
+        }
+        let rings = std::iter::once(&mut self.data).chain(self.sync.as_mut());
+        for ring in rings {
+            if ring.wait_for_completion(Duration::from_millis(1), stats) {
+                return;
+            }
+        }
+        std::thread::yield_now();
+    }
+
     #[inline]
     fn queue(&mut self, cmd: IoCmd) {
         let block_size = self.ns.info.block_size;
