@@ -1486,23 +1486,35 @@ impl Inner {
     /// `released`. On failure nothing is applied and nothing released; a failure of the log
     /// write itself makes the filesystem read-only (what reached the disk is unknown).
     fn commit(&self, st: &mut State, ops: Vec<LogOp>, released: Vec<Extent>) -> Result<()> {
-        self.commit_flushing(st, ops, released, &[])
+        self.commit_inner(st, ops, released, &[], &[])
     }
 
-    /// `commit`, also flushing `also_flush` with the log (see `write_log_frame`).
-    fn commit_flushing(
+    /// `commit`, also writing `also_write` together with the frame and flushing `also_flush`
+    /// with the log (a checked append).
+    fn commit_with_writes(
+        &self,
+        st: &mut State,
+        ops: Vec<LogOp>,
+        also_flush: &[DeviceId],
+        also_write: &[(Extent, &[u8])],
+    ) -> Result<()> {
+        self.commit_inner(st, ops, Vec::new(), also_flush, also_write)
+    }
+
+    fn commit_inner(
         &self,
         st: &mut State,
         ops: Vec<LogOp>,
         released: Vec<Extent>,
         also_flush: &[DeviceId],
+        also_write: &[(Extent, &[u8])],
     ) -> Result<()> {
         if ops.is_empty() {
             self.release_now(st, &released);
             return Ok(());
         }
         self.ensure_log_room(st, &ops)?;
-        self.write_log_frame(st, &ops, also_flush)?;
+        self.write_log_frame(st, &ops, also_flush, also_write)?;
         for op in &ops {
             if let Err(reason) = st.apply(op) {
                 // The log now holds an op the live state refuses: replay would refuse it too.
@@ -1538,7 +1550,7 @@ impl Inner {
             push_extent(&mut fnode.extents, *e);
         }
         let grow = vec![LogOp::FileUpdate(fnode)];
-        if let Err(e) = self.write_log_frame(st, &grow, &[]) {
+        if let Err(e) = self.write_log_frame(st, &grow, &[], &[]) {
             self.release_now(st, &extents);
             return Err(e);
         }
@@ -1555,6 +1567,7 @@ impl Inner {
         st: &mut State,
         ops: &[LogOp],
         also_flush: &[DeviceId],
+        also_write: &[(Extent, &[u8])],
     ) -> Result<()> {
         let frame = format::encode_transaction(&Transaction {
             uuid: self.uuid,
@@ -1573,8 +1586,20 @@ impl Inner {
             });
         }
         let devices = &self.devices;
-        let result =
-            write_at(devices, &st.log.fnode.extents, st.log.position, &frame).and_then(|touched| {
+        let result = map_range(&st.log.fnode.extents, st.log.position, len)
+            .ok_or_else(|| BlueFsError::Corrupt {
+                reason: format!("log frame at {} past the log's allocation", st.log.position),
+            })
+            .and_then(|pieces| {
+                let mut at = 0usize;
+                let mut writes: Vec<(Extent, &[u8])> = also_write.to_vec();
+                for p in pieces {
+                    writes.push((p, &frame[at..at + p.length as usize]));
+                    at += p.length as usize;
+                }
+                write_pieces(devices, &writes)
+            })
+            .and_then(|touched| {
                 let mut flush: Vec<DeviceId> = also_flush.to_vec();
                 flush.extend(touched.into_iter().filter(|id| !also_flush.contains(id)));
                 for id in flush {
@@ -1905,20 +1930,41 @@ fn write_at(
                 data.len()
             ),
         })?;
-    let mut touched = Vec::new();
     let mut at = 0usize;
-    for p in pieces {
-        let dev = devices[p.device.index()]
+    let writes: Vec<(Extent, &[u8])> = pieces
+        .iter()
+        .map(|p| {
+            let bytes = &data[at..at + p.length as usize];
+            at += p.length as usize;
+            (*p, bytes)
+        })
+        .collect();
+    write_pieces(devices, &writes)
+}
+
+/// Writes device ranges, all of one device's in flight together; returns the devices written.
+fn write_pieces(
+    devices: &[Option<BlockDevice>; 3],
+    writes: &[(Extent, &[u8])],
+) -> Result<Vec<DeviceId>> {
+    let mut touched = Vec::new();
+    for id in DeviceId::ALL {
+        let ranges: Vec<(u64, &[u8])> = writes
+            .iter()
+            .filter(|(p, _)| p.device == id)
+            .map(|(p, bytes)| (p.offset, *bytes))
+            .collect();
+        if ranges.is_empty() {
+            continue;
+        }
+        let dev = devices[id.index()]
             .as_ref()
             .ok_or(BlueFsError::WrongDevice {
-                device: p.device.name(),
+                device: id.name(),
                 reason: "is referenced but was not given".into(),
             })?;
-        dev.write(p.offset, &data[at..at + p.length as usize])?;
-        at += p.length as usize;
-        if !touched.contains(&p.device) {
-            touched.push(p.device);
-        }
+        dev.write_many(&ranges)?;
+        touched.push(id);
     }
     Ok(touched)
 }
@@ -2223,6 +2269,30 @@ pub struct FileWriter {
     closed: bool,
 }
 
+/// A writer's buffered bytes laid out on the device, not yet written.
+struct PreparedData {
+    pieces: Vec<Extent>,
+    /// Bytes from `start` (block-aligned: the tail block whole) to the end, zero-padded.
+    data: Vec<u8>,
+    start: u64,
+    /// The file's size once written.
+    end: u64,
+}
+
+impl PreparedData {
+    fn writes(&self) -> Vec<(Extent, &[u8])> {
+        let mut at = 0usize;
+        self.pieces
+            .iter()
+            .map(|p| {
+                let bytes = &self.data[at..at + p.length as usize];
+                at += p.length as usize;
+                (*p, bytes)
+            })
+            .collect()
+    }
+}
+
 /// Appends are pushed to the device once this much is buffered.
 const WRITE_BUFFER: usize = 1 << 20;
 
@@ -2271,8 +2341,20 @@ impl FileWriter {
 
     /// Writes buffered bytes to the device (not yet durable, not yet in the log).
     pub fn flush(&mut self) -> Result<()> {
-        if self.buffer.is_empty() {
+        let Some(prepared) = self.prepare_flush()? else {
             return Ok(());
+        };
+        let writes = prepared.writes();
+        write_pieces(&self.fs.inner.devices, &writes)?;
+        self.finish_flush(prepared);
+        Ok(())
+    }
+
+    /// Allocates space for the buffered bytes and lays them out as device writes (the tail
+    /// block rewritten whole), without writing.
+    fn prepare_flush(&mut self) -> Result<Option<PreparedData>> {
+        if self.buffer.is_empty() {
+            return Ok(None);
         }
         let inner = &self.fs.inner;
         let start = self.flushed - self.tail.len() as u64; // block-aligned
@@ -2315,12 +2397,23 @@ impl FileWriter {
         data.extend_from_slice(&self.tail);
         data.extend_from_slice(&self.buffer);
         data.resize((padded_end - start) as usize, 0);
-        let mut at = 0usize;
+        Ok(Some(PreparedData {
+            pieces,
+            data,
+            start,
+            end,
+        }))
+    }
+
+    /// The prepared bytes reached the device: the writer and the file move on to them.
+    fn finish_flush(&mut self, prepared: PreparedData) {
+        let PreparedData {
+            pieces,
+            data,
+            start,
+            end,
+        } = prepared;
         for p in &pieces {
-            inner
-                .device(p.device)?
-                .write(p.offset, &data[at..at + p.length as usize])?;
-            at += p.length as usize;
             if !self.dirty.contains(&p.device) {
                 self.dirty.push(p.device);
             }
@@ -2330,7 +2423,7 @@ impl FileWriter {
         self.tail = data[(last_block_start - start) as usize..(end - start) as usize].to_vec();
         self.flushed = end;
         self.buffer.clear();
-        let mut st = lock(&inner.state);
+        let mut st = lock(&self.fs.inner.state);
         let f = match st.files.get_mut(&self.ino) {
             Some(f) => Some(f),
             None => st.orphans.get_mut(&self.ino),
@@ -2338,28 +2431,41 @@ impl FileWriter {
         if let Some(f) = f {
             f.pending_size = Some(end);
         }
-        Ok(())
     }
 
-    /// Flushes, makes the data durable, then commits the file's size and new extents.
+    /// Makes everything appended durable and commits the file's size and new extents.
     pub fn fsync(&mut self) -> Result<()> {
-        self.flush()?;
-        let inner = &self.fs.inner;
-        let dirty = std::mem::take(&mut self.dirty);
+        let fs = self.fs.clone();
+        let inner = &fs.inner;
+        let prepared = self.prepare_flush()?;
         let mut st = inner.lock_writable()?;
         let Some(f) = st.files.get(&self.ino) else {
-            return Ok(()); // removed: nothing left to make durable
+            drop(st);
+            // Removed: its bytes still go to its space (it may be open elsewhere), nothing more.
+            return match prepared {
+                Some(p) => {
+                    write_pieces(&inner.devices, &p.writes())?;
+                    self.finish_flush(p);
+                    Ok(())
+                }
+                None => Ok(()),
+            };
         };
-        let size = f.size();
-        // A pure append since this writer's last fsync: data and log go under one flush, the
-        // frame carrying the crc32c of the appended bytes so replay can tell whether they
-        // landed (the last frame is the only one that can be cut short). Otherwise: data,
-        // flush, then log.
+        let size = prepared.as_ref().map_or(f.size(), |p| p.end);
+        // A pure append since this writer's last fsync: the data and the log record are written
+        // together and made durable by one flush, the record carrying the crc32c of the
+        // appended bytes so replay can tell whether they landed (only the last frame can be cut
+        // short). Otherwise: data, flush, then log.
         let checked = f.fnode.size == self.synced_size && size > self.synced_size;
-        let nothing_new = f.pending_extents.is_empty() && size == f.fnode.size;
         if !checked {
-            for id in &dirty {
-                if let Err(e) = inner.device(*id)?.flush() {
+            if let Some(p) = prepared {
+                drop(st);
+                write_pieces(&inner.devices, &p.writes())?;
+                self.finish_flush(p);
+                st = inner.lock_writable()?;
+            }
+            for id in std::mem::take(&mut self.dirty) {
+                if let Err(e) = inner.device(id)?.flush() {
                     // After a failed flush nothing written since the last good one can be
                     // trusted to be on disk — a later flush succeeding proves nothing about it
                     // ("fsyncgate"). Committing any size past it could expose garbage.
@@ -2367,40 +2473,56 @@ impl FileWriter {
                     return Err(e);
                 }
             }
-        }
-        if nothing_new {
-            return Ok(());
-        }
-        let f = &st.files[&self.ino];
-        let (op, also_flush) = if checked {
+            let Some(f) = st.files.get(&self.ino) else {
+                return Ok(());
+            };
+            if f.pending_extents.is_empty() && f.size() == f.fnode.size {
+                return Ok(());
+            }
+            let op = LogOp::FileUpdateDelta {
+                ino: self.ino,
+                size: f.size(),
+                mtime_ns: now_ns(),
+                appended: f.pending_extents.clone(),
+            };
+            inner.commit(&mut st, vec![op], Vec::new())?;
+        } else {
+            let crc = crc32c::crc32c_append(self.unsynced_crc, &self.buffer);
             let op = LogOp::FileAppendChecked {
                 ino: self.ino,
                 size,
                 mtime_ns: now_ns(),
                 appended: f.pending_extents.clone(),
                 data_from: self.synced_size,
-                data_crc: self.unsynced_crc,
+                data_crc: crc,
             };
-            (op, dirty.as_slice())
-        } else {
-            let op = LogOp::FileUpdateDelta {
-                ino: self.ino,
-                size,
-                mtime_ns: now_ns(),
-                appended: f.pending_extents.clone(),
-            };
-            (op, &[][..])
-        };
-        if let Err(e) = inner.commit_flushing(&mut st, vec![op], Vec::new(), also_flush) {
-            // Nothing was committed: the data still needs its flush at the next attempt.
+            let writes = prepared.as_ref().map(|p| p.writes()).unwrap_or_default();
+            let mut also_flush = self.dirty.clone();
+            for (piece, _) in &writes {
+                if !also_flush.contains(&piece.device) {
+                    also_flush.push(piece.device);
+                }
+            }
+            // On failure nothing was committed; the data (and its flush) come again next time.
+            inner.commit_with_writes(&mut st, vec![op], &also_flush, &writes)?;
+            drop(writes);
+            // The commit moved the pending extents into the fnode: drop them before anyone
+            // else can see both.
+            if let Some(f) = st.files.get_mut(&self.ino) {
+                f.pending_extents.clear();
+            }
+            self.dirty.clear();
             drop(st);
-            self.dirty = dirty;
-            return Err(e);
+            if let Some(p) = prepared {
+                self.finish_flush(p);
+            }
+            st = inner.lock_writable()?;
         }
-        let f = st.files.get_mut(&self.ino).expect("still there");
-        f.pending_extents.clear();
-        f.pending_size = None;
-        self.synced_size = size;
+        if let Some(f) = st.files.get_mut(&self.ino) {
+            f.pending_extents.clear();
+            f.pending_size = None;
+        }
+        self.synced_size = size.max(self.flushed);
         self.unsynced_crc = 0;
         Ok(())
     }

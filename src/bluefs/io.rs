@@ -118,12 +118,21 @@ impl BlockDevice {
 
     /// Writes `data` (a whole number of BlueFS blocks) at byte `offset` (block-aligned).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-        debug_assert!(offset % BLOCK_SIZE == 0 && data.len() as u64 % BLOCK_SIZE == 0);
-        let chunks: Vec<(u64, &[u8])> = data
-            .chunks(self.chunk)
-            .enumerate()
-            .map(|(i, c)| (offset + (i * self.chunk) as u64, c))
-            .collect();
+        self.write_many(&[(offset, data)])
+    }
+
+    /// Writes several (offset, data) ranges with all their commands in flight together, so
+    /// independent writes (a file's data and the log record describing it) cost one round trip.
+    pub fn write_many(&self, ranges: &[(u64, &[u8])]) -> Result<()> {
+        let mut chunks: Vec<(u64, &[u8])> = Vec::new();
+        for &(offset, data) in ranges {
+            debug_assert!(offset % BLOCK_SIZE == 0 && data.len() as u64 % BLOCK_SIZE == 0);
+            chunks.extend(
+                data.chunks(self.chunk)
+                    .enumerate()
+                    .map(|(i, c)| (offset + (i * self.chunk) as u64, c)),
+            );
+        }
         self.with_queue_pair(|qp, pool| {
             let mut next = 0;
             let mut done = 0;
