@@ -16,7 +16,8 @@
 //! - other modes are an error.
 //!
 //! A write is `append` (+ `flush` to the device with `direct=1`, the default, as O_DIRECT reaches
-//! the device) (+ `fsync` when `fsync=N` says one is due): its latency, recorded as `clat` and
+//! the device) (+ `fsync` when `fsync=N` says one is due — it then writes the bytes itself,
+//! together with its log record, instead of the flush): its latency, recorded as `clat` and
 //! `lat`, covers all of that, so with `fsync=1` the write latency is the latency of one
 //! append+fsync. The fsyncs alone are also counted and timed, in fio's `sync` section.
 
@@ -449,12 +450,15 @@ pub fn run(job: FsJob) -> JobResult {
                 let offset = wr.size();
                 let t0 = clock.now_ns();
                 let mut result = wr.append(data);
-                if result.is_ok() && spec.direct {
+                *since_sync += 1;
+                let sync_due = spec.fsync > 0 && *since_sync >= spec.fsync;
+                // direct=1: the bytes reach the device now — by the fsync when one is due (it
+                // writes them together with its log record), else by a flush.
+                if result.is_ok() && spec.direct && !sync_due {
                     result = wr.flush();
                 }
-                *since_sync += 1;
                 let mut sync_ns = None;
-                if result.is_ok() && spec.fsync > 0 && *since_sync >= spec.fsync {
+                if result.is_ok() && sync_due {
                     let s0 = clock.now_ns();
                     result = wr.fsync();
                     sync_ns = Some(clock.now_ns() - s0);
