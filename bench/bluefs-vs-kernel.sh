@@ -27,6 +27,9 @@
 #   --taskset=CPUS  run both tools under `taskset -c CPUS` (a diagnostic, default: not pinned;
 #                   e.g. 0 puts each tool's thread and the kernel's helpers on one CPU)
 #   --keep=DIR      keep the JSON results
+#   --flush=inline  how the uring: devices flush (their flush= parameter): inline (default: an
+#                   fdatasync by the BlueFS thread, which waits for it anyway) or async (an
+#                   io_uring fsync run by a kernel worker)
 #   --kind=wal      the BlueFS file's kind (bluefs_kind): wal (default: a RocksDB WAL file, on the
 #                   WAL device with the log) or db (on the DB device)
 #
@@ -58,6 +61,7 @@ rounds=3
 runtime=10
 dir="$HOME/.cache/bluepoll/bluefs-vs-kernel"
 kind=wal
+flush=inline
 size=1g
 images=written
 warmup=2
@@ -77,6 +81,7 @@ for arg in "$@"; do
         --taskset=*) pin=(taskset -c "${arg#*=}") ;;
         -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;
         --kind=*) kind="${arg#*=}" ;;
+        --flush=*) flush="${arg#*=}" ;;
         *) echo "bluefs-vs-kernel.sh: unknown argument '$arg' (--help)" >&2; exit 2 ;;
     esac
 done
@@ -159,7 +164,7 @@ div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f\n", a / b; else
 us() { awk -v n="$1" 'BEGIN { printf "%.0f", n / 1000 }'; }
 
 job=(--name=append-fsync --rw=write --bs=4k --direct=1 --fdatasync=1 --size="$size" --time_based)
-filename="db=uring:$db|wal=uring:$wal"
+filename="db=uring:$db?flush=$flush|wal=uring:$wal?flush=$flush"
 
 # The appended file is a RocksDB WAL file (bluefs_kind=wal: named *.log), the append+fsync
 # workload RocksDB has: it lives on the WAL device beside the BlueFS log, so one flush covers the
