@@ -23,8 +23,9 @@ commands:
   fsck                 check metadata; exit status 1 when damaged
   compact              rewrite the log from live metadata
   expand               take grown devices' new space into use
-  bench-mount [N,...]  mount time after N files (default 1000,10000,100000) on RAM devices,
-                       with and without a long history; needs no --db
+  bench-mount [N,...] [H]  mount time after N files (default 1000,10000,100000) on RAM
+                       devices, without history and after H×N more made and deleted
+                       (default H=4); needs no --db
 
 Devices are device URIs (mem:, uring:, pcie:, fault:); docs/bluefs.md has the details.";
 
@@ -263,12 +264,18 @@ fn bench_mount(args: &[String]) -> Result<i32> {
             .collect::<Result<_>>()?,
         None => vec![1000, 10_000, 100_000],
     };
+    let history: u64 = match args.get(1) {
+        Some(h) => h
+            .parse()
+            .with_context(|| format!("'{h}' is not a history multiple"))?,
+        None => 4,
+    };
     println!(
         "{:>8} {:>10} {:>12} {:>12} {:>10}",
         "files", "history", "log bytes", "mount ms", "µs/file"
     );
     for &files in &counts {
-        for churn in [0, 4] {
+        for churn in [0, history] {
             let devices = Devices::only(Device::open("mem:2G")?);
             // 4 KiB units: 100k one-block files fit in RAM.
             let config = BlueFsConfig {
