@@ -193,6 +193,8 @@ exact=0
 if command -v python3 >/dev/null 2>&1; then
     exact=1
     echo "(c) bench/kernel-append-fsync.py: the same kernel loop timed whole (exact loop p99), on $kfile.loop"
+else
+    echo "(c) skipped: python3 is not installed, so the kernel loop is compared through fio only"
 fi
 echo
 
