@@ -215,6 +215,9 @@ struct FileMeta {
     pending_size: Option<u64>,
     readers: u32,
     writer: bool,
+    /// Space the file gave up (truncate, create over it) while readers were open: one of them
+    /// may be reading it right now, so it is freed when the last reader closes.
+    deferred_release: Vec<Extent>,
 }
 
 impl FileMeta {
@@ -227,6 +230,7 @@ impl FileMeta {
             pending_size: None,
             readers: 0,
             writer: false,
+            deferred_release: Vec::new(),
         }
     }
 
@@ -744,17 +748,26 @@ impl BlueFs {
                     });
                 }
                 let released: Vec<Extent> = f.all_extents().copied().collect();
+                let readers = f.readers > 0;
                 let fnode = Fnode {
                     ino,
                     size: 0,
                     mtime_ns: now_ns(),
                     extents: Vec::new(),
                 };
+                let now = if readers {
+                    Vec::new()
+                } else {
+                    released.clone()
+                };
                 self.inner
-                    .commit(&mut st, vec![LogOp::FileUpdate(fnode)], released)?;
+                    .commit(&mut st, vec![LogOp::FileUpdate(fnode)], now)?;
                 let f = st.files.get_mut(&ino).expect("still there");
                 f.pending_extents.clear();
                 f.pending_size = None;
+                if readers {
+                    f.deferred_release.extend(released);
+                }
                 ino
             }
             None => {
@@ -1125,8 +1138,8 @@ impl BlueFs {
             errors: Vec::new(),
         };
         let mut spans: Vec<(DeviceId, u64, u64, u64)> = Vec::new();
-        for f in st.files.values() {
-            for e in f.all_extents() {
+        for f in st.files.values().chain(st.orphans.values()) {
+            for e in f.all_extents().chain(&f.deferred_release) {
                 spans.push((e.device, e.offset, e.end(), f.fnode.ino));
             }
             if f.size() > f.allocated() {
@@ -1641,6 +1654,10 @@ impl Inner {
         let mut st = lock(&self.state);
         if let Some(f) = st.files.get_mut(&ino) {
             f.readers = f.readers.saturating_sub(1);
+            if f.readers == 0 && !f.deferred_release.is_empty() {
+                let deferred = std::mem::take(&mut f.deferred_release);
+                self.release_now(&mut st, &deferred);
+            }
         } else if let Some(mut f) = st.orphans.remove(&ino) {
             f.readers = f.readers.saturating_sub(1);
             self.close_orphan(&mut st, ino, f);
@@ -1653,7 +1670,11 @@ impl Inner {
         if f.readers > 0 || f.writer {
             st.orphans.insert(ino, f);
         } else {
-            let extents: Vec<Extent> = f.all_extents().copied().collect();
+            let extents: Vec<Extent> = f
+                .all_extents()
+                .chain(&f.deferred_release)
+                .copied()
+                .collect();
             self.release_now(st, &extents);
         }
     }
@@ -1688,10 +1709,19 @@ impl Inner {
             mtime_ns: now_ns(),
             extents: kept,
         };
-        self.commit(st, vec![LogOp::FileUpdate(fnode)], released)?;
+        let readers = f.readers > 0;
+        let now = if readers {
+            Vec::new()
+        } else {
+            released.clone()
+        };
+        self.commit(st, vec![LogOp::FileUpdate(fnode)], now)?;
         let f = st.files.get_mut(&ino).expect("still there");
         f.pending_extents.clear();
         f.pending_size = None;
+        if readers {
+            f.deferred_release.extend(released);
+        }
         Ok(())
     }
 

@@ -172,6 +172,31 @@ fn truncate_releases_and_keeps_the_right_extents() {
     assert_clean(&fs);
 }
 
+/// Space a file gives up while a reader has it open is freed only when that reader closes: an
+/// in-flight read must never see the space reused.
+#[test]
+fn space_given_up_under_an_open_reader_is_freed_when_it_closes() {
+    let devices = Devices::only(mem("64M"));
+    let config = small_config();
+    let fs = fresh(&devices, &config);
+    fs.mkdir("d").unwrap();
+    write_file(&fs, "d/f", &pattern(4, 1 << 20));
+    let free = || fs.usage().devices[1].clone().unwrap().free;
+    let reader = fs.open_read("d/f").unwrap();
+    let before = free();
+    fs.truncate("d/f", 4096).unwrap();
+    assert_eq!(free(), before, "nothing freed while the reader is open");
+    assert_clean(&fs);
+    fs.create("d/f").unwrap().close().unwrap();
+    assert_eq!(free(), before);
+    drop(reader);
+    assert_eq!(free() - before, 1 << 20, "all of it freed at close");
+    assert_clean(&fs);
+    let fs = remount(fs, &devices, &config);
+    assert_eq!(fs.stat("d/f").unwrap().size, 0);
+    assert_clean(&fs);
+}
+
 #[test]
 fn rename_replaces_an_existing_file_and_frees_its_space() {
     let devices = Devices::only(mem("64M"));
