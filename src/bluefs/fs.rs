@@ -60,7 +60,8 @@ impl Devices {
 
 #[derive(Clone, Debug)]
 pub struct BlueFsConfig {
-    /// Allocation unit per device (WAL, DB, SLOW): a power of two ≥ 4 KiB.
+    /// Allocation unit per device (WAL, DB, SLOW): a power of two ≥ 4 KiB. Chosen at mkfs and
+    /// recorded in the superblock; a mount uses the recorded units.
     pub alloc_units: [u64; 3],
     /// Bytes kept free on the WAL and DB devices for the log alone, so it can always commit
     /// and compact when data has filled everything else.
@@ -541,6 +542,14 @@ impl BlueFs {
             recorded[id.index()] = label.device_size;
         }
         let superblock = read_superblock(db, &uuid)?;
+        // Allocation units are the filesystem's, fixed at mkfs: extents are aligned to them, so
+        // the superblock's win over whatever this mount was configured with.
+        let mut config = config;
+        for (unit, recorded) in config.alloc_units.iter_mut().zip(superblock.alloc_units) {
+            if recorded != 0 {
+                *unit = recorded;
+            }
+        }
         let mut replay = Replay::new(&superblock);
         replay.run(&blocks)?;
 

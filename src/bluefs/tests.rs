@@ -446,6 +446,31 @@ fn damage_in_the_middle_of_the_log_fails_the_mount_a_torn_tail_does_not() {
     assert!(e.to_string().contains("is damaged, yet frame"), "{e}");
 }
 
+/// The units mkfs chose are the filesystem's: a mount with another configuration keeps them.
+#[test]
+fn allocation_units_come_from_the_superblock() {
+    let devices = Devices::only(mem("64M"));
+    let made = BlueFsConfig {
+        alloc_units: [4096; 3],
+        ..small_config()
+    };
+    let fs = fresh(&devices, &made);
+    fs.mkdir("d").unwrap();
+    write_file(&fs, "d/f", &pattern(1, 5000));
+    drop(fs);
+    let other = small_config(); // 64 KiB units
+    let fs = BlueFs::mount(devices.clone(), other.clone(), None)
+        .unwrap()
+        .fs;
+    assert_eq!(fs.stat("d/f").unwrap().allocated, 8192);
+    write_file(&fs, "d/g", &pattern(2, 5000));
+    assert_eq!(fs.stat("d/g").unwrap().allocated, 8192);
+    assert_clean(&fs);
+    let fs = remount(fs, &devices, &other);
+    assert_eq!(fs.read_file("d/f").unwrap(), pattern(1, 5000));
+    assert_clean(&fs);
+}
+
 #[test]
 fn paths_and_names_are_checked() {
     let devices = Devices::only(mem("16M"));
