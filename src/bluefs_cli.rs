@@ -103,10 +103,7 @@ pub fn run(args: &[String]) -> Result<i32> {
     match command.as_str() {
         "mkfs" => {
             let uuid = BlueFs::mkfs(&o.devices, &o.config, false)?;
-            println!(
-                "made BlueFS {}",
-                uuid.iter().map(|b| format!("{b:02x}")).collect::<String>()
-            );
+            println!("made BlueFS {}", bluepoll::bluefs::uuid_text(&uuid));
         }
         "mkdir" => {
             let fs = mount(&o)?;

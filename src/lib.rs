@@ -11,6 +11,8 @@
 pub mod bench;
 pub mod bluefs;
 pub mod nvme;
+pub mod rand;
 pub mod reactor;
+pub mod sync;
 pub mod sys;
 pub mod units;

@@ -5,51 +5,7 @@
 //! the next power of two and skip values past the end: no memory, a different order per pass,
 //! and at most two steps per offset on average. `norandommap` draws blocks uniformly instead.
 
-/// xoshiro256** (Blackman & Vigna): fast, good enough for choosing offsets and directions.
-#[derive(Clone, Debug)]
-pub struct Rng {
-    s: [u64; 4],
-}
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        let mut sm = seed;
-        let mut next = || {
-            sm = sm.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            splitmix(sm)
-        };
-        Rng {
-            s: [next(), next(), next(), next()],
-        }
-    }
-
-    #[inline]
-    pub fn next_u64(&mut self) -> u64 {
-        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = self.s[1] << 17;
-        self.s[2] ^= self.s[0];
-        self.s[3] ^= self.s[1];
-        self.s[1] ^= self.s[2];
-        self.s[0] ^= self.s[3];
-        self.s[2] ^= t;
-        self.s[3] = self.s[3].rotate_left(45);
-        result
-    }
-
-    /// Uniform in `0..n` (Lemire's multiply-shift; the bias is below 2^-32 for our sizes).
-    #[inline]
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((self.next_u64() as u128 * n as u128) >> 64) as u64
-    }
-}
-
-/// SplitMix64's finaliser: a strong 64-bit mix.
-#[inline]
-pub fn splitmix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+pub use crate::rand::{Rng, splitmix};
 
 /// A seeded bijection on `0..2^bits`: each step (xor, odd multiply, xorshift) is invertible
 /// modulo 2^bits, so the composition permutes the range.

@@ -23,6 +23,7 @@ use super::format::{
 };
 use super::io::BlockDevice;
 use crate::nvme::Device;
+use crate::sync::lock;
 
 /// The log is file 1; files are numbered from 2.
 const LOG_INO: u64 = 1;
@@ -290,10 +291,6 @@ fn now_ns() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Splits `dir/name` (a leading `/` is ignored; the name is what follows the last `/`).
@@ -2277,14 +2274,15 @@ fn read_into(devices: &[Option<BlockDevice>; 3], pieces: &[Extent], out: &mut [u
 fn new_uuid() -> Uuid {
     let mut uuid = [0u8; 16];
     let seed = now_ns() ^ (std::process::id() as u64) << 32;
-    let a = crate::bench::offsets::splitmix(seed);
-    let b = crate::bench::offsets::splitmix(a ^ 0x9e37_79b9_7f4a_7c15);
+    let a = crate::rand::splitmix(seed);
+    let b = crate::rand::splitmix(a ^ 0x9e37_79b9_7f4a_7c15);
     uuid[..8].copy_from_slice(&a.to_le_bytes());
     uuid[8..].copy_from_slice(&b.to_le_bytes());
     uuid
 }
 
-pub(crate) fn uuid_text(uuid: &Uuid) -> String {
+/// A uuid as 32 hex digits.
+pub fn uuid_text(uuid: &Uuid) -> String {
     uuid.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -6,11 +6,12 @@
 //! and gives it back, so a thread never shares a queue pair while using it, and the pool (unlike
 //! thread-locals) goes away with the filesystem.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use super::error::{BlueFsError, Result};
 use super::format::{BLOCK_SIZE, DeviceId};
 use crate::nvme::{Completion, Device, DmaPool, IoCmd, Opcode, QueuePair};
+use crate::sync::lock;
 
 /// Bytes one command moves at most (and the size of a bounce buffer).
 const CHUNK: usize = 256 * 1024;
@@ -43,10 +44,6 @@ impl Idle {
             qp.wait();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl BlockDevice {

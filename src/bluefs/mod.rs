@@ -28,7 +28,7 @@ pub use error::{BlueFsError, Result};
 pub use format::{DeviceId, Extent, Uuid};
 pub use fs::{
     BlueFs, BlueFsConfig, DeviceUsage, Devices, FileKind, FileReader, FileStat, FileWriter,
-    FsckReport, Mounted, Usage,
+    FsckReport, Mounted, Usage, uuid_text,
 };
 #[cfg(test)]
 mod tests;

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::*;
-use crate::bench::offsets::Rng;
 use crate::nvme::Device;
+use crate::rand::Rng;
 
 fn mem(size: &str) -> Device {
     Device::open(&format!("mem:{size}")).unwrap()

@@ -114,7 +114,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use super::command::{Completion, IoCmd, Opcode, Status};
 use super::device::{
@@ -124,6 +124,7 @@ use super::device::{
 use super::dma::{DmaBuf, DmaPool};
 use super::error::NvmeError;
 use super::uri::SCHEMES;
+use crate::sync::lock;
 
 /// How a `fault:` device misbehaves. [`Default`] is a volatile write cache and no faults.
 #[derive(Clone, Debug, PartialEq)]
@@ -514,12 +515,6 @@ fn clamp_probability(p: f64) -> f64 {
     if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock means a thread panicked mid-update; a test tool should keep going and let
-    // the test that panicked report it.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 // Randomness: splitmix64 (Steele, Lea & Flood, "Fast splittable pseudorandom number generators",
 // 2014) over seed, purpose and sequence number. Each purpose has its own salt so the decisions
 // about one command are independent of each other.
@@ -531,11 +526,9 @@ const SALT_TEAR_KEEP: u64 = 0x6b65_6570; // "keep"
 const SALT_TEAR_LOSE: u64 = 0x6c6f_7365; // "lose"
 const SALT_TEAR_BLOCK: u64 = 0x7465_6172; // "tear"
 
+/// One SplitMix64 step: the generator's increment, then its finaliser.
 fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    crate::rand::splitmix(x.wrapping_add(0x9e37_79b9_7f4a_7c15))
 }
 
 fn draw(seed: u64, salt: u64, seq: u64, index: u64) -> u64 {

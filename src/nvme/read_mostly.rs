@@ -104,7 +104,7 @@ impl<T> ReadMostly<T> {
     pub fn write<R>(&self, index: usize, f: impl FnOnce(&mut T) -> R) -> R {
         let cell = &self.cells[index];
         // A poisoned writer lock only means a writer panicked; the flag is reset below regardless.
-        let _writer = cell.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let _writer = crate::sync::lock(&cell.writer);
         cell.writing.store(true, Ordering::SeqCst);
         for slot in self.slots.iter() {
             while slot.of(index).load(Ordering::SeqCst) != 0 {

@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::{Mutex, MutexGuard};
+
+use crate::sync::lock;
 use std::time::{Duration, Instant};
 
 use super::vfio::{DeviceMemory, VfioDevice};
@@ -373,7 +375,7 @@ impl Controller {
     fn admin_queue(&self) -> MutexGuard<'_, Option<AdminQueue>> {
         // A panic while holding the lock cannot leave the queue half-updated in a way a later
         // command trips over worse than a timeout would, so a poisoned lock is still used.
-        self.admin.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.admin)
     }
 
     /// Runs one admin command to completion and returns its completion entry.
@@ -518,20 +520,15 @@ impl Controller {
     /// Creates an I/O completion queue and its submission queue (§5.4, §5.5) with `entries`
     /// entries each, polled (no interrupts).
     pub fn create_io_queue(&self, entries: u32) -> Result<IoQueueResources, NvmeError> {
-        let qid = self
-            .free_queue_ids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .ok_or_else(|| {
-                controller_error(
-                    &self.addr,
-                    format!(
-                        "has no free I/O queue: it granted {} queue pairs and all are in use",
-                        self.io_queues
-                    ),
-                )
-            })?;
+        let qid = lock(&self.free_queue_ids).pop().ok_or_else(|| {
+            controller_error(
+                &self.addr,
+                format!(
+                    "has no free I/O queue: it granted {} queue pairs and all are in use",
+                    self.io_queues
+                ),
+            )
+        })?;
         let result = self.create_io_queue_with_id(qid, entries);
         if result.is_err() {
             self.release_queue_id(qid);
@@ -613,10 +610,7 @@ impl Controller {
     }
 
     fn release_queue_id(&self, qid: u16) {
-        self.free_queue_ids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(qid);
+        lock(&self.free_queue_ids).push(qid);
     }
 
     /// Stops all device activity when a queue could not be deleted: a controller reset, or if the
@@ -632,7 +626,7 @@ impl Controller {
 
     fn allocate_iova(&self, len: usize) -> Result<u64, NvmeError> {
         let size = (len as u64).next_multiple_of(IOVA_GRANULE);
-        let mut space = self.iova.lock().unwrap_or_else(|p| p.into_inner());
+        let mut space = lock(&self.iova);
         if let Some(i) = space.free.iter().position(|&(_, free)| free >= size) {
             let (iova, free) = space.free[i];
             if free == size {
@@ -658,11 +652,7 @@ impl Controller {
     fn release_iova(&self, iova: u64, len: usize) {
         if self.vfio.unmap_dma(iova, len).is_ok() {
             let size = (len as u64).next_multiple_of(IOVA_GRANULE);
-            self.iova
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .free
-                .push((iova, size));
+            lock(&self.iova).free.push((iova, size));
         }
     }
 
@@ -683,7 +673,7 @@ impl Controller {
     /// releases the mappings of pools that no longer exist.
     pub fn map_pool(&self, pool: &DmaPool) -> Result<PoolMapping, NvmeError> {
         let region = pool.region();
-        let mut space = self.iova.lock().unwrap_or_else(|p| p.into_inner());
+        let mut space = lock(&self.iova);
         if let Some(found) = space.pools.iter().find(|m| m.region.id == region.id) {
             return Ok(found.clone());
         }
@@ -702,17 +692,13 @@ impl Controller {
             iova,
             liveness: pool.liveness(),
         };
-        self.iova
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pools
-            .push(mapping.clone());
+        lock(&self.iova).pools.push(mapping.clone());
         Ok(mapping)
     }
 
     /// The mapping of the region with this id, if some queue pair registered its pool.
     pub fn find_pool(&self, region_id: u64) -> Option<PoolMapping> {
-        let space = self.iova.lock().unwrap_or_else(|p| p.into_inner());
+        let space = lock(&self.iova);
         space
             .pools
             .iter()

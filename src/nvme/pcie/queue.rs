@@ -265,14 +265,7 @@ impl PcieQueuePair {
         let lba = request.cmd.lba + first_block as u64;
         let data_iova = request.data_iova + first_block as u64 * ns.block_size as u64;
 
-        let nvme_opcode = match opcode {
-            Opcode::Read => io::READ,
-            Opcode::Write => io::WRITE,
-            Opcode::Flush => io::FLUSH,
-            Opcode::WriteZeroes => io::WRITE_ZEROES,
-            Opcode::Trim => io::DATASET_MANAGEMENT,
-        };
-        let mut sqe = SubmissionEntry::new(nvme_opcode, cid, ns.nsid);
+        let mut sqe = SubmissionEntry::new(opcode.nvme_opcode(), cid, ns.nsid);
         match opcode {
             Opcode::Read | Opcode::Write => {
                 sqe.set_lba_range(lba, blocks);
@@ -456,7 +449,7 @@ impl PcieQueuePair {
             status: Status::SUCCESS,
         });
         self.command_owner[cid as usize] = Some(index);
-        let mut sqe = SubmissionEntry::new(io::READ, cid, self.ns.nsid);
+        let mut sqe = SubmissionEntry::new(Opcode::Read.nvme_opcode(), cid, self.ns.nsid);
         sqe.set_lba_range(lba, 1);
         sqe.prp1 = iova;
         if let Some(queue) = self.queue.as_ref() {

@@ -16,12 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::PcieNamespace;
-use crate::bench::offsets::{Rng, splitmix};
 use crate::nvme::command::{Completion, IoCmd, Status};
 use crate::nvme::device::{Device, QueuePair};
 use crate::nvme::dma::{DmaBuf, DmaPool};
 use crate::nvme::error::NvmeError;
 use crate::nvme::uri::split_scheme;
+use crate::rand::{Rng, splitmix};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;

@@ -128,14 +128,8 @@ pub mod admin {
     pub const FEATURE_NUMBER_OF_QUEUES: u32 = 0x07;
 }
 
-/// NVM command set opcodes (NVM Command Set 1.0 §3, Figure 17).
+/// NVM command set fields (the opcodes themselves are `Opcode::nvme_opcode`).
 pub mod io {
-    pub const FLUSH: u8 = 0x00;
-    pub const WRITE: u8 = 0x01;
-    pub const READ: u8 = 0x02;
-    pub const WRITE_ZEROES: u8 = 0x08;
-    pub const DATASET_MANAGEMENT: u8 = 0x09;
-
     /// Dataset Management CDW11 bit 2: Attribute – Deallocate (NVM 1.0 §3.2.3, Figure 38).
     pub const DSM_DEALLOCATE: u32 = 1 << 2;
 }
@@ -436,9 +430,9 @@ mod tests {
 
     #[test]
     fn entries_pack_their_fields() {
-        let mut sqe = SubmissionEntry::new(io::READ, 0xbeef, 1);
+        let mut sqe = SubmissionEntry::new(0x02, 0xbeef, 1);
         sqe.set_lba_range(0x1_2345_6789, 8);
-        assert_eq!(sqe.cdw0, 0xbeef_0000 | io::READ as u32);
+        assert_eq!(sqe.cdw0, 0xbeef_0000 | 0x02);
         assert_eq!((sqe.cdw10, sqe.cdw11, sqe.cdw12), (0x2345_6789, 1, 7));
 
         let mut raw = [0u8; 16];
