@@ -262,7 +262,11 @@ fn push_extent(list: &mut Vec<Extent>, e: Extent) {
 }
 
 /// The device ranges behind bytes [offset, offset + len) of a file laid out on `extents`.
-fn map_range(extents: &[Extent], offset: u64, len: u64) -> Option<Vec<Extent>> {
+fn map_range<'a>(
+    extents: impl IntoIterator<Item = &'a Extent>,
+    offset: u64,
+    len: u64,
+) -> Option<Vec<Extent>> {
     let mut out = Vec::new();
     let mut file_pos = 0u64;
     let (mut want, end) = (offset, offset + len);
@@ -344,7 +348,8 @@ struct State {
     next_ino: u64,
     allocators: [Option<ExtentAllocator>; 2],
     log: LogWriter,
-    superblock: Superblock,
+    /// Generation of the superblock in use (the next one goes to the other slot).
+    superblock_generation: u64,
     locks: BTreeSet<String>,
     read_only: Option<String>,
     compaction: Option<Compaction>,
@@ -447,7 +452,7 @@ impl BlueFs {
             ops: vec![LogOp::Init { created_ns }],
         };
         let frame = format::encode_transaction(&first);
-        write_at(&blocks, &log_fnode.extents, 0, &frame)?;
+        write_durable(&blocks, &log_fnode.extents, 0, &frame)?;
         let superblock = Superblock {
             uuid,
             generation: 1,
@@ -620,26 +625,18 @@ impl BlueFs {
             .max()
             .map_or(FIRST_FILE_INO, |m| m + 1)
             .max(FIRST_FILE_INO);
-        let state = State {
-            dirs: replay.dirs,
-            files: replay.files,
-            orphans: HashMap::new(),
-            next_ino,
-            allocators,
-            log: LogWriter {
+        let mut state = State::new(
+            LogWriter {
                 fnode: replay.log,
                 position: replay.position,
                 next_seq: replay.next_seq,
             },
-            superblock,
-            locks: BTreeSet::new(),
-            read_only: None,
-            compaction: None,
-            compact_wanted: false,
-            spillover_bytes: 0,
-            spillover_warned: false,
-            compactions: 0,
-        };
+            superblock.generation,
+        );
+        state.dirs = replay.dirs;
+        state.files = replay.files;
+        state.next_ino = next_ino;
+        state.allocators = allocators;
         let fs = BlueFs {
             inner: Arc::new(Inner {
                 uuid,
@@ -753,27 +750,7 @@ impl BlueFs {
                         reason: "already open for writing",
                     });
                 }
-                let released: Vec<Extent> = f.all_extents().copied().collect();
-                let readers = f.readers > 0;
-                let fnode = Fnode {
-                    ino,
-                    size: 0,
-                    mtime_ns: now_ns(),
-                    extents: Vec::new(),
-                };
-                let now = if readers {
-                    Vec::new()
-                } else {
-                    released.clone()
-                };
-                self.inner
-                    .commit(&mut st, vec![LogOp::FileUpdate(fnode)], now)?;
-                let f = st.files.get_mut(&ino).expect("still there");
-                f.pending_extents.clear();
-                f.pending_size = None;
-                if readers {
-                    f.deferred_release.extend(released);
-                }
+                self.inner.shrink(&mut st, ino, 0)?;
                 ino
             }
             None => {
@@ -826,9 +803,8 @@ impl BlueFs {
             f.writer = true;
             let size = f.size();
             let tail_start = size / BLOCK_SIZE * BLOCK_SIZE;
-            let extents: Vec<Extent> = f.all_extents().copied().collect();
             let tail = if size % BLOCK_SIZE != 0 {
-                map_range(&extents, tail_start, BLOCK_SIZE)
+                map_range(f.all_extents(), tail_start, BLOCK_SIZE)
             } else {
                 None
             };
@@ -837,7 +813,7 @@ impl BlueFs {
         let mut tail = Vec::new();
         if let Some(pieces) = tail_extents {
             let mut block = vec![0u8; BLOCK_SIZE as usize];
-            if let Err(e) = self.inner.read_pieces(&pieces, &mut block) {
+            if let Err(e) = read_into(&self.inner.devices, &pieces, &mut block) {
                 self.inner.release_writer(ino);
                 return Err(e);
             }
@@ -1249,6 +1225,38 @@ impl BlueFs {
 }
 
 impl State {
+    /// No files, no directories, no allocators: what mount and replay fill in.
+    fn new(log: LogWriter, superblock_generation: u64) -> State {
+        State {
+            dirs: BTreeMap::new(),
+            files: HashMap::new(),
+            orphans: HashMap::new(),
+            next_ino: FIRST_FILE_INO,
+            allocators: [None, None],
+            log,
+            superblock_generation,
+            locks: BTreeSet::new(),
+            read_only: None,
+            compaction: None,
+            compact_wanted: false,
+            spillover_bytes: 0,
+            spillover_warned: false,
+            compactions: 0,
+        }
+    }
+
+    /// A file by ino, linked or removed-but-open.
+    fn file(&self, ino: u64) -> Option<&FileMeta> {
+        self.files.get(&ino).or_else(|| self.orphans.get(&ino))
+    }
+
+    fn file_mut(&mut self, ino: u64) -> Option<&mut FileMeta> {
+        match self.files.get_mut(&ino) {
+            Some(f) => Some(f),
+            None => self.orphans.get_mut(&ino),
+        }
+    }
+
     fn lookup(&self, path: &str, dir: &str, name: &str) -> Result<u64> {
         self.dirs
             .get(dir)
@@ -1421,12 +1429,7 @@ impl Inner {
     }
 
     fn device(&self, id: DeviceId) -> Result<&BlockDevice> {
-        self.devices[id.index()]
-            .as_ref()
-            .ok_or(BlueFsError::WrongDevice {
-                device: id.name(),
-                reason: "is referenced but was not given".into(),
-            })
+        device_of(&self.devices, id)
     }
 
     /// Takes `want` bytes for a file of `kind`, trying its devices in order. WAL and DB keep
@@ -1532,8 +1535,19 @@ impl Inner {
             self.release_now(st, &released);
             return Ok(());
         }
-        self.ensure_log_room(st, &ops)?;
-        self.write_log_frame(st, &ops, also_flush, also_write)?;
+        let mut txn = Transaction {
+            uuid: self.uuid,
+            seq: st.log.next_seq,
+            ops,
+        };
+        let mut frame = format::encode_transaction(&txn);
+        if self.ensure_log_room(st, frame.len() as u64)? {
+            // The log's growth record took this sequence number: seal the frame with the next.
+            txn.seq = st.log.next_seq;
+            frame = format::encode_transaction(&txn);
+        }
+        self.write_log_frame(st, &frame, also_flush, also_write)?;
+        let ops = txn.ops;
         for op in &ops {
             if let Err(reason) = st.apply(op) {
                 // The log now holds an op the live state refuses: replay would refuse it too.
@@ -1549,50 +1563,44 @@ impl Inner {
         Ok(())
     }
 
-    /// Makes sure a frame for `ops` fits in the log and leaves the runway: if not, first
-    /// commits a small transaction that records more log space (it always fits in the runway).
-    fn ensure_log_room(&self, st: &mut State, ops: &[LogOp]) -> Result<()> {
-        let estimate = format::encode_transaction(&Transaction {
-            uuid: self.uuid,
-            seq: st.log.next_seq,
-            ops: ops.to_vec(),
-        })
-        .len() as u64;
+    /// Makes sure a frame of `frame_len` bytes fits in the log and leaves the runway: if not,
+    /// first commits a small transaction that records more log space (it always fits in the
+    /// runway). Returns whether it did (that transaction used up a sequence number).
+    fn ensure_log_room(&self, st: &mut State, frame_len: u64) -> Result<bool> {
         let allocated = st.log.fnode.allocated();
-        if st.log.position + estimate + LOG_RUNWAY <= allocated {
-            return Ok(());
+        if st.log.position + frame_len + LOG_RUNWAY <= allocated {
+            return Ok(false);
         }
-        let want = (estimate + LOG_RUNWAY).max(self.config.log_grow);
+        let want = (frame_len + LOG_RUNWAY).max(self.config.log_grow);
         let extents = self.allocate_log(st, want)?;
         let mut fnode = st.log.fnode.clone();
         for e in &extents {
             push_extent(&mut fnode.extents, *e);
         }
-        let grow = vec![LogOp::FileUpdate(fnode)];
-        if let Err(e) = self.write_log_frame(st, &grow, &[], &[]) {
+        let grow = Transaction {
+            uuid: self.uuid,
+            seq: st.log.next_seq,
+            ops: vec![LogOp::FileUpdate(fnode)],
+        };
+        if let Err(e) = self.write_log_frame(st, &format::encode_transaction(&grow), &[], &[]) {
             self.release_now(st, &extents);
             return Err(e);
         }
-        for op in &grow {
+        for op in &grow.ops {
             let _ = st.apply(op);
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// Writes and flushes one frame; `also_flush` adds devices whose earlier writes must become
-    /// durable under the same flush (the data of a checked append).
+    /// Writes and flushes one encoded frame (sealed with `st.log.next_seq`); `also_write` goes
+    /// out with it and `also_flush` under the same flush (the data of a checked append).
     fn write_log_frame(
         &self,
         st: &mut State,
-        ops: &[LogOp],
+        frame: &[u8],
         also_flush: &[DeviceId],
         also_write: &[(Extent, &[u8])],
     ) -> Result<()> {
-        let frame = format::encode_transaction(&Transaction {
-            uuid: self.uuid,
-            seq: st.log.next_seq,
-            ops: ops.to_vec(),
-        });
         let len = frame.len() as u64;
         if st.log.position + len > st.log.fnode.allocated() {
             return Err(BlueFsError::NoSpace {
@@ -1610,12 +1618,8 @@ impl Inner {
                 reason: format!("log frame at {} past the log's allocation", st.log.position),
             })
             .and_then(|pieces| {
-                let mut at = 0usize;
                 let mut writes: Vec<(Extent, &[u8])> = also_write.to_vec();
-                for p in pieces {
-                    writes.push((p, &frame[at..at + p.length as usize]));
-                    at += p.length as usize;
-                }
+                writes.extend(with_data(&pieces, frame));
                 write_pieces(devices, &writes)
             })
             .and_then(|touched| {
@@ -1632,17 +1636,6 @@ impl Inner {
         }
         st.log.position += len;
         st.log.next_seq += 1;
-        Ok(())
-    }
-
-    fn read_pieces(&self, pieces: &[Extent], out: &mut [u8]) -> Result<()> {
-        let mut at = 0usize;
-        for p in pieces {
-            let len = p.length as usize;
-            self.device(p.device)?
-                .read(p.offset, &mut out[at..at + len])?;
-            at += len;
-        }
         Ok(())
     }
 
@@ -1790,12 +1783,7 @@ impl Inner {
             st.compaction = Some(Compaction { delta: Vec::new() });
         }
         // The expensive part: write the snapshot (without the lock when concurrent).
-        let written = write_at(&self.devices, &new_log.extents, 0, &frame).and_then(|touched| {
-            for id in touched {
-                self.device(id)?.flush()?;
-            }
-            Ok(())
-        });
+        let written = write_durable(&self.devices, &new_log.extents, 0, &frame);
         let mut st = match held {
             Some(st) => st,
             None => self.guard(lock(&self.state)),
@@ -1850,14 +1838,7 @@ impl Inner {
             }
         }
         if !tail.is_empty() {
-            let result =
-                write_at(&self.devices, &new_log.extents, position, &tail).and_then(|touched| {
-                    for id in touched {
-                        self.device(id)?.flush()?;
-                    }
-                    Ok(())
-                });
-            if let Err(e) = result {
+            if let Err(e) = write_durable(&self.devices, &new_log.extents, position, &tail) {
                 self.release_now(&mut st, &new_log.extents);
                 return Err(e);
             }
@@ -1865,7 +1846,7 @@ impl Inner {
         }
         let superblock = Superblock {
             uuid: self.uuid,
-            generation: st.superblock.generation + 1,
+            generation: st.superblock_generation + 1,
             block_size: BLOCK_SIZE as u32,
             alloc_units: self.config.alloc_units,
             log_fnode: new_log.clone(),
@@ -1902,7 +1883,7 @@ impl Inner {
                 next_seq: seq,
             },
         );
-        st.superblock = superblock;
+        st.superblock_generation = superblock.generation;
         st.compactions += 1;
         self.release_now(&mut st, &old_log.fnode.extents);
         Ok(())
@@ -1952,13 +1933,14 @@ fn snapshot_ops(st: &State) -> Vec<LogOp> {
     ops
 }
 
-/// Writes `data` at byte `offset` of a file laid out on `extents`; returns the devices written.
-fn write_at(
+/// Writes `data` at byte `offset` of a file laid out on `extents` and flushes the devices it
+/// went to.
+fn write_durable(
     devices: &[Option<BlockDevice>; 3],
     extents: &[Extent],
     offset: u64,
     data: &[u8],
-) -> Result<Vec<DeviceId>> {
+) -> Result<()> {
     let pieces =
         map_range(extents, offset, data.len() as u64).ok_or_else(|| BlueFsError::Corrupt {
             reason: format!(
@@ -1966,16 +1948,23 @@ fn write_at(
                 data.len()
             ),
         })?;
+    for id in write_pieces(devices, &with_data(&pieces, data))? {
+        device_of(devices, id)?.flush()?;
+    }
+    Ok(())
+}
+
+/// Pairs each device range with its consecutive part of `data`.
+fn with_data<'d>(pieces: &[Extent], data: &'d [u8]) -> Vec<(Extent, &'d [u8])> {
     let mut at = 0usize;
-    let writes: Vec<(Extent, &[u8])> = pieces
+    pieces
         .iter()
         .map(|p| {
             let bytes = &data[at..at + p.length as usize];
             at += p.length as usize;
             (*p, bytes)
         })
-        .collect();
-    write_pieces(devices, &writes)
+        .collect()
 }
 
 /// Writes device ranges, all of one device's in flight together; returns the devices written.
@@ -1993,13 +1982,7 @@ fn write_pieces(
         if ranges.is_empty() {
             continue;
         }
-        let dev = devices[id.index()]
-            .as_ref()
-            .ok_or(BlueFsError::WrongDevice {
-                device: id.name(),
-                reason: "is referenced but was not given".into(),
-            })?;
-        dev.write_many(&ranges)?;
+        device_of(devices, id)?.write_many(&ranges)?;
         touched.push(id);
     }
     Ok(touched)
@@ -2078,33 +2061,16 @@ impl Replay {
         stop_before: Option<u64>,
     ) -> Result<Option<u64>> {
         // Replay reuses State::apply through a scratch State holding only what apply touches.
-        let mut st = State {
-            dirs: std::mem::take(&mut self.dirs),
-            files: std::mem::take(&mut self.files),
-            orphans: HashMap::new(),
-            next_ino: FIRST_FILE_INO,
-            allocators: [None, None],
-            log: LogWriter {
+        let mut st = State::new(
+            LogWriter {
                 fnode: self.log.clone(),
                 position: 0,
                 next_seq: self.next_seq,
             },
-            superblock: Superblock {
-                uuid: self.uuid,
-                generation: 0,
-                block_size: BLOCK_SIZE as u32,
-                alloc_units: [0; 3],
-                log_fnode: Fnode::default(),
-                log_first_seq: 0,
-            },
-            locks: BTreeSet::new(),
-            read_only: None,
-            compaction: None,
-            compact_wanted: false,
-            spillover_bytes: 0,
-            spillover_warned: false,
-            compactions: 0,
-        };
+            0,
+        );
+        st.dirs = std::mem::take(&mut self.dirs);
+        st.files = std::mem::take(&mut self.files);
         let mut header = vec![0u8; BLOCK_SIZE as usize];
         // Checked appends of the last frame applied, with that frame's sequence number.
         let mut last_checks: Option<(u64, Vec<AppendCheck>)> = None;
@@ -2255,20 +2221,26 @@ fn check_no_later_frames(
     Ok(())
 }
 
+/// Reads device ranges, one after the other, into consecutive parts of `out`.
 fn read_into(devices: &[Option<BlockDevice>; 3], pieces: &[Extent], out: &mut [u8]) -> Result<()> {
     let mut at = 0usize;
     for p in pieces {
-        let dev = devices[p.device.index()]
-            .as_ref()
-            .ok_or(BlueFsError::WrongDevice {
-                device: p.device.name(),
-                reason: "holds part of the log but was not given".into(),
-            })?;
         let len = p.length as usize;
-        dev.read(p.offset, &mut out[at..at + len])?;
+        device_of(devices, p.device)?.read(p.offset, &mut out[at..at + len])?;
         at += len;
     }
     Ok(())
+}
+
+/// The device an extent names; an error when the filesystem references a device that was not
+/// given at mount.
+fn device_of(devices: &[Option<BlockDevice>; 3], id: DeviceId) -> Result<&BlockDevice> {
+    devices[id.index()]
+        .as_ref()
+        .ok_or(BlueFsError::WrongDevice {
+            device: id.name(),
+            reason: "is referenced but was not given".into(),
+        })
 }
 
 fn new_uuid() -> Uuid {
@@ -2318,15 +2290,7 @@ struct PreparedData {
 
 impl PreparedData {
     fn writes(&self) -> Vec<(Extent, &[u8])> {
-        let mut at = 0usize;
-        self.pieces
-            .iter()
-            .map(|p| {
-                let bytes = &self.data[at..at + p.length as usize];
-                at += p.length as usize;
-                (*p, bytes)
-            })
-            .collect()
+        with_data(&self.pieces, &self.data)
     }
 }
 
@@ -2381,9 +2345,9 @@ impl FileWriter {
         let Some(prepared) = self.prepare_flush()? else {
             return Ok(());
         };
-        let writes = prepared.writes();
-        write_pieces(&self.fs.inner.devices, &writes)?;
-        self.finish_flush(prepared);
+        write_pieces(&self.fs.inner.devices, &prepared.writes())?;
+        let fs = self.fs.clone();
+        self.finish_flush(prepared, &mut lock(&fs.inner.state));
         Ok(())
     }
 
@@ -2400,11 +2364,7 @@ impl FileWriter {
         // Space: under the lock, extend the file's allocation to cover the new end.
         let pieces = {
             let mut st = inner.lock_writable()?;
-            let f = st
-                .files
-                .get(&self.ino)
-                .or_else(|| st.orphans.get(&self.ino));
-            let Some(f) = f else {
+            let Some(f) = st.file(self.ino) else {
                 return Err(BlueFsError::NotFound {
                     path: self.path.clone(),
                 });
@@ -2414,21 +2374,13 @@ impl FileWriter {
                 let unit = inner.unit_of(kind.preference()[0]);
                 let want = (padded_end - allocated).next_multiple_of(unit);
                 let extents = inner.allocate(&mut st, kind, want)?;
-                let f = match st.files.get_mut(&self.ino) {
-                    Some(f) => f,
-                    None => st.orphans.get_mut(&self.ino).expect("seen above"),
-                };
+                let f = st.file_mut(self.ino).expect("seen above");
                 for e in extents {
                     push_extent(&mut f.pending_extents, e);
                 }
             }
-            let f = st
-                .files
-                .get(&self.ino)
-                .or_else(|| st.orphans.get(&self.ino))
-                .expect("seen above");
-            let extents: Vec<Extent> = f.all_extents().copied().collect();
-            map_range(&extents, start, padded_end - start).expect("allocation covers it")
+            let f = st.file(self.ino).expect("seen above");
+            map_range(f.all_extents(), start, padded_end - start).expect("allocation covers it")
         };
         let mut data = Vec::with_capacity((padded_end - start) as usize);
         data.extend_from_slice(&self.tail);
@@ -2443,7 +2395,7 @@ impl FileWriter {
     }
 
     /// The prepared bytes reached the device: the writer and the file move on to them.
-    fn finish_flush(&mut self, prepared: PreparedData) {
+    fn finish_flush(&mut self, prepared: PreparedData, st: &mut State) {
         let PreparedData {
             pieces,
             data,
@@ -2460,12 +2412,7 @@ impl FileWriter {
         self.tail = data[(last_block_start - start) as usize..(end - start) as usize].to_vec();
         self.flushed = end;
         self.buffer.clear();
-        let mut st = lock(&self.fs.inner.state);
-        let f = match st.files.get_mut(&self.ino) {
-            Some(f) => Some(f),
-            None => st.orphans.get_mut(&self.ino),
-        };
-        if let Some(f) = f {
+        if let Some(f) = st.file_mut(self.ino) {
             f.pending_size = Some(end);
         }
     }
@@ -2482,7 +2429,7 @@ impl FileWriter {
             return match prepared {
                 Some(p) => {
                     write_pieces(&inner.devices, &p.writes())?;
-                    self.finish_flush(p);
+                    self.finish_flush(p, &mut lock(&inner.state));
                     Ok(())
                 }
                 None => Ok(()),
@@ -2498,8 +2445,8 @@ impl FileWriter {
             if let Some(p) = prepared {
                 drop(st);
                 write_pieces(&inner.devices, &p.writes())?;
-                self.finish_flush(p);
                 st = inner.lock_writable()?;
+                self.finish_flush(p, &mut st);
             }
             for id in std::mem::take(&mut self.dirty) {
                 if let Err(e) = inner.device(id)?.flush() {
@@ -2534,26 +2481,15 @@ impl FileWriter {
                 data_crc: crc,
             };
             let writes = prepared.as_ref().map(|p| p.writes()).unwrap_or_default();
-            let mut also_flush = self.dirty.clone();
-            for (piece, _) in &writes {
-                if !also_flush.contains(&piece.device) {
-                    also_flush.push(piece.device);
-                }
-            }
-            // On failure nothing was committed; the data (and its flush) come again next time.
-            inner.commit_with_writes(&mut st, vec![op], &also_flush, &writes)?;
+            // The frame's flush covers the devices these writes go to, and those written by
+            // earlier flushes. On failure nothing was committed; the data (and its flush) come
+            // again next time.
+            inner.commit_with_writes(&mut st, vec![op], &self.dirty, &writes)?;
             drop(writes);
-            // The commit moved the pending extents into the fnode: drop them before anyone
-            // else can see both.
-            if let Some(f) = st.files.get_mut(&self.ino) {
-                f.pending_extents.clear();
+            if let Some(p) = prepared {
+                self.finish_flush(p, &mut st);
             }
             self.dirty.clear();
-            drop(st);
-            if let Some(p) = prepared {
-                self.finish_flush(p);
-            }
-            st = inner.lock_writable()?;
         }
         if let Some(f) = st.files.get_mut(&self.ino) {
             f.pending_extents.clear();
@@ -2583,12 +2519,11 @@ impl FileWriter {
             let pieces = {
                 let st = lock(&self.fs.inner.state);
                 let f = &st.files[&self.ino];
-                let extents: Vec<Extent> = f.all_extents().copied().collect();
-                map_range(&extents, size / BLOCK_SIZE * BLOCK_SIZE, BLOCK_SIZE)
+                map_range(f.all_extents(), size / BLOCK_SIZE * BLOCK_SIZE, BLOCK_SIZE)
             };
             if let Some(pieces) = pieces {
                 let mut block = vec![0u8; BLOCK_SIZE as usize];
-                self.fs.inner.read_pieces(&pieces, &mut block)?;
+                read_into(&self.fs.inner.devices, &pieces, &mut block)?;
                 self.tail = block[..(size % BLOCK_SIZE) as usize].to_vec();
             }
         }
@@ -2623,38 +2558,35 @@ pub struct FileReader {
 
 impl FileReader {
     pub fn size(&self) -> u64 {
-        let st = lock(&self.fs.inner.state);
-        st.files
-            .get(&self.ino)
-            .or_else(|| st.orphans.get(&self.ino))
+        lock(&self.fs.inner.state)
+            .file(self.ino)
             .map_or(0, |f| f.size())
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; fewer at the end of the file.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let (size, extents) = {
+        // Under the lock: only the device ranges this read needs.
+        let (len, start, end, pieces) = {
             let st = lock(&self.fs.inner.state);
-            let Some(f) = st
-                .files
-                .get(&self.ino)
-                .or_else(|| st.orphans.get(&self.ino))
-            else {
+            let Some(f) = st.file(self.ino) else {
                 return Ok(0);
             };
-            (f.size(), f.all_extents().copied().collect::<Vec<_>>())
-        };
-        if offset >= size || buf.is_empty() {
-            return Ok(0);
-        }
-        let len = (buf.len() as u64).min(size - offset);
-        let start = offset / BLOCK_SIZE * BLOCK_SIZE;
-        let end = (offset + len).next_multiple_of(BLOCK_SIZE);
-        let pieces =
-            map_range(&extents, start, end - start).ok_or_else(|| BlueFsError::Corrupt {
-                reason: format!("file {}: size {size} beyond its allocation", self.ino),
+            let size = f.size();
+            if offset >= size || buf.is_empty() {
+                return Ok(0);
+            }
+            let len = (buf.len() as u64).min(size - offset);
+            let start = offset / BLOCK_SIZE * BLOCK_SIZE;
+            let end = (offset + len).next_multiple_of(BLOCK_SIZE);
+            let pieces = map_range(f.all_extents(), start, end - start).ok_or_else(|| {
+                BlueFsError::Corrupt {
+                    reason: format!("file {}: size {size} beyond its allocation", self.ino),
+                }
             })?;
+            (len, start, end, pieces)
+        };
         let mut data = vec![0u8; (end - start) as usize];
-        self.fs.inner.read_pieces(&pieces, &mut data)?;
+        read_into(&self.fs.inner.devices, &pieces, &mut data)?;
         let from = (offset - start) as usize;
         buf[..len as usize].copy_from_slice(&data[from..from + len as usize]);
         Ok(len as usize)
