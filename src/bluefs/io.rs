@@ -32,20 +32,6 @@ pub(crate) struct BlockDevice {
     lanes: Mutex<Vec<Lane>>,
 }
 
-/// Counts polls that found nothing; past a short spin, waits instead (a kernel worker finishing
-/// our command may need this CPU).
-#[derive(Default)]
-struct Idle(u32);
-
-impl Idle {
-    fn tick(&mut self, qp: &mut QueuePair) {
-        self.0 += 1;
-        if self.0 > 64 {
-            qp.wait();
-        }
-    }
-}
-
 impl BlockDevice {
     pub fn new(id: DeviceId, device: Device) -> Result<BlockDevice> {
         let info = device.info();
@@ -134,7 +120,6 @@ impl BlockDevice {
             let mut next = 0;
             let mut done = 0;
             let mut out = Vec::with_capacity(DEPTH as usize);
-            let mut idle = Idle::default();
             let mut first_error = None;
             while done < chunks.len() {
                 while next < chunks.len() && qp.outstanding() < DEPTH && first_error.is_none() {
@@ -152,9 +137,7 @@ impl BlockDevice {
                 if first_error.is_some() && qp.outstanding() == 0 {
                     break;
                 }
-                if qp.poll(usize::MAX, &mut out)? == 0 {
-                    idle.tick(qp);
-                }
+                qp.poll_waiting(usize::MAX, &mut out)?;
                 // Draining drops each buffer back into the pool before the next submission.
                 for c in out.drain(..) {
                     let (at, bytes) = chunks[c.tag as usize];
@@ -180,7 +163,6 @@ impl BlockDevice {
             let mut next = 0;
             let mut done = 0;
             let mut completions = Vec::with_capacity(DEPTH as usize);
-            let mut idle = Idle::default();
             let mut first_error = None;
             while done < pieces.len() {
                 while next < pieces.len() && qp.outstanding() < DEPTH && first_error.is_none() {
@@ -198,9 +180,7 @@ impl BlockDevice {
                 if first_error.is_some() && qp.outstanding() == 0 {
                     break;
                 }
-                if qp.poll(usize::MAX, &mut completions)? == 0 {
-                    idle.tick(qp);
-                }
+                qp.poll_waiting(usize::MAX, &mut completions)?;
                 for c in completions.drain(..) {
                     let (at, ref mut piece) = pieces[c.tag as usize];
                     match self.check(&c, Opcode::Read, at, piece.len() as u64) {

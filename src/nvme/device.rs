@@ -216,6 +216,7 @@ impl Device {
             uri: info.uri.clone(),
             depth,
             outstanding: 0,
+            idle_polls: 0,
             rejected: VecDeque::new(),
             stats: QueuePairStats::default(),
         })
@@ -347,6 +348,8 @@ pub struct QueuePair {
     uri: String,
     depth: u32,
     outstanding: u32,
+    /// Empty polls in a row, for `poll_waiting`.
+    idle_polls: u32,
     /// Commands that failed validation, completing at the next poll.
     rejected: VecDeque<Completion>,
     stats: QueuePairStats,
@@ -405,18 +408,31 @@ impl QueuePair {
 
     /// Polls until nothing is outstanding, appending every completion to `out`.
     pub fn drain(&mut self, out: &mut Vec<Completion>) -> Result<(), NvmeError> {
-        let mut idle_polls = 0u32;
         while self.outstanding > 0 {
-            if self.poll(usize::MAX, out)? == 0 {
-                idle_polls = idle_polls.saturating_add(1);
-                if idle_polls > 64 {
-                    self.wait();
-                }
-            } else {
-                idle_polls = 0;
-            }
+            self.poll_waiting(usize::MAX, out)?;
         }
         Ok(())
+    }
+
+    /// `poll` for a caller with nothing else to do but wait: after `SPIN_POLLS` polls in a row
+    /// that found nothing, each further empty poll also [`wait`](Self::wait)s. Userspace devices
+    /// complete within a few polls; kernel-backed ones then sleep instead of spinning.
+    pub fn poll_waiting(
+        &mut self,
+        max: usize,
+        out: &mut Vec<Completion>,
+    ) -> Result<usize, NvmeError> {
+        const SPIN_POLLS: u32 = 64;
+        let reaped = self.poll(max, out)?;
+        if reaped > 0 {
+            self.idle_polls = 0;
+        } else {
+            self.idle_polls = self.idle_polls.saturating_add(1);
+            if self.idle_polls > SPIN_POLLS {
+                self.wait();
+            }
+        }
+        Ok(reaped)
     }
 
     /// Runs one command to completion on an idle queue pair (tools and tests; the data path
@@ -528,6 +544,7 @@ mod tests {
             uri: info.uri.clone(),
             depth: 4,
             outstanding: 0,
+            idle_polls: 0,
             rejected: VecDeque::new(),
             stats: QueuePairStats::default(),
         };

@@ -993,7 +993,6 @@ fn run_on_inner(
     let mut failure: Option<FailedOp> = None;
     let mut next_tag = WRITEBACK_TAG;
     let mut reaped = Vec::new();
-    let mut idle_polls = 0u32;
     loop {
         while failure.is_none()
             && in_flight.len() < MAX_WRITEBACK_IN_FLIGHT
@@ -1028,14 +1027,7 @@ fn run_on_inner(
         if in_flight.is_empty() && (failure.is_some() || pending.len() == 0) {
             return Ok(failure);
         }
-        if inner.poll(usize::MAX, &mut reaped)? == 0 {
-            idle_polls = idle_polls.saturating_add(1);
-            if idle_polls > 64 {
-                std::thread::yield_now();
-            }
-        } else {
-            idle_polls = 0;
-        }
+        inner.poll_waiting(usize::MAX, &mut reaped)?;
         for completion in reaped.drain(..) {
             match in_flight.remove(&completion.tag) {
                 Some(op) => {
@@ -1669,6 +1661,15 @@ fn restore_bit(buf: &mut Option<DmaBuf>, fixup: &Fixup) {
 impl QueuePairBackend for FaultQueuePair {
     fn queue(&mut self, cmd: IoCmd) {
         self.queued.push(cmd);
+    }
+
+    /// Waiting on this device is waiting on the inner one, when commands went there.
+    fn wait(&mut self, _stats: &mut QueuePairStats) {
+        if self.forwarded.is_empty() {
+            std::thread::yield_now();
+        } else {
+            self.inner.wait();
+        }
     }
 
     fn poll(
