@@ -484,11 +484,14 @@ fn run(index: usize, cpu: usize, shared: Arc<Shared>, idle: IdlePolicy) -> React
     let mut pollers: Vec<Box<dyn Poller>> = Vec::new();
     let mut idle_since: Option<u64> = None;
     let mut backoff = Duration::from_micros(20);
+    // Held for the loop's life: cloning the Arc every pass would bounce its counter between
+    // all reactors' caches.
+    let shared = Arc::clone(&core.shared);
 
-    while !core.shared.stop.load(Ordering::Relaxed) {
+    while !shared.stop.load(Ordering::Relaxed) {
         let iteration_start = core.clock.now_ns();
         core.now_ns = iteration_start;
-        let mut busy = deliver_mail(&mut core);
+        let mut busy = deliver_mail(&mut core, &shared);
 
         let mut i = 0;
         while i < pollers.len() {
@@ -550,8 +553,7 @@ fn run(index: usize, cpu: usize, shared: Arc<Shared>, idle: IdlePolicy) -> React
     core.stats
 }
 
-fn deliver_mail(core: &mut Core) -> bool {
-    let shared = Arc::clone(&core.shared);
+fn deliver_mail(core: &mut Core, shared: &Shared) -> bool {
     let mut delivered = 0;
     let me = core.index;
     let queues = (0..shared.count)

@@ -106,8 +106,11 @@ pub(crate) struct PcieQueuePair {
     refused: VecDeque<Completion>,
     regions: Vec<RegionMapping>,
     broken: Option<String>,
+    /// Polls in a row that reaped nothing while requests were outstanding.
     idle_polls: u32,
-    last_progress: Instant,
+    /// When a health check first saw the queue pair stuck (no completion since): the clock is
+    /// read only there, never per I/O.
+    stuck_since: Option<Instant>,
 }
 
 impl PcieQueuePair {
@@ -153,7 +156,7 @@ impl PcieQueuePair {
             regions: Vec::new(),
             broken: None,
             idle_polls: 0,
-            last_progress: Instant::now(),
+            stuck_since: None,
         })
     }
 
@@ -409,7 +412,8 @@ impl PcieQueuePair {
     }
 
     /// Called when a poll found nothing while requests are outstanding: every so often, checks
-    /// that the controller is alive and that commands are still completing.
+    /// that the controller is alive and that commands are still completing (a queue pair stuck
+    /// for the command timeout, counted from the first check that found it stuck, fails).
     fn check_health(&mut self) -> Option<String> {
         self.idle_polls += 1;
         if self.idle_polls % HEALTH_CHECK_INTERVAL != 0 {
@@ -422,7 +426,7 @@ impl PcieQueuePair {
             self.ctrl.mark_failed();
             return Some(format!("controller {reason}"));
         }
-        let waited = self.last_progress.elapsed();
+        let waited = self.stuck_since.get_or_insert_with(Instant::now).elapsed();
         (waited > self.ns.command_timeout).then(|| {
             format!(
                 "no completion for {} s with {} commands outstanding",
@@ -505,11 +509,6 @@ impl QueuePairBackend for PcieQueuePair {
             self.refused.push_back(cmd.complete(Status::INTERNAL_ERROR));
             return;
         }
-        if self.outstanding_requests == 0 {
-            // The command timeout counts from the moment there is something to wait for.
-            self.last_progress = Instant::now();
-            self.idle_polls = 0;
-        }
         match self.admit(&cmd) {
             Ok(data_iova) => {
                 let index = self.store_request(Request {
@@ -559,7 +558,7 @@ impl QueuePairBackend for PcieQueuePair {
             }
             Ok(_) => {
                 self.idle_polls = 0;
-                self.last_progress = Instant::now();
+                self.stuck_since = None;
                 // Completions freed command ids: hand over what was waiting for them.
                 if !self.pending.is_empty() {
                     self.submit_pending(stats);
