@@ -26,11 +26,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use libc::{EIO, ENOENT, ENOSPC, EROFS};
 
 use super::engine::{DIR_NAMES, JobProgress, JobResult, READ, RunControl, WRITE};
 use super::offsets::{OffsetGen, Rng};
 use super::options::{JobSpec, RwMode, VerifyMode};
-use super::stats::{DirSample, DirStats, LatencyStat, Sample};
+use super::stats::Meter;
 use crate::bluefs::{BlueFs, BlueFsConfig, BlueFsError, Devices, FileKind};
 use crate::nvme::Device;
 use crate::sys::{Clock, CpuUsage, current_cpu, thread_cpu_usage};
@@ -44,11 +45,6 @@ pub const SEPARATOR: char = '|';
 
 /// Most error messages kept per job.
 const MAX_MESSAGES: usize = 10;
-
-const ENOENT: i32 = 2;
-const EIO: i32 = 5;
-const ENOSPC: i32 = 28;
-const EROFS: i32 = 30;
 
 /// The device URIs `filename` names, by BlueFS role.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -255,84 +251,6 @@ enum Work {
         rng: Rng,
         buf: Vec<u8>,
     },
-}
-
-/// Statistics of a running job: the same interval/total split as the reactor engine, so the
-/// reports, logs and plots treat both alike.
-struct Meter {
-    interval: [DirStats; 2],
-    total: [DirStats; 2],
-    syncs: LatencyStat,
-    samples: Vec<Sample>,
-    sample_every_ns: u64,
-    measure_start_ns: u64,
-    last_sample_ns: u64,
-    next_sample_ns: u64,
-    ios: [u64; 2],
-    bytes: [u64; 2],
-}
-
-impl Meter {
-    fn new(sample_every_ns: u64) -> Meter {
-        Meter {
-            interval: Default::default(),
-            total: Default::default(),
-            syncs: LatencyStat::default(),
-            samples: Vec::new(),
-            sample_every_ns,
-            measure_start_ns: 0,
-            last_sample_ns: 0,
-            next_sample_ns: 0,
-            ios: [0; 2],
-            bytes: [0; 2],
-        }
-    }
-
-    /// Discards what ramp_time recorded and starts measuring at `now_ns`.
-    fn begin(&mut self, now_ns: u64) {
-        let every = self.sample_every_ns;
-        *self = Meter {
-            measure_start_ns: now_ns,
-            last_sample_ns: now_ns,
-            next_sample_ns: now_ns + every,
-            ..Meter::new(every)
-        };
-    }
-
-    fn record(&mut self, dir: usize, bytes: u64, ns: u64) {
-        let stats = &mut self.interval[dir];
-        stats.ios += 1;
-        stats.bytes += bytes;
-        stats.clat.record(ns);
-        stats.lat.record(ns);
-        self.ios[dir] += 1;
-        self.bytes[dir] += bytes;
-    }
-
-    fn take_sample(&mut self, now_ns: u64) {
-        self.interval[READ].settle();
-        self.interval[WRITE].settle();
-        let duration_ns = now_ns.saturating_sub(self.last_sample_ns);
-        // A closing fragment shorter than half an interval would distort bw/iops spreads.
-        if duration_ns * 2 >= self.sample_every_ns {
-            self.samples.push(Sample {
-                end_ms: (now_ns - self.measure_start_ns) / 1_000_000,
-                duration_ns,
-                dirs: [
-                    DirSample::of(&self.interval[READ]),
-                    DirSample::of(&self.interval[WRITE]),
-                ],
-            });
-        }
-        for d in 0..2 {
-            self.total[d].merge(&self.interval[d]);
-            self.interval[d].reset();
-        }
-        self.last_sample_ns = now_ns;
-        while self.next_sample_ns <= now_ns {
-            self.next_sample_ns += self.sample_every_ns;
-        }
-    }
 }
 
 /// Runs one job clone to its end on the calling thread and returns what it measured.

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use super::offsets::{OffsetGen, Rng};
 use super::options::{JobSpec, RwMode, VerifyMode};
-use super::stats::{DirSample, DirStats, LatencyStat, Sample, batch_bucket, depth_bucket};
+use super::stats::{DirStats, LatencyStat, Meter, Sample, batch_bucket, depth_bucket};
 use super::verify::{self, Claim, Generations, WrittenUnits};
 use crate::nvme::{
     Completion, Device, DmaPool, IoCmd, Opcode, QueueFull, QueuePair, QueuePairStats,
@@ -208,7 +208,6 @@ struct JobRun {
     rng: Rng,
     phase: Phase,
     ramp_end_ns: u64,
-    measure_start_ns: u64,
     deadline_ns: Option<u64>,
     /// Bytes a size-bound job may still issue.
     budget: Option<u64>,
@@ -218,12 +217,7 @@ struct JobRun {
     /// Units this job wrote successfully, read back by its verify pass.
     written: WrittenUnits,
     finish_ns: u64,
-    interval: [DirStats; 2],
-    total: [DirStats; 2],
-    samples: Vec<Sample>,
-    sample_every_ns: u64,
-    last_sample_ns: u64,
-    next_sample_ns: u64,
+    meter: Meter,
     depth_dist: [u64; 7],
     submit_dist: [u64; 7],
     complete_dist: [u64; 7],
@@ -234,11 +228,8 @@ struct JobRun {
     /// Writes issued since the last Flush, and the Flush's state (`fsync=N`).
     writes_since_sync: u64,
     sync: SyncState,
-    syncs: LatencyStat,
     cpu_start: CpuUsage,
     cpu_used: CpuUsage,
-    done_ios: [u64; 2],
-    done_bytes: [u64; 2],
 }
 
 impl JobRun {
@@ -285,7 +276,6 @@ impl JobRun {
             rng: Rng::new(plan.seed ^ 0x5eed),
             phase: Phase::Pending,
             ramp_end_ns: 0,
-            measure_start_ns: 0,
             deadline_ns: None,
             budget: None,
             run_end_ns: 0,
@@ -297,12 +287,7 @@ impl JobRun {
                 WrittenUnits::default()
             },
             finish_ns: 0,
-            interval: Default::default(),
-            total: Default::default(),
-            samples: Vec::new(),
-            sample_every_ns: spec.log_avg_msec * 1_000_000,
-            last_sample_ns: 0,
-            next_sample_ns: 0,
+            meter: Meter::new(spec.log_avg_msec * 1_000_000),
             depth_dist: [0; 7],
             submit_dist: [0; 7],
             complete_dist: [0; 7],
@@ -312,11 +297,8 @@ impl JobRun {
             messages: Vec::new(),
             writes_since_sync: 0,
             sync: SyncState::Idle,
-            syncs: LatencyStat::default(),
             cpu_start: CpuUsage::default(),
             cpu_used: CpuUsage::default(),
-            done_ios: [0; 2],
-            done_bytes: [0; 2],
             plan,
         }
     }
@@ -334,20 +316,10 @@ impl JobRun {
 
     fn begin_measuring(&mut self, now_ns: u64) {
         let spec = &self.plan.spec;
-        for d in 0..2 {
-            self.interval[d].reset();
-            self.total[d].reset();
-        }
-        self.samples.clear();
+        self.meter.begin(now_ns);
         self.depth_dist = [0; 7];
         self.submit_dist = [0; 7];
         self.complete_dist = [0; 7];
-        self.done_ios = [0; 2];
-        self.done_bytes = [0; 2];
-        self.syncs.reset();
-        self.measure_start_ns = now_ns;
-        self.last_sample_ns = now_ns;
-        self.next_sample_ns = now_ns + self.sample_every_ns;
         self.deadline_ns = spec.runtime.map(|r| now_ns + r.as_nanos() as u64);
         self.budget = if spec.time_based {
             None
@@ -371,7 +343,7 @@ impl JobRun {
         };
         self.sync = SyncState::Idle;
         if c.status.is_success() {
-            self.syncs.record(now_ns.saturating_sub(submit_ns));
+            self.meter.syncs.record(now_ns.saturating_sub(submit_ns));
         } else {
             self.io_errors += 1;
             let message = format!("flush error on {}: {}", self.plan.device_uri, c.status);
@@ -424,14 +396,14 @@ impl JobRun {
                 self.phase = Phase::Drain;
             }
         } else {
-            let stats = &mut self.interval[dir];
+            let stats = &mut self.meter.interval[dir];
             stats.ios += 1;
             stats.bytes += self.bs;
             stats.slat.record(doorbell_ns.saturating_sub(submit_ns));
             stats.clat.record(now_ns.saturating_sub(doorbell_ns));
             stats.lat.record(now_ns.saturating_sub(submit_ns));
-            self.done_ios[dir] += 1;
-            self.done_bytes[dir] += self.bs;
+            self.meter.ios[dir] += 1;
+            self.meter.bytes[dir] += self.bs;
             if self.verify {
                 if claimed && let Some(g) = &self.plan.generations {
                     g.release(offset, generation);
@@ -511,9 +483,9 @@ impl JobRun {
             }
         }
         if matches!(self.phase, Phase::Run | Phase::Drain | Phase::Verify)
-            && now_ns >= self.next_sample_ns
+            && self.meter.sample_due(now_ns)
         {
-            self.take_sample(now_ns);
+            self.meter.take_sample(now_ns);
         }
     }
 
@@ -776,33 +748,8 @@ impl JobRun {
         true
     }
 
-    fn take_sample(&mut self, now_ns: u64) {
-        self.interval[READ].settle();
-        self.interval[WRITE].settle();
-        let duration_ns = now_ns.saturating_sub(self.last_sample_ns);
-        // A closing fragment shorter than half an interval would distort bw/iops spreads.
-        if duration_ns * 2 >= self.sample_every_ns {
-            self.samples.push(Sample {
-                end_ms: (now_ns - self.measure_start_ns) / 1_000_000,
-                duration_ns,
-                dirs: [
-                    DirSample::of(&self.interval[READ]),
-                    DirSample::of(&self.interval[WRITE]),
-                ],
-            });
-        }
-        for d in 0..2 {
-            self.total[d].merge(&self.interval[d]);
-            self.interval[d].reset();
-        }
-        self.last_sample_ns = now_ns;
-        while self.next_sample_ns <= now_ns {
-            self.next_sample_ns += self.sample_every_ns;
-        }
-    }
-
     fn finish(&mut self, now_ns: u64) {
-        self.take_sample(now_ns);
+        self.meter.take_sample(now_ns);
         self.cpu_used = thread_cpu_usage().since(&self.cpu_start);
         self.finish_ns = now_ns;
         self.phase = Phase::Done;
@@ -811,8 +758,8 @@ impl JobRun {
     fn publish(&self) {
         let p = &self.plan.progress;
         for d in 0..2 {
-            p.ios[d].store(self.done_ios[d], Ordering::Relaxed);
-            p.bytes[d].store(self.done_bytes[d], Ordering::Relaxed);
+            p.ios[d].store(self.meter.ios[d], Ordering::Relaxed);
+            p.bytes[d].store(self.meter.bytes[d], Ordering::Relaxed);
         }
         if self.phase == Phase::Done {
             p.finished.store(true, Ordering::Release);
@@ -820,7 +767,7 @@ impl JobRun {
     }
 
     fn result(&self, reactor: usize, cpu: usize) -> JobResult {
-        let run_ns = self.run_end_ns.saturating_sub(self.measure_start_ns);
+        let run_ns = self.run_end_ns.saturating_sub(self.meter.measure_start_ns);
         let verify_ns = self
             .verify_start_ns
             .map_or(0, |s| self.finish_ns.saturating_sub(s));
@@ -831,13 +778,13 @@ impl JobRun {
             device_uri: self.plan.device_uri.clone(),
             reactor,
             cpu,
-            dirs: self.total.clone(),
+            dirs: self.meter.total.clone(),
             dir_runtime_ns: [
                 if self.mode.reads() { run_ns } else { 0 } + verify_ns,
                 if self.mode.writes() { run_ns } else { 0 },
             ],
-            runtime_ns: self.finish_ns.saturating_sub(self.measure_start_ns),
-            samples: self.samples.clone(),
+            runtime_ns: self.finish_ns.saturating_sub(self.meter.measure_start_ns),
+            samples: self.meter.samples.clone(),
             cpu_usage: self.cpu_used,
             depth_dist: self.depth_dist,
             submit_dist: self.submit_dist,
@@ -846,7 +793,7 @@ impl JobRun {
             verify_errors: self.verify_errors,
             messages: self.messages.clone(),
             syncs: {
-                let mut s = self.syncs.clone();
+                let mut s = self.meter.syncs.clone();
                 s.settle();
                 s
             },

@@ -7,6 +7,8 @@
 
 use hdrhistogram::Histogram;
 
+use super::engine::{READ, WRITE};
+
 /// Latencies above this (100 s) are recorded as this; a storage benchmark has bigger problems
 /// by then.
 pub const MAX_TRACKED_NS: u64 = 100_000_000_000;
@@ -281,6 +283,91 @@ impl Spread {
             mean,
             stddev: var.sqrt(),
             samples: values.len(),
+        }
+    }
+}
+
+/// What a running job measures, for both engines: per-interval stats that become samples (logs,
+/// plots, bw/iops spreads) and fold into the totals, plus progress counts and sync latencies.
+pub(crate) struct Meter {
+    pub interval: [DirStats; 2],
+    pub total: [DirStats; 2],
+    pub syncs: LatencyStat,
+    pub samples: Vec<Sample>,
+    pub sample_every_ns: u64,
+    pub measure_start_ns: u64,
+    pub last_sample_ns: u64,
+    pub next_sample_ns: u64,
+    pub ios: [u64; 2],
+    pub bytes: [u64; 2],
+}
+
+impl Meter {
+    pub fn new(sample_every_ns: u64) -> Meter {
+        Meter {
+            interval: Default::default(),
+            total: Default::default(),
+            syncs: LatencyStat::default(),
+            samples: Vec::new(),
+            sample_every_ns,
+            measure_start_ns: 0,
+            last_sample_ns: 0,
+            next_sample_ns: 0,
+            ios: [0; 2],
+            bytes: [0; 2],
+        }
+    }
+
+    /// Discards what ramp_time recorded and starts measuring at `now_ns`.
+    pub fn begin(&mut self, now_ns: u64) {
+        let every = self.sample_every_ns;
+        *self = Meter {
+            measure_start_ns: now_ns,
+            last_sample_ns: now_ns,
+            next_sample_ns: now_ns + every,
+            ..Meter::new(every)
+        };
+    }
+
+    /// Records an I/O that was one call from submission to completion (lat = clat; no slat).
+    pub fn record(&mut self, dir: usize, bytes: u64, ns: u64) {
+        let stats = &mut self.interval[dir];
+        stats.ios += 1;
+        stats.bytes += bytes;
+        stats.clat.record(ns);
+        stats.lat.record(ns);
+        self.ios[dir] += 1;
+        self.bytes[dir] += bytes;
+    }
+
+    pub fn sample_due(&self, now_ns: u64) -> bool {
+        now_ns >= self.next_sample_ns
+    }
+
+    /// Closes the current interval: a sample (unless a fragment shorter than half an interval),
+    /// folded into the totals.
+    pub fn take_sample(&mut self, now_ns: u64) {
+        self.interval[READ].settle();
+        self.interval[WRITE].settle();
+        let duration_ns = now_ns.saturating_sub(self.last_sample_ns);
+        // A closing fragment shorter than half an interval would distort bw/iops spreads.
+        if duration_ns * 2 >= self.sample_every_ns {
+            self.samples.push(Sample {
+                end_ms: (now_ns - self.measure_start_ns) / 1_000_000,
+                duration_ns,
+                dirs: [
+                    DirSample::of(&self.interval[READ]),
+                    DirSample::of(&self.interval[WRITE]),
+                ],
+            });
+        }
+        for d in 0..2 {
+            self.total[d].merge(&self.interval[d]);
+            self.interval[d].reset();
+        }
+        self.last_sample_ns = now_ns;
+        while self.next_sample_ns <= now_ns {
+            self.next_sample_ns += self.sample_every_ns;
         }
     }
 }
