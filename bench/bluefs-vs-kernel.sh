@@ -189,13 +189,7 @@ echo "disk: $dir on $source_dev ($(stat -f -c %T "$dir")), BlueFS images: $image
 echo "(a) bluepoll bench ${job[*]} --runtime=$runtime --ioengine=bluefs --filename='$filename'"
 echo "(b) fio ${job[*]} --runtime=$runtime --ioengine=psync --filename=$kfile"
 echo "    p99 = one loop (write+sync): bluefs exact; kernel between max(p99 write, p99 sync) and their sum"
-exact=0
-if command -v python3 >/dev/null 2>&1; then
-    exact=1
-    echo "(c) bench/kernel-append-fsync.py: the same kernel loop timed whole (exact loop p99), on $kfile.loop"
-else
-    echo "(c) skipped: python3 is not installed, so the kernel loop is compared through fio only"
-fi
+echo "(c) bench/kernel-append-fsync.py: the same kernel loop timed whole (exact loop p99), on $kfile.loop"
 echo
 
 if [ "$warmup" != 0 ]; then
@@ -217,10 +211,8 @@ for r in $(seq "$rounds"); do
         "run_$tool" "$out/$tool.$r.json" "$runtime"
         after[$tool]=$(disk_counts)
     done
-    if [ "$exact" = 1 ]; then
-        read -r e_iops e_p99 e_p50 < <("${pin[@]}" python3 "$(dirname "$0")/kernel-append-fsync.py" "$kfile.loop" "$runtime")
-        rm -f "$kfile.loop"
-    fi
+    read -r e_iops e_p99 e_p50 < <("${pin[@]}" python3 "$(dirname "$0")/kernel-append-fsync.py" "$kfile.loop" "$runtime")
+    rm -f "$kfile.loop"
     read -r b_iops b_ios b_p99 b_syncs b_sync99 b_err _ < <(metrics "$out/bluefs.$r.json")
     read -r k_iops k_ios k_w99 _ k_s99 k_err k_bytes < <(metrics "$out/kernel.$r.json")
     if [ "$b_err" != 0 ] || [ "$k_err" != 0 ]; then
@@ -241,14 +233,12 @@ for r in $(seq "$rounds"); do
             "$(per_loop "${before[raw]}" "${after[raw]}" "$x_ios" 1)" \
             "$(per_loop "${before[raw]}" "${after[raw]}" "$x_ios" 2)"
     fi
-    if [ "$exact" = 1 ]; then
-        printf "  kernel loop (exact) %8.0f ops/s   loop p99 %6s us (p50 %s us)\n" \
-            "$e_iops" "$(us "$e_p99")" "$(us "$e_p50")"
-        printf "  bluefs/kernel loop (exact): ops %s, p99 %s\n" "$(div "$b_iops" "$e_iops")" \
-            "$(div "$b_p99" "$e_p99")"
-        div "$b_iops" "$e_iops" >> "$out/e.ops"
-        div "$b_p99" "$e_p99" >> "$out/e.p99"
-    fi
+    printf "  kernel loop (exact) %8.0f ops/s   loop p99 %6s us (p50 %s us)\n" \
+        "$e_iops" "$(us "$e_p99")" "$(us "$e_p50")"
+    printf "  bluefs/kernel loop (exact): ops %s, p99 %s\n" "$(div "$b_iops" "$e_iops")" \
+        "$(div "$b_p99" "$e_p99")"
+    div "$b_iops" "$e_iops" >> "$out/e.ops"
+    div "$b_p99" "$e_p99" >> "$out/e.p99"
     printf "  disk requests per loop: bluefs %s writes, %s flushes; kernel %s writes, %s flushes\n" \
         "$(per_loop "${before[bluefs]}" "${after[bluefs]}" "$b_ios" 1)" \
         "$(per_loop "${before[bluefs]}" "${after[bluefs]}" "$b_ios" 2)" \
@@ -280,10 +270,8 @@ verdict_p99=$(awk -v lo="$p99_lo" -v hi="$p99_hi" 'BEGIN {
     if (hi <= 1.0) print "met"; else if (lo > 1.0) print "NOT met"; else print "inconclusive (the kernel loop p99 is only known within bounds)" }')
 echo "  target ops/s >= 1.0x: $verdict_ops"
 echo "  target p99 <= 1.0x:   $verdict_p99"
-if [ "$exact" = 1 ]; then
-    e_ops=$(median < "$out/e.ops")
-    e_p99=$(median < "$out/e.p99")
-    echo "  against the exactly timed kernel loop: ops ${e_ops}x ($(awk -v r="$e_ops" 'BEGIN { print (r >= 1.0 ? "met" : "NOT met") }')), p99 ${e_p99}x ($(awk -v r="$e_p99" 'BEGIN { print (r <= 1.0 ? "met" : "NOT met") }'))"
-fi
+e_ops=$(median < "$out/e.ops")
+e_p99=$(median < "$out/e.p99")
+echo "  against the exactly timed kernel loop: ops ${e_ops}x ($(awk -v r="$e_ops" 'BEGIN { print (r >= 1.0 ? "met" : "NOT met") }')), p99 ${e_p99}x ($(awk -v r="$e_p99" 'BEGIN { print (r <= 1.0 ? "met" : "NOT met") }'))"
 [ -n "$keep" ] && echo "results kept in $out" >&2
 exit "$status"

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{bluepoll, json_of, scratch_dir};
+use common::{bluepoll, json_of, scratch_dir, sparse_image};
 
 fn args(list: &[String]) -> Vec<&str> {
     list.iter().map(String::as_str).collect()
@@ -319,16 +319,8 @@ fn the_bluefs_job_file_runs() {
 #[test]
 fn bluefs_kind_places_the_file() {
     let dir = scratch_dir();
-    let db = dir.path().join("db.img");
-    let wal = dir.path().join("wal.img");
-    std::fs::File::create(&db)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    std::fs::File::create(&wal)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    let db = sparse_image(dir.path(), "db.img", 64 << 20);
+    let wal = sparse_image(dir.path(), "wal.img", 64 << 20);
     let filename = format!(
         "--filename=db=uring:{}|wal=uring:{}",
         db.display(),

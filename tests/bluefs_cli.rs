@@ -2,21 +2,13 @@
 
 mod common;
 
-use common::{bluepoll, scratch_dir};
+use common::{bluepoll, scratch_dir, sparse_image};
 
 #[test]
 fn bluefs_commands_round_trip_a_file_and_report() {
     let dir = scratch_dir();
-    let db = dir.path().join("db.img");
-    let wal = dir.path().join("wal.img");
-    std::fs::File::create(&db)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    std::fs::File::create(&wal)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
+    let db = sparse_image(dir.path(), "db.img", 64 << 20);
+    let wal = sparse_image(dir.path(), "wal.img", 16 << 20);
     let dbo = format!("--db=uring:{}", db.display());
     let walo = format!("--wal=uring:{}", wal.display());
     let run = |args: &[&str]| {
@@ -73,11 +65,7 @@ fn bluefs_commands_round_trip_a_file_and_report() {
 #[test]
 fn bluefs_errors_are_one_line() {
     let dir = scratch_dir();
-    let blank = dir.path().join("blank.img");
-    std::fs::File::create(&blank)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
+    let blank = sparse_image(dir.path(), "blank.img", 16 << 20);
     let db = format!("--db=uring:{}", blank.display());
     for (args, needle) in [
         (vec!["bluefs", "ls", db.as_str()], "bad magic"),

@@ -5,17 +5,13 @@ mod common;
 
 use bluepoll::bluefs::{BlueFs, BlueFsConfig, Devices};
 use bluepoll::nvme::Device;
-use common::scratch_dir;
+use common::{scratch_dir, sparse_image};
 
 #[test]
 fn a_full_filesystem_becomes_writable_after_the_device_grows_and_expand() {
     let dir = scratch_dir();
-    let image = dir.path().join("db.img");
+    let image = sparse_image(dir.path(), "db.img", 24 << 20);
     let uri = format!("uring:{}", image.display());
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(24 << 20)
-        .unwrap();
     let config = BlueFsConfig {
         log_reserve: 1 << 20,
         log_grow: 256 << 10,

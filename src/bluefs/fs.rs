@@ -1094,13 +1094,14 @@ impl BlueFs {
                     }
                 }
             }
-            let label = Label {
-                uuid: self.inner.uuid,
-                device: id,
-                device_size: new_size,
-                created_ns: now_ns(),
-            };
             if id != DeviceId::Slow || self.inner.owns_slow_label() {
+                // Only the recorded size changes; the label keeps its creation time.
+                let mut block = vec![0u8; BLOCK_SIZE as usize];
+                dev.read(format::LABEL_OFFSET, &mut block)?;
+                let label = Label {
+                    device_size: new_size,
+                    ..format::decode_label(&block)?
+                };
                 dev.write(format::LABEL_OFFSET, &format::encode_label(&label))?;
                 dev.flush()?;
             }

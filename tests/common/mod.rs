@@ -91,3 +91,12 @@ pub fn job_files() -> Vec<PathBuf> {
     assert!(files.len() >= 5, "bench/jobs holds the job files");
     files
 }
+
+/// A sparse image file of `bytes` bytes in `dir`, for file-backed devices.
+pub fn sparse_image(dir: &Path, name: &str, bytes: u64) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .and_then(|f| f.set_len(bytes))
+        .expect("image file can be made");
+    path
+}
