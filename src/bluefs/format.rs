@@ -218,6 +218,18 @@ pub enum LogOp {
         data_from: u64,
         data_crc: u32,
     },
+    /// An append whose bytes travel in the log record itself: the file's bytes from
+    /// `data_from` (block-aligned: the partial block before the append is repeated whole) to
+    /// `size`, which is `data_from + data.len()`. The file's own extents get them later; until
+    /// then (and at every replay) this record is their durable copy.
+    FileAppendInline {
+        ino: u64,
+        size: u64,
+        mtime_ns: u64,
+        appended: Vec<Extent>,
+        data_from: u64,
+        data: Vec<u8>,
+    },
     /// The next frame starts at this byte offset of the log file.
     Jump {
         offset: u64,
@@ -790,6 +802,9 @@ const _: () = assert!(FRAME_HEADER_LEN == 48);
 //   10  JumpSeq            seq u64
 //   11  FileAppendChecked  ino u64, size u64, mtime_ns u64, extent count u32, appended extents,
 //                          data_from u64, data_crc u32 (crc32c of file bytes data_from..size)
+//   12  FileAppendInline   ino u64, size u64, mtime_ns u64, extent count u32, appended extents,
+//                          data_from u64 (a multiple of 4096), data length u32
+//                          (= size - data_from, ≤ MAX_INLINE_DATA), data bytes
 //  name   = length u16 (≤ 4096), then that many bytes of UTF-8
 //  extent = device u8 (0 wal, 1 db, 2 slow), offset u64, length u64 (> 0, offset + length ≤ u64::MAX)
 // Tag 0 is never an op, so zeroed bytes cannot pass for one.
@@ -804,12 +819,26 @@ const TAG_FILE_REMOVE: u8 = 8;
 const TAG_JUMP: u8 = 9;
 const TAG_JUMP_SEQ: u8 = 10;
 const TAG_FILE_APPEND_CHECKED: u8 = 11;
+const TAG_FILE_APPEND_INLINE: u8 = 12;
+
+/// Most bytes one inline append may carry (the writer's limit is far lower; this bounds what a
+/// corrupt record can make the decoder allocate).
+pub const MAX_INLINE_DATA: usize = 16 << 20;
 
 /// Shortest encoded op (DirCreate of an empty name: tag + u16), bounding a corrupt op count.
 const MIN_OP_LEN: usize = 1 + 2;
 
 fn round_up_to_block(n: usize) -> Option<usize> {
     n.checked_next_multiple_of(BLOCK)
+}
+
+/// The fields every append op starts with.
+fn put_append(out: &mut Vec<u8>, tag: u8, ino: u64, size: u64, mtime_ns: u64, appended: &[Extent]) {
+    put_u8(out, tag);
+    put_u64(out, ino);
+    put_u64(out, size);
+    put_u64(out, mtime_ns);
+    put_extents(out, appended);
 }
 
 fn put_op(out: &mut Vec<u8>, op: &LogOp) {
@@ -847,11 +876,7 @@ fn put_op(out: &mut Vec<u8>, op: &LogOp) {
             mtime_ns,
             appended,
         } => {
-            put_u8(out, TAG_FILE_UPDATE_DELTA);
-            put_u64(out, *ino);
-            put_u64(out, *size);
-            put_u64(out, *mtime_ns);
-            put_extents(out, appended);
+            put_append(out, TAG_FILE_UPDATE_DELTA, *ino, *size, *mtime_ns, appended);
         }
         LogOp::FileAppendChecked {
             ino,
@@ -861,13 +886,40 @@ fn put_op(out: &mut Vec<u8>, op: &LogOp) {
             data_from,
             data_crc,
         } => {
-            put_u8(out, TAG_FILE_APPEND_CHECKED);
-            put_u64(out, *ino);
-            put_u64(out, *size);
-            put_u64(out, *mtime_ns);
-            put_extents(out, appended);
+            put_append(
+                out,
+                TAG_FILE_APPEND_CHECKED,
+                *ino,
+                *size,
+                *mtime_ns,
+                appended,
+            );
             put_u64(out, *data_from);
             put_u32(out, *data_crc);
+        }
+        LogOp::FileAppendInline {
+            ino,
+            size,
+            mtime_ns,
+            appended,
+            data_from,
+            data,
+        } => {
+            put_append(
+                out,
+                TAG_FILE_APPEND_INLINE,
+                *ino,
+                *size,
+                *mtime_ns,
+                appended,
+            );
+            put_u64(out, *data_from);
+            assert!(
+                data.len() <= MAX_INLINE_DATA,
+                "inline append over the limit"
+            );
+            put_u32(out, data.len() as u32);
+            out.extend_from_slice(data);
         }
         LogOp::FileRemove { ino } => {
             put_u8(out, TAG_FILE_REMOVE);
@@ -897,6 +949,7 @@ fn op_kind(tag: u8) -> Option<&'static str> {
         TAG_JUMP => "Jump",
         TAG_JUMP_SEQ => "JumpSeq",
         TAG_FILE_APPEND_CHECKED => "FileAppendChecked",
+        TAG_FILE_APPEND_INLINE => "FileAppendInline",
         _ => return None,
     })
 }
@@ -947,6 +1000,34 @@ fn read_op_fields(tag: u8, r: &mut Reader<'_>) -> Result<LogOp, String> {
             data_from: r.u64("data from")?,
             data_crc: r.u32("data crc")?,
         },
+        TAG_FILE_APPEND_INLINE => {
+            let ino = r.u64("ino")?;
+            let size = r.u64("size")?;
+            let mtime_ns = r.u64("mtime")?;
+            let appended = r.extents()?;
+            let data_from = r.u64("data from")?;
+            if data_from % BLOCK as u64 != 0 {
+                return Err(format!("data from {data_from} is not block-aligned"));
+            }
+            let len = r.u32("data length")? as usize;
+            if len > MAX_INLINE_DATA {
+                return Err(format!("{len} bytes of data (at most {MAX_INLINE_DATA})"));
+            }
+            if data_from.checked_add(len as u64) != Some(size) {
+                return Err(format!(
+                    "{len} bytes from {data_from} do not end at size {size}"
+                ));
+            }
+            let data = r.take(len, "data")?.to_vec();
+            LogOp::FileAppendInline {
+                ino,
+                size,
+                mtime_ns,
+                appended,
+                data_from,
+                data,
+            }
+        }
         _ => return Err(format!("unknown op tag {tag}")),
     })
 }
@@ -1207,6 +1288,14 @@ mod tests {
                 }],
                 data_from: 4096,
                 data_crc: 0xdead_beef,
+            },
+            LogOp::FileAppendInline {
+                ino: 13,
+                size: 12_388,
+                mtime_ns: 103,
+                appended: vec![],
+                data_from: 12_288,
+                data: (0..100).collect(),
             },
         ]
     }
@@ -1571,7 +1660,7 @@ mod tests {
                 out[0]
             })
             .collect();
-        assert_eq!(tags, [1, 2, 3, 4, 5, 6, 6, 7, 7, 8, 9, 10, 11]);
+        assert_eq!(tags, [1, 2, 3, 4, 5, 6, 6, 7, 7, 8, 9, 10, 11, 12]);
         let mut out = Vec::new();
         put_op(
             &mut out,
@@ -1801,8 +1890,8 @@ mod tests {
         assert_eq!(r, "op 1: tag: needs 1 bytes at offset 13, only 0 left");
         let r = payload_error(&ops(1, &[0, 0, 0]));
         assert_eq!(r, "op 0: unknown op tag 0");
-        let r = payload_error(&ops(1, &[12, 0, 0]));
-        assert_eq!(r, "op 0: unknown op tag 12");
+        let r = payload_error(&ops(1, &[13, 0, 0]));
+        assert_eq!(r, "op 0: unknown op tag 13");
 
         let mut bad_utf8 = vec![TAG_DIR_CREATE];
         bad_utf8.extend(name(&[b'a', 0xff, b'b']));

@@ -75,6 +75,13 @@ pub struct BlueFsConfig {
     pub compact_ratio: u64,
     /// Compact without stopping appends (the log is copied, then switched under the lock).
     pub async_compaction: bool,
+    /// An fsync of a pure append of at most this many bytes (counting the partial block before
+    /// it) writes the bytes inside its log record: one device write and one flush instead of
+    /// two writes. 0 turns this off. At most 16 MiB.
+    pub inline_append_max: u64,
+    /// Bytes a writer lets live only in log records before it writes them to the file's own
+    /// extents (with its next data write, or at close).
+    pub inline_backlog: u64,
 }
 
 impl Default for BlueFsConfig {
@@ -86,6 +93,8 @@ impl Default for BlueFsConfig {
             compact_min_bytes: 16 << 20,
             compact_ratio: 5,
             async_compaction: true,
+            inline_append_max: 16 << 10,
+            inline_backlog: 1 << 20,
         }
     }
 }
@@ -114,6 +123,22 @@ impl BlueFsConfig {
         if self.log_grow < BLOCK_SIZE * 8 {
             return Err(BlueFsError::InvalidConfig {
                 reason: format!("log_grow {} is below 32 KiB", self.log_grow),
+            });
+        }
+        if self.inline_append_max > format::MAX_INLINE_DATA as u64
+            || self.inline_append_max > self.log_grow / 2
+        {
+            return Err(BlueFsError::InvalidConfig {
+                reason: format!(
+                    "inline_append_max {} must be at most 16 MiB and half of log_grow {}",
+                    self.inline_append_max, self.log_grow
+                ),
+            });
+        }
+        // A writer's log-only bytes travel as one record when compaction copies them.
+        if self.inline_backlog > format::MAX_INLINE_DATA as u64 / 2 {
+            return Err(BlueFsError::InvalidConfig {
+                reason: format!("inline_backlog {} is over 8 MiB", self.inline_backlog),
             });
         }
         Ok(())
@@ -220,6 +245,22 @@ struct FileMeta {
     /// Space the file gave up (truncate, create over it) while readers were open: one of them
     /// may be reading it right now, so it is freed when the last reader closes.
     deferred_release: Vec<Extent>,
+    /// Bytes whose durable copy is only in `FileAppendInline` log records, not yet on the
+    /// file's extents: sorted, disjoint, each starting on a block boundary. Readers see them
+    /// over what the device holds; compaction, close and mount write them out.
+    log_only: Vec<LogOnlyBytes>,
+}
+
+#[derive(Debug)]
+struct LogOnlyBytes {
+    from: u64,
+    bytes: Vec<u8>,
+}
+
+impl LogOnlyBytes {
+    fn end(&self) -> u64 {
+        self.from + self.bytes.len() as u64
+    }
 }
 
 impl FileMeta {
@@ -233,7 +274,36 @@ impl FileMeta {
             readers: 0,
             writer: false,
             deferred_release: Vec::new(),
+            log_only: Vec::new(),
         }
+    }
+
+    /// An inline append's bytes: they replace whatever log-only bytes they overlap (the
+    /// partial block they repeat) and everything after.
+    fn add_log_only(&mut self, from: u64, data: &[u8]) {
+        self.log_only.retain(|r| r.from < from);
+        match self.log_only.last_mut() {
+            Some(last) if last.end() >= from => {
+                last.bytes.truncate((from - last.from) as usize);
+                last.bytes.extend_from_slice(data);
+            }
+            _ => self.log_only.push(LogOnlyBytes {
+                from,
+                bytes: data.to_vec(),
+            }),
+        }
+    }
+
+    /// The file was cut to `size`: log-only bytes past it are gone.
+    fn trim_log_only(&mut self, size: u64) {
+        self.log_only.retain(|r| r.from < size);
+        if let Some(last) = self.log_only.last_mut() {
+            last.bytes.truncate((size - last.from) as usize);
+        }
+    }
+
+    fn log_only_len(&self) -> u64 {
+        self.log_only.iter().map(|r| r.bytes.len() as u64).sum()
     }
 
     fn size(&self) -> u64 {
@@ -553,6 +623,9 @@ impl BlueFs {
             }
         }
         let mut replay = Replay::new(&superblock);
+        // Inline appends come back as log-only bytes (whether or not they had reached their
+        // files): readers see them, and they are written out by the next writer of the file
+        // or the next compaction, as before the stop. Mount itself writes nothing.
         replay.run(&blocks)?;
 
         let slow_shared = shared_slow.is_some();
@@ -799,6 +872,11 @@ impl BlueFs {
                     path: path.into(),
                     reason: "already open for writing",
                 });
+            }
+            // The partial last block is read from the device below, and the writer rewrites
+            // it: bytes the log alone holds must be there first.
+            if !f.log_only.is_empty() {
+                place_log_only(&self.inner.devices, f)?;
             }
             f.writer = true;
             let size = f.size();
@@ -1318,6 +1396,7 @@ impl State {
                     self.log.fnode = fnode.clone();
                 } else if let Some(f) = self.files.get_mut(&fnode.ino) {
                     f.fnode = fnode.clone();
+                    f.trim_log_only(fnode.size);
                 } else {
                     self.files
                         .insert(fnode.ino, FileMeta::new(fnode.clone(), FileKind::Db));
@@ -1336,14 +1415,24 @@ impl State {
                 appended,
                 ..
             } => {
-                let Some(f) = self.files.get_mut(ino) else {
-                    return Err(format!("update of missing file {ino}"));
-                };
-                for e in appended {
-                    push_extent(&mut f.fnode.extents, *e);
+                self.grow_file(*ino, *size, *mtime_ns, appended)?;
+            }
+            LogOp::FileAppendInline {
+                ino,
+                size,
+                mtime_ns,
+                appended,
+                data_from,
+                data,
+            } => {
+                let f = self.grow_file(*ino, *size, *mtime_ns, appended)?;
+                if f.fnode.allocated() < *size {
+                    return Err(format!(
+                        "inline append to file {ino} ends at {size}, past its allocation {}",
+                        f.fnode.allocated()
+                    ));
                 }
-                f.fnode.size = *size;
-                f.fnode.mtime_ns = *mtime_ns;
+                f.add_log_only(*data_from, data);
             }
             LogOp::FileRemove { ino } => match self.files.remove(ino) {
                 Some(f) if f.readers > 0 || f.writer => {
@@ -1354,6 +1443,25 @@ impl State {
             },
         }
         Ok(())
+    }
+
+    /// An append's metadata: new extents, size, mtime.
+    fn grow_file(
+        &mut self,
+        ino: u64,
+        size: u64,
+        mtime_ns: u64,
+        appended: &[Extent],
+    ) -> std::result::Result<&mut FileMeta, String> {
+        let Some(f) = self.files.get_mut(&ino) else {
+            return Err(format!("append to missing file {ino}"));
+        };
+        for e in appended {
+            push_extent(&mut f.fnode.extents, *e);
+        }
+        f.fnode.size = size;
+        f.fnode.mtime_ns = mtime_ns;
+        Ok(f)
     }
 
     /// Gives space back to the allocators (after the commit that freed it is durable).
@@ -1542,12 +1650,29 @@ impl Inner {
             ops,
         };
         let mut frame = format::encode_transaction(&txn);
-        if self.ensure_log_room(st, frame.len() as u64)? {
-            // The log's growth record took this sequence number: seal the frame with the next.
-            txn.seq = st.log.next_seq;
-            frame = format::encode_transaction(&txn);
+        let mut grown_by = Vec::new();
+        if let Some((grown, extents)) = self.log_growth(st, frame.len() as u64)? {
+            // The growth rides in this frame when the frame still fits the current allocation:
+            // one write and one flush instead of two of each every `log_grow` bytes.
+            txn.ops.insert(0, LogOp::FileUpdate(grown));
+            let with_growth = format::encode_transaction(&txn);
+            if st.log.position + with_growth.len() as u64 <= st.log.fnode.allocated() {
+                frame = with_growth;
+                grown_by = extents;
+            } else {
+                let LogOp::FileUpdate(grown) = txn.ops.remove(0) else {
+                    unreachable!("the growth op was inserted first")
+                };
+                self.commit_log_growth(st, grown, &extents)?;
+                // The growth record took this sequence number: seal the frame with the next.
+                txn.seq = st.log.next_seq;
+                frame = format::encode_transaction(&txn);
+            }
         }
-        self.write_log_frame(st, &frame, also_flush, also_write)?;
+        if let Err(e) = self.write_log_frame(st, &frame, also_flush, also_write) {
+            self.release_now(st, &grown_by);
+            return Err(e);
+        }
         let ops = txn.ops;
         for op in &ops {
             if let Err(reason) = st.apply(op) {
@@ -1564,13 +1689,11 @@ impl Inner {
         Ok(())
     }
 
-    /// Makes sure a frame of `frame_len` bytes fits in the log and leaves the runway: if not,
-    /// first commits a small transaction that records more log space (it always fits in the
-    /// runway). Returns whether it did (that transaction used up a sequence number).
-    fn ensure_log_room(&self, st: &mut State, frame_len: u64) -> Result<bool> {
-        let allocated = st.log.fnode.allocated();
-        if st.log.position + frame_len + LOG_RUNWAY <= allocated {
-            return Ok(false);
+    /// When a frame of `frame_len` bytes would not leave the runway free in the log, allocates
+    /// more log space and returns the log's fnode with it (not yet committed) and the new extents.
+    fn log_growth(&self, st: &mut State, frame_len: u64) -> Result<Option<(Fnode, Vec<Extent>)>> {
+        if st.log.position + frame_len + LOG_RUNWAY <= st.log.fnode.allocated() {
+            return Ok(None);
         }
         let want = (frame_len + LOG_RUNWAY).max(self.config.log_grow);
         let extents = self.allocate_log(st, want)?;
@@ -1578,19 +1701,25 @@ impl Inner {
         for e in &extents {
             push_extent(&mut fnode.extents, *e);
         }
+        Ok(Some((fnode, extents)))
+    }
+
+    /// Commits a log growth as a transaction of its own (it always fits in the runway), for a
+    /// frame too large to carry it.
+    fn commit_log_growth(&self, st: &mut State, grown: Fnode, extents: &[Extent]) -> Result<()> {
         let grow = Transaction {
             uuid: self.uuid,
             seq: st.log.next_seq,
-            ops: vec![LogOp::FileUpdate(fnode)],
+            ops: vec![LogOp::FileUpdate(grown)],
         };
         if let Err(e) = self.write_log_frame(st, &format::encode_transaction(&grow), &[], &[]) {
-            self.release_now(st, &extents);
+            self.release_now(st, extents);
             return Err(e);
         }
         for op in &grow.ops {
             let _ = st.apply(op);
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Writes and flushes one encoded frame (sealed with `st.log.next_seq`); `also_write` goes
@@ -1735,6 +1864,21 @@ impl Inner {
         }
     }
 
+    /// Writes the log-only bytes of every file not open for writing to its extents (the
+    /// snapshot carried the others' into the new log), then flushes every device. Removed
+    /// files' bytes stay in memory for their last readers.
+    fn place_all_log_only(&self, st: &mut State) -> Result<()> {
+        for f in st.files.values_mut() {
+            if !f.writer && !f.log_only.is_empty() {
+                place_log_only(&self.devices, f)?;
+            }
+        }
+        for device in self.devices.iter().flatten() {
+            device.flush()?;
+        }
+        Ok(())
+    }
+
     /// Asks for a compaction (run when the committer's guard drops) when the log is large and
     /// mostly history, or when it is eating into its reserve because the devices are full.
     fn maybe_compact(&self, st: &mut State) {
@@ -1792,7 +1936,7 @@ impl Inner {
         let delta = st.compaction.take().map(|c| c.delta).unwrap_or_default();
         if let Err(e) = written {
             self.release_now(&mut st, &new_log.extents);
-            return Err(e);
+            return Err(compaction_io_failed(&mut st, e));
         }
         if st.read_only.is_some() {
             self.release_now(&mut st, &new_log.extents);
@@ -1841,9 +1985,16 @@ impl Inner {
         if !tail.is_empty() {
             if let Err(e) = write_durable(&self.devices, &new_log.extents, position, &tail) {
                 self.release_now(&mut st, &new_log.extents);
-                return Err(e);
+                return Err(compaction_io_failed(&mut st, e));
             }
             position += tail.len() as u64;
+        }
+        // The old log is about to stop counting: bytes only it holds go to their files (those
+        // of files open for writing are in the new log), and every device is flushed (bytes
+        // written out earlier without a flush, at a writer's close, relied on the old log too).
+        if let Err(e) = self.place_all_log_only(&mut st) {
+            self.release_now(&mut st, &new_log.extents);
+            return Err(compaction_io_failed(&mut st, e));
         }
         let superblock = Superblock {
             uuid: self.uuid,
@@ -1892,11 +2043,22 @@ impl Inner {
 }
 
 /// About how many log bytes the live metadata needs.
+/// A write or flush of compaction failed. Bytes written out earlier without a flush (log-only
+/// bytes placed at a writer's close) rely on the next flush succeeding; after a failed one,
+/// no later flush proves they landed, so the filesystem stops taking changes.
+fn compaction_io_failed(st: &mut State, e: BlueFsError) -> BlueFsError {
+    if !e.is_no_space() && st.read_only.is_none() {
+        st.read_only = Some(format!("an I/O of log compaction failed: {e}"));
+    }
+    e
+}
+
 fn live_metadata_estimate(st: &State) -> u64 {
+    // Log-only bytes of open files are copied into the new log, so they count as live.
     let files: u64 = st
         .files
         .values()
-        .map(|f| 64 + 17 * f.fnode.extents.len() as u64)
+        .map(|f| 64 + 17 * f.fnode.extents.len() as u64 + f.log_only_len())
         .sum();
     let names: u64 = st
         .dirs
@@ -1920,7 +2082,25 @@ fn snapshot_ops(st: &State) -> Vec<LogOp> {
     let mut inos: Vec<&u64> = st.files.keys().collect();
     inos.sort();
     for ino in inos {
-        ops.push(LogOp::FileUpdate(st.files[ino].fnode.clone()));
+        let f = &st.files[ino];
+        ops.push(LogOp::FileUpdate(f.fnode.clone()));
+        // A file open for writing keeps its log-only bytes in the new log: its writer may be
+        // writing that very block outside the lock, so compaction must not write it too.
+        if f.writer && !f.log_only.is_empty() {
+            for r in &f.log_only {
+                ops.push(LogOp::FileAppendInline {
+                    ino: *ino,
+                    size: r.end(),
+                    mtime_ns: f.fnode.mtime_ns,
+                    appended: Vec::new(),
+                    data_from: r.from,
+                    data: r.bytes.clone(),
+                });
+            }
+            if f.log_only.last().map(LogOnlyBytes::end) != Some(f.fnode.size) {
+                ops.push(LogOp::FileUpdate(f.fnode.clone()));
+            }
+        }
     }
     for (dir, entries) in &st.dirs {
         for (name, ino) in entries {
@@ -1969,6 +2149,41 @@ fn with_data<'d>(pieces: &[Extent], data: &'d [u8]) -> Vec<(Extent, &'d [u8])> {
 }
 
 /// Writes device ranges, all of one device's in flight together; returns the devices written.
+/// Writes a file's log-only bytes to its own extents (without a flush: the log still holds
+/// them) and forgets them. Returns the devices written. A partial last block that the file
+/// continues past (bytes written in place by a later, ordinary append) is read first and only
+/// patched, so the padding does not overwrite them.
+fn place_log_only(devices: &[Option<BlockDevice>; 3], f: &mut FileMeta) -> Result<Vec<DeviceId>> {
+    let mut touched = Vec::new();
+    for r in &f.log_only {
+        let padded = (r.bytes.len() as u64).next_multiple_of(BLOCK_SIZE);
+        let pieces =
+            map_range(f.all_extents(), r.from, padded).ok_or_else(|| BlueFsError::Corrupt {
+                reason: format!(
+                    "file {}: log-only bytes {}..{} past its allocation",
+                    f.fnode.ino,
+                    r.from,
+                    r.end()
+                ),
+            })?;
+        let mut data = vec![0u8; padded as usize];
+        let last_block = r.end() / BLOCK_SIZE * BLOCK_SIZE;
+        if r.end() % BLOCK_SIZE != 0 && f.size() > r.end() {
+            let block = map_range(f.all_extents(), last_block, BLOCK_SIZE)
+                .expect("inside the range mapped above");
+            read_into(devices, &block, &mut data[(last_block - r.from) as usize..])?;
+        }
+        data[..r.bytes.len()].copy_from_slice(&r.bytes);
+        for id in write_pieces(devices, &with_data(&pieces, &data))? {
+            if !touched.contains(&id) {
+                touched.push(id);
+            }
+        }
+    }
+    f.log_only.clear();
+    Ok(touched)
+}
+
 fn write_pieces(
     devices: &[Option<BlockDevice>; 3],
     writes: &[(Extent, &[u8])],
@@ -2276,6 +2491,8 @@ pub struct FileWriter {
     /// since: what lets an fsync commit data and log under one flush (a checked append).
     synced_size: u64,
     unsynced_crc: u32,
+    /// How many of the file's bytes live only in the log (as of this writer's last fsync).
+    log_only_len: u64,
     closed: bool,
 }
 
@@ -2287,6 +2504,8 @@ struct PreparedData {
     start: u64,
     /// The file's size once written.
     end: u64,
+    /// Whether `data` also carries the file's log-only bytes (forgotten once written).
+    covers_log_only: bool,
 }
 
 impl PreparedData {
@@ -2310,6 +2529,7 @@ impl FileWriter {
             dirty: Vec::new(),
             synced_size: size,
             unsynced_crc: 0,
+            log_only_len: 0,
             closed: false,
         }
     }
@@ -2343,7 +2563,7 @@ impl FileWriter {
 
     /// Writes buffered bytes to the device (not yet durable, not yet in the log).
     pub fn flush(&mut self) -> Result<()> {
-        let Some(prepared) = self.prepare_flush()? else {
+        let Some(prepared) = self.prepare_flush(true)? else {
             return Ok(());
         };
         write_pieces(&self.fs.inner.devices, &prepared.writes())?;
@@ -2354,12 +2574,15 @@ impl FileWriter {
 
     /// Allocates space for the buffered bytes and lays them out as device writes (the tail
     /// block rewritten whole), without writing.
-    fn prepare_flush(&mut self) -> Result<Option<PreparedData>> {
+    /// With `with_log_only`, the writes begin where the file's log-only bytes do, so they
+    /// reach the file's extents too.
+    fn prepare_flush(&mut self, with_log_only: bool) -> Result<Option<PreparedData>> {
         if self.buffer.is_empty() {
             return Ok(None);
         }
         let inner = &self.fs.inner;
-        let start = self.flushed - self.tail.len() as u64; // block-aligned
+        let mut start = self.flushed - self.tail.len() as u64; // block-aligned
+        let mut prefix = Vec::new();
         let end = self.flushed + self.buffer.len() as u64;
         let padded_end = end.next_multiple_of(BLOCK_SIZE);
         // Space: under the lock, extend the file's allocation to cover the new end.
@@ -2380,10 +2603,24 @@ impl FileWriter {
                     push_extent(&mut f.pending_extents, e);
                 }
             }
+            let f = st.file_mut(self.ino).expect("seen above");
+            if with_log_only && !f.log_only.is_empty() {
+                match f.log_only.as_slice() {
+                    // The usual case: this writer's own inline appends, ending where it is.
+                    [r] if r.end() == self.flushed && r.from <= start => {
+                        prefix = r.bytes[..(start - r.from) as usize].to_vec();
+                        start = r.from;
+                    }
+                    _ => {
+                        place_log_only(&inner.devices, f)?;
+                    }
+                }
+            }
             let f = st.file(self.ino).expect("seen above");
             map_range(f.all_extents(), start, padded_end - start).expect("allocation covers it")
         };
         let mut data = Vec::with_capacity((padded_end - start) as usize);
+        data.extend_from_slice(&prefix);
         data.extend_from_slice(&self.tail);
         data.extend_from_slice(&self.buffer);
         data.resize((padded_end - start) as usize, 0);
@@ -2392,6 +2629,7 @@ impl FileWriter {
             data,
             start,
             end,
+            covers_log_only: with_log_only,
         }))
     }
 
@@ -2402,6 +2640,7 @@ impl FileWriter {
             data,
             start,
             end,
+            covers_log_only,
         } = prepared;
         for p in &pieces {
             if !self.dirty.contains(&p.device) {
@@ -2415,6 +2654,23 @@ impl FileWriter {
         self.buffer.clear();
         if let Some(f) = st.file_mut(self.ino) {
             f.pending_size = Some(end);
+            if covers_log_only {
+                f.log_only.clear();
+            }
+        }
+    }
+
+    /// Writes this file's log-only bytes to its extents (close and truncate need them there).
+    fn place_log_only(&mut self) -> Result<()> {
+        let inner = &self.fs.inner;
+        let mut st = lock(&inner.state);
+        match st.file_mut(self.ino) {
+            Some(f) if !f.log_only.is_empty() => {
+                place_log_only(&inner.devices, f)?;
+                self.log_only_len = 0;
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -2422,7 +2678,14 @@ impl FileWriter {
     pub fn fsync(&mut self) -> Result<()> {
         let fs = self.fs.clone();
         let inner = &fs.inner;
-        let prepared = self.prepare_flush()?;
+        // A small append with nothing written since the last fsync may travel inside its log
+        // record (below); anything else takes the file's log-only bytes along to its extents.
+        let carried = (self.tail.len() + self.buffer.len()) as u64;
+        let inline_wanted = !self.buffer.is_empty()
+            && self.dirty.is_empty()
+            && carried <= inner.config.inline_append_max
+            && self.log_only_len + carried <= inner.config.inline_backlog;
+        let prepared = self.prepare_flush(!inline_wanted)?;
         let mut st = inner.lock_writable()?;
         let Some(f) = st.files.get(&self.ino) else {
             drop(st);
@@ -2442,7 +2705,33 @@ impl FileWriter {
         // appended bytes so replay can tell whether they landed (only the last frame can be cut
         // short). Otherwise: data, flush, then log.
         let checked = f.fnode.size == self.synced_size && size > self.synced_size;
-        if !checked {
+        if let (true, Some(p)) = (checked && inline_wanted, &prepared) {
+            let op = LogOp::FileAppendInline {
+                ino: self.ino,
+                size,
+                mtime_ns: now_ns(),
+                appended: f.pending_extents.clone(),
+                data_from: p.start,
+                data: p.data[..(p.end - p.start) as usize].to_vec(),
+            };
+            inner.commit(&mut st, vec![op], Vec::new())?;
+            if let Some(p) = prepared {
+                self.finish_flush(p, &mut st);
+            }
+            // Nothing reached the device: no flush is owed for it.
+            self.dirty.clear();
+        } else if !checked {
+            if inline_wanted {
+                // The data goes out alone, so the log-only bytes go first.
+                let f = st.file_mut(self.ino).expect("seen above");
+                if !f.log_only.is_empty() {
+                    for id in place_log_only(&inner.devices, f)? {
+                        if !self.dirty.contains(&id) {
+                            self.dirty.push(id);
+                        }
+                    }
+                }
+            }
             if let Some(p) = prepared {
                 drop(st);
                 write_pieces(&inner.devices, &p.writes())?;
@@ -2495,6 +2784,7 @@ impl FileWriter {
         if let Some(f) = st.files.get_mut(&self.ino) {
             f.pending_extents.clear();
             f.pending_size = None;
+            self.log_only_len = f.log_only_len();
         }
         self.synced_size = size.max(self.flushed);
         self.unsynced_crc = 0;
@@ -2504,6 +2794,7 @@ impl FileWriter {
     /// Shrinks or grows the file through this writer.
     pub fn truncate(&mut self, size: u64) -> Result<()> {
         self.fsync()?;
+        self.place_log_only()?;
         if size >= self.flushed {
             return self.append_zeroes(size - self.flushed);
         }
@@ -2533,7 +2824,7 @@ impl FileWriter {
 
     /// fsync, then release the file for other writers.
     pub fn close(mut self) -> Result<()> {
-        let result = self.fsync();
+        let result = self.fsync().and_then(|()| self.place_log_only());
         self.closed = true;
         self.fs.inner.release_writer(self.ino);
         result
@@ -2544,7 +2835,7 @@ impl Drop for FileWriter {
     fn drop(&mut self) {
         if !self.closed {
             // Best effort: what was appended is made durable, as close would.
-            let _ = self.fsync();
+            let _ = self.fsync().and_then(|()| self.place_log_only());
             self.fs.inner.release_writer(self.ino);
         }
     }
@@ -2567,7 +2858,7 @@ impl FileReader {
     /// Reads up to `buf.len()` bytes at `offset`; fewer at the end of the file.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         // Under the lock: only the device ranges this read needs.
-        let (len, start, end, pieces) = {
+        let (len, start, end, pieces, log_only) = {
             let st = lock(&self.fs.inner.state);
             let Some(f) = st.file(self.ino) else {
                 return Ok(0);
@@ -2584,12 +2875,30 @@ impl FileReader {
                     reason: format!("file {}: size {size} beyond its allocation", self.ino),
                 }
             })?;
-            (len, start, end, pieces)
+            // Bytes still only in the log: copied now, since they may be written out and
+            // forgotten while this read is at the device.
+            let log_only: Vec<(u64, Vec<u8>)> = f
+                .log_only
+                .iter()
+                .filter_map(|r| {
+                    let from = r.from.max(offset);
+                    let to = r.end().min(offset + len);
+                    (from < to).then(|| {
+                        let at = (from - r.from) as usize;
+                        (from, r.bytes[at..at + (to - from) as usize].to_vec())
+                    })
+                })
+                .collect();
+            (len, start, end, pieces, log_only)
         };
         let mut data = vec![0u8; (end - start) as usize];
         read_into(&self.fs.inner.devices, &pieces, &mut data)?;
         let from = (offset - start) as usize;
         buf[..len as usize].copy_from_slice(&data[from..from + len as usize]);
+        for (at, bytes) in log_only {
+            let at = (at - offset) as usize;
+            buf[at..at + bytes.len()].copy_from_slice(&bytes);
+        }
         Ok(len as usize)
     }
 
