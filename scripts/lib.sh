@@ -3,7 +3,7 @@
 # - ensure_packages PKG...: installs Debian packages that are missing (idempotent; apt-get update
 #   only when an install needs it; sudo when not root).
 # - BLUEPOLL_TARGET: the cargo target directory every script and CI share, under ~/.cache so
-#   repeated runs (and, later, the RocksDB build) are reused.
+#   repeated runs (and the RocksDB build, 15-20 minutes from scratch) are reused.
 
 BLUEPOLL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bluepoll/target}"
@@ -40,6 +40,8 @@ ensure_rust() {
         echo "cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
         exit 1
     fi
+    # RocksDB is built from source (librocksdb-sys): a C++ compiler, and libclang for bindgen.
+    ensure_packages g++ libclang-dev
 }
 
 # Builds the release binary and prints its path.

@@ -29,13 +29,15 @@ commands:
 
 Devices are device URIs (mem:, uring:, pcie:, fault:); docs/bluefs.md has the details.";
 
-struct Options {
-    devices: Devices,
-    config: BlueFsConfig,
-    args: Vec<String>,
+pub struct Options {
+    pub devices: Devices,
+    pub config: BlueFsConfig,
+    pub args: Vec<String>,
 }
 
-fn parse(args: &[String]) -> Result<Options> {
+/// Device options (`--db=`, `--wal=`, `--slow=`, `--alloc-unit=`) and the other arguments;
+/// `usage` is shown with errors.
+pub fn parse_with(args: &[String], usage: &str) -> Result<Options> {
     let (mut wal, mut db, mut slow) = (None, None, None);
     let mut config = BlueFsConfig::default();
     let mut rest = Vec::new();
@@ -55,11 +57,11 @@ fn parse(args: &[String]) -> Result<Options> {
                 let unit = parse_size(value).map_err(|e| anyhow::anyhow!("--alloc-unit: {e}"))?;
                 config.alloc_units = [unit; 3];
             }
-            _ => bail!("unknown option --{key}\n{USAGE}"),
+            _ => bail!("unknown option --{key}\n{usage}"),
         }
     }
     let Some(db) = db else {
-        bail!("--db=URI is required\n{USAGE}")
+        bail!("--db=URI is required\n{usage}")
     };
     let open = |uri: &str| Device::open(uri).with_context(|| format!("opening {uri}"));
     let devices = Devices {
@@ -74,7 +76,11 @@ fn parse(args: &[String]) -> Result<Options> {
     })
 }
 
-fn mount(o: &Options) -> Result<BlueFs> {
+fn parse(args: &[String]) -> Result<Options> {
+    parse_with(args, USAGE)
+}
+
+pub fn mount(o: &Options) -> Result<BlueFs> {
     Ok(BlueFs::mount(o.devices.clone(), o.config.clone(), None)
         .context("mounting BlueFS")?
         .fs)

@@ -4,12 +4,14 @@
 //! - [`nvme`]: devices and per-thread queue pairs (`submit` queues, `poll` rings and reaps);
 //! - [`reactor`]: one pinned run-to-completion loop per core, lock-free queues between them;
 //! - [`bluefs`]: the journaling filesystem RocksDB runs on, over up to three devices;
+//! - [`kv`]: the metadata store, RocksDB on BlueFS;
 //! - [`bench`]: the fio-style load harness that drives every layer.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod bench;
 pub mod bluefs;
+pub mod kv;
 pub mod nvme;
 pub mod rand;
 pub mod reactor;

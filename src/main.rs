@@ -3,6 +3,7 @@
 use anyhow::{Result, bail};
 
 mod bluefs_cli;
+mod kv_cli;
 
 const USAGE: &str = "\
 usage: bluepoll <command> [arguments]
@@ -10,6 +11,8 @@ usage: bluepoll <command> [arguments]
 commands:
   bench [JOBFILE...] [--OPTION=VALUE...]   run fio-style jobs (default: bench/jobs/quick.fio on mem:256M)
   bluefs COMMAND --db=URI [...]            make, inspect and maintain a BlueFS (bluefs --help)
+  kv COMMAND --db=URI [...]                get, put, scan the RocksDB in a BlueFS (kv --help)
+  kvbench --dir=DIR [...]                  db_bench-style workloads: RocksDB on BlueFS vs the kernel
   compare PEER.json OURS.json              side-by-side table of two fio-format JSON results
   devinfo URI                              open a device and print its namespace facts
   selftest device URI --destructive [--serial=S --capacity=SIZE --block-size=N --strict]
@@ -65,6 +68,11 @@ fn dispatch(args: &[String]) -> Result<i32> {
             Ok(bluepoll::bench::run(rest)?.exit_code)
         }
         "bluefs" => bluefs_cli::run(rest),
+        "kv" => kv_cli::run(rest),
+        "kvbench" => {
+            bluepoll::bench::kv_bench::run(rest)?;
+            Ok(0)
+        }
         "compare" => {
             bluepoll::bench::compare::run(rest)?;
             Ok(0)

@@ -11,6 +11,7 @@ pub mod bluefs_engine;
 pub mod compare;
 pub mod engine;
 pub mod jobfile;
+pub mod kv_bench;
 pub mod latlog;
 pub mod offsets;
 pub mod options;

@@ -21,6 +21,10 @@ pub enum BlueFsError {
     #[error(transparent)]
     Format(#[from] FormatError),
 
+    /// Making the RocksDB Env over BlueFS failed.
+    #[error("RocksDB environment over BlueFS: {reason}")]
+    RocksEnv { reason: String },
+
     /// Every device the data may go to is full (the log keeps its own reserve).
     #[error("no space left for {what}: {detail}")]
     NoSpace { what: String, detail: String },

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::alloc::{AllocError, ExtentAllocator, SharedAllocator, SharedSpace};
+use super::cache::{CHUNK, ChunkKey, ReadCache};
 use super::error::{BlueFsError, Result};
 use super::format::{
     self, BLOCK_SIZE, DeviceId, Extent, Fnode, FrameEnd, Label, LogOp, RESERVED_PREFIX,
@@ -82,6 +83,8 @@ pub struct BlueFsConfig {
     /// Bytes a writer lets live only in log records before it writes them to the file's own
     /// extents (with its next data write, or at close).
     pub inline_backlog: u64,
+    /// Memory for cached file chunks of files nobody is writing (0: no cache); see cache.rs.
+    pub read_cache_bytes: u64,
 }
 
 impl Default for BlueFsConfig {
@@ -95,6 +98,7 @@ impl Default for BlueFsConfig {
             async_compaction: true,
             inline_append_max: 16 << 10,
             inline_backlog: 1 << 20,
+            read_cache_bytes: 256 << 20,
         }
     }
 }
@@ -249,6 +253,9 @@ struct FileMeta {
     /// file's extents: sorted, disjoint, each starting on a block boundary. Readers see them
     /// over what the device holds; compaction, close and mount write them out.
     log_only: Vec<LogOnlyBytes>,
+    /// Changes whenever the file's bytes may change (a writer opens it, it is cut): the read
+    /// cache's chunks of earlier generations are never used again.
+    data_generation: u64,
 }
 
 #[derive(Debug)]
@@ -275,7 +282,14 @@ impl FileMeta {
             writer: false,
             deferred_release: Vec::new(),
             log_only: Vec::new(),
+            data_generation: 0,
         }
+    }
+
+    /// A writer takes the file: cached chunks of it stop counting.
+    fn start_writer(&mut self) {
+        self.writer = true;
+        self.data_generation += 1;
     }
 
     /// An inline append's bytes: they replace whatever log-only bytes they overlap (the
@@ -440,6 +454,7 @@ struct Inner {
     state: Mutex<State>,
     /// One compaction at a time.
     compacting: AtomicBool,
+    read_cache: ReadCache,
 }
 
 /// A mounted filesystem; cheap to clone, safe to use from many threads.
@@ -710,6 +725,7 @@ impl BlueFs {
         state.files = replay.files;
         state.next_ino = next_ino;
         state.allocators = allocators;
+        let read_cache = ReadCache::new(config.read_cache_bytes);
         let fs = BlueFs {
             inner: Arc::new(Inner {
                 uuid,
@@ -719,6 +735,7 @@ impl BlueFs {
                 slow_shared,
                 state: Mutex::new(state),
                 compacting: AtomicBool::new(false),
+                read_cache,
             }),
         };
         Ok(Mounted { fs, slow_extents })
@@ -850,7 +867,7 @@ impl BlueFs {
                 ino
             }
         };
-        st.files.get_mut(&ino).expect("just made").writer = true;
+        st.files.get_mut(&ino).expect("just made").start_writer();
         Ok(FileWriter::new(
             self.clone(),
             path.into(),
@@ -878,7 +895,7 @@ impl BlueFs {
             if !f.log_only.is_empty() {
                 place_log_only(&self.inner.devices, f)?;
             }
-            f.writer = true;
+            f.start_writer();
             let size = f.size();
             let tail_start = size / BLOCK_SIZE * BLOCK_SIZE;
             let tail = if size % BLOCK_SIZE != 0 {
@@ -925,7 +942,7 @@ impl BlueFs {
         let f = st.files.get_mut(&ino).expect("still there");
         f.pending_extents.clear();
         f.pending_size = None;
-        f.writer = true;
+        f.start_writer();
         Ok(FileWriter::new(
             self.clone(),
             new.into(),
@@ -1848,6 +1865,7 @@ impl Inner {
         let f = st.files.get_mut(&ino).expect("still there");
         f.pending_extents.clear();
         f.pending_size = None;
+        f.data_generation += 1;
         if readers {
             f.deferred_release.extend(released);
         }
@@ -2149,6 +2167,27 @@ fn with_data<'d>(pieces: &[Extent], data: &'d [u8]) -> Vec<(Extent, &'d [u8])> {
 }
 
 /// Writes device ranges, all of one device's in flight together; returns the devices written.
+/// The read cache's chunks covering `offset..offset + len` of `f`: (index, bytes of the file in
+/// that chunk, device pieces of those bytes rounded up to whole blocks).
+fn chunk_pieces(f: &FileMeta, offset: u64, len: u64) -> Result<Vec<(u64, u64, Vec<Extent>)>> {
+    let size = f.size();
+    (offset / CHUNK..=(offset + len - 1) / CHUNK)
+        .map(|index| {
+            let start = index * CHUNK;
+            let chunk_len = CHUNK.min(size - start);
+            let pieces = map_range(
+                f.all_extents(),
+                start,
+                chunk_len.next_multiple_of(BLOCK_SIZE),
+            )
+            .ok_or_else(|| BlueFsError::Corrupt {
+                reason: format!("file {}: size {size} beyond its allocation", f.fnode.ino),
+            })?;
+            Ok((index, chunk_len, pieces))
+        })
+        .collect()
+}
+
 /// Writes a file's log-only bytes to its own extents (without a flush: the log still holds
 /// them) and forgets them. Returns the devices written. A partial last block that the file
 /// continues past (bytes written in place by a later, ordinary append) is read first and only
@@ -2868,6 +2907,23 @@ impl FileReader {
                 return Ok(0);
             }
             let len = (buf.len() as u64).min(size - offset);
+            // Small reads of a file nobody writes go through the read cache (large ones, such
+            // as compaction's readahead, would only push out what is read again).
+            if !f.writer
+                && f.log_only.is_empty()
+                && len <= 4 * CHUNK
+                && self.fs.inner.read_cache.enabled()
+            {
+                let chunks = chunk_pieces(f, offset, len)?;
+                let generation = f.data_generation;
+                drop(st);
+                return self.read_through_cache(
+                    offset,
+                    &mut buf[..len as usize],
+                    generation,
+                    chunks,
+                );
+            }
             let start = offset / BLOCK_SIZE * BLOCK_SIZE;
             let end = (offset + len).next_multiple_of(BLOCK_SIZE);
             let pieces = map_range(f.all_extents(), start, end - start).ok_or_else(|| {
@@ -2900,6 +2956,45 @@ impl FileReader {
             buf[at..at + bytes.len()].copy_from_slice(&bytes);
         }
         Ok(len as usize)
+    }
+
+    /// Fills `out` (the file's bytes at `offset`) from cached chunks, reading and caching the
+    /// missing ones whole.
+    fn read_through_cache(
+        &self,
+        offset: u64,
+        out: &mut [u8],
+        generation: u64,
+        chunks: Vec<(u64, u64, Vec<Extent>)>,
+    ) -> Result<usize> {
+        let cache = &self.fs.inner.read_cache;
+        for (index, chunk_len, pieces) in chunks {
+            let key = ChunkKey {
+                ino: self.ino,
+                generation,
+                index,
+            };
+            // A chunk of another length would be from another version of the file: the
+            // generation rules out that one is found, the length check makes sure.
+            let chunk = match cache.get(&key).filter(|c| c.len() as u64 == chunk_len) {
+                Some(c) => c,
+                None => {
+                    let mut data = vec![0u8; chunk_len.next_multiple_of(BLOCK_SIZE) as usize];
+                    read_into(&self.fs.inner.devices, &pieces, &mut data)?;
+                    data.truncate(chunk_len as usize);
+                    let data = Arc::new(data);
+                    cache.insert(key, data.clone());
+                    data
+                }
+            };
+            let chunk_start = index * CHUNK;
+            let from = offset.max(chunk_start);
+            let to = (offset + out.len() as u64).min(chunk_start + chunk_len);
+            out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
+                &chunk[(from - chunk_start) as usize..(to - chunk_start) as usize],
+            );
+        }
+        Ok(out.len())
     }
 
     /// Sequential read from the current position.

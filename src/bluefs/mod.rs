@@ -18,10 +18,12 @@
 //! pairs polled by the calling thread), `fs` (metadata, files, log, compaction).
 
 pub mod alloc;
+mod cache;
 pub mod error;
 pub mod format;
 mod fs;
 mod io;
+mod rocks_env;
 
 pub use alloc::{AllocError, ExtentAllocator, SharedAllocator, SharedSpace};
 pub use error::{BlueFsError, Result};
@@ -30,5 +32,6 @@ pub use fs::{
     BlueFs, BlueFsConfig, DeviceUsage, Devices, FileKind, FileReader, FileStat, FileWriter,
     FsckReport, Mounted, Usage, uuid_text,
 };
+pub use rocks_env::{rocksdb_env, set_error_retry_interval, verify_checksums};
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

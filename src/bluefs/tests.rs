@@ -24,6 +24,8 @@ fn small_config() -> BlueFsConfig {
         inline_append_max: 16 << 10,
         // Small, so tests often write log-only bytes out with later data.
         inline_backlog: 64 << 10,
+        // Small, so tests evict.
+        read_cache_bytes: 4 << 20,
     }
 }
 
@@ -359,6 +361,64 @@ fn small_synced_appends_travel_in_the_log_record_alone() {
     assert_eq!(fs.usage().compactions, 1);
     let fs = remount(fs, &devices, &config);
     assert_eq!(fs.read_file("db.wal/000001.log").unwrap(), expected);
+}
+
+#[test]
+fn cached_reads_follow_every_change_of_a_file() {
+    let devices = Devices::only(mem("64M"));
+    let config = small_config();
+    let fs = fresh(&devices, &config);
+    fs.mkdir("db").unwrap();
+    let read_all = |path: &str| {
+        // Small reads, so they go through the cache.
+        let r = fs.open_read(path).unwrap();
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 5000];
+        loop {
+            let n = r.read_at(out.len() as u64, &mut buf).unwrap();
+            if n == 0 {
+                break out;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    };
+    let mut model = pattern(1, 150_000);
+    write_file(&fs, "db/a.sst", &model);
+    assert_eq!(read_all("db/a.sst"), model);
+    assert_eq!(read_all("db/a.sst"), model, "from the cache");
+
+    let mut w = fs.open_append("db/a.sst").unwrap();
+    let more = pattern(2, 30_000);
+    w.append(&more).unwrap();
+    w.close().unwrap();
+    model.extend_from_slice(&more);
+    assert_eq!(read_all("db/a.sst"), model, "after an append");
+
+    fs.truncate("db/a.sst", 70_000).unwrap();
+    model.truncate(70_000);
+    assert_eq!(read_all("db/a.sst"), model, "after a truncate");
+    let mut w = fs.open_append("db/a.sst").unwrap();
+    let regrown = pattern(3, 90_000);
+    w.append(&regrown).unwrap();
+    w.close().unwrap();
+    model.extend_from_slice(&regrown);
+    assert_eq!(
+        read_all("db/a.sst"),
+        model,
+        "after a regrowth over cut space"
+    );
+
+    let fresh_bytes = pattern(4, 120_000);
+    write_file(&fs, "db/a.sst", &fresh_bytes);
+    assert_eq!(read_all("db/a.sst"), fresh_bytes, "after create over it");
+
+    write_file(&fs, "db/old.log", &pattern(5, 80_000));
+    assert_eq!(read_all("db/old.log").len(), 80_000);
+    let mut w = fs.reuse("db/old.log", "db/new.log").unwrap();
+    let reused = pattern(6, 10_000);
+    w.append(&reused).unwrap();
+    w.close().unwrap();
+    assert_eq!(read_all("db/new.log"), reused, "after reuse");
 }
 
 #[test]
@@ -844,7 +904,7 @@ fn fault_devices(seed: u64, with_wal: bool) -> Devices {
 
 /// Arms the `cut_at`-th flush point, spread over the devices, to fail; returns every device's
 /// fault control (to cut the power afterwards).
-fn fail_flush_at(devices: &Devices, cut_at: u64) -> Vec<crate::nvme::FaultControl> {
+pub(crate) fn fail_flush_at(devices: &Devices, cut_at: u64) -> Vec<crate::nvme::FaultControl> {
     let controls: Vec<_> = [devices.wal.as_ref(), Some(&devices.db)]
         .into_iter()
         .flatten()
