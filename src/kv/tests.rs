@@ -179,7 +179,9 @@ fn level_aware_placement_keeps_the_wal_on_wal_and_old_levels_on_slow() {
     assert!(names(DB_DIR).iter().any(|n| n == "CURRENT"));
     let usage = fs.usage();
     let slow = usage.devices[DeviceId::Slow.index()].as_ref().unwrap();
-    assert!(slow.size - slow.free >= 16 << 20, "{usage:?}");
+    // 32 MB of values against a 4 MiB DB target: how much lands on SLOW depends on when
+    // compactions ran, but it is more than the DB target.
+    assert!(slow.size - slow.free > 4 << 20, "{usage:?}");
     for k in (0..64 * 512u64).step_by(101) {
         assert_eq!(
             kv.get(&k.to_be_bytes()).unwrap().map(|v| v.len()),
