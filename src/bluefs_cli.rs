@@ -93,20 +93,32 @@ fn arg<'a>(o: &'a Options, index: usize, what: &str) -> Result<&'a str> {
         .with_context(|| format!("missing {what}\n{USAGE}"))
 }
 
-pub fn run(args: &[String]) -> Result<i32> {
-    let Some((command, rest)) = args.split_first() else {
-        println!("{USAGE}");
-        return Ok(2);
-    };
-    if command == "--help" || command == "-h" {
-        println!("{USAGE}");
-        return Ok(0);
+/// A command-group's command and its arguments; without one, or for `--help`, the usage is
+/// printed and Err carries the exit status (2 and 0).
+pub fn split_command<'a>(args: &'a [String], usage: &str) -> Result<(&'a str, &'a [String]), i32> {
+    match args.split_first() {
+        None => {
+            println!("{usage}");
+            Err(2)
+        }
+        Some((command, _)) if command == "--help" || command == "-h" => {
+            println!("{usage}");
+            Err(0)
+        }
+        Some((command, rest)) => Ok((command.as_str(), rest)),
     }
+}
+
+pub fn run(args: &[String]) -> Result<i32> {
+    let (command, rest) = match split_command(args, USAGE) {
+        Ok(split) => split,
+        Err(code) => return Ok(code),
+    };
     if command == "bench-mount" {
         return bench_mount(rest);
     }
     let o = parse(rest)?;
-    match command.as_str() {
+    match command {
         "mkfs" => {
             let uuid = BlueFs::mkfs(&o.devices, &o.config, false)?;
             println!("made BlueFS {}", bluepoll::bluefs::uuid_text(&uuid));

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use bluepoll::kv::{KeyRange, Kv, KvConfig, WriteBatch};
 
-use crate::bluefs_cli::{mount, parse_with};
+use crate::bluefs_cli::{mount, parse_with, split_command};
 
 pub const USAGE: &str = "\
 usage: bluepoll kv COMMAND --db=URI [--wal=URI] [--slow=URI] [ARGS]
@@ -25,14 +25,10 @@ fn show(bytes: &[u8]) -> String {
 }
 
 pub fn run(args: &[String]) -> Result<i32> {
-    let Some((command, rest)) = args.split_first() else {
-        println!("{USAGE}");
-        return Ok(2);
+    let (command, rest) = match split_command(args, USAGE) {
+        Ok(split) => split,
+        Err(code) => return Ok(code),
     };
-    if command == "--help" || command == "-h" {
-        println!("{USAGE}");
-        return Ok(0);
-    }
     let mut limit = usize::MAX;
     let mut device_args = Vec::new();
     for arg in rest {
@@ -54,12 +50,12 @@ pub fn run(args: &[String]) -> Result<i32> {
     };
     let fs = mount(&o)?;
     // Reading needs no space: a full DB can still be inspected.
-    let kv = match command.as_str() {
+    let kv = match command {
         "put" | "delete" => Kv::open(&fs, &KvConfig::default()),
         _ => Kv::open_read_only(&fs, &KvConfig::default()),
     }
     .context("opening the DB")?;
-    match command.as_str() {
+    match command {
         "put" => {
             let mut batch = WriteBatch::new();
             batch.put(word(0, "KEY")?, word(1, "VALUE")?);

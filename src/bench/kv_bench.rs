@@ -67,10 +67,6 @@ fn parse(args: &[String]) -> Result<Settings> {
         workloads: WORKLOADS.iter().map(|w| w.to_string()).collect(),
     };
     for arg in args {
-        if arg == "--help" || arg == "-h" {
-            println!("{USAGE}");
-            std::process::exit(0);
-        }
         let Some((key, value)) = arg.strip_prefix("--").and_then(|a| a.split_once('=')) else {
             bail!("unexpected argument '{arg}'\n{USAGE}");
         };
@@ -286,6 +282,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let s = parse(args)?;
     std::fs::create_dir_all(&s.dir).with_context(|| format!("creating {}", s.dir.display()))?;
     let dir = s.dir.canonicalize()?;

@@ -1671,15 +1671,13 @@ impl Inner {
         if let Some((grown, extents)) = self.log_growth(st, frame.len() as u64)? {
             // The growth rides in this frame when the frame still fits the current allocation:
             // one write and one flush instead of two of each every `log_grow` bytes.
-            txn.ops.insert(0, LogOp::FileUpdate(grown));
+            txn.ops.insert(0, LogOp::FileUpdate(grown.clone()));
             let with_growth = format::encode_transaction(&txn);
             if st.log.position + with_growth.len() as u64 <= st.log.fnode.allocated() {
                 frame = with_growth;
                 grown_by = extents;
             } else {
-                let LogOp::FileUpdate(grown) = txn.ops.remove(0) else {
-                    unreachable!("the growth op was inserted first")
-                };
+                txn.ops.remove(0);
                 self.commit_log_growth(st, grown, &extents)?;
                 // The growth record took this sequence number: seal the frame with the next.
                 txn.seq = st.log.next_seq;
@@ -2166,15 +2164,36 @@ fn with_data<'d>(pieces: &[Extent], data: &'d [u8]) -> Vec<(Extent, &'d [u8])> {
         .collect()
 }
 
-/// Writes device ranges, all of one device's in flight together; returns the devices written.
-/// The read cache's chunks covering `offset..offset + len` of `f`: (index, bytes of the file in
-/// that chunk, device pieces of those bytes rounded up to whole blocks).
-fn chunk_pieces(f: &FileMeta, offset: u64, len: u64) -> Result<Vec<(u64, u64, Vec<Extent>)>> {
+/// One read-cache chunk a read needs: cached, or where on the devices to read it from.
+enum ChunkSource {
+    Cached(Arc<Vec<u8>>),
+    /// The device pieces of the chunk's bytes, rounded up to whole blocks.
+    Device(Vec<Extent>),
+}
+
+/// The read cache's chunks covering `offset..offset + len` of `f`: (key, bytes of the file in
+/// that chunk, source). Only misses are mapped to the devices.
+fn plan_cached_read(
+    f: &FileMeta,
+    cache: &ReadCache,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<(ChunkKey, u64, ChunkSource)>> {
     let size = f.size();
     (offset / CHUNK..=(offset + len - 1) / CHUNK)
         .map(|index| {
+            let key = ChunkKey {
+                ino: f.fnode.ino,
+                generation: f.data_generation,
+                index,
+            };
             let start = index * CHUNK;
             let chunk_len = CHUNK.min(size - start);
+            // A chunk of another length would be from another version of the file: the
+            // generation rules out that one is found, the length check makes sure.
+            if let Some(c) = cache.get(&key).filter(|c| c.len() as u64 == chunk_len) {
+                return Ok((key, chunk_len, ChunkSource::Cached(c)));
+            }
             let pieces = map_range(
                 f.all_extents(),
                 start,
@@ -2183,7 +2202,7 @@ fn chunk_pieces(f: &FileMeta, offset: u64, len: u64) -> Result<Vec<(u64, u64, Ve
             .ok_or_else(|| BlueFsError::Corrupt {
                 reason: format!("file {}: size {size} beyond its allocation", f.fnode.ino),
             })?;
-            Ok((index, chunk_len, pieces))
+            Ok((key, chunk_len, ChunkSource::Device(pieces)))
         })
         .collect()
 }
@@ -2223,6 +2242,7 @@ fn place_log_only(devices: &[Option<BlockDevice>; 3], f: &mut FileMeta) -> Resul
     Ok(touched)
 }
 
+/// Writes device ranges, all of one device's in flight together; returns the devices written.
 fn write_pieces(
     devices: &[Option<BlockDevice>; 3],
     writes: &[(Extent, &[u8])],
@@ -2914,15 +2934,9 @@ impl FileReader {
                 && len <= 4 * CHUNK
                 && self.fs.inner.read_cache.enabled()
             {
-                let chunks = chunk_pieces(f, offset, len)?;
-                let generation = f.data_generation;
+                let chunks = plan_cached_read(f, &self.fs.inner.read_cache, offset, len)?;
                 drop(st);
-                return self.read_through_cache(
-                    offset,
-                    &mut buf[..len as usize],
-                    generation,
-                    chunks,
-                );
+                return self.read_through_cache(offset, &mut buf[..len as usize], chunks);
             }
             let start = offset / BLOCK_SIZE * BLOCK_SIZE;
             let end = (offset + len).next_multiple_of(BLOCK_SIZE);
@@ -2964,30 +2978,21 @@ impl FileReader {
         &self,
         offset: u64,
         out: &mut [u8],
-        generation: u64,
-        chunks: Vec<(u64, u64, Vec<Extent>)>,
+        chunks: Vec<(ChunkKey, u64, ChunkSource)>,
     ) -> Result<usize> {
-        let cache = &self.fs.inner.read_cache;
-        for (index, chunk_len, pieces) in chunks {
-            let key = ChunkKey {
-                ino: self.ino,
-                generation,
-                index,
-            };
-            // A chunk of another length would be from another version of the file: the
-            // generation rules out that one is found, the length check makes sure.
-            let chunk = match cache.get(&key).filter(|c| c.len() as u64 == chunk_len) {
-                Some(c) => c,
-                None => {
+        for (key, chunk_len, source) in chunks {
+            let chunk = match source {
+                ChunkSource::Cached(c) => c,
+                ChunkSource::Device(pieces) => {
                     let mut data = vec![0u8; chunk_len.next_multiple_of(BLOCK_SIZE) as usize];
                     read_into(&self.fs.inner.devices, &pieces, &mut data)?;
                     data.truncate(chunk_len as usize);
                     let data = Arc::new(data);
-                    cache.insert(key, data.clone());
+                    self.fs.inner.read_cache.insert(key, data.clone());
                     data
                 }
             };
-            let chunk_start = index * CHUNK;
+            let chunk_start = key.index * CHUNK;
             let from = offset.max(chunk_start);
             let to = (offset + out.len() as u64).min(chunk_start + chunk_len);
             out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(

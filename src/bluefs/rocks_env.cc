@@ -124,6 +124,25 @@ bp_status fresh_status() {
   return st;
 }
 
+// Runs one C API call, `f(&status)`, and returns its outcome as an IOStatus.
+template <typename F>
+IOStatus call(F f) {
+  bp_status st = fresh_status();
+  f(&st);
+  return to_io_status(st);
+}
+
+// Up to `n` bytes at `offset` of a reader handle, into `scratch`.
+IOStatus read_at(void* reader, uint64_t offset, size_t n, Slice* result,
+                 char* scratch) {
+  size_t got = 0;
+  IOStatus s = call([&](bp_status* st) {
+    bp_reader_read_at(reader, offset, scratch, n, &got, st);
+  });
+  *result = s.ok() ? Slice(scratch, got) : Slice();
+  return s;
+}
+
 class BlueSequentialFile : public rocksdb::FSSequentialFile {
  public:
   explicit BlueSequentialFile(void* reader) : reader_(reader) {}
@@ -131,28 +150,15 @@ class BlueSequentialFile : public rocksdb::FSSequentialFile {
 
   IOStatus Read(size_t n, const IOOptions&, Slice* result, char* scratch,
                 IODebugContext*) override {
-    bp_status st = fresh_status();
-    size_t got = 0;
-    if (bp_reader_read_at(reader_, position_, scratch, n, &got, &st) != BP_OK) {
-      *result = Slice();
-      return to_io_status(st);
-    }
-    position_ += got;
-    *result = Slice(scratch, got);
-    return IOStatus::OK();
+    IOStatus s = read_at(reader_, position_, n, result, scratch);
+    position_ += result->size();
+    return s;
   }
 
   IOStatus PositionedRead(uint64_t offset, size_t n, const IOOptions&,
                           Slice* result, char* scratch,
                           IODebugContext*) override {
-    bp_status st = fresh_status();
-    size_t got = 0;
-    if (bp_reader_read_at(reader_, offset, scratch, n, &got, &st) != BP_OK) {
-      *result = Slice();
-      return to_io_status(st);
-    }
-    *result = Slice(scratch, got);
-    return IOStatus::OK();
+    return read_at(reader_, offset, n, result, scratch);
   }
 
   IOStatus Skip(uint64_t n) override {
@@ -172,14 +178,7 @@ class BlueRandomAccessFile : public rocksdb::FSRandomAccessFile {
 
   IOStatus Read(uint64_t offset, size_t n, const IOOptions&, Slice* result,
                 char* scratch, IODebugContext*) const override {
-    bp_status st = fresh_status();
-    size_t got = 0;
-    if (bp_reader_read_at(reader_, offset, scratch, n, &got, &st) != BP_OK) {
-      *result = Slice();
-      return to_io_status(st);
-    }
-    *result = Slice(scratch, got);
-    return IOStatus::OK();
+    return read_at(reader_, offset, n, result, scratch);
   }
 
  private:
@@ -189,17 +188,12 @@ class BlueRandomAccessFile : public rocksdb::FSRandomAccessFile {
 class BlueWritableFile : public rocksdb::FSWritableFile {
  public:
   explicit BlueWritableFile(void* writer) : writer_(writer) {}
-  ~BlueWritableFile() override {
-    if (writer_ != nullptr) {
-      bp_status st = fresh_status();
-      bp_writer_close(writer_, &st);
-    }
-  }
+  ~BlueWritableFile() override { BlueWritableFile::Close(IOOptions(), nullptr); }
 
   IOStatus Append(const Slice& data, const IOOptions&,
                   IODebugContext*) override {
-    return Call([&](bp_status* st) {
-      return bp_writer_append(writer_, data.data(), data.size(), st);
+    return Open([&](bp_status* st) {
+      bp_writer_append(writer_, data.data(), data.size(), st);
     });
   }
 
@@ -211,19 +205,16 @@ class BlueWritableFile : public rocksdb::FSWritableFile {
 
   IOStatus Truncate(uint64_t size, const IOOptions&,
                     IODebugContext*) override {
-    return Call([&](bp_status* st) {
-      return bp_writer_truncate(writer_, size, st);
-    });
+    return Open([&](bp_status* st) { bp_writer_truncate(writer_, size, st); });
   }
 
   IOStatus Close(const IOOptions&, IODebugContext*) override {
     if (writer_ == nullptr) {
       return IOStatus::OK();
     }
-    bp_status st = fresh_status();
-    bp_writer_close(writer_, &st);
+    void* writer = writer_;
     writer_ = nullptr;
-    return to_io_status(st);
+    return call([&](bp_status* st) { bp_writer_close(writer, st); });
   }
 
   // BlueFS buffers appends itself and writes them at fsync (or once a buffer fills), so an
@@ -234,7 +225,7 @@ class BlueWritableFile : public rocksdb::FSWritableFile {
   }
 
   IOStatus Sync(const IOOptions&, IODebugContext*) override {
-    return Call([&](bp_status* st) { return bp_writer_fsync(writer_, st); });
+    return Open([&](bp_status* st) { bp_writer_fsync(writer_, st); });
   }
 
   IOStatus Fsync(const IOOptions& options, IODebugContext* dbg) override {
@@ -246,14 +237,13 @@ class BlueWritableFile : public rocksdb::FSWritableFile {
   }
 
  private:
+  // `call` on a writer that must still be open.
   template <typename F>
-  IOStatus Call(F f) {
+  IOStatus Open(F f) {
     if (writer_ == nullptr) {
       return IOStatus::IOError("BlueFS file already closed");
     }
-    bp_status st = fresh_status();
-    f(&st);
-    return to_io_status(st);
+    return call(f);
   }
 
   void* writer_;
@@ -351,26 +341,28 @@ class BlueFileSystem : public rocksdb::FileSystem {
   IOStatus NewSequentialFile(const std::string& fname, const FileOptions&,
                              std::unique_ptr<rocksdb::FSSequentialFile>* result,
                              IODebugContext*) override {
-    bp_status st = fresh_status();
-    void* r = bp_reader_open(fs_, fname.data(), fname.size(), &st);
-    if (r == nullptr) {
-      return to_io_status(st);
+    void* r = nullptr;
+    IOStatus s = call([&](bp_status* st) {
+      r = bp_reader_open(fs_, fname.data(), fname.size(), st);
+    });
+    if (r != nullptr) {
+      result->reset(new BlueSequentialFile(r));
     }
-    result->reset(new BlueSequentialFile(r));
-    return IOStatus::OK();
+    return s;
   }
 
   IOStatus NewRandomAccessFile(
       const std::string& fname, const FileOptions&,
       std::unique_ptr<rocksdb::FSRandomAccessFile>* result,
       IODebugContext*) override {
-    bp_status st = fresh_status();
-    void* r = bp_reader_open(fs_, fname.data(), fname.size(), &st);
-    if (r == nullptr) {
-      return to_io_status(st);
+    void* r = nullptr;
+    IOStatus s = call([&](bp_status* st) {
+      r = bp_reader_open(fs_, fname.data(), fname.size(), st);
+    });
+    if (r != nullptr) {
+      result->reset(new BlueRandomAccessFile(r));
     }
-    result->reset(new BlueRandomAccessFile(r));
-    return IOStatus::OK();
+    return s;
   }
 
   IOStatus NewWritableFile(const std::string& fname, const FileOptions&,
@@ -401,107 +393,105 @@ class BlueFileSystem : public rocksdb::FileSystem {
 
   IOStatus FileExists(const std::string& fname, const IOOptions&,
                       IODebugContext*) override {
-    bp_status st = fresh_status();
-    bp_fs_exists(fs_, fname.data(), fname.size(), &st);
-    return to_io_status(st);
+    return call([&](bp_status* st) {
+      bp_fs_exists(fs_, fname.data(), fname.size(), st);
+    });
   }
 
   IOStatus GetChildren(const std::string& dir, const IOOptions&,
                        std::vector<std::string>* result,
                        IODebugContext*) override {
     result->clear();
-    bp_status st = fresh_status();
-    bp_fs_children(fs_, dir.data(), dir.size(), add_child, result, &st);
-    return to_io_status(st);
+    return call([&](bp_status* st) {
+      bp_fs_children(fs_, dir.data(), dir.size(), add_child, result, st);
+    });
   }
 
   IOStatus DeleteFile(const std::string& fname, const IOOptions&,
                       IODebugContext*) override {
-    bp_status st = fresh_status();
-    bp_fs_delete(fs_, fname.data(), fname.size(), &st);
-    return to_io_status(st);
+    return call([&](bp_status* st) {
+      bp_fs_delete(fs_, fname.data(), fname.size(), st);
+    });
   }
 
   IOStatus Truncate(const std::string& fname, size_t size, const IOOptions&,
                     IODebugContext*) override {
-    bp_status st = fresh_status();
-    bp_fs_truncate(fs_, fname.data(), fname.size(), size, &st);
-    return to_io_status(st);
+    return call([&](bp_status* st) {
+      bp_fs_truncate(fs_, fname.data(), fname.size(), size, st);
+    });
   }
 
   IOStatus CreateDir(const std::string& dirname, const IOOptions&,
                      IODebugContext*) override {
-    bp_status st = fresh_status();
-    bp_fs_mkdir(fs_, dirname.data(), dirname.size(), 0, &st);
-    return to_io_status(st);
+    return call([&](bp_status* st) {
+      bp_fs_mkdir(fs_, dirname.data(), dirname.size(), 0, st);
+    });
   }
 
   IOStatus CreateDirIfMissing(const std::string& dirname, const IOOptions&,
                               IODebugContext*) override {
-    bp_status st = fresh_status();
-    bp_fs_mkdir(fs_, dirname.data(), dirname.size(), 1, &st);
-    return to_io_status(st);
+    return call([&](bp_status* st) {
+      bp_fs_mkdir(fs_, dirname.data(), dirname.size(), 1, st);
+    });
   }
 
   IOStatus DeleteDir(const std::string& dirname, const IOOptions&,
                      IODebugContext*) override {
-    bp_status st = fresh_status();
-    bp_fs_rmdir(fs_, dirname.data(), dirname.size(), &st);
-    return to_io_status(st);
+    return call([&](bp_status* st) {
+      bp_fs_rmdir(fs_, dirname.data(), dirname.size(), st);
+    });
   }
 
   IOStatus GetFileSize(const std::string& fname, const IOOptions&,
                        uint64_t* file_size, IODebugContext*) override {
-    bp_status st = fresh_status();
     uint64_t mtime_ns = 0;
-    bp_fs_stat(fs_, fname.data(), fname.size(), file_size, &mtime_ns, &st);
-    return to_io_status(st);
+    return call([&](bp_status* st) {
+      bp_fs_stat(fs_, fname.data(), fname.size(), file_size, &mtime_ns, st);
+    });
   }
 
   IOStatus GetFileModificationTime(const std::string& fname, const IOOptions&,
                                    uint64_t* file_mtime,
                                    IODebugContext*) override {
-    bp_status st = fresh_status();
     uint64_t size = 0;
     uint64_t mtime_ns = 0;
-    bp_fs_stat(fs_, fname.data(), fname.size(), &size, &mtime_ns, &st);
+    IOStatus s = call([&](bp_status* st) {
+      bp_fs_stat(fs_, fname.data(), fname.size(), &size, &mtime_ns, st);
+    });
     *file_mtime = mtime_ns / 1000000000;
-    return to_io_status(st);
+    return s;
   }
 
   IOStatus RenameFile(const std::string& src, const std::string& target,
                       const IOOptions&, IODebugContext*) override {
-    bp_status st = fresh_status();
-    bp_fs_rename(fs_, src.data(), src.size(), target.data(), target.size(),
-                 &st);
-    return to_io_status(st);
+    return call([&](bp_status* st) {
+      bp_fs_rename(fs_, src.data(), src.size(), target.data(), target.size(),
+                 st);
+    });
   }
 
   IOStatus LinkFile(const std::string& src, const std::string& target,
                     const IOOptions&, IODebugContext*) override {
-    bp_status st = fresh_status();
-    bp_fs_link(fs_, src.data(), src.size(), target.data(), target.size(), &st);
-    return to_io_status(st);
+    return call([&](bp_status* st) {
+      bp_fs_link(fs_, src.data(), src.size(), target.data(), target.size(), st);
+    });
   }
 
   IOStatus LockFile(const std::string& fname, const IOOptions&,
                     rocksdb::FileLock** lock, IODebugContext*) override {
-    bp_status st = fresh_status();
-    *lock = nullptr;
-    if (bp_fs_lock(fs_, fname.data(), fname.size(), &st) != BP_OK) {
-      return to_io_status(st);
-    }
-    *lock = new BlueFileLock(fname);
-    return IOStatus::OK();
+    IOStatus s = call([&](bp_status* st) {
+      bp_fs_lock(fs_, fname.data(), fname.size(), st);
+    });
+    *lock = s.ok() ? new BlueFileLock(fname) : nullptr;
+    return s;
   }
 
   IOStatus UnlockFile(rocksdb::FileLock* lock, const IOOptions&,
                       IODebugContext*) override {
-    auto* held = static_cast<BlueFileLock*>(lock);
-    bp_status st = fresh_status();
-    bp_fs_unlock(fs_, held->path().data(), held->path().size(), &st);
-    delete held;
-    return to_io_status(st);
+    std::unique_ptr<BlueFileLock> held(static_cast<BlueFileLock*>(lock));
+    return call([&](bp_status* st) {
+      bp_fs_unlock(fs_, held->path().data(), held->path().size(), st);
+    });
   }
 
   IOStatus GetTestDirectory(const IOOptions&, std::string* path,
@@ -513,15 +503,14 @@ class BlueFileSystem : public rocksdb::FileSystem {
   IOStatus NewLogger(const std::string& fname, const IOOptions&,
                      std::shared_ptr<rocksdb::Logger>* result,
                      IODebugContext*) override {
-    bp_status st = fresh_status();
-    void* w = bp_writer_open(fs_, fname.data(), fname.size(), BP_OPEN_CREATE,
-                             nullptr, 0, &st);
-    if (w == nullptr) {
+    void* w = nullptr;
+    IOStatus s = OpenWriterHandle(fname, BP_OPEN_CREATE, std::string(), &w);
+    if (w != nullptr) {
+      *result = std::make_shared<BlueLogger>(w);
+    } else {
       result->reset();
-      return to_io_status(st);
     }
-    *result = std::make_shared<BlueLogger>(w);
-    return IOStatus::OK();
+    return s;
   }
 
   IOStatus GetAbsolutePath(const std::string& db_path, const IOOptions&,
@@ -533,32 +522,40 @@ class BlueFileSystem : public rocksdb::FileSystem {
 
   IOStatus IsDirectory(const std::string& path, const IOOptions&, bool* is_dir,
                        IODebugContext*) override {
-    bp_status st = fresh_status();
     int32_t dir = 0;
-    bp_fs_is_dir(fs_, path.data(), path.size(), &dir, &st);
+    IOStatus s = call([&](bp_status* st) {
+      bp_fs_is_dir(fs_, path.data(), path.size(), &dir, st);
+    });
     *is_dir = dir != 0;
-    return to_io_status(st);
+    return s;
   }
 
   IOStatus GetFreeSpace(const std::string&, const IOOptions&,
                         uint64_t* diskfree, IODebugContext*) override {
-    bp_status st = fresh_status();
-    bp_fs_free_space(fs_, diskfree, &st);
-    return to_io_status(st);
+    return call([&](bp_status* st) {
+      bp_fs_free_space(fs_, diskfree, st);
+    });
   }
 
  private:
+  // A writer handle (null on failure) in `*w`.
+  IOStatus OpenWriterHandle(const std::string& fname, int32_t mode,
+                            const std::string& old_fname, void** w) {
+    return call([&](bp_status* st) {
+      *w = bp_writer_open(fs_, fname.data(), fname.size(), mode,
+                          old_fname.data(), old_fname.size(), st);
+    });
+  }
+
   IOStatus OpenWriter(const std::string& fname, int32_t mode,
                       const std::string& old_fname,
                       std::unique_ptr<rocksdb::FSWritableFile>* result) {
-    bp_status st = fresh_status();
-    void* w = bp_writer_open(fs_, fname.data(), fname.size(), mode,
-                             old_fname.data(), old_fname.size(), &st);
-    if (w == nullptr) {
-      return to_io_status(st);
+    void* w = nullptr;
+    IOStatus s = OpenWriterHandle(fname, mode, old_fname, &w);
+    if (w != nullptr) {
+      result->reset(new BlueWritableFile(w));
     }
-    result->reset(new BlueWritableFile(w));
-    return IOStatus::OK();
+    return s;
   }
 
   void* fs_;

@@ -202,7 +202,7 @@ fn dir_path(raw: &[u8]) -> Result<String, CallError> {
 /// Whether RocksDB's `raw` names a directory (Some(true)), a file (Some(false)) or nothing.
 fn kind_of(fs: &BlueFs, raw: &[u8]) -> Result<Option<bool>, CallError> {
     if let Ok(dir) = dir_path(raw)
-        && fs.readdir(&dir).is_ok()
+        && fs.dir_exists(&dir)
     {
         return Ok(Some(true));
     }
