@@ -40,7 +40,12 @@ fn roundtrip(dev: &Device, qp: &mut QueuePair, lba: u64, blocks: u32, seed: u64,
 }
 
 pub(crate) fn check_backend(uri: &str, moves_data: bool) {
-    let dev = Device::open(uri).unwrap();
+    check_backend_on(&Device::open(uri).unwrap(), moves_data);
+}
+
+/// The suite over an open device (for devices no URI opens, such as slices).
+pub(crate) fn check_backend_on(dev: &Device, moves_data: bool) {
+    let dev = dev.clone();
     let info = dev.info().clone();
     let bs = info.block_size as u64;
     let mut qp = dev.queue_pair(16).unwrap();

@@ -20,7 +20,7 @@ use super::dma::DmaPool;
 use super::error::NvmeError;
 use super::fault::FaultControl;
 use super::uri::{SCHEMES, split_scheme};
-use super::{fault, mem, null, pcie, uring};
+use super::{fault, mem, null, pcie, sim, slice, uring};
 
 /// What kind of medium a namespace is, for tier placement (WAL → nvme, DB → ssd, data → hdd).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -110,6 +110,12 @@ impl NamespaceInfo {
     pub fn capacity_bytes(&self) -> u64 {
         self.capacity_blocks * self.block_size as u64
     }
+
+    /// Whether the device's latencies are modelled by `sim:` rather than real
+    /// ([`sim::is_simulated`]).
+    pub fn is_simulated(&self) -> bool {
+        sim::is_simulated(self)
+    }
 }
 
 /// A backend's namespace: shared by every queue pair made from it.
@@ -169,7 +175,7 @@ pub struct Device {
 
 impl Device {
     /// Opens a device by URI: `mem:SIZE`, `null:SIZE`, `uring:PATH`, `pcie:DDDD:BB:DD.F`,
-    /// `fault:[OPTIONS+]URI`.
+    /// `fault:[OPTIONS+]URI`, `sim:CLASS[,OPTIONS]+URI`.
     /// See docs/devices.md for every parameter.
     pub fn open(uri: &str) -> Result<Device, NvmeError> {
         let (scheme, rest) = split_scheme(uri)?;
@@ -179,6 +185,7 @@ impl Device {
             "uring" => Arc::new(uring::UringNamespace::open(uri, rest)?),
             "pcie" => Arc::new(pcie::PcieNamespace::open(uri, rest)?),
             "fault" => fault::open(uri, rest)?,
+            "sim" => sim::open(uri, rest)?,
             other => {
                 return Err(NvmeError::UnknownScheme {
                     scheme: other.to_string(),
@@ -222,9 +229,17 @@ impl Device {
         })
     }
 
-    /// The fault injector, when this is a `fault:` device.
+    /// The fault injector, when this is a `fault:` device (or a wrapper or slice of one).
     pub fn fault_control(&self) -> Option<FaultControl> {
         self.ns.fault_control()
+    }
+
+    /// A device whose LBAs `0..len / block_size` are bytes `offset..offset + len` of this one.
+    /// `offset` and `len` must be whole blocks inside the device (else
+    /// [`NvmeError::InvalidSlice`]). Its URI is `URI[OFFSET+LEN]`, a label that
+    /// [`Device::open`] does not parse; every other fact but the capacity is this device's.
+    pub fn slice(&self, offset: u64, len: u64) -> Result<Device, NvmeError> {
+        slice::slice(self, offset, len)
     }
 }
 

@@ -37,6 +37,14 @@ pub enum NvmeError {
     #[error("{path}: {reason}")]
     Unsupported { path: PathBuf, reason: String },
 
+    #[error("cannot slice bytes [{offset}+{len}] of {uri}: {reason}")]
+    InvalidSlice {
+        uri: String,
+        offset: u64,
+        len: u64,
+        reason: String,
+    },
+
     #[error("queue depth {requested} is outside 1..={max} for {uri}")]
     InvalidQueueDepth {
         uri: String,

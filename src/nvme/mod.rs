@@ -1,8 +1,10 @@
 //! The device layer: namespaces and per-thread queue pairs, polled by the thread that submits.
 //!
 //! Backends: `mem:` (RAM), `null:` (no data), `uring:` (files and block devices through
-//! io_uring), `pcie:` (bluepoll's own NVMe driver over VFIO), and the `fault:` wrapper that every crash test builds on. docs/devices.md lists
-//! their URIs and parameters.
+//! io_uring), `pcie:` (bluepoll's own NVMe driver over VFIO); wrappers over any of them: `fault:`,
+//! which every crash test builds on, and `sim:`, a latency model for studying tier placement on
+//! one machine. [`Device::slice`] carves a device into smaller ones. docs/devices.md lists their
+//! URIs and parameters.
 
 pub mod command;
 pub mod device;
@@ -13,6 +15,8 @@ mod mem;
 mod null;
 pub mod pcie;
 mod read_mostly;
+pub mod sim;
+mod slice;
 pub mod uri;
 mod uring;
 
@@ -28,3 +32,4 @@ pub use error::NvmeError;
 pub use fault::{
     EioRule, EioTrigger, FaultConfig, FaultControl, FaultOps, FaultStats, PowerCutReport,
 };
+pub use sim::{FlashModel, HddModel, SimConfig, is_simulated};

@@ -1,15 +1,15 @@
 //! Device URIs: `scheme:body[?key=value&key=value]`.
 //!
 //! Leaf backends (`mem:1G`, `null:1T`, `uring:/path?size=10G`) take a query string; wrappers
-//! (`fault:[OPTIONS+]INNER`) take their options before a `+` and parse the inner URI themselves, so
-//! the inner URI may carry its own query.
+//! (`fault:[OPTIONS+]INNER`, `sim:CLASS[,OPTIONS]+INNER`) take their options before a `+` and
+//! parse the inner URI themselves, so the inner URI may carry its own query.
 
 use super::device::DeviceClass;
 use super::error::NvmeError;
 use crate::units::parse_size;
 
 /// The schemes [`super::Device::open`] understands, for error messages.
-pub const SCHEMES: &str = "mem, null, uring, pcie, fault";
+pub const SCHEMES: &str = "mem, null, uring, pcie, fault, sim";
 
 /// Splits `scheme:rest`. The scheme must be lowercase letters only, so a path is never mistaken
 /// for one.
