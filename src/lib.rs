@@ -5,6 +5,7 @@
 //! - [`reactor`]: one pinned run-to-completion loop per core, lock-free queues between them;
 //! - [`bluefs`]: the journaling filesystem RocksDB runs on, over up to three devices;
 //! - [`kv`]: the metadata store, RocksDB on BlueFS;
+//! - [`store`]: the object store: BlueStore's transaction pipeline on the reactors;
 //! - [`bench`]: the fio-style load harness that drives every layer.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -15,6 +16,7 @@ pub mod kv;
 pub mod nvme;
 pub mod rand;
 pub mod reactor;
+pub mod store;
 pub mod sync;
 pub mod sys;
 pub mod units;

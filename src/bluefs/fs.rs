@@ -374,7 +374,8 @@ fn map_range<'a>(
     (want >= end).then_some(out)
 }
 
-fn now_ns() -> u64 {
+/// Wall-clock time in ns since the Unix epoch (0 if the clock is before it).
+pub fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -2518,7 +2519,8 @@ fn device_of(devices: &[Option<BlockDevice>; 3], id: DeviceId) -> Result<&BlockD
         })
 }
 
-fn new_uuid() -> Uuid {
+/// A fresh random uuid (filesystem and store ids).
+pub fn new_uuid() -> Uuid {
     let mut uuid = [0u8; 16];
     let seed = now_ns() ^ (std::process::id() as u64) << 32;
     let a = crate::rand::splitmix(seed);

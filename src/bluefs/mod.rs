@@ -30,7 +30,7 @@ pub use error::{BlueFsError, Result};
 pub use format::{DeviceId, Extent, Uuid};
 pub use fs::{
     BlueFs, BlueFsConfig, DeviceUsage, Devices, FileKind, FileReader, FileStat, FileWriter,
-    FsckReport, Mounted, Usage, uuid_text,
+    FsckReport, Mounted, Usage, new_uuid, now_ns, uuid_text,
 };
 pub use rocks_env::{rocksdb_env, set_error_retry_interval, verify_checksums};
 #[cfg(test)]

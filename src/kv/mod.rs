@@ -19,8 +19,13 @@ pub const DB_DIR: &str = "db";
 pub const WAL_DIR: &str = "db.wal";
 pub const SLOW_DIR: &str = "db.slow";
 
-/// The merge operator every bluepoll DB carries: values are little-endian u64 counters and a
-/// merge adds to them (missing or short values count as 0).
+/// The merge operator every bluepoll DB carries: a value is a vector of little-endian u64 lanes
+/// (8 bytes each; a short last lane is zero-padded) and a merge adds operands lane by lane,
+/// wrapping; lanes an operand or the existing value lacks count as 0. A one-lane value is a plain
+/// counter. Wrapping addition is commutative, so operands from concurrent writers commit in any
+/// order to the same result — the object store keeps its freelist bitmap (add 2^i to set a bit
+/// that is clear, subtract it to clear a bit that is set: no carries) and its reference counts
+/// this way.
 pub const U64_ADD_MERGE: &str = "bluepoll.u64add";
 
 #[derive(Debug, Error)]
@@ -124,17 +129,27 @@ fn add_u64(
     existing: Option<&[u8]>,
     operands: &rocksdb::MergeOperands,
 ) -> Option<Vec<u8>> {
-    let value = |b: &[u8]| {
-        let mut le = [0u8; 8];
-        let n = b.len().min(8);
-        le[..n].copy_from_slice(&b[..n]);
-        u64::from_le_bytes(le)
-    };
-    let mut sum = existing.map_or(0, value);
-    for op in operands {
-        sum = sum.wrapping_add(value(op));
+    let mut sum: Vec<u64> = Vec::new();
+    for value in existing.into_iter().chain(operands) {
+        add_lanes(&mut sum, value);
     }
-    Some(sum.to_le_bytes().to_vec())
+    if sum.is_empty() {
+        sum.push(0);
+    }
+    Some(sum.iter().flat_map(|lane| lane.to_le_bytes()).collect())
+}
+
+/// Adds the little-endian u64 lanes of `value` to `sum`, growing it as needed.
+pub fn add_lanes(sum: &mut Vec<u64>, value: &[u8]) {
+    let lanes = value.len().div_ceil(8);
+    if sum.len() < lanes {
+        sum.resize(lanes, 0);
+    }
+    for (lane, chunk) in sum.iter_mut().zip(value.chunks(8)) {
+        let mut le = [0u8; 8];
+        le[..chunk.len()].copy_from_slice(chunk);
+        *lane = lane.wrapping_add(u64::from_le_bytes(le));
+    }
 }
 
 /// A batch of changes committed atomically by [`Kv::submit`].
@@ -160,6 +175,11 @@ impl WriteBatch {
     /// Adds `delta` to the u64 counter at `key` (see [`U64_ADD_MERGE`]).
     pub fn merge_add(&mut self, key: &[u8], delta: u64) {
         self.inner.merge(key, delta.to_le_bytes());
+    }
+    /// Adds `lanes` (little-endian u64s) lane by lane to the value at `key` (see
+    /// [`U64_ADD_MERGE`]).
+    pub fn merge_lanes(&mut self, key: &[u8], lanes: &[u8]) {
+        self.inner.merge(key, lanes);
     }
     pub fn len(&self) -> usize {
         self.inner.len()

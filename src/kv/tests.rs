@@ -35,6 +35,12 @@ fn put_get_merge_delete_range_and_ordered_scans() {
     kv.submit(batch, true).unwrap();
     let mut batch = WriteBatch::new();
     batch.merge_add(b"counter", 7);
+    // Lanes: bit 3 of lane 0 and bit 0 of lane 2 set, then bit 3 cleared by a wrapping add.
+    batch.merge_lanes(b"lanes", &8u64.to_le_bytes());
+    let mut wide = vec![0u8; 24];
+    wide[16] = 1;
+    batch.merge_lanes(b"lanes", &wide);
+    batch.merge_lanes(b"lanes", &8u64.wrapping_neg().to_le_bytes());
     batch.delete(b"a/050");
     batch.delete_range(b"b/010", b"b/090");
     kv.submit(batch, false).unwrap();
@@ -45,6 +51,9 @@ fn put_get_merge_delete_range_and_ordered_scans() {
         kv.get(b"counter").unwrap(),
         Some(12u64.to_le_bytes().to_vec())
     );
+    let mut lanes = vec![0u8; 24];
+    lanes[16] = 1;
+    assert_eq!(kv.get(b"lanes").unwrap(), Some(lanes));
     let got = kv.multi_get([&b"a/001"[..], b"b/050", b"b/095"]).unwrap();
     assert_eq!(
         got,
@@ -308,4 +317,12 @@ fn power_cuts_under_rocksdb_lose_no_synced_batch_and_tear_none() {
         "only {cuts} power cuts in {runs} runs"
     );
     eprintln!("kv crash test: {runs} runs, {cuts} power cuts, 0 lost, 0 torn, checksums clean");
+}
+
+#[test]
+fn lanes_add_wrapping_and_pad_short_values() {
+    let mut sum = Vec::new();
+    add_lanes(&mut sum, &[1, 0, 0, 0, 0, 0, 0, 0, 2]);
+    add_lanes(&mut sum, &u64::MAX.to_le_bytes());
+    assert_eq!(sum, vec![0, 2]);
 }

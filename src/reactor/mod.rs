@@ -180,6 +180,70 @@ impl Shared {
     }
 }
 
+/// Sends messages to a set of reactors from any thread (their inboxes for non-reactor
+/// threads); cheap to clone. Sending after the reactors stopped is [`ReactorError::Stopped`].
+#[derive(Clone)]
+pub struct ReactorHandle {
+    shared: Arc<Shared>,
+}
+
+impl ReactorHandle {
+    pub fn len(&self) -> usize {
+        self.shared.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shared.count == 0
+    }
+
+    /// Queues `message` for reactor `index`; a full inbox is [`ReactorError::MailboxFull`] and
+    /// the message is dropped (callers that must deliver retry with [`send_boxed`](Self::send_boxed)).
+    pub fn send(
+        &self,
+        index: usize,
+        message: impl FnOnce(&mut Context<'_>) + Send + 'static,
+    ) -> Result<(), ReactorError> {
+        self.send_boxed(index, Box::new(message))
+            .map_err(|(error, _)| error)
+    }
+
+    /// Like [`send`](Self::send), but a message that could not be queued comes back with the
+    /// reason, so the caller can try again.
+    pub fn send_boxed(
+        &self,
+        index: usize,
+        message: Message,
+    ) -> Result<(), (ReactorError, Message)> {
+        if index >= self.shared.count {
+            let count = self.shared.count;
+            return Err((ReactorError::NoSuchReactor { index, count }, message));
+        }
+        if self.shared.stop.load(Ordering::Relaxed) {
+            return Err((ReactorError::Stopped, message));
+        }
+        match self.shared.external[index].push(message) {
+            Ok(()) => {
+                self.shared.wake(index);
+                Ok(())
+            }
+            Err(message) => Err((ReactorError::MailboxFull { index }, message)),
+        }
+    }
+
+    /// Whether the reactors were asked to stop.
+    pub fn stopped(&self) -> bool {
+        self.shared.stop.load(Ordering::Relaxed)
+    }
+}
+
+impl fmt::Debug for ReactorHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReactorHandle")
+            .field("count", &self.shared.count)
+            .finish()
+    }
+}
+
 /// A running set of reactors. Dropping it stops them.
 pub struct Reactors {
     shared: Arc<Shared>,
@@ -262,20 +326,14 @@ impl Reactors {
         index: usize,
         message: impl FnOnce(&mut Context<'_>) + Send + 'static,
     ) -> Result<(), ReactorError> {
-        if index >= self.shared.count {
-            return Err(ReactorError::NoSuchReactor {
-                index,
-                count: self.shared.count,
-            });
+        self.handle().send(index, message)
+    }
+
+    /// A handle that sends work to these reactors from any thread, for as long as they run.
+    pub fn handle(&self) -> ReactorHandle {
+        ReactorHandle {
+            shared: Arc::clone(&self.shared),
         }
-        if self.shared.stop.load(Ordering::Relaxed) {
-            return Err(ReactorError::Stopped);
-        }
-        self.shared.external[index]
-            .push(Box::new(message))
-            .map_err(|_| ReactorError::MailboxFull { index })?;
-        self.shared.wake(index);
-        Ok(())
     }
 
     /// Stops every reactor after its current iteration and returns their counters.

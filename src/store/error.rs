@@ -1,0 +1,191 @@
+//! Errors of the object store: values with the object, extent and reason, each with the errno
+//! a POSIX-minded caller expects.
+
+use crate::bluefs::BlueFsError;
+use crate::kv::KvError;
+use crate::nvme::{NvmeError, Status};
+use crate::reactor::ReactorError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("collection '{coll}' does not exist")]
+    NoSuchCollection { coll: String },
+
+    #[error("collection '{coll}' already exists")]
+    CollectionExists { coll: String },
+
+    #[error("collection '{coll}' is not empty")]
+    CollectionNotEmpty { coll: String },
+
+    #[error("object '{obj}' does not exist in collection '{coll}'")]
+    NoSuchObject { coll: String, obj: String },
+
+    #[error("object '{obj}' already exists in collection '{coll}'")]
+    ObjectExists { coll: String, obj: String },
+
+    #[error("object '{obj}' in '{coll}' has no attribute '{name}'")]
+    NoSuchAttr {
+        coll: String,
+        obj: String,
+        name: String,
+    },
+
+    /// The main device cannot give `wanted` bytes without eating into the space kept for
+    /// BlueFS and RocksDB (`reserve`).
+    #[error(
+        "no space: {wanted} bytes wanted, {free} free beyond the {reserve}-byte reserve kept for the metadata store"
+    )]
+    NoSpace {
+        wanted: u64,
+        free: u64,
+        reserve: u64,
+    },
+
+    /// A device command on an object's data failed.
+    #[error(
+        "I/O error on '{coll}/{obj}': {op} of {len} bytes at object offset {offset} (device byte {phys}): {status}"
+    )]
+    Io {
+        coll: String,
+        obj: String,
+        op: &'static str,
+        offset: u64,
+        len: u64,
+        phys: u64,
+        status: Status,
+    },
+
+    /// Data read back does not match the checksum recorded when it was written.
+    #[error(
+        "checksum mismatch in '{coll}/{obj}' at object offset {offset} (device byte {phys}): stored {expected:#010x}, read {actual:#010x}"
+    )]
+    ChecksumMismatch {
+        coll: String,
+        obj: String,
+        offset: u64,
+        phys: u64,
+        expected: u32,
+        actual: u32,
+    },
+
+    #[error("invalid argument: {reason}")]
+    InvalidArgument { reason: String },
+
+    #[error("invalid configuration: {reason}")]
+    Config { reason: String },
+
+    /// Metadata read from the devices does not decode or contradicts itself.
+    #[error("corrupt metadata: {reason}")]
+    Corrupt { reason: String },
+
+    /// The devices do not make up a store, or not this one.
+    #[error("{device} device: {reason}")]
+    WrongDevice {
+        device: &'static str,
+        reason: String,
+    },
+
+    /// An error the store cannot undo happened (a failed commit or data write): it accepts no
+    /// more changes until it is mounted again, which recovers the last committed state.
+    #[error("the store stopped accepting changes: {reason}")]
+    Failed { reason: String },
+
+    /// A blocking call was made on one of the store's reactor threads, where it would wait for
+    /// itself.
+    #[error("{call} would block a reactor thread; use the callback form on reactors")]
+    WouldBlock { call: &'static str },
+
+    #[error("the store is unmounting")]
+    Unmounting,
+
+    #[error(transparent)]
+    Kv(#[from] KvError),
+
+    #[error(transparent)]
+    BlueFs(#[from] BlueFsError),
+
+    #[error(transparent)]
+    Device(#[from] NvmeError),
+
+    #[error(transparent)]
+    Reactor(#[from] ReactorError),
+}
+
+impl StoreError {
+    /// The errno a POSIX caller would see (positive).
+    pub fn errno(&self) -> i32 {
+        match self {
+            StoreError::NoSuchCollection { .. } | StoreError::NoSuchObject { .. } => libc::ENOENT,
+            StoreError::CollectionExists { .. } | StoreError::ObjectExists { .. } => libc::EEXIST,
+            StoreError::CollectionNotEmpty { .. } => libc::ENOTEMPTY,
+            StoreError::NoSuchAttr { .. } => libc::ENODATA,
+            StoreError::NoSpace { .. } => libc::ENOSPC,
+            StoreError::InvalidArgument { .. } | StoreError::Config { .. } => libc::EINVAL,
+            StoreError::Failed { .. } => libc::EROFS,
+            StoreError::WouldBlock { .. } => libc::EDEADLK,
+            StoreError::Unmounting => libc::ESHUTDOWN,
+            StoreError::Kv(KvError::NoSpace { .. }) => libc::ENOSPC,
+            StoreError::BlueFs(e) if e.is_no_space() => libc::ENOSPC,
+            _ => libc::EIO,
+        }
+    }
+
+    pub fn is_no_space(&self) -> bool {
+        self.errno() == libc::ENOSPC
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.errno() == libc::ENOENT
+    }
+
+    pub(crate) fn invalid(reason: impl Into<String>) -> StoreError {
+        StoreError::InvalidArgument {
+            reason: reason.into(),
+        }
+    }
+
+    /// A copy for handing one error to several waiters (the variants that wrap other layers'
+    /// errors, which are not `Clone`, become `Failed` with their message).
+    pub(crate) fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::NoSuchCollection { coll } => {
+                StoreError::NoSuchCollection { coll: coll.clone() }
+            }
+            StoreError::NoSpace {
+                wanted,
+                free,
+                reserve,
+            } => StoreError::NoSpace {
+                wanted: *wanted,
+                free: *free,
+                reserve: *reserve,
+            },
+            StoreError::Io {
+                coll,
+                obj,
+                op,
+                offset,
+                len,
+                phys,
+                status,
+            } => StoreError::Io {
+                coll: coll.clone(),
+                obj: obj.clone(),
+                op,
+                offset: *offset,
+                len: *len,
+                phys: *phys,
+                status: *status,
+            },
+            StoreError::Failed { reason } => StoreError::Failed {
+                reason: reason.clone(),
+            },
+            StoreError::Unmounting => StoreError::Unmounting,
+            other => StoreError::Failed {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;

@@ -1,0 +1,1045 @@
+//! The object store (DESIGN §4): collections of objects with data, attributes and omap,
+//! changed by transactions that run through BlueStore's TransContext states on per-core
+//! reactors, with object data on the main (SLOW) device and metadata in RocksDB on BlueFS.
+//!
+//! - **Shards.** A collection belongs to one shard (by a hash of its name), a shard to one
+//!   reactor. Every request for a collection travels to its shard as a reactor message and runs
+//!   there; the shard owns its cached onodes, buffers, TransContexts and OpSequencers, and its
+//!   queue pair on the main device. Nothing of a shard is shared with another thread.
+//! - **Commit.** Data is written copy-on-write before the commit (or journaled in the commit as
+//!   a deferred write and applied in place after it); the kv-sync thread flushes the main device
+//!   and commits the metadata of many transactions in one synced RocksDB write, then hands each
+//!   shard its committed list; the shard runs the commit callbacks in submission order.
+//! - **Space.** One allocator for the main device, shared with BlueFS (which takes space on
+//!   demand and records it only in its own log); the store's freelist is a bitmap in the kv.
+//!
+//! ```no_run
+//! use bluepoll::store::{Store, StoreConfig, Transaction};
+//! let mut config = StoreConfig::default();
+//! config.devices.slow = "mem:1G".into();
+//! Store::mkfs(&config).unwrap();
+//! let store = Store::mount(config).unwrap();
+//! let mut t = Transaction::new("pool");
+//! t.create_collection().write("obj", 0, b"hello".to_vec());
+//! store.apply(t).unwrap();
+//! assert_eq!(store.read("pool", "obj", 0, 5).unwrap(), b"hello");
+//! store.umount().unwrap();
+//! ```
+
+mod apply;
+mod cache;
+pub mod config;
+pub mod error;
+mod extents;
+pub mod format;
+mod fsck;
+mod kv_sync;
+mod oneshot;
+pub mod perf;
+mod read;
+mod shard;
+mod space;
+mod throttle;
+pub mod transaction;
+mod txc;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use config::{DeviceUris, StoreConfig};
+pub use error::{Result, StoreError};
+pub use fsck::{FsckReport, fsck};
+pub use oneshot::Commit;
+pub use perf::{Histogram, KvSyncPerf, ShardPerf};
+pub use read::{ObjectStat, OnRead};
+pub use transaction::{Op, Transaction};
+pub use txc::{OnCommit, TxcState};
+
+use crate::bluefs::{BlueFs, Devices, Uuid, new_uuid, now_ns, uuid_text};
+use crate::kv::{KeyRange, Kv, WriteBatch};
+use crate::nvme::{Device, IoCmd};
+use crate::reactor::{ReactorConfig, ReactorHandle, Reactors};
+use crate::sync::lock;
+use format::{
+    FREELIST_LANES, Label, OMAP_MAX_KEY, PREFIX_COLL, PREFIX_DEFERRED, PREFIX_FREELIST,
+    PREFIX_REFS, SUPER_KEY, Superblock,
+};
+use kv_sync::{KvDone, KvQueue};
+use perf::KvSyncPerf as KvPerf;
+use space::{BlueFsSpace, StoreSpace};
+use throttle::Throttle;
+
+/// Where BlueFS's DB area starts on a main device that holds it.
+const DB_AREA_OFFSET: u64 = 1 << 20;
+/// Bytes before the first allocatable byte on a main device with a DB device of its own.
+const LABEL_AREA: u64 = 64 << 10;
+
+/// The opened devices of a store.
+#[derive(Clone, Debug)]
+pub struct StoreDevices {
+    /// The main device: object data (and BlueFS's spillover, and its DB area when `db` is None).
+    pub slow: Device,
+    pub db: Option<Device>,
+    pub wal: Option<Device>,
+}
+
+impl StoreDevices {
+    pub fn open(uris: &DeviceUris) -> Result<StoreDevices> {
+        if uris.slow.is_empty() {
+            return Err(StoreError::Config {
+                reason: "no main (slow) device given".into(),
+            });
+        }
+        let open = |uri: &String| Device::open(uri).map_err(StoreError::from);
+        Ok(StoreDevices {
+            slow: open(&uris.slow)?,
+            db: uris.db.as_ref().map(open).transpose()?,
+            wal: uris.wal.as_ref().map(open).transpose()?,
+        })
+    }
+
+    /// Only a main device.
+    pub fn only(slow: Device) -> StoreDevices {
+        StoreDevices {
+            slow,
+            db: None,
+            wal: None,
+        }
+    }
+}
+
+/// Sizes fixed at mkfs and derived from the devices.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Params {
+    pub au: u64,
+    pub csum_block: u64,
+    pub shard_span: u64,
+    pub deferred_size: u64,
+    pub cost_per_io: u64,
+}
+
+/// What the shards, the kv-sync thread and the API share.
+pub(crate) struct Shared {
+    pub id: u64,
+    pub config: StoreConfig,
+    pub params: Params,
+    pub fsid: Uuid,
+    pub main: Device,
+    // Declared before `fs`: RocksDB closes before the filesystem under it goes.
+    pub kv: Kv,
+    pub fs: BlueFs,
+    pub space: Arc<StoreSpace>,
+    pub kv_queue: KvQueue,
+    pub kv_perf: Mutex<KvPerf>,
+    pub reactors: ReactorHandle,
+    pub shards: usize,
+    pub throttle: Throttle,
+    pub deferred_throttle: Throttle,
+    next_cid: AtomicU32,
+    next_omap: AtomicU64,
+    /// Omap ids below this may be in use; the kv-sync thread records it before committing any.
+    omap_needed: AtomicU64,
+    pub deferred_seq: AtomicU64,
+    failed: AtomicBool,
+    failure: Mutex<Option<String>>,
+    pub unmounting: AtomicBool,
+    stopped_shards: Mutex<usize>,
+    shard_stopped: Condvar,
+}
+
+impl Shared {
+    /// Stops the store taking changes (the first reason is kept).
+    pub fn fail(&self, reason: String) {
+        let mut f = lock(&self.failure);
+        if f.is_none() {
+            eprintln!("bluepoll store: {reason}; no more changes are accepted until remount");
+            *f = Some(reason);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        if !self.failed.load(Ordering::Relaxed) {
+            return None;
+        }
+        lock(&self.failure).clone()
+    }
+
+    pub fn alloc_cid(&self) -> u32 {
+        self.next_cid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn alloc_omap_id(&self) -> u64 {
+        let id = self.next_omap.fetch_add(1, Ordering::Relaxed);
+        self.omap_needed.fetch_max(id + 1, Ordering::SeqCst);
+        id
+    }
+
+    pub fn omap_needed(&self) -> u64 {
+        self.omap_needed.load(Ordering::SeqCst)
+    }
+
+    pub fn shard_stopped(&self) {
+        *lock(&self.stopped_shards) += 1;
+        self.shard_stopped.notify_all();
+    }
+}
+
+/// Hands the kv-sync thread's answer to a shard's reactor (retrying while its inbox is full).
+pub(crate) fn deliver_kv_done(shared: &Arc<Shared>, shard: usize, done: KvDone) {
+    let id = shared.id;
+    let mut message: crate::reactor::Message = Box::new(move |_cx| {
+        shard::with_current(id, |s| s.kv_done(done));
+    });
+    loop {
+        match shared.reactors.send_boxed(shard, message) {
+            Ok(()) => return,
+            Err((crate::reactor::ReactorError::MailboxFull { .. }, m)) => {
+                message = m;
+                std::thread::yield_now();
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A mounted object store. Methods may be called from any thread; the blocking ones
+/// (`apply`, `read`, `stat`, ...) refuse to run on the store's own reactors (they would wait for
+/// themselves) — code running there uses the callback forms.
+pub struct Store {
+    shared: Arc<Shared>,
+    reactors: Mutex<Option<Reactors>>,
+    kv_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Reads or writes one block-aligned range of a device through a short-lived queue pair
+/// (mkfs, mount and fsck, before the reactors run).
+pub(crate) fn device_io(device: &Device, write: bool, offset: u64, data: &mut [u8]) -> Result<()> {
+    let info = device.info();
+    let bs = info.block_size as u64;
+    let mut qp = device.queue_pair(1)?;
+    let chunk = (info.max_transfer_bytes as usize).min(1 << 20) / bs as usize * bs as usize;
+    let mut done = 0usize;
+    while done < data.len() {
+        let n = (data.len() - done).min(chunk);
+        let mut buf = crate::nvme::DmaBuf::new(n)?;
+        let lba = (offset + done as u64) / bs;
+        let blocks = (n as u64 / bs) as u32;
+        let cmd = if write {
+            buf.copy_from_slice(&data[done..done + n]);
+            IoCmd::write(lba, blocks, buf, 0)
+        } else {
+            IoCmd::read(lba, blocks, buf, 0)
+        };
+        let c = qp.execute(cmd)?;
+        if !c.status.is_success() {
+            return Err(StoreError::WrongDevice {
+                device: "main",
+                reason: format!(
+                    "{} of {n} bytes at byte {} failed: {}",
+                    if write { "write" } else { "read" },
+                    offset + done as u64,
+                    c.status
+                ),
+            });
+        }
+        if !write && let Some(buf) = c.buf {
+            data[done..done + n].copy_from_slice(&buf[..n]);
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+pub(crate) fn flush_device(device: &Device) -> Result<()> {
+    if !device.info().ops.flush {
+        return Ok(());
+    }
+    let mut qp = device.queue_pair(1)?;
+    let c = qp.execute(IoCmd::flush(0))?;
+    if c.status.is_success() {
+        Ok(())
+    } else {
+        Err(StoreError::WrongDevice {
+            device: "main",
+            reason: format!("flush failed: {}", c.status),
+        })
+    }
+}
+
+/// The label block of a main device.
+pub(crate) fn read_label(main: &Device) -> Result<Label> {
+    let bs = main.info().block_size as usize;
+    let mut block = vec![0u8; format::LABEL_SIZE.max(bs)];
+    device_io(main, false, 0, &mut block)?;
+    format::decode_label(&block).map_err(|e| StoreError::WrongDevice {
+        device: "main",
+        reason: format!("no bluepoll store label ({e})"),
+    })
+}
+
+/// What mount and fsck open before any shard runs.
+pub(crate) struct Opened {
+    pub label: Label,
+    pub fs: BlueFs,
+    pub space: Arc<StoreSpace>,
+    /// BlueFS's extents on the main device.
+    pub bluefs_extents: Vec<(u64, u64)>,
+}
+
+/// Label, BlueFS (with the shared allocator), BlueFS's space marked used.
+pub(crate) fn open_bluefs(devices: &StoreDevices, config: &StoreConfig) -> Result<Opened> {
+    let main = &devices.slow;
+    let label = read_label(main)?;
+    let size = main.info().capacity_bytes();
+    if size < label.device_size {
+        return Err(StoreError::WrongDevice {
+            device: "main",
+            reason: format!("shrank from {} to {size} bytes", label.device_size),
+        });
+    }
+    let db = if label.db_len > 0 {
+        if devices.db.is_some() {
+            return Err(StoreError::WrongDevice {
+                device: "db",
+                reason:
+                    "this store keeps its DB inside the main device; no DB device was made for it"
+                        .into(),
+            });
+        }
+        main.slice(label.db_offset, label.db_len)?
+    } else {
+        devices.db.clone().ok_or_else(|| StoreError::WrongDevice {
+            device: "db",
+            reason: "this store was made with a DB device of its own; give it".into(),
+        })?
+    };
+    let reserve = config.bluefs_reserve_for(label.device_size);
+    let space = Arc::new(StoreSpace::new(
+        label.device_size,
+        label.min_alloc_size as u64,
+        label.data_start,
+        reserve,
+    ));
+    let mounted = BlueFs::mount(
+        Devices {
+            wal: devices.wal.clone(),
+            db,
+            slow: Some(main.clone()),
+        },
+        config.bluefs.clone(),
+        Some(Arc::new(BlueFsSpace(Arc::clone(&space)))),
+    )?;
+    let bluefs_extents: Vec<(u64, u64)> = mounted
+        .slow_extents
+        .iter()
+        .map(|e| (e.offset, e.length))
+        .collect();
+    space.mark_used(&bluefs_extents)?;
+    Ok(Opened {
+        label,
+        fs: mounted.fs,
+        space,
+        bluefs_extents,
+    })
+}
+
+/// The store's records read before anything writes: superblock, freelist, references.
+pub(crate) struct Loaded {
+    pub superblock: Superblock,
+    /// Allocated runs per the freelist, as (offset, length).
+    pub allocated: Vec<(u64, u64)>,
+    pub refs: HashMap<u64, u32>,
+}
+
+pub(crate) fn load_records(kv: &Kv, label: &Label) -> Result<Loaded> {
+    let value = kv.get(SUPER_KEY)?.ok_or_else(|| StoreError::Corrupt {
+        reason: "the metadata store has no store superblock (not a bluepoll store, or mkfs did not finish)"
+            .into(),
+    })?;
+    let superblock = format::decode_superblock(&value)?;
+    if superblock.fsid != label.fsid {
+        return Err(StoreError::WrongDevice {
+            device: "db",
+            reason: format!(
+                "its metadata belongs to store {}, the main device to {}",
+                uuid_text(&superblock.fsid),
+                uuid_text(&label.fsid)
+            ),
+        });
+    }
+    let au = label.min_alloc_size as u64;
+    let mut allocated: Vec<(u64, u64)> = Vec::new();
+    for item in kv.scan(&KeyRange::prefix(&[PREFIX_FREELIST]), None) {
+        let (key, value) = item?;
+        let group = format::key_number(&key)?;
+        let lanes = format::lanes_of(&value, FREELIST_LANES);
+        if lanes.len() > FREELIST_LANES {
+            return Err(StoreError::Corrupt {
+                reason: format!("freelist key {group} has {} lanes", lanes.len()),
+            });
+        }
+        for (unit, n) in space::runs_of_group(group, &lanes) {
+            match allocated.last_mut() {
+                Some((o, l)) if *o + *l == unit * au => *l += n * au,
+                _ => allocated.push((unit * au, n * au)),
+            }
+        }
+    }
+    let mut refs = HashMap::new();
+    for item in kv.scan(&KeyRange::prefix(&[PREFIX_REFS]), None) {
+        let (key, value) = item?;
+        let unit = format::key_number(&key)?;
+        let count = format::lanes_of(&value, 1)[0];
+        if count > 0 && count < u32::MAX as u64 {
+            refs.insert(unit, count as u32);
+        }
+    }
+    Ok(Loaded {
+        superblock,
+        allocated,
+        refs,
+    })
+}
+
+/// Applies the deferred writes a crash left in the journal, then deletes them.
+pub(crate) fn replay_deferred(kv: &Kv, main: &Device) -> Result<u64> {
+    let mut keys = Vec::new();
+    let mut writes = 0;
+    for item in kv.scan(&KeyRange::prefix(&[PREFIX_DEFERRED]), None) {
+        let (key, value) = item?;
+        for (phys, mut data) in format::decode_deferred(&value)? {
+            device_io(main, true, phys, &mut data)?;
+            writes += 1;
+        }
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    flush_device(main)?;
+    let mut batch = WriteBatch::new();
+    for k in keys {
+        batch.delete(&k);
+    }
+    kv.submit(batch, true)?;
+    Ok(writes)
+}
+
+impl Store {
+    /// Makes a new store on the devices `config.devices` names.
+    pub fn mkfs(config: &StoreConfig) -> Result<Uuid> {
+        let devices = StoreDevices::open(&config.devices)?;
+        Store::mkfs_on(&devices, config)
+    }
+
+    /// Makes a new store: the main device's label, BlueFS (its DB area inside the main device
+    /// when there is no DB device), and the store's records in a new RocksDB.
+    pub fn mkfs_on(devices: &StoreDevices, config: &StoreConfig) -> Result<Uuid> {
+        config.validate()?;
+        let main = &devices.slow;
+        let info = main.info();
+        if info.block_size as u64 > config.csum_block {
+            return Err(StoreError::WrongDevice {
+                device: "main",
+                reason: format!(
+                    "block size {} is larger than the checksum block {}",
+                    info.block_size, config.csum_block
+                ),
+            });
+        }
+        let size = info.capacity_bytes();
+        let au = config.min_alloc_size;
+        let (db, db_offset, db_len) = match &devices.db {
+            Some(d) => (d.clone(), 0, 0),
+            None => {
+                let len = config.db_size_for(size);
+                if DB_AREA_OFFSET + len >= size {
+                    return Err(StoreError::WrongDevice {
+                        device: "main",
+                        reason: format!(
+                            "{size} bytes cannot hold a {len}-byte DB area and data (give a DB device or db_size)"
+                        ),
+                    });
+                }
+                (main.slice(DB_AREA_OFFSET, len)?, DB_AREA_OFFSET, len)
+            }
+        };
+        let data_start = (if db_len > 0 {
+            db_offset + db_len
+        } else {
+            LABEL_AREA
+        })
+        .next_multiple_of(au);
+        let reserve = config.bluefs_reserve_for(size);
+        if size < data_start + reserve + 64 * au {
+            return Err(StoreError::WrongDevice {
+                device: "main",
+                reason: format!(
+                    "{size} bytes is too small: data starts at {data_start}, and {reserve} bytes stay free for BlueFS"
+                ),
+            });
+        }
+        let fsid = new_uuid();
+        let created_ns = now_ns();
+        let label = Label {
+            fsid,
+            device_size: size,
+            created_ns,
+            db_offset,
+            db_len,
+            data_start,
+            min_alloc_size: au as u32,
+            csum_block: config.csum_block as u32,
+        };
+        let mut block = format::encode_label(&label);
+        block.resize(format::LABEL_SIZE.max(info.block_size as usize), 0);
+        device_io(main, true, 0, &mut block)?;
+        let bluefs_devices = Devices {
+            wal: devices.wal.clone(),
+            db,
+            slow: Some(main.clone()),
+        };
+        BlueFs::mkfs(&bluefs_devices, &config.bluefs, true)?;
+        flush_device(main)?;
+        let opened = open_bluefs(devices, config)?;
+        let kv = Kv::open(&opened.fs, &config.kv)?;
+        let mut batch = WriteBatch::new();
+        batch.put(
+            SUPER_KEY,
+            &format::encode_superblock(&Superblock {
+                fsid,
+                min_alloc_size: au as u32,
+                csum_block: config.csum_block as u32,
+                shard_span: config.extent_shard_span as u32,
+                created_ns,
+            }),
+        );
+        batch.put(OMAP_MAX_KEY, &format::encode_u64_record(1));
+        kv.submit(batch, true)?;
+        drop(kv);
+        opened.fs.umount()?;
+        Ok(fsid)
+    }
+
+    /// Mounts the store on the devices `config.devices` names.
+    pub fn mount(config: StoreConfig) -> Result<Store> {
+        let devices = StoreDevices::open(&config.devices)?;
+        Store::mount_on(devices, config)
+    }
+
+    /// Mounts: label, BlueFS, the freelist (read from a read-only open of RocksDB before
+    /// anything may allocate — BlueStore's order, because RocksDB's own writes may take main
+    /// device space from the same allocator), RocksDB, the deferred-write journal replayed,
+    /// then one reactor and shard per CPU and the kv-sync thread.
+    pub fn mount_on(devices: StoreDevices, config: StoreConfig) -> Result<Store> {
+        config.validate()?;
+        let opened = open_bluefs(&devices, &config)?;
+        let Opened {
+            label, fs, space, ..
+        } = opened;
+        let loaded = {
+            let kv = Kv::open_read_only(&fs, &config.kv)?;
+            load_records(&kv, &label)?
+        };
+        space
+            .mark_used(&loaded.allocated)
+            .map_err(|e| StoreError::Corrupt {
+                reason: format!("freelist overlaps BlueFS's space: {e}"),
+            })?;
+        space.load_refs(loaded.refs);
+        let kv = Kv::open(&fs, &config.kv)?;
+        replay_deferred(&kv, &devices.slow)?;
+        let omap_max = match kv.get(OMAP_MAX_KEY)? {
+            Some(v) => format::decode_u64_record("omap id record", &v)?,
+            None => 1,
+        };
+        let mut colls: Vec<(String, u32)> = Vec::new();
+        for item in kv.scan(&KeyRange::prefix(&[PREFIX_COLL]), None) {
+            let (key, value) = item?;
+            let name = String::from_utf8(key[1..].to_vec()).map_err(|_| StoreError::Corrupt {
+                reason: "a collection name is not UTF-8".into(),
+            })?;
+            colls.push((name, format::decode_coll(&value)?));
+        }
+        let next_cid = colls.iter().map(|c| c.1).max().map_or(1, |m| m + 1);
+        let class = devices.slow.info().class;
+        let params = Params {
+            au: label.min_alloc_size as u64,
+            csum_block: label.csum_block as u64,
+            shard_span: loaded.superblock.shard_span as u64,
+            deferred_size: config.deferred_size_for(class),
+            cost_per_io: config.cost_per_io_for(class),
+        };
+        let shards = config.cpus.len();
+        let mut reactor_config = ReactorConfig::new(config.cpus.clone());
+        reactor_config.pin = config.pin;
+        reactor_config.mailbox_capacity = 4096;
+        let reactors = Reactors::start(reactor_config)?;
+        let shared = Arc::new(Shared {
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
+            params,
+            fsid: label.fsid,
+            main: devices.slow.clone(),
+            kv,
+            fs,
+            space,
+            kv_queue: KvQueue::new(shards, 8192),
+            kv_perf: Mutex::new(KvPerf::default()),
+            reactors: reactors.handle(),
+            shards,
+            throttle: Throttle::new(config.throttle_bytes),
+            deferred_throttle: Throttle::new(config.throttle_deferred_bytes),
+            next_cid: AtomicU32::new(next_cid),
+            next_omap: AtomicU64::new(omap_max),
+            omap_needed: AtomicU64::new(omap_max),
+            deferred_seq: AtomicU64::new(1),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            unmounting: AtomicBool::new(false),
+            stopped_shards: Mutex::new(0),
+            shard_stopped: Condvar::new(),
+            config,
+        });
+        let kv_thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("bluepoll-kv-sync".into())
+                .spawn(move || kv_sync::run(shared, omap_max))
+                .map_err(|e| StoreError::Failed {
+                    reason: format!("cannot start the kv-sync thread: {e}"),
+                })?
+        };
+        let store = Store {
+            shared: Arc::clone(&shared),
+            reactors: Mutex::new(Some(reactors)),
+            kv_thread: Mutex::new(Some(kv_thread)),
+        };
+        let mut per_shard: Vec<Vec<(String, u32)>> = vec![Vec::new(); shards];
+        for c in colls {
+            per_shard[store.shard_of(&c.0)].push(c);
+        }
+        let mut waits = Vec::new();
+        for (index, colls) in per_shard.into_iter().enumerate() {
+            let (tx, rx) = oneshot::channel::<Result<()>>();
+            let shared = Arc::clone(&shared);
+            store.shared.reactors.send(index, move |cx| {
+                tx.send(shard::Shard::start(cx, index, shared, colls));
+            })?;
+            waits.push(rx);
+        }
+        for rx in waits {
+            rx.wait().unwrap_or(Err(StoreError::Unmounting))?;
+        }
+        Ok(store)
+    }
+
+    pub fn fsid(&self) -> Uuid {
+        self.shared.fsid
+    }
+
+    /// The shard (and reactor) a collection lives on.
+    pub fn shard_of(&self, coll: &str) -> usize {
+        (fnv1a(coll.as_bytes()) % self.shared.shards as u64) as usize
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shared.shards
+    }
+
+    /// Sends work to the store's reactors (to run pollers beside the shards, as the bench does).
+    pub fn reactor_handle(&self) -> ReactorHandle {
+        self.shared.reactors.clone()
+    }
+
+    /// The main device.
+    pub fn main_device(&self) -> &Device {
+        &self.shared.main
+    }
+
+    /// Why the store stopped taking changes, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.shared.unmounting.load(Ordering::Relaxed) {
+            return Err(StoreError::Unmounting);
+        }
+        if let Some(reason) = self.shared.failure() {
+            return Err(StoreError::Failed { reason });
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the shard of `coll`'s reactor.
+    fn on_shard(
+        &self,
+        coll: &str,
+        f: impl FnOnce(&mut shard::Shard) + Send + 'static,
+    ) -> Result<()> {
+        let index = self.shard_of(coll);
+        let id = self.shared.id;
+        let mut message: crate::reactor::Message = Box::new(move |_cx| {
+            shard::with_current(id, f);
+        });
+        loop {
+            match self.shared.reactors.send_boxed(index, message) {
+                Ok(()) => return Ok(()),
+                Err((crate::reactor::ReactorError::MailboxFull { .. }, m)) => {
+                    message = m;
+                    std::thread::yield_now();
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Runs `f` on the shard of `coll` and waits for its answer.
+    fn call<R: Send + 'static>(
+        &self,
+        coll: &str,
+        call: &'static str,
+        f: impl FnOnce(&mut shard::Shard) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        if shard::on_reactor_of(self.shared.id) {
+            return Err(StoreError::WouldBlock { call });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.on_shard(coll, move |s| tx.send(f(s)))?;
+        rx.wait().unwrap_or(Err(StoreError::Unmounting))
+    }
+
+    /// Queues a transaction. `on_commit` runs once, on the collection's reactor, when the
+    /// transaction is durable (Ok) or failed (nothing of it applied, or the store stopped);
+    /// it must not block. An Err here means it was not queued (and `on_commit` is not called).
+    ///
+    /// Off the store's reactors this waits while the throttle is full (backpressure).
+    pub fn queue_transaction(
+        &self,
+        txn: Transaction,
+        on_commit: impl FnOnce(Result<()>) + Send + 'static,
+    ) -> Result<()> {
+        self.check_open()?;
+        let ios = txn
+            .ops()
+            .iter()
+            .filter(|op| matches!(op, Op::Write { .. } | Op::Zero { .. }))
+            .count() as u64
+            + 1;
+        let cost = txn.data_bytes() + ios * self.shared.params.cost_per_io;
+        let wait = !shard::on_reactor_of(self.shared.id);
+        let shared = Arc::clone(&self.shared);
+        if !self.shared.throttle.get(cost, wait, || {
+            shared.failure().is_some() || shared.unmounting.load(Ordering::Relaxed)
+        }) {
+            self.check_open()?;
+        }
+        let queued_at = Instant::now();
+        let (coll, ops) = txn.into_parts();
+        let target = coll.clone();
+        let sent = self.on_shard(&target, move |s| {
+            s.queue_transaction(coll, ops, cost, queued_at, Box::new(on_commit));
+        });
+        if sent.is_err() {
+            self.shared.throttle.put(cost);
+        }
+        sent
+    }
+
+    /// Queues a transaction; the returned future (or its `wait`) completes at commit.
+    pub fn submit(&self, txn: Transaction) -> Commit {
+        let (tx, rx) = oneshot::channel();
+        let commit = Commit::new(rx);
+        let (tx2, rx2) = oneshot::channel::<Result<()>>();
+        // Route the immediate error through the same channel.
+        match self.queue_transaction(txn, move |r| tx.send(r)) {
+            Ok(()) => {
+                drop(tx2);
+                drop(rx2);
+                commit
+            }
+            Err(e) => {
+                tx2.send(Err(e));
+                Commit::new(rx2)
+            }
+        }
+    }
+
+    /// Queues a transaction and waits until it is durable.
+    pub fn apply(&self, txn: Transaction) -> Result<()> {
+        if shard::on_reactor_of(self.shared.id) {
+            return Err(StoreError::WouldBlock { call: "apply" });
+        }
+        self.submit(txn).wait()
+    }
+
+    /// Reads up to `len` bytes at `offset` (fewer at the object's end).
+    pub fn read(&self, coll: &str, obj: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if shard::on_reactor_of(self.shared.id) {
+            return Err(StoreError::WouldBlock { call: "read" });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.read_async(coll, obj, offset, len, move |r| tx.send(r))?;
+        rx.wait().unwrap_or(Err(StoreError::Unmounting))
+    }
+
+    /// Starts a read; `done` runs on the collection's reactor with the bytes (it must not
+    /// block).
+    pub fn read_async(
+        &self,
+        coll: &str,
+        obj: &str,
+        offset: u64,
+        len: u64,
+        done: impl FnOnce(Result<Vec<u8>>) + Send + 'static,
+    ) -> Result<()> {
+        if self.shared.unmounting.load(Ordering::Relaxed) {
+            return Err(StoreError::Unmounting);
+        }
+        let (c, o) = (coll.to_string(), obj.to_string());
+        self.on_shard(coll, move |s| s.read(&c, &o, offset, len, Box::new(done)))
+    }
+
+    pub fn stat(&self, coll: &str, obj: &str) -> Result<ObjectStat> {
+        let (c, o) = (coll.to_string(), obj.to_string());
+        self.call(coll, "stat", move |s| s.stat(&c, &o))
+    }
+
+    pub fn exists(&self, coll: &str, obj: &str) -> Result<bool> {
+        let (c, o) = (coll.to_string(), obj.to_string());
+        self.call(coll, "exists", move |s| s.exists(&c, &o))
+    }
+
+    pub fn getattr(&self, coll: &str, obj: &str, name: &str) -> Result<Vec<u8>> {
+        let (c, o, n) = (coll.to_string(), obj.to_string(), name.to_string());
+        self.call(coll, "getattr", move |s| s.getattr(&c, &o, &n))
+    }
+
+    pub fn getattrs(&self, coll: &str, obj: &str) -> Result<BTreeMap<String, Vec<u8>>> {
+        let (c, o) = (coll.to_string(), obj.to_string());
+        self.call(coll, "getattrs", move |s| s.getattrs(&c, &o))
+    }
+
+    pub fn omap_get_header(&self, coll: &str, obj: &str) -> Result<Option<Vec<u8>>> {
+        let (c, o) = (coll.to_string(), obj.to_string());
+        self.call(coll, "omap_get_header", move |s| s.omap_header(&c, &o))
+    }
+
+    /// The values of `keys` that exist.
+    pub fn omap_get_values(
+        &self,
+        coll: &str,
+        obj: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+        let (c, o, k) = (coll.to_string(), obj.to_string(), keys.to_vec());
+        self.call(coll, "omap_get_values", move |s| {
+            s.omap_get_values(&c, &o, &k)
+        })
+    }
+
+    /// Up to `max` entries after `after` (from the first if None), in key order.
+    pub fn omap_iterate(
+        &self,
+        coll: &str,
+        obj: &str,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let (c, o, a) = (coll.to_string(), obj.to_string(), after.map(<[u8]>::to_vec));
+        self.call(coll, "omap_iterate", move |s| {
+            s.omap_iterate(&c, &o, a.as_deref(), max)
+        })
+    }
+
+    /// Every omap entry.
+    pub fn omap_get(&self, coll: &str, obj: &str) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+        let mut out = BTreeMap::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.omap_iterate(coll, obj, after.as_deref(), 1024)?;
+            let done = page.len() < 1024;
+            after = page.last().map(|(k, _)| k.clone());
+            out.extend(page);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Up to `max` object names after `after` (from the first if None), sorted by name.
+    pub fn list_objects(&self, coll: &str, after: Option<&str>, max: usize) -> Result<Vec<String>> {
+        let (c, a) = (coll.to_string(), after.map(str::to_string));
+        self.call(coll, "list_objects", move |s| {
+            s.list_objects(&c, a.as_deref(), max)
+        })
+    }
+
+    pub fn collection_exists(&self, coll: &str) -> Result<bool> {
+        let c = coll.to_string();
+        self.call(coll, "collection_exists", move |s| {
+            Ok(s.coll_id(&c).is_ok())
+        })
+    }
+
+    /// Every collection, sorted.
+    pub fn list_collections(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for index in 0..self.shared.shards {
+            out.extend(self.call_shard(index, "list_collections", |s| Ok(s.collections()))?);
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn call_shard<R: Send + 'static>(
+        &self,
+        index: usize,
+        call: &'static str,
+        f: impl FnOnce(&mut shard::Shard) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        if shard::on_reactor_of(self.shared.id) {
+            return Err(StoreError::WouldBlock { call });
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = self.shared.id;
+        self.shared.reactors.send(index, move |_cx| {
+            shard::with_current(id, |s| tx.send(f(s)));
+        })?;
+        rx.wait().unwrap_or(Err(StoreError::Unmounting))
+    }
+
+    /// Space on the main device.
+    pub fn statfs(&self) -> Statfs {
+        let free = self.shared.space.free_bytes();
+        let reserve = self.shared.space.reserve();
+        let bluefs = self.shared.fs.usage();
+        Statfs {
+            total: self.shared.space.size(),
+            free: free.saturating_sub(reserve),
+            reserve,
+            bluefs_main_bytes: bluefs.devices[crate::bluefs::DeviceId::Slow.index()]
+                .as_ref()
+                .map_or(0, |d| d.size.saturating_sub(d.free)),
+        }
+    }
+
+    /// Counters and latency histograms of every shard (merged) and of the kv-sync thread.
+    pub fn perf(&self) -> Result<(ShardPerf, KvSyncPerf)> {
+        let mut total = ShardPerf::default();
+        for index in 0..self.shared.shards {
+            total.merge(&self.call_shard(index, "perf", |s| Ok(s.perf_snapshot()))?);
+        }
+        Ok((total, lock(&self.shared.kv_perf).clone()))
+    }
+
+    /// `bluepoll perf dump`: the counters as JSON.
+    pub fn perf_dump(&self) -> Result<serde_json::Value> {
+        let (shards, kv) = self.perf()?;
+        let statfs = self.statfs();
+        let info = self.shared.main.info();
+        Ok(serde_json::json!({
+            "store": shards.json(),
+            "kv_sync": kv.json(),
+            "throttle": {
+                "bytes": self.shared.throttle.used(),
+                "max": self.shared.throttle.max(),
+                "deferred_bytes": self.shared.deferred_throttle.used(),
+                "deferred_max": self.shared.deferred_throttle.max(),
+            },
+            "space": {
+                "total": statfs.total,
+                "free": statfs.free,
+                "bluefs_reserve": statfs.reserve,
+                "bluefs_main_bytes": statfs.bluefs_main_bytes,
+            },
+            "main_device": {
+                "uri": info.uri,
+                "model": info.model,
+                "simulated": info.is_simulated(),
+            },
+            "deferred_size": self.shared.params.deferred_size,
+            "min_alloc_size": self.shared.params.au,
+        }))
+    }
+
+    /// Waits for everything in flight (deferred writes applied and their records gone), stops
+    /// the reactors and the kv-sync thread, closes RocksDB and BlueFS. An error says the store
+    /// had stopped taking changes (the last committed state is what a mount will find).
+    pub fn umount(self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        let Some(reactors) = lock(&self.reactors).take() else {
+            return Ok(());
+        };
+        self.shared.unmounting.store(true, Ordering::SeqCst);
+        let id = self.shared.id;
+        for index in 0..self.shared.shards {
+            let shared = Arc::clone(&self.shared);
+            let sent = self.shared.reactors.send(index, move |_cx| {
+                let found = shard::with_current(id, |s| s.stopping = true);
+                if found.is_none() {
+                    shared.shard_stopped();
+                }
+            });
+            if sent.is_err() {
+                self.shared.shard_stopped();
+            }
+        }
+        {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut stopped = lock(&self.shared.stopped_shards);
+            while *stopped < self.shared.shards && Instant::now() < deadline {
+                stopped = self
+                    .shared
+                    .shard_stopped
+                    .wait_timeout(stopped, Duration::from_millis(100))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+        self.shared.kv_queue.shutdown();
+        if let Some(t) = lock(&self.kv_thread).take() {
+            let _ = t.join();
+        }
+        drop(reactors.shutdown());
+        match self.shared.failure() {
+            Some(reason) => Err(StoreError::Failed { reason }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Space of the main device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Statfs {
+    pub total: u64,
+    /// What objects may still take (the BlueFS reserve excluded).
+    pub free: u64,
+    pub reserve: u64,
+    /// Main-device bytes BlueFS holds.
+    pub bluefs_main_bytes: u64,
+}

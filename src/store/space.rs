@@ -1,0 +1,308 @@
+//! Space on the main device: one allocator shared by the object store and BlueFS, the extra
+//! references of allocation units that clones share, and the freelist changes a transaction
+//! commits.
+//!
+//! - **One allocator, two users.** BlueFS takes main-device space through [`SharedSpace`] when
+//!   its own devices are full and records it only in its own log; the store marks those extents
+//!   used at mount. The store's own allocations stop short of `reserve` free bytes, so object
+//!   data can never take the space RocksDB needs to keep committing: a full store answers
+//!   NoSpace while its metadata store stays writable (Ceph's "bluefs enospc" outage, designed out).
+//! - **The freelist** is a bitmap in the kv, one bit per allocation unit, 1024 units per key,
+//!   changed only by the `bluepoll.u64add` merge: adding 2^i sets bit i (it was clear: the unit
+//!   was free in memory), subtracting clears it. Additions commute, so shards commit their
+//!   changes in any order with no read-modify-write. BlueFS's extents are not in it.
+//! - **References.** A unit mapped by one object has no record. Each further mapping (a clone)
+//!   adds one to `R unit`; unmapping takes one off, and the unit is freed only when no mapping
+//!   is left. Clones stay inside a collection, so all changes to a unit's count come from one
+//!   shard, in order; the counts live in memory in one map for every shard.
+//! - **Free after commit.** Units a transaction frees go back to the allocator only after that
+//!   transaction is durable and every transaction before it in its collection is done (so a
+//!   deferred write still to be applied there cannot land on space given to someone else), and
+//!   after every read that might still be reading them (`shard.rs`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use super::error::StoreError;
+use super::format::{FREELIST_LANES, FREELIST_UNITS_PER_KEY, freelist_key, refs_key};
+use super::kv_sync::KvOps;
+use crate::bluefs::{AllocError, DeviceId, Extent, ExtentAllocator, SharedSpace};
+use crate::sync::lock;
+
+pub(crate) struct StoreSpace {
+    alloc: Mutex<ExtentAllocator>,
+    unit: u64,
+    reserve: u64,
+    /// Extra references per shared unit (absent: one mapping or free).
+    refs: Mutex<HashMap<u64, u32>>,
+}
+
+impl StoreSpace {
+    pub fn new(device_size: u64, unit: u64, data_start: u64, reserve: u64) -> StoreSpace {
+        StoreSpace {
+            alloc: Mutex::new(ExtentAllocator::new(
+                DeviceId::Slow,
+                device_size,
+                unit,
+                data_start,
+            )),
+            unit,
+            reserve,
+            refs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn unit(&self) -> u64 {
+        self.unit
+    }
+
+    pub fn reserve(&self) -> u64 {
+        self.reserve
+    }
+
+    pub fn free_bytes(&self) -> u64 {
+        lock(&self.alloc).free_bytes()
+    }
+
+    pub fn size(&self) -> u64 {
+        lock(&self.alloc).size()
+    }
+
+    /// `want` bytes (a multiple of the unit) for object data, leaving the reserve free.
+    pub fn allocate(&self, want: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut a = lock(&self.alloc);
+        match a.allocate_keeping(want, self.reserve) {
+            Ok(extents) => Ok(extents.iter().map(|e| (e.offset, e.length)).collect()),
+            Err(AllocError::NoSpace { free, .. }) => Err(StoreError::NoSpace {
+                wanted: want,
+                free,
+                reserve: self.reserve,
+            }),
+            Err(e) => Err(StoreError::Corrupt {
+                reason: format!("allocator: {e}"),
+            }),
+        }
+    }
+
+    /// Returns device ranges to free space. A failure means the caller's bookkeeping is wrong
+    /// (a double free): reported, never a panic.
+    pub fn release(&self, ranges: &[(u64, u64)]) -> Result<(), StoreError> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let extents: Vec<Extent> = ranges.iter().map(|&(o, l)| slow(o, l)).collect();
+        lock(&self.alloc)
+            .release(&extents)
+            .map_err(|e| StoreError::Corrupt {
+                reason: format!("releasing data space: {e}"),
+            })
+    }
+
+    pub fn mark_used(&self, ranges: &[(u64, u64)]) -> Result<(), StoreError> {
+        let extents: Vec<Extent> = ranges.iter().map(|&(o, l)| slow(o, l)).collect();
+        lock(&self.alloc)
+            .mark_used(&extents)
+            .map_err(|e| StoreError::Corrupt {
+                reason: format!("marking used space: {e}"),
+            })
+    }
+
+    pub fn free_extents(&self) -> Vec<(u64, u64)> {
+        lock(&self.alloc)
+            .free_extents()
+            .iter()
+            .map(|e| (e.offset, e.length))
+            .collect()
+    }
+
+    /// Extra references of `unit` (device offset / unit).
+    pub fn extra_refs(&self, unit: u64) -> u32 {
+        lock(&self.refs).get(&unit).copied().unwrap_or(0)
+    }
+
+    pub fn any_shared(&self, first_unit: u64, units: u64) -> bool {
+        let refs = lock(&self.refs);
+        !refs.is_empty() && (first_unit..first_unit + units).any(|u| refs.contains_key(&u))
+    }
+
+    /// Applies a committed-to-be transaction's reference changes.
+    pub fn apply_refs(&self, delta: &BTreeMap<u64, i64>) {
+        let mut refs = lock(&self.refs);
+        for (&unit, &d) in delta {
+            let now = refs.get(&unit).copied().unwrap_or(0) as i64 + d;
+            if now <= 0 {
+                refs.remove(&unit);
+            } else {
+                refs.insert(unit, now as u32);
+            }
+        }
+    }
+
+    pub fn load_refs(&self, refs: HashMap<u64, u32>) {
+        *lock(&self.refs) = refs;
+    }
+
+    pub fn refs_snapshot(&self) -> HashMap<u64, u32> {
+        lock(&self.refs).clone()
+    }
+}
+
+fn slow(offset: u64, length: u64) -> Extent {
+    Extent {
+        device: DeviceId::Slow,
+        offset,
+        length,
+    }
+}
+
+/// BlueFS's view: the same allocator, no reserve (the reserve is there for it).
+pub(crate) struct BlueFsSpace(pub std::sync::Arc<StoreSpace>);
+
+impl SharedSpace for BlueFsSpace {
+    fn device_size(&self) -> u64 {
+        self.0.size()
+    }
+    fn unit(&self) -> u64 {
+        self.0.unit
+    }
+    fn free_bytes(&self) -> u64 {
+        self.0.free_bytes()
+    }
+    fn allocate(&self, want: u64) -> Result<Vec<Extent>, AllocError> {
+        lock(&self.0.alloc).allocate(want)
+    }
+    fn release(&self, extents: &[Extent]) -> Result<(), AllocError> {
+        lock(&self.0.alloc).release(extents)
+    }
+    fn mark_used(&self, extents: &[Extent]) -> Result<(), AllocError> {
+        lock(&self.0.alloc).mark_used(extents)
+    }
+    fn grow(&self, new_size: u64) -> Result<(), AllocError> {
+        lock(&self.0.alloc).grow(new_size)
+    }
+}
+
+/// Freelist bits and reference counts a transaction changes, as merge operands.
+#[derive(Default, Debug)]
+pub(crate) struct SpaceDelta {
+    groups: BTreeMap<u64, [u64; FREELIST_LANES]>,
+    /// Reference-count changes per unit.
+    pub refs: BTreeMap<u64, i64>,
+}
+
+impl SpaceDelta {
+    fn each_unit(&mut self, offset: u64, len: u64, unit: u64, set: bool) {
+        let first = offset / unit;
+        for u in first..first + len / unit {
+            let group = u / FREELIST_UNITS_PER_KEY;
+            let bit = u % FREELIST_UNITS_PER_KEY;
+            let lanes = self.groups.entry(group).or_default();
+            let lane = &mut lanes[(bit / 64) as usize];
+            let value = 1u64 << (bit % 64);
+            *lane = if set {
+                lane.wrapping_add(value)
+            } else {
+                lane.wrapping_sub(value)
+            };
+        }
+    }
+
+    /// Units newly allocated: their bits go from 0 to 1.
+    pub fn allocated(&mut self, offset: u64, len: u64, unit: u64) {
+        self.each_unit(offset, len, unit, true);
+    }
+
+    /// Units freed: their bits go from 1 to 0.
+    pub fn freed(&mut self, offset: u64, len: u64, unit: u64) {
+        self.each_unit(offset, len, unit, false);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty() && self.refs.is_empty()
+    }
+
+    /// Adds the merge operands to `ops`.
+    pub fn emit(&self, ops: &mut KvOps) {
+        for (group, lanes) in &self.groups {
+            let used = lanes.iter().rposition(|&l| l != 0).map_or(0, |i| i + 1);
+            if used == 0 {
+                continue;
+            }
+            let bytes: Vec<u8> = lanes[..used].iter().flat_map(|l| l.to_le_bytes()).collect();
+            ops.merge(freelist_key(*group).to_vec(), bytes);
+        }
+        for (unit, d) in &self.refs {
+            if *d != 0 {
+                ops.merge(refs_key(*unit).to_vec(), (*d as u64).to_le_bytes().to_vec());
+            }
+        }
+    }
+}
+
+/// The allocated ranges a freelist value describes: (first unit, units) runs of set bits.
+pub(crate) fn runs_of_group(group: u64, lanes: &[u64]) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for (l, &bits) in lanes.iter().enumerate() {
+        if bits == 0 {
+            continue;
+        }
+        for b in 0..64 {
+            if bits & (1 << b) != 0 {
+                let u = group * FREELIST_UNITS_PER_KEY + l as u64 * 64 + b;
+                match runs.last_mut() {
+                    Some((start, n)) if *start + *n == u => *n += 1,
+                    _ => runs.push((u, 1)),
+                }
+            }
+        }
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_then_clear_sums_to_nothing_and_runs_decode() {
+        let mut d = SpaceDelta::default();
+        d.allocated(4096 * 1020, 4096 * 8, 4096);
+        let mut lanes: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        let mut ops = KvOps::default();
+        d.emit(&mut ops);
+        for (key, value) in ops.merges() {
+            let group = super::super::format::key_number(key).unwrap();
+            crate::kv::add_lanes(lanes.entry(group).or_default(), value);
+        }
+        let runs: Vec<(u64, u64)> = lanes
+            .iter()
+            .flat_map(|(g, l)| runs_of_group(*g, l))
+            .collect();
+        assert_eq!(runs, vec![(1020, 4), (1024, 4)]);
+        let mut d2 = SpaceDelta::default();
+        d2.freed(4096 * 1020, 4096 * 8, 4096);
+        let mut ops = KvOps::default();
+        d2.emit(&mut ops);
+        for (key, value) in ops.merges() {
+            let group = super::super::format::key_number(key).unwrap();
+            crate::kv::add_lanes(lanes.entry(group).or_default(), value);
+        }
+        assert!(lanes.values().all(|l| l.iter().all(|&x| x == 0)));
+    }
+
+    #[test]
+    fn the_reserve_is_kept_from_object_data_but_not_from_bluefs() {
+        let space = std::sync::Arc::new(StoreSpace::new(1 << 20, 4096, 65536, 256 << 10));
+        let free = space.free_bytes();
+        assert!(matches!(
+            space.allocate(free - (128 << 10)),
+            Err(StoreError::NoSpace { .. })
+        ));
+        let got = space.allocate(free - (256 << 10)).unwrap();
+        assert_eq!(got.iter().map(|r| r.1).sum::<u64>(), free - (256 << 10));
+        let bluefs = BlueFsSpace(std::sync::Arc::clone(&space));
+        assert!(bluefs.allocate(128 << 10).is_ok());
+        assert!(space.release(&got).is_ok());
+        assert!(space.release(&got).is_err(), "double free is an error");
+    }
+}
