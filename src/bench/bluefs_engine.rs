@@ -54,8 +54,10 @@ pub struct DeviceUris {
     pub slow: Option<String>,
 }
 
-/// Parses `URI` (the DB device alone) or `ROLE=URI|ROLE=URI…` with roles `wal`, `db`, `slow`.
-pub fn parse_filename(text: &str) -> Result<DeviceUris, String> {
+/// Parses `URI` (one device) or `ROLE=URI|ROLE=URI…` with roles `wal`, `db`, `slow`: returns
+/// the single URI, or the URIs by role (wal, db, slow). Shared by the engines on BlueFS and on
+/// the object store, which read a single URI as their main device.
+pub fn parse_roles(text: &str) -> Result<(Option<String>, [Option<String>; 3]), String> {
     let roles = ["wal", "db", "slow"];
     let is_pair = |piece: &str| {
         piece
@@ -67,11 +69,7 @@ pub fn parse_filename(text: &str) -> Result<DeviceUris, String> {
         if pieces[0].is_empty() {
             return Err("empty device URI".into());
         }
-        return Ok(DeviceUris {
-            wal: None,
-            db: pieces[0].to_string(),
-            slow: None,
-        });
+        return Ok((Some(pieces[0].to_string()), [None, None, None]));
     }
     let mut found: [Option<String>; 3] = [None, None, None];
     for piece in pieces {
@@ -90,7 +88,19 @@ pub fn parse_filename(text: &str) -> Result<DeviceUris, String> {
         }
         found[index] = Some(uri.to_string());
     }
-    let [wal, db, slow] = found;
+    Ok((None, found))
+}
+
+/// Parses `URI` (the DB device alone) or `ROLE=URI|ROLE=URI…` with roles `wal`, `db`, `slow`.
+pub fn parse_filename(text: &str) -> Result<DeviceUris, String> {
+    let (single, [wal, db, slow]) = parse_roles(text)?;
+    if let Some(db) = single {
+        return Ok(DeviceUris {
+            wal: None,
+            db,
+            slow: None,
+        });
+    }
     let Some(db) = db else {
         return Err("no db= device (BlueFS needs one)".into());
     };

@@ -19,6 +19,7 @@ pub mod plot;
 pub mod report;
 pub mod stats;
 pub mod status;
+pub mod store_engine;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -72,8 +73,15 @@ pub fn run(args: &[String]) -> Result<Outcome> {
     let default_uri = default_device_uri(&invocation.jobs);
     let mut notes = Vec::new();
     for spec in &invocation.jobs {
+        if spec.rate_iops > 0 && spec.ioengine != IoEngine::Store {
+            bail!(
+                "job '{}': rate_iops is supported with ioengine=store only",
+                spec.name
+            );
+        }
         match spec.ioengine {
             IoEngine::Dev => {}
+            IoEngine::Store => store_engine::validate(spec)?,
             IoEngine::Bluefs => {
                 bluefs_engine::validate(spec)?;
                 if spec.iodepth > 1 {
@@ -114,6 +122,7 @@ pub fn run(args: &[String]) -> Result<Outcome> {
                 }
                 (0, spec.size.unwrap_or(spec.bs) / spec.bs)
             }
+            IoEngine::Store => (0, spec.size.unwrap_or(spec.bs) / spec.bs),
         };
         let spec = Arc::new(spec.clone());
         for clone in 0..spec.numjobs {
@@ -140,6 +149,48 @@ pub fn run(args: &[String]) -> Result<Outcome> {
             });
             number += 1;
         }
+    }
+
+    // Object stores, one per distinct `filename` of store jobs, each with a reactor per CPU.
+    let mut stores: Vec<(String, crate::store::Store)> = Vec::new();
+    for i in instances
+        .iter()
+        .filter(|i| i.spec.ioengine == IoEngine::Store)
+    {
+        if stores.iter().any(|(u, _)| *u == i.device_uri) {
+            continue;
+        }
+        let same: Vec<&Instance> = instances
+            .iter()
+            .filter(|j| j.device_uri == i.device_uri && j.spec.ioengine == IoEngine::Store)
+            .collect();
+        let cpus = choose_cpus(&run.cpus, &same)?;
+        let store =
+            store_engine::open(&i.spec, cpus).with_context(|| format!("job '{}'", i.spec.name))?;
+        let info = store.main_device().info();
+        if info.is_simulated() {
+            notes.push(format!(
+                "{}: the main device is a simulation ({})",
+                i.device_uri, info.model
+            ));
+        }
+        stores.push((i.device_uri.clone(), store));
+    }
+    // Each store job clone gets a collection on a shard (round robin), laid out before the run.
+    let mut placements: HashMap<usize, (usize, String)> = HashMap::new();
+    for (uri, store) in &stores {
+        let handle = store.handle();
+        let members = instances
+            .iter()
+            .filter(|i| i.spec.ioengine == IoEngine::Store && i.device_uri == *uri);
+        for (k, m) in members.enumerate() {
+            let shard = k % handle.shard_count();
+            let coll = store_engine::collection_for(&handle, &m.spec, m.clone, shard);
+            store_engine::lay_out(&handle, &m.spec, &coll, m.seed)?;
+            placements.insert(m.number, (shard, coll));
+        }
+        // The counters describe the jobs, not the layout.
+        handle.reset_perf()?;
     }
 
     let generations = verify_tables(&instances);
@@ -187,7 +238,7 @@ pub fn run(args: &[String]) -> Result<Outcome> {
         }
         // Read jobs on BlueFS read a file laid out before the phase, as fio lays out files.
         for (_, m) in &fs_members {
-            if m.spec.rw.reads() {
+            if m.spec.ioengine == IoEngine::Bluefs && m.spec.rw.reads() {
                 bluefs_engine::lay_out(&filesystems[&m.device_uri], &m.spec, m.clone, m.seed)?;
             }
         }
@@ -198,6 +249,29 @@ pub fn run(args: &[String]) -> Result<Outcome> {
         let (fs_tx, fs_rx) = mpsc::channel::<Result<JobResult, String>>();
         let mut fs_pending = 0;
         for (slot, m) in &fs_members {
+            if m.spec.ioengine == IoEngine::Store {
+                let (shard, coll) = placements[&m.number].clone();
+                let store = &stores
+                    .iter()
+                    .find(|(u, _)| *u == m.device_uri)
+                    .expect("opened above")
+                    .1;
+                store_engine::start(store_engine::StoreJobPlan {
+                    spec: Arc::clone(&m.spec),
+                    number: m.number,
+                    group: m.group,
+                    clone: m.clone,
+                    seed: m.seed,
+                    store: store.handle(),
+                    shard,
+                    coll,
+                    progress: Arc::clone(&progress[*slot]),
+                    control: Arc::clone(&control),
+                    results: fs_tx.clone(),
+                })?;
+                fs_pending += 1;
+                continue;
+            }
             let job = bluefs_engine::FsJob {
                 spec: Arc::clone(&m.spec),
                 number: m.number,
@@ -367,6 +441,13 @@ pub fn run(args: &[String]) -> Result<Outcome> {
     let reactor_stats = reactors.map(Reactors::shutdown).unwrap_or_default();
     // Unmount: whatever a job left open is closed by now; dropping the last handle is enough.
     drop(filesystems);
+    let mut store_summaries = Vec::new();
+    for (uri, store) in stores {
+        store_summaries.push(store_engine::summary(&uri, &store.handle())?);
+        store
+            .umount()
+            .with_context(|| format!("unmounting the store on '{uri}'"))?;
+    }
     results.sort_by_key(|r| r.number);
     queue_pairs.sort_by_key(|(r, _, _)| *r);
 
@@ -382,6 +463,7 @@ pub fn run(args: &[String]) -> Result<Outcome> {
         reactors: &reactor_stats,
         queue_pairs: &queue_pairs,
         notes: &notes,
+        stores: &store_summaries,
     };
     let entries = report::entries(&results);
     let mut text = String::new();

@@ -76,6 +76,9 @@ pub enum IoEngine {
     /// Files of a BlueFS made on the devices named by `filename`, one synchronous thread per
     /// job clone, as fio's psync engine ([`super::bluefs_engine`]).
     Bluefs,
+    /// Objects of an object store made on the devices named by `filename`, jobs on the store's
+    /// reactors ([`super::store_engine`]).
+    Store,
 }
 
 impl IoEngine {
@@ -83,6 +86,7 @@ impl IoEngine {
         match self {
             IoEngine::Dev => "dev",
             IoEngine::Bluefs => "bluefs",
+            IoEngine::Store => "store",
         }
     }
 }
@@ -120,6 +124,16 @@ pub struct JobSpec {
     /// `bluefs_kind=db|wal|slow`: what kind of BlueFS file the job works on, hence where its
     /// data goes — `wal` names it like a RocksDB WAL (`*.log`: the WAL device, with the log).
     pub bluefs_kind: crate::bluefs::FileKind,
+    /// fio's `nrfiles`: objects per job (ioengine=store).
+    pub nrfiles: u32,
+    /// `store_config=FILE`: a TOML store config for the store made on `filename`.
+    pub store_config: Option<String>,
+    /// `store_mkfs`: make a new store on `filename` before the run (default on).
+    pub store_mkfs: bool,
+    /// `store_deferred_size=SIZE`: the store's prefer_deferred_size.
+    pub store_deferred_size: Option<u64>,
+    /// fio's `rate_iops`: at most this many I/Os per second per job (0: no cap; ioengine=store).
+    pub rate_iops: u64,
     pub direct: bool,
     pub percentile_list: Vec<f64>,
     pub group_reporting: bool,
@@ -160,6 +174,11 @@ impl JobSpec {
             fsync: 0,
             bluefs_mkfs: true,
             bluefs_kind: crate::bluefs::FileKind::Db,
+            nrfiles: 1,
+            store_config: None,
+            store_mkfs: true,
+            store_deferred_size: None,
+            rate_iops: 0,
             direct: true,
             percentile_list: DEFAULT_PERCENTILES.to_vec(),
             group_reporting: false,
@@ -273,6 +292,7 @@ fn is_flag(key: &str) -> bool {
             | "do_verify"
             | "thread"
             | "bluefs_mkfs"
+            | "store_mkfs"
     )
 }
 
@@ -346,10 +366,12 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
             spec.ioengine = match value.as_str() {
                 "dev" => IoEngine::Dev,
                 "bluefs" => IoEngine::Bluefs,
+                "store" => IoEngine::Store,
                 _ => {
                     return Err(invalid(
                         "bluepoll's engines are: dev (queue pairs on the device in filename), \
-                         bluefs (files of a BlueFS on the devices in filename)"
+                         bluefs (files of a BlueFS on the devices in filename), store (objects \
+                         of an object store on the devices in filename)"
                             .into(),
                     ));
                 }
@@ -366,6 +388,13 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
                 _ => return Err(invalid("expected db, wal or slow".into())),
             }
         }
+        "nrfiles" => spec.nrfiles = at_least_one(&value, 1 << 24).map_err(invalid)? as u32,
+        "store_config" => spec.store_config = Some(value.clone()),
+        "store_mkfs" => spec.store_mkfs = parse_bool(&value).map_err(invalid)?,
+        "store_deferred_size" => {
+            spec.store_deferred_size = Some(parse_size(&value).map_err(invalid)?)
+        }
+        "rate_iops" => spec.rate_iops = parse_u64(&value).map_err(invalid)?,
         "direct" => spec.direct = parse_bool(&value).map_err(invalid)?,
         "thread" => {}
         "percentile_list" => {

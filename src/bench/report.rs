@@ -375,6 +375,9 @@ pub struct RunSummary<'a> {
     /// Per reactor, the queue pairs it used and their counters.
     pub queue_pairs: &'a [(usize, String, QueuePairStats)],
     pub notes: &'a [String],
+    /// Object stores the run drove (ioengine=store): (devices, `perf dump` JSON, the text
+    /// summary with the per-state breakdown).
+    pub stores: &'a [(String, Value, String)],
 }
 
 fn group_bandwidths(entries: &[Entry]) -> Vec<(usize, [f64; 2])> {
@@ -453,7 +456,11 @@ pub fn json_report(entries: &[Entry], summary: &RunSummary<'_>) -> Value {
         "global options": Value::Object(globals),
         "jobs": jobs,
         "disk_util": [],
-        "bluepoll": {"reactors": reactors, "notes": summary.notes},
+        "bluepoll": {
+            "reactors": reactors,
+            "notes": summary.notes,
+            "stores": summary.stores.iter().map(|(uri, perf, _)| json!({"devices": uri, "perf": perf})).collect::<Vec<_>>(),
+        },
     })
 }
 
@@ -771,6 +778,9 @@ pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
                 per(q.syscalls, q.completed)
             );
         }
+    }
+    for (_, _, text) in summary.stores {
+        out.push_str(text);
     }
     for note in summary.notes {
         let _ = writeln!(out, "note: {note}");

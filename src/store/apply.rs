@@ -24,8 +24,8 @@ use super::cache::{Buf, BufferSpace, OmapOverlay, Onode, OnodeRef};
 use super::error::{Result, StoreError};
 use super::extents::Piece;
 use super::format::{
-    CollId, OnodeRecord, coll_key, encode_coll, encode_onode, encode_shard, omap_all,
-    omap_entry_key, omap_header_key, onode_key, prefix_end, shard_key, shard_prefix,
+    CollId, OnodeRecord, coll_key, encode_coll, encode_onode, omap_all, omap_entry_key,
+    omap_header_key, onode_key, prefix_end, shard_key, shard_prefix,
 };
 use super::kv_sync::KvOps;
 use super::shard::Shard;
@@ -50,7 +50,8 @@ pub(crate) struct Prepared {
     pub released: Vec<(u64, u64)>,
     pub onodes: Vec<OnodeRef>,
     pub omaps: Vec<u64>,
-    pub buffer_onodes: Vec<OnodeRef>,
+    /// Objects with buffers waiting for this transaction's data, and the ranges.
+    pub buffer_onodes: Vec<(OnodeRef, Vec<(u64, u64)>)>,
 }
 
 /// The tag of buffers waiting for a transaction's copy-on-write data, and for its deferred
@@ -125,7 +126,7 @@ fn overlaps(ranges: &[(u64, u64)], offset: u64, len: u64) -> bool {
 
 /// Where the last mapping of an object ends (0: none).
 fn mapped_end(o: &Onode) -> u64 {
-    o.extents.iter().last().map_or(0, |(s, e)| s + e.len as u64)
+    o.extents.end()
 }
 
 impl Shard {
@@ -613,7 +614,9 @@ impl Shard {
         Ok(out)
     }
 
-    /// `range` of the object padded with its current bytes to `r0..r1`, `data` in the middle.
+    /// The object's bytes `r0..r1` with `len` bytes of `data` (from `data_offset`) written at
+    /// `offset` inside: the partial ends padded with the current bytes. Returns the buffer and
+    /// where `r0` is in it — the caller's own buffer, uncopied, when nothing needs padding.
     #[allow(clippy::too_many_arguments)]
     fn padded(
         &mut self,
@@ -623,30 +626,26 @@ impl Shard {
         r0: u64,
         r1: u64,
         offset: u64,
-        data: &[u8],
-    ) -> Result<Vec<u8>> {
-        let end = offset + data.len() as u64;
-        let mut block = if offset > r0 || end < r1 {
-            // Only the partial ends need the old bytes; read the whole span once if both do.
-            let mut b = vec![0u8; (r1 - r0) as usize];
-            if offset > r0 {
-                let head = self.read_current(w, coll, obj, r0, offset - r0)?;
-                b[..head.len()].copy_from_slice(&head);
-            }
-            if end < r1 {
-                let tail = self.read_current(w, coll, obj, end, r1 - end)?;
-                b[(end - r0) as usize..].copy_from_slice(&tail);
-            }
-            b
-        } else {
-            Vec::with_capacity(data.len())
-        };
-        if block.is_empty() {
-            block.extend_from_slice(data);
-        } else {
-            block[(offset - r0) as usize..(end - r0) as usize].copy_from_slice(data);
+        data: &Arc<Vec<u8>>,
+        data_offset: usize,
+        len: u64,
+    ) -> Result<(Arc<Vec<u8>>, usize)> {
+        let end = offset + len;
+        if offset == r0 && end == r1 {
+            return Ok((Arc::clone(data), data_offset));
         }
-        Ok(block)
+        let mut b = vec![0u8; (r1 - r0) as usize];
+        if offset > r0 {
+            let head = self.read_current(w, coll, obj, r0, offset - r0)?;
+            b[..head.len()].copy_from_slice(&head);
+        }
+        if end < r1 {
+            let tail = self.read_current(w, coll, obj, end, r1 - end)?;
+            b[(end - r0) as usize..].copy_from_slice(&tail);
+        }
+        b[(offset - r0) as usize..(end - r0) as usize]
+            .copy_from_slice(&data[data_offset..data_offset + len as usize]);
+        Ok((Arc::new(b), 0))
     }
 
     /// Whether an overwrite of `r0..r1` may go in place: all of it mapped, none of it shared.
@@ -682,13 +681,12 @@ impl Shard {
         let p = self.shared.params;
         let (au, cb) = (p.au, p.csum_block);
         let end = offset + len;
-        let bytes = &data[data_offset..data_offset + len as usize];
         let d0 = offset / cb * cb;
         let d1 = end.next_multiple_of(cb);
         if p.deferred_size > 0 && len < p.deferred_size && self.can_defer(t, w, d0, d1) {
-            let block = self.padded(w, coll, obj, d0, d1, offset, bytes)?;
-            let csums = csums_of(&block, cb);
-            let block = Arc::new(block);
+            let (block, base) =
+                self.padded(w, coll, obj, d0, d1, offset, data, data_offset, len)?;
+            let csums = csums_of(&block[base..base + (d1 - d0) as usize], cb);
             for piece in w.cur.extents.pieces(d0, d1 - d0) {
                 if let Piece::Mapped {
                     offset: po,
@@ -700,7 +698,7 @@ impl Shard {
                     t.deferred.push(DeferredWrite {
                         phys,
                         data: Arc::clone(&block),
-                        data_offset: (po - d0) as usize,
+                        data_offset: base + (po - d0) as usize,
                         len: pl as usize,
                     });
                 }
@@ -711,19 +709,19 @@ impl Shard {
                 Buf {
                     len: d1 - d0,
                     data: block,
-                    data_offset: 0,
+                    data_offset: base,
                     pending: Some(deferred_tag(t.id)),
                 },
             );
         } else {
             let a0 = offset / au * au;
             let a1 = end.next_multiple_of(au);
-            let block = self.padded(w, coll, obj, a0, a1, offset, bytes)?;
-            let csums = csums_of(&block, cb);
+            let (block, base) =
+                self.padded(w, coll, obj, a0, a1, offset, data, data_offset, len)?;
+            let csums = csums_of(&block[base..base + (a1 - a0) as usize], cb);
             self.punch(t, w, a0, a1 - a0);
             let got = self.shared.space.allocate(a1 - a0)?;
             t.allocated.extend_from_slice(&got);
-            let block = Arc::new(block);
             let mut at = a0;
             for (phys, l) in got {
                 let first = ((at - a0) / cb) as usize;
@@ -733,7 +731,7 @@ impl Shard {
                 t.writes.push(DataWrite {
                     phys,
                     data: Arc::clone(&block),
-                    data_offset: (at - a0) as usize,
+                    data_offset: base + (at - a0) as usize,
                     len: l,
                 });
                 at += l;
@@ -743,7 +741,7 @@ impl Shard {
                 Buf {
                     len: a1 - a0,
                     data: block,
-                    data_offset: 0,
+                    data_offset: base,
                     pending: Some(cow_tag(t.id)),
                 },
             );
@@ -868,7 +866,7 @@ impl Shard {
                 .cur
                 .extents
                 .iter()
-                .map(|(_, e)| (e.phys, e.len as u64))
+                .map(|(_, e, _)| (e.phys, e.len as u64))
                 .collect();
             for (phys, len) in mapped {
                 self.add_refs(t, phys, len);
@@ -1026,8 +1024,7 @@ impl Shard {
                     w.cur.extents.changed_shards(&w.base.extents)
                 };
                 for index in written {
-                    let (start, records) = w.cur.extents.shard_records(index);
-                    puts.put(shard_key(&prefix, index), encode_shard(start, &records));
+                    puts.put(shard_key(&prefix, index), w.cur.extents.encode_shard(index));
                 }
                 for index in deleted {
                     puts.delete(shard_key(&prefix, index));
@@ -1054,15 +1051,15 @@ impl Shard {
                     }
                 }
                 let local = w.local.take_all();
-                let has_local = !local.is_empty();
+                let ranges: Vec<(u64, u64)> = local.iter().map(|(o, b)| (*o, b.len)).collect();
                 for (offset, buf) in local {
                     e.buffers.insert(offset, buf);
                 }
-                if w.data_changed || has_local {
+                if w.data_changed || !ranges.is_empty() {
                     e.data_seq += 1;
                 }
-                if has_local {
-                    buffer_onodes.push(Rc::clone(&entry));
+                if !ranges.is_empty() {
+                    buffer_onodes.push((Rc::clone(&entry), ranges));
                 }
             }
             self.cache.recharge(&entry);
@@ -1094,6 +1091,7 @@ impl Shard {
                     cid: t.cid,
                     exists: true,
                     osr: Default::default(),
+                    handed: 0,
                 });
             if c.cid != t.cid {
                 self.cid_names.remove(&c.cid);

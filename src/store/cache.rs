@@ -87,6 +87,8 @@ impl Buf {
 pub(crate) struct BufferSpace {
     bufs: BTreeMap<u64, Buf>,
     clean_bytes: usize,
+    /// Pending buffers (so "any pending?" needs no walk).
+    pending: usize,
 }
 
 impl BufferSpace {
@@ -99,12 +101,11 @@ impl BufferSpace {
     }
 
     fn account(&mut self, b: &Buf, add: bool) {
-        if b.pending.is_none() {
-            if add {
-                self.clean_bytes += b.len as usize;
-            } else {
-                self.clean_bytes -= b.len as usize;
-            }
+        match (b.pending.is_none(), add) {
+            (true, true) => self.clean_bytes += b.len as usize,
+            (true, false) => self.clean_bytes -= b.len as usize,
+            (false, true) => self.pending += 1,
+            (false, false) => self.pending -= 1,
         }
     }
 
@@ -189,54 +190,42 @@ impl BufferSpace {
     }
 
     pub fn any_pending(&self) -> bool {
-        self.bufs.values().any(|b| b.pending.is_some())
+        self.pending > 0
     }
 
-    /// The pending buffers of `offset..offset + len`, clipped to it.
-    pub fn pending_in(&self, offset: u64, len: u64) -> Vec<(u64, Buf)> {
-        let end = offset + len;
-        let before = self.bufs.range(..offset).next_back();
-        before
-            .into_iter()
-            .chain(self.bufs.range(offset..end))
-            .filter(|(s, b)| b.pending.is_some() && **s + b.len > offset && **s < end)
-            .map(|(&s, b)| {
-                let from = s.max(offset);
-                let to = (s + b.len).min(end);
-                (
-                    from,
-                    Buf {
-                        len: to - from,
-                        data_offset: b.data_offset + (from - s) as usize,
-                        ..b.clone()
-                    },
-                )
-            })
-            .collect()
-    }
-
-    /// The data of transaction `txc` reached the device: its buffers become clean.
-    pub fn landed(&mut self, txc: u64) {
-        let mut added = 0;
-        for b in self.bufs.values_mut() {
-            if b.pending == Some(txc) {
-                b.pending = None;
-                added += b.len as usize;
+    /// The data transaction tag `tag` wrote in `ranges` reached the device. Those buffers are
+    /// dropped rather than kept clean: like BlueStore without buffered writes, written data is
+    /// not cached (reads fill the cache); a hot object re-read is cached by its first read.
+    pub fn landed(&mut self, tag: u64, ranges: &[(u64, u64)]) {
+        for &(offset, len) in ranges {
+            let end = offset + len;
+            let starts: Vec<u64> = self
+                .bufs
+                .range(offset..end)
+                .filter(|(_, b)| b.pending == Some(tag))
+                .map(|(s, _)| *s)
+                .collect();
+            for s in starts {
+                if let Some(b) = self.bufs.remove(&s) {
+                    self.account(&b, false);
+                }
             }
         }
-        self.clean_bytes += added;
     }
 
     /// Takes every buffer out.
     pub fn take_all(&mut self) -> Vec<(u64, Buf)> {
         self.clean_bytes = 0;
+        self.pending = 0;
         std::mem::take(&mut self.bufs).into_iter().collect()
     }
 
     /// Drops every clean buffer (cache trimming).
     pub fn drop_clean(&mut self) {
-        self.bufs.retain(|_, b| b.pending.is_some());
-        self.clean_bytes = 0;
+        if self.clean_bytes > 0 {
+            self.bufs.retain(|_, b| b.pending.is_some());
+            self.clean_bytes = 0;
+        }
     }
 }
 
@@ -377,11 +366,17 @@ impl OnodeCache {
         }
     }
 
-    /// Evicts unused entries, least recently used first, until under the target; returns how
-    /// many went.
+    pub fn over_target(&self) -> bool {
+        self.bytes > self.target
+    }
+
+    /// Brings the cache under its target, least recently used first: an entry's clean buffers
+    /// go first, then the entry itself if nothing uses it. Looks at a bounded number of entries
+    /// per call, so a cache full of busy objects costs a little per poll, not a stall. Returns
+    /// how many entries were evicted.
     pub fn trim(&mut self) -> u64 {
         let mut evicted = 0;
-        let mut budget = self.lru.len();
+        let mut budget = self.lru.len().min(64);
         while self.bytes > self.target && budget > 0 {
             budget -= 1;
             let Some((&tick, _)) = self.lru.iter().next() else {
@@ -391,9 +386,11 @@ impl OnodeCache {
             let Some(entry) = self.colls.get(&cid).and_then(|m| m.get(&name)).cloned() else {
                 continue;
             };
+            entry.borrow_mut().buffers.drop_clean();
+            self.recharge(&entry);
             // Ours and the map's reference: anything more means it is in use.
             let in_use = Rc::strong_count(&entry) > 2 || entry.borrow().buffers.any_pending();
-            if in_use {
+            if in_use || self.bytes <= self.target {
                 let mut e = entry.borrow_mut();
                 e.tick = self.next_tick;
                 self.next_tick += 1;
@@ -480,13 +477,14 @@ mod tests {
         assert_eq!(filled, vec![(0, 4096), (4096, 4096), (8192, 4096)]);
         assert_eq!((out[0], out[4096], out[8192]), (1, 2, 1));
         assert!(s.has_pending(0, 8192) && !s.has_pending(8192, 8192));
-        s.landed(7);
-        assert_eq!(s.clean_bytes(), 16384);
+        s.landed(7, &[(4096, 4096)]);
+        assert!(!s.any_pending());
+        assert_eq!(s.clean_bytes(), 12288);
         s.discard(2048, 4096);
         let mut out = vec![9u8; 16384];
         let filled = s.read(0, &mut out);
-        assert_eq!(filled, vec![(0, 2048), (6144, 2048), (8192, 8192)]);
-        assert_eq!(s.clean_bytes(), 12288);
+        assert_eq!(filled, vec![(0, 2048), (8192, 8192)]);
+        assert_eq!(s.clean_bytes(), 10240);
     }
 
     #[test]

@@ -143,49 +143,6 @@ impl StoreError {
             reason: reason.into(),
         }
     }
-
-    /// A copy for handing one error to several waiters (the variants that wrap other layers'
-    /// errors, which are not `Clone`, become `Failed` with their message).
-    pub(crate) fn duplicate(&self) -> StoreError {
-        match self {
-            StoreError::NoSuchCollection { coll } => {
-                StoreError::NoSuchCollection { coll: coll.clone() }
-            }
-            StoreError::NoSpace {
-                wanted,
-                free,
-                reserve,
-            } => StoreError::NoSpace {
-                wanted: *wanted,
-                free: *free,
-                reserve: *reserve,
-            },
-            StoreError::Io {
-                coll,
-                obj,
-                op,
-                offset,
-                len,
-                phys,
-                status,
-            } => StoreError::Io {
-                coll: coll.clone(),
-                obj: obj.clone(),
-                op,
-                offset: *offset,
-                len: *len,
-                phys: *phys,
-                status: *status,
-            },
-            StoreError::Failed { reason } => StoreError::Failed {
-                reason: reason.clone(),
-            },
-            StoreError::Unmounting => StoreError::Unmounting,
-            other => StoreError::Failed {
-                reason: other.to_string(),
-            },
-        }
-    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -18,18 +18,19 @@ use std::sync::Arc;
 use super::format::ExtentRecord;
 
 /// One mapping: `len` bytes of the object (a multiple of the allocation unit) at `phys`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LExtent {
     pub len: u32,
     pub phys: u64,
-    /// One crc32c per checksum block of the mapping.
-    pub csums: Vec<u32>,
 }
 
-/// The mappings of one shard, by object offset.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The mappings of one shard, by object offset, and the checksums of its checksum blocks: a
+/// dense array over the whole shard (values under holes mean nothing), so copying a shard is
+/// two allocations however many mappings it has.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shard {
     pub extents: BTreeMap<u64, LExtent>,
+    pub csums: Vec<u32>,
 }
 
 /// A stretch of an object range: unmapped (reads as zeroes), or mapped to the device.
@@ -49,6 +50,7 @@ pub enum Piece {
     },
 }
 
+#[cfg(test)]
 impl Piece {
     pub fn offset(&self) -> u64 {
         match self {
@@ -62,11 +64,78 @@ impl Piece {
     }
 }
 
+/// The shards of a map, sorted by index: a vector, so copying it (once per transaction that
+/// changes the object) is one allocation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ShardTable(Vec<(u32, Arc<Shard>)>);
+
+impl ShardTable {
+    fn find(&self, index: u32) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&index, |(i, _)| *i)
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    fn iter(&self) -> impl DoubleEndedIterator<Item = (&u32, &Arc<Shard>)> {
+        self.0.iter().map(|(i, s)| (i, s))
+    }
+    fn values(&self) -> impl DoubleEndedIterator<Item = &Arc<Shard>> {
+        self.0.iter().map(|(_, s)| s)
+    }
+    fn keys(&self) -> impl Iterator<Item = &u32> {
+        self.0.iter().map(|(i, _)| i)
+    }
+    fn get(&self, index: &u32) -> Option<&Arc<Shard>> {
+        self.find(*index).ok().map(|at| &self.0[at].1)
+    }
+    fn contains_key(&self, index: &u32) -> bool {
+        self.find(*index).is_ok()
+    }
+    fn get_mut(&mut self, index: &u32) -> Option<&mut Arc<Shard>> {
+        self.find(*index).ok().map(|at| &mut self.0[at].1)
+    }
+    fn insert(&mut self, index: u32, shard: Arc<Shard>) {
+        match self.find(index) {
+            Ok(at) => self.0[at].1 = shard,
+            Err(at) => self.0.insert(at, (index, shard)),
+        }
+    }
+    fn remove(&mut self, index: &u32) {
+        if let Ok(at) = self.find(*index) {
+            self.0.remove(at);
+        }
+    }
+    fn get_or_insert_with(
+        &mut self,
+        index: u32,
+        f: impl FnOnce() -> Arc<Shard>,
+    ) -> &mut Arc<Shard> {
+        let at = match self.find(index) {
+            Ok(at) => at,
+            Err(at) => {
+                self.0.insert(at, (index, f()));
+                at
+            }
+        };
+        &mut self.0[at].1
+    }
+    /// Shards with indexes in `first..=last`.
+    fn range(&self, first: u32, last: u32) -> impl Iterator<Item = (&u32, &Arc<Shard>)> {
+        let from = self.find(first).unwrap_or_else(|at| at);
+        self.0[from..]
+            .iter()
+            .take_while(move |(i, _)| *i <= last)
+            .map(|(i, s)| (i, s))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExtentMap {
     span: u64,
     csum_block: u64,
-    shards: BTreeMap<u32, Arc<Shard>>,
+    /// Shared between copies until one of them changes (then only the top map and the shards
+    /// that change are copied).
+    shards: Arc<ShardTable>,
 }
 
 impl ExtentMap {
@@ -75,34 +144,20 @@ impl ExtentMap {
         ExtentMap {
             span,
             csum_block,
-            shards: BTreeMap::new(),
+            shards: Arc::new(ShardTable::default()),
         }
-    }
-
-    pub fn span(&self) -> u64 {
-        self.span
     }
 
     pub fn is_empty(&self) -> bool {
         self.shards.is_empty()
     }
 
-    /// Number of mappings (for cache accounting).
-    pub fn len(&self) -> usize {
-        self.shards.values().map(|s| s.extents.len()).sum()
-    }
-
-    /// Bytes of memory the map holds, roughly.
+    /// Bytes of memory the map holds, roughly (counted per shard, so it costs nothing per
+    /// mapping).
     pub fn memory(&self) -> usize {
         self.shards
             .values()
-            .map(|s| {
-                64 + s
-                    .extents
-                    .values()
-                    .map(|e| 48 + e.csums.len() * 4)
-                    .sum::<usize>()
-            })
+            .map(|s| 96 + s.extents.len() * 48 + s.csums.len() * 4)
             .sum()
     }
 
@@ -110,53 +165,91 @@ impl ExtentMap {
         (offset / self.span) as u32
     }
 
-    /// Every mapping in object order.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, &LExtent)> + '_ {
+    fn new_shard(&self) -> Shard {
+        Shard {
+            extents: BTreeMap::new(),
+            csums: vec![0; (self.span / self.csum_block) as usize],
+        }
+    }
+
+    /// Every mapping in object order, with its checksums.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, LExtent, &[u32])> + '_ {
+        let (span, cb) = (self.span, self.csum_block);
+        self.shards.iter().flat_map(move |(i, s)| {
+            let start = *i as u64 * span;
+            s.extents.iter().map(move |(o, e)| {
+                let first = ((o - start) / cb) as usize;
+                (
+                    *o,
+                    *e,
+                    &s.csums[first..first + (e.len as u64 / cb) as usize],
+                )
+            })
+        })
+    }
+
+    /// Where the last mapping ends (0: none).
+    pub fn end(&self) -> u64 {
         self.shards
             .values()
-            .flat_map(|s| s.extents.iter().map(|(o, e)| (*o, e)))
+            .next_back()
+            .and_then(|s| s.extents.iter().next_back())
+            .map_or(0, |(o, e)| o + e.len as u64)
     }
 
     /// Loads one shard's records (mount path).
     pub fn load_shard(&mut self, index: u32, records: Vec<ExtentRecord>) {
-        let mut shard = Shard::default();
+        let start = index as u64 * self.span;
+        let mut shard = self.new_shard();
         for r in records {
+            let first = ((r.offset - start) / self.csum_block) as usize;
+            let n = r.csums.len().min(shard.csums.len().saturating_sub(first));
+            shard.csums[first..first + n].copy_from_slice(&r.csums[..n]);
             shard.extents.insert(
                 r.offset,
                 LExtent {
                     len: r.len,
                     phys: r.phys,
-                    csums: r.csums,
                 },
             );
         }
         if !shard.extents.is_empty() {
-            self.shards.insert(index, Arc::new(shard));
+            Arc::make_mut(&mut self.shards).insert(index, Arc::new(shard));
         }
     }
 
-    /// A shard's records for its key, and the object offset it starts at.
-    pub fn shard_records(&self, index: u32) -> (u64, Vec<ExtentRecord>) {
+    /// A shard's value for its key (format.rs, `encode_shard`), encoded straight from memory.
+    pub fn encode_shard(&self, index: u32) -> Vec<u8> {
         let start = index as u64 * self.span;
-        let records = self.shards.get(&index).map_or_else(Vec::new, |s| {
-            s.extents
-                .iter()
-                .map(|(o, e)| ExtentRecord {
-                    offset: *o,
-                    len: e.len,
-                    phys: e.phys,
-                    csums: e.csums.clone(),
-                })
-                .collect()
-        });
-        (start, records)
+        let cb = self.csum_block;
+        let empty = Shard {
+            extents: BTreeMap::new(),
+            csums: Vec::new(),
+        };
+        let shard = self.shards.get(&index).map_or(&empty, |s| &**s);
+        super::format::encode_shard_with(
+            start,
+            shard.extents.len(),
+            shard.extents.iter().map(|(o, e)| {
+                let first = ((o - start) / cb) as usize;
+                (
+                    *o,
+                    e.len,
+                    e.phys,
+                    &shard.csums[first..first + (e.len as u64 / cb) as usize],
+                )
+            }),
+        )
     }
 
     /// The shards that differ from `before`: (written: present here and new or changed,
     /// deleted: present in `before` only).
     pub fn changed_shards(&self, before: &ExtentMap) -> (Vec<u32>, Vec<u32>) {
+        if Arc::ptr_eq(&self.shards, &before.shards) {
+            return (Vec::new(), Vec::new());
+        }
         let mut written = Vec::new();
-        for (i, s) in &self.shards {
+        for (i, s) in self.shards.iter() {
             match before.shards.get(i) {
                 Some(b) if Arc::ptr_eq(b, s) => {}
                 _ => written.push(*i),
@@ -179,15 +272,16 @@ impl ExtentMap {
     /// The pieces of `offset..offset + len`, in order, covering it exactly.
     pub fn pieces(&self, offset: u64, len: u64) -> Vec<Piece> {
         let end = offset + len;
+        let cb = self.csum_block;
         let mut out = Vec::new();
         let mut at = offset;
         let first = self.shard_of(offset);
         let last = self.shard_of(end.saturating_sub(1).max(offset));
-        for shard in self.shards.range(first..=last).map(|(_, s)| s) {
+        for (index, shard) in self.shards.range(first, last) {
+            let shard_start = *index as u64 * self.span;
             // The mapping that starts before `at` may reach into the range.
             let before = shard.extents.range(..at).next_back();
-            let candidates = before.into_iter().chain(shard.extents.range(at..end));
-            for (&start, e) in candidates {
+            for (&start, e) in before.into_iter().chain(shard.extents.range(at..end)) {
                 let e_end = start + e.len as u64;
                 if e_end <= at || start >= end {
                     continue;
@@ -200,14 +294,13 @@ impl ExtentMap {
                     at = start;
                 }
                 let piece_end = e_end.min(end);
-                let skip = at - start;
-                let first_block = (skip / self.csum_block) as usize;
-                let last_block = (piece_end - start).div_ceil(self.csum_block) as usize;
+                let first_block = ((at - shard_start) / cb) as usize;
+                let last_block = (piece_end - shard_start).div_ceil(cb) as usize;
                 out.push(Piece::Mapped {
                     offset: at,
                     len: piece_end - at,
-                    phys: e.phys + skip,
-                    csums: e.csums[first_block..last_block.min(e.csums.len())].to_vec(),
+                    phys: e.phys + (at - start),
+                    csums: shard.csums[first_block..last_block].to_vec(),
                 });
                 at = piece_end;
             }
@@ -221,13 +314,6 @@ impl ExtentMap {
         out
     }
 
-    /// Whether every byte of the range is mapped.
-    pub fn fully_mapped(&self, offset: u64, len: u64) -> bool {
-        self.pieces(offset, len)
-            .iter()
-            .all(|p| matches!(p, Piece::Mapped { .. }))
-    }
-
     /// Unmaps `offset..offset + len` (unit-aligned), splitting mappings at its ends; the device
     /// ranges that were mapped there go to `released` as (physical offset, length).
     pub fn punch(&mut self, offset: u64, len: u64, released: &mut Vec<(u64, u64)>) {
@@ -237,21 +323,24 @@ impl ExtentMap {
         let end = offset + len;
         let first = self.shard_of(offset);
         let last = self.shard_of(end - 1);
-        let indexes: Vec<u32> = self.shards.range(first..=last).map(|(i, _)| *i).collect();
-        let cb = self.csum_block;
-        for index in indexes {
-            let touched = {
-                let shard = &self.shards[&index];
+        let touched: Vec<u32> = self
+            .shards
+            .range(first, last)
+            .filter(|(_, shard)| {
                 let before = shard.extents.range(..offset).next_back();
                 before
                     .into_iter()
                     .chain(shard.extents.range(offset..end))
                     .any(|(s, e)| s + e.len as u64 > offset && *s < end)
-            };
-            if !touched {
-                continue;
-            }
-            let shard = Arc::make_mut(self.shards.get_mut(&index).expect("listed"));
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        if touched.is_empty() {
+            return;
+        }
+        let shards = Arc::make_mut(&mut self.shards);
+        for index in touched {
+            let shard = Arc::make_mut(shards.get_mut(&index).expect("listed"));
             let starts: Vec<u64> = {
                 let before = shard.extents.range(..offset).next_back().map(|(s, _)| *s);
                 before
@@ -270,30 +359,26 @@ impl ExtentMap {
                 let cut_to = end.min(e_end);
                 released.push((e.phys + (cut_from - start), cut_to - cut_from));
                 if start < cut_from {
-                    let keep = cut_from - start;
                     shard.extents.insert(
                         start,
                         LExtent {
-                            len: keep as u32,
+                            len: (cut_from - start) as u32,
                             phys: e.phys,
-                            csums: e.csums[..(keep / cb) as usize].to_vec(),
                         },
                     );
                 }
                 if cut_to < e_end {
-                    let skip = cut_to - start;
                     shard.extents.insert(
                         cut_to,
                         LExtent {
                             len: (e_end - cut_to) as u32,
-                            phys: e.phys + skip,
-                            csums: e.csums[(skip / cb) as usize..].to_vec(),
+                            phys: e.phys + (cut_to - start),
                         },
                     );
                 }
             }
             if shard.extents.is_empty() {
-                self.shards.remove(&index);
+                shards.remove(&index);
             }
         }
     }
@@ -305,20 +390,23 @@ impl ExtentMap {
         let cb = self.csum_block;
         let mut at = offset;
         let end = offset + len;
+        let fresh = self.new_shard();
+        let shards = Arc::make_mut(&mut self.shards);
         while at < end {
-            let index = self.shard_of(at);
-            let shard_end = (index as u64 + 1) * self.span;
-            let piece_end = end.min(shard_end);
-            let skip = at - offset;
-            let piece_csums = &csums[(skip / cb) as usize..((piece_end - offset) / cb) as usize];
-            let piece_phys = phys + skip;
-            let shard = Arc::make_mut(self.shards.entry(index).or_default());
+            let index = (at / self.span) as u32;
+            let shard_start = index as u64 * self.span;
+            let piece_end = end.min(shard_start + self.span);
+            let piece_phys = phys + (at - offset);
+            let shard = Arc::make_mut(shards.get_or_insert_with(index, || Arc::new(fresh.clone())));
+            let from = ((at - offset) / cb) as usize;
+            let to = ((piece_end - offset) / cb) as usize;
+            let first = ((at - shard_start) / cb) as usize;
+            shard.csums[first..first + (to - from)].copy_from_slice(&csums[from..to]);
             let merged = match shard.extents.range_mut(..at).next_back() {
                 Some((s, prev))
                     if s + prev.len as u64 == at && prev.phys + prev.len as u64 == piece_phys =>
                 {
                     prev.len += (piece_end - at) as u32;
-                    prev.csums.extend_from_slice(piece_csums);
                     true
                 }
                 _ => false,
@@ -329,7 +417,6 @@ impl ExtentMap {
                     LExtent {
                         len: (piece_end - at) as u32,
                         phys: piece_phys,
-                        csums: piece_csums.to_vec(),
                     },
                 );
             }
@@ -341,22 +428,20 @@ impl ExtentMap {
     /// an overwrite in place.
     pub fn set_csums(&mut self, offset: u64, csums: &[u32]) {
         let cb = self.csum_block;
+        let shards = Arc::make_mut(&mut self.shards);
         let mut at = offset;
         let mut remaining = csums;
         while !remaining.is_empty() {
-            let index = self.shard_of(at);
-            let Some(shard) = self.shards.get_mut(&index) else {
+            let index = (at / self.span) as u32;
+            let shard_start = index as u64 * self.span;
+            let Some(shard) = shards.get_mut(&index) else {
                 debug_assert!(false, "set_csums on an unmapped range");
                 return;
             };
             let shard = Arc::make_mut(shard);
-            let Some((start, e)) = shard.extents.range_mut(..=at).next_back() else {
-                debug_assert!(false, "set_csums on an unmapped range");
-                return;
-            };
-            let first = ((at - start) / cb) as usize;
-            let n = (e.csums.len() - first).min(remaining.len());
-            e.csums[first..first + n].copy_from_slice(&remaining[..n]);
+            let first = ((at - shard_start) / cb) as usize;
+            let n = (shard.csums.len() - first).min(remaining.len());
+            shard.csums[first..first + n].copy_from_slice(&remaining[..n]);
             remaining = &remaining[n..];
             at += n as u64 * cb;
         }
@@ -379,7 +464,7 @@ mod tests {
         let mut m = ExtentMap::new(SPAN, CB);
         m.insert(0, 8192, 1 << 20, &csums(2, 0));
         m.insert(8192, 8192, (1 << 20) + 8192, &csums(2, 2));
-        assert_eq!(m.len(), 1, "contiguous on both sides: one mapping");
+        assert_eq!(m.iter().count(), 1, "contiguous on both sides: one mapping");
         m.insert(SPAN - 4096, 8192, 5 << 20, &csums(2, 100));
         assert_eq!(m.shard_indexes(), vec![0, 1]);
         let p = m.pieces(0, SPAN + 8192);
@@ -436,7 +521,7 @@ mod tests {
             }
         );
         // The clone taken before is untouched (shards are copied on write).
-        assert_eq!(before.len(), 1);
+        assert_eq!(before.iter().count(), 1);
         assert_eq!(m.changed_shards(&before), (vec![0], vec![]));
         released.clear();
         m.punch(0, SPAN, &mut released);

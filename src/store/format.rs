@@ -538,14 +538,26 @@ pub struct ExtentRecord {
 ///  crc32c u32
 /// ```
 pub fn encode_shard(shard_start: u64, extents: &[ExtentRecord]) -> Vec<u8> {
-    let csums: usize = extents.iter().map(|e| e.csums.len()).sum();
-    let mut e = Encoder::new(8 + extents.len() * 16 + csums * 4);
-    e.u32(extents.len() as u32);
-    for x in extents {
-        e.u32((x.offset - shard_start) as u32)
-            .u32(x.len)
-            .u64(x.phys);
-        for c in &x.csums {
+    encode_shard_with(
+        shard_start,
+        extents.len(),
+        extents
+            .iter()
+            .map(|x| (x.offset, x.len, x.phys, x.csums.as_slice())),
+    )
+}
+
+/// [`encode_shard`] from (offset, length, physical offset, checksums) of `count` extents.
+pub fn encode_shard_with<'a>(
+    shard_start: u64,
+    count: usize,
+    extents: impl Iterator<Item = (u64, u32, u64, &'a [u32])>,
+) -> Vec<u8> {
+    let mut e = Encoder::new(8 + count * 20);
+    e.u32(count as u32);
+    for (offset, len, phys, csums) in extents {
+        e.u32((offset - shard_start) as u32).u32(len).u64(phys);
+        for c in csums {
             e.u32(*c);
         }
     }

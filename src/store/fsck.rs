@@ -161,7 +161,7 @@ pub fn fsck(
             omaps.insert(onode.omap_id);
         }
         let size_end = onode.size.next_multiple_of(au);
-        for (offset, e) in onode.extents.iter() {
+        for (offset, e, csums) in onode.extents.iter() {
             let len = e.len as u64;
             let what = || {
                 format!(
@@ -203,13 +203,13 @@ pub fn fsck(
                         report.verified_bytes += len;
                         for (k, block) in data.chunks(cb as usize).enumerate() {
                             let actual = crc32c::crc32c(block);
-                            if actual != e.csums[k] {
+                            if actual != csums[k] {
                                 report.error(format!(
                                     "object '{coll}/{name}': checksum mismatch at object offset {} \
                                      (device byte {}): stored {:#010x}, read {actual:#010x}",
                                     offset + k as u64 * cb,
                                     e.phys + k as u64 * cb,
-                                    e.csums[k]
+                                    csums[k]
                                 ));
                             }
                         }

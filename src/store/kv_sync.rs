@@ -59,19 +59,6 @@ impl KvOps {
     pub fn extend(&mut self, other: KvOps) {
         self.ops.extend(other.ops);
     }
-    pub fn len(&self) -> usize {
-        self.ops.len()
-    }
-    /// Bytes of keys and values, for the throttle.
-    pub fn bytes(&self) -> u64 {
-        self.ops
-            .iter()
-            .map(|op| match op {
-                KvOp::Put(k, v) | KvOp::Merge(k, v) | KvOp::DeleteRange(k, v) => k.len() + v.len(),
-                KvOp::Delete(k) => k.len(),
-            } as u64)
-            .sum()
-    }
     #[cfg(test)]
     pub fn merges(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.ops.iter().filter_map(|op| match op {

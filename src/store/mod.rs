@@ -208,13 +208,374 @@ pub(crate) fn deliver_kv_done(shared: &Arc<Shared>, shard: usize, done: KvDone) 
 
 static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
 
-/// A mounted object store. Methods may be called from any thread; the blocking ones
-/// (`apply`, `read`, `stat`, ...) refuse to run on the store's own reactors (they would wait for
-/// themselves) — code running there uses the callback forms.
+/// A mounted object store: its methods are [`StoreHandle`]'s (through `Deref`), plus
+/// [`umount`](Store::umount). Dropping it unmounts.
 pub struct Store {
-    shared: Arc<Shared>,
+    handle: StoreHandle,
     reactors: Mutex<Option<Reactors>>,
     kv_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Everything but unmounting, for any thread: cheap to clone, and dropping one never
+/// unmounts (so code on the store's own reactors holds these, not the [`Store`]). Calls after
+/// the store unmounted fail with [`StoreError::Unmounting`]. The blocking calls (`apply`,
+/// `read`, `stat`, ...) refuse to run on the store's reactors, where they would wait for
+/// themselves; code there uses the callback forms (`queue_transaction`, `read_async`).
+#[derive(Clone)]
+pub struct StoreHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::ops::Deref for Store {
+    type Target = StoreHandle;
+
+    fn deref(&self) -> &StoreHandle {
+        &self.handle
+    }
+}
+
+impl StoreHandle {
+    pub fn fsid(&self) -> Uuid {
+        self.shared.fsid
+    }
+
+    /// The shard (and reactor) a collection lives on.
+    pub fn shard_of(&self, coll: &str) -> usize {
+        (fnv1a(coll.as_bytes()) % self.shared.shards as u64) as usize
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shared.shards
+    }
+
+    /// Sends work to the store's reactors (to run pollers beside the shards, as the bench does).
+    pub fn reactor_handle(&self) -> ReactorHandle {
+        self.shared.reactors.clone()
+    }
+
+    /// The main device.
+    pub fn main_device(&self) -> &Device {
+        &self.shared.main
+    }
+
+    /// Why the store stopped taking changes, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.shared.unmounting.load(Ordering::Relaxed) {
+            return Err(StoreError::Unmounting);
+        }
+        if let Some(reason) = self.shared.failure() {
+            return Err(StoreError::Failed { reason });
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the shard of `coll`'s reactor.
+    fn on_shard(
+        &self,
+        coll: &str,
+        f: impl FnOnce(&mut shard::Shard) + Send + 'static,
+    ) -> Result<()> {
+        let index = self.shard_of(coll);
+        let id = self.shared.id;
+        let mut message: crate::reactor::Message = Box::new(move |_cx| {
+            shard::with_current(id, f);
+        });
+        loop {
+            match self.shared.reactors.send_boxed(index, message) {
+                Ok(()) => return Ok(()),
+                Err((crate::reactor::ReactorError::MailboxFull { .. }, m)) => {
+                    message = m;
+                    std::thread::yield_now();
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Runs `f` on the shard of `coll` and waits for its answer.
+    fn call<R: Send + 'static>(
+        &self,
+        coll: &str,
+        call: &'static str,
+        f: impl FnOnce(&mut shard::Shard) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        if shard::on_reactor_of(self.shared.id) {
+            return Err(StoreError::WouldBlock { call });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.on_shard(coll, move |s| tx.send(f(s)))?;
+        rx.wait().unwrap_or(Err(StoreError::Unmounting))
+    }
+
+    /// Queues a transaction. `on_commit` runs once, on the collection's reactor, when the
+    /// transaction is durable (Ok) or failed (nothing of it applied, or the store stopped);
+    /// it must not block. An Err here means it was not queued (and `on_commit` is not called).
+    ///
+    /// Off the store's reactors this waits while the throttle is full (backpressure).
+    pub fn queue_transaction(
+        &self,
+        txn: Transaction,
+        on_commit: impl FnOnce(Result<()>) + Send + 'static,
+    ) -> Result<()> {
+        self.check_open()?;
+        let ios = txn
+            .ops()
+            .iter()
+            .filter(|op| matches!(op, Op::Write { .. } | Op::Zero { .. }))
+            .count() as u64
+            + 1;
+        let cost = txn.data_bytes() + ios * self.shared.params.cost_per_io;
+        let wait = !shard::on_reactor_of(self.shared.id);
+        let shared = Arc::clone(&self.shared);
+        if !self.shared.throttle.get(cost, wait, || {
+            shared.failure().is_some() || shared.unmounting.load(Ordering::Relaxed)
+        }) {
+            self.check_open()?;
+        }
+        let queued_at = Instant::now();
+        let (coll, ops) = txn.into_parts();
+        let target = coll.clone();
+        let sent = self.on_shard(&target, move |s| {
+            s.queue_transaction(coll, ops, cost, queued_at, Box::new(on_commit));
+        });
+        if sent.is_err() {
+            self.shared.throttle.put(cost);
+        }
+        sent
+    }
+
+    /// Queues a transaction; the returned future (or its `wait`) completes at commit.
+    pub fn submit(&self, txn: Transaction) -> Commit {
+        let (tx, rx) = oneshot::channel();
+        let commit = Commit::new(rx);
+        let (tx2, rx2) = oneshot::channel::<Result<()>>();
+        // Route the immediate error through the same channel.
+        match self.queue_transaction(txn, move |r| tx.send(r)) {
+            Ok(()) => {
+                drop(tx2);
+                drop(rx2);
+                commit
+            }
+            Err(e) => {
+                tx2.send(Err(e));
+                Commit::new(rx2)
+            }
+        }
+    }
+
+    /// Queues a transaction and waits until it is durable.
+    pub fn apply(&self, txn: Transaction) -> Result<()> {
+        if shard::on_reactor_of(self.shared.id) {
+            return Err(StoreError::WouldBlock { call: "apply" });
+        }
+        self.submit(txn).wait()
+    }
+
+    /// Reads up to `len` bytes at `offset` (fewer at the object's end).
+    pub fn read(&self, coll: &str, obj: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if shard::on_reactor_of(self.shared.id) {
+            return Err(StoreError::WouldBlock { call: "read" });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.read_async(coll, obj, offset, len, move |r| tx.send(r))?;
+        rx.wait().unwrap_or(Err(StoreError::Unmounting))
+    }
+
+    /// Starts a read; `done` runs on the collection's reactor with the bytes (it must not
+    /// block).
+    pub fn read_async(
+        &self,
+        coll: &str,
+        obj: &str,
+        offset: u64,
+        len: u64,
+        done: impl FnOnce(Result<Vec<u8>>) + Send + 'static,
+    ) -> Result<()> {
+        if self.shared.unmounting.load(Ordering::Relaxed) {
+            return Err(StoreError::Unmounting);
+        }
+        let (c, o) = (coll.to_string(), obj.to_string());
+        self.on_shard(coll, move |s| s.read(&c, &o, offset, len, Box::new(done)))
+    }
+
+    pub fn stat(&self, coll: &str, obj: &str) -> Result<ObjectStat> {
+        let (c, o) = (coll.to_string(), obj.to_string());
+        self.call(coll, "stat", move |s| s.stat(&c, &o))
+    }
+
+    pub fn exists(&self, coll: &str, obj: &str) -> Result<bool> {
+        let (c, o) = (coll.to_string(), obj.to_string());
+        self.call(coll, "exists", move |s| s.exists(&c, &o))
+    }
+
+    pub fn getattr(&self, coll: &str, obj: &str, name: &str) -> Result<Vec<u8>> {
+        let (c, o, n) = (coll.to_string(), obj.to_string(), name.to_string());
+        self.call(coll, "getattr", move |s| s.getattr(&c, &o, &n))
+    }
+
+    pub fn getattrs(&self, coll: &str, obj: &str) -> Result<BTreeMap<String, Vec<u8>>> {
+        let (c, o) = (coll.to_string(), obj.to_string());
+        self.call(coll, "getattrs", move |s| s.getattrs(&c, &o))
+    }
+
+    pub fn omap_get_header(&self, coll: &str, obj: &str) -> Result<Option<Vec<u8>>> {
+        let (c, o) = (coll.to_string(), obj.to_string());
+        self.call(coll, "omap_get_header", move |s| s.omap_header(&c, &o))
+    }
+
+    /// The values of `keys` that exist.
+    pub fn omap_get_values(
+        &self,
+        coll: &str,
+        obj: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+        let (c, o, k) = (coll.to_string(), obj.to_string(), keys.to_vec());
+        self.call(coll, "omap_get_values", move |s| {
+            s.omap_get_values(&c, &o, &k)
+        })
+    }
+
+    /// Up to `max` entries after `after` (from the first if None), in key order.
+    pub fn omap_iterate(
+        &self,
+        coll: &str,
+        obj: &str,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let (c, o, a) = (coll.to_string(), obj.to_string(), after.map(<[u8]>::to_vec));
+        self.call(coll, "omap_iterate", move |s| {
+            s.omap_iterate(&c, &o, a.as_deref(), max)
+        })
+    }
+
+    /// Every omap entry.
+    pub fn omap_get(&self, coll: &str, obj: &str) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+        let mut out = BTreeMap::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.omap_iterate(coll, obj, after.as_deref(), 1024)?;
+            let done = page.len() < 1024;
+            after = page.last().map(|(k, _)| k.clone());
+            out.extend(page);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Up to `max` object names after `after` (from the first if None), sorted by name.
+    pub fn list_objects(&self, coll: &str, after: Option<&str>, max: usize) -> Result<Vec<String>> {
+        let (c, a) = (coll.to_string(), after.map(str::to_string));
+        self.call(coll, "list_objects", move |s| {
+            s.list_objects(&c, a.as_deref(), max)
+        })
+    }
+
+    pub fn collection_exists(&self, coll: &str) -> Result<bool> {
+        let c = coll.to_string();
+        self.call(coll, "collection_exists", move |s| {
+            Ok(s.coll_id(&c).is_ok())
+        })
+    }
+
+    /// Every collection, sorted.
+    pub fn list_collections(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for index in 0..self.shared.shards {
+            out.extend(self.call_shard(index, "list_collections", |s| Ok(s.collections()))?);
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn call_shard<R: Send + 'static>(
+        &self,
+        index: usize,
+        call: &'static str,
+        f: impl FnOnce(&mut shard::Shard) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        if shard::on_reactor_of(self.shared.id) {
+            return Err(StoreError::WouldBlock { call });
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = self.shared.id;
+        self.shared.reactors.send(index, move |_cx| {
+            shard::with_current(id, |s| tx.send(f(s)));
+        })?;
+        rx.wait().unwrap_or(Err(StoreError::Unmounting))
+    }
+
+    /// Space on the main device.
+    pub fn statfs(&self) -> Statfs {
+        let free = self.shared.space.free_bytes();
+        let reserve = self.shared.space.reserve();
+        let bluefs = self.shared.fs.usage();
+        Statfs {
+            total: self.shared.space.size(),
+            free: free.saturating_sub(reserve),
+            reserve,
+            bluefs_main_bytes: bluefs.devices[crate::bluefs::DeviceId::Slow.index()]
+                .as_ref()
+                .map_or(0, |d| d.size.saturating_sub(d.free)),
+        }
+    }
+
+    /// Counters and latency histograms of every shard (merged) and of the kv-sync thread.
+    pub fn perf(&self) -> Result<(ShardPerf, KvSyncPerf)> {
+        let mut total = ShardPerf::default();
+        for index in 0..self.shared.shards {
+            total.merge(&self.call_shard(index, "perf", |s| Ok(s.perf_snapshot()))?);
+        }
+        Ok((total, lock(&self.shared.kv_perf).clone()))
+    }
+
+    /// Starts every counter and histogram afresh (the bench does, after laying objects out).
+    pub fn reset_perf(&self) -> Result<()> {
+        for index in 0..self.shared.shards {
+            self.call_shard(index, "reset_perf", |s| {
+                s.perf = ShardPerf::default();
+                Ok(())
+            })?;
+        }
+        *lock(&self.shared.kv_perf) = KvPerf::default();
+        Ok(())
+    }
+
+    /// `bluepoll perf dump`: the counters as JSON.
+    pub fn perf_dump(&self) -> Result<serde_json::Value> {
+        let (shards, kv) = self.perf()?;
+        let statfs = self.statfs();
+        let info = self.shared.main.info();
+        Ok(serde_json::json!({
+            "store": shards.json(),
+            "kv_sync": kv.json(),
+            "throttle": {
+                "bytes": self.shared.throttle.used(),
+                "max": self.shared.throttle.max(),
+                "deferred_bytes": self.shared.deferred_throttle.used(),
+                "deferred_max": self.shared.deferred_throttle.max(),
+            },
+            "space": {
+                "total": statfs.total,
+                "free": statfs.free,
+                "bluefs_reserve": statfs.reserve,
+                "bluefs_main_bytes": statfs.bluefs_main_bytes,
+            },
+            "main_device": {
+                "uri": info.uri,
+                "model": info.model,
+                "simulated": info.is_simulated(),
+            },
+            "deferred_size": self.shared.params.deferred_size,
+            "min_alloc_size": self.shared.params.au,
+        }))
+    }
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -625,7 +986,9 @@ impl Store {
                 })?
         };
         let store = Store {
-            shared: Arc::clone(&shared),
+            handle: StoreHandle {
+                shared: Arc::clone(&shared),
+            },
             reactors: Mutex::new(Some(reactors)),
             kv_thread: Mutex::new(Some(kv_thread)),
         };
@@ -648,334 +1011,9 @@ impl Store {
         Ok(store)
     }
 
-    pub fn fsid(&self) -> Uuid {
-        self.shared.fsid
-    }
-
-    /// The shard (and reactor) a collection lives on.
-    pub fn shard_of(&self, coll: &str) -> usize {
-        (fnv1a(coll.as_bytes()) % self.shared.shards as u64) as usize
-    }
-
-    pub fn shard_count(&self) -> usize {
-        self.shared.shards
-    }
-
-    /// Sends work to the store's reactors (to run pollers beside the shards, as the bench does).
-    pub fn reactor_handle(&self) -> ReactorHandle {
-        self.shared.reactors.clone()
-    }
-
-    /// The main device.
-    pub fn main_device(&self) -> &Device {
-        &self.shared.main
-    }
-
-    /// Why the store stopped taking changes, if it did.
-    pub fn failure(&self) -> Option<String> {
-        self.shared.failure()
-    }
-
-    fn check_open(&self) -> Result<()> {
-        if self.shared.unmounting.load(Ordering::Relaxed) {
-            return Err(StoreError::Unmounting);
-        }
-        if let Some(reason) = self.shared.failure() {
-            return Err(StoreError::Failed { reason });
-        }
-        Ok(())
-    }
-
-    /// Runs `f` on the shard of `coll`'s reactor.
-    fn on_shard(
-        &self,
-        coll: &str,
-        f: impl FnOnce(&mut shard::Shard) + Send + 'static,
-    ) -> Result<()> {
-        let index = self.shard_of(coll);
-        let id = self.shared.id;
-        let mut message: crate::reactor::Message = Box::new(move |_cx| {
-            shard::with_current(id, f);
-        });
-        loop {
-            match self.shared.reactors.send_boxed(index, message) {
-                Ok(()) => return Ok(()),
-                Err((crate::reactor::ReactorError::MailboxFull { .. }, m)) => {
-                    message = m;
-                    std::thread::yield_now();
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// Runs `f` on the shard of `coll` and waits for its answer.
-    fn call<R: Send + 'static>(
-        &self,
-        coll: &str,
-        call: &'static str,
-        f: impl FnOnce(&mut shard::Shard) -> Result<R> + Send + 'static,
-    ) -> Result<R> {
-        if shard::on_reactor_of(self.shared.id) {
-            return Err(StoreError::WouldBlock { call });
-        }
-        let (tx, rx) = oneshot::channel();
-        self.on_shard(coll, move |s| tx.send(f(s)))?;
-        rx.wait().unwrap_or(Err(StoreError::Unmounting))
-    }
-
-    /// Queues a transaction. `on_commit` runs once, on the collection's reactor, when the
-    /// transaction is durable (Ok) or failed (nothing of it applied, or the store stopped);
-    /// it must not block. An Err here means it was not queued (and `on_commit` is not called).
-    ///
-    /// Off the store's reactors this waits while the throttle is full (backpressure).
-    pub fn queue_transaction(
-        &self,
-        txn: Transaction,
-        on_commit: impl FnOnce(Result<()>) + Send + 'static,
-    ) -> Result<()> {
-        self.check_open()?;
-        let ios = txn
-            .ops()
-            .iter()
-            .filter(|op| matches!(op, Op::Write { .. } | Op::Zero { .. }))
-            .count() as u64
-            + 1;
-        let cost = txn.data_bytes() + ios * self.shared.params.cost_per_io;
-        let wait = !shard::on_reactor_of(self.shared.id);
-        let shared = Arc::clone(&self.shared);
-        if !self.shared.throttle.get(cost, wait, || {
-            shared.failure().is_some() || shared.unmounting.load(Ordering::Relaxed)
-        }) {
-            self.check_open()?;
-        }
-        let queued_at = Instant::now();
-        let (coll, ops) = txn.into_parts();
-        let target = coll.clone();
-        let sent = self.on_shard(&target, move |s| {
-            s.queue_transaction(coll, ops, cost, queued_at, Box::new(on_commit));
-        });
-        if sent.is_err() {
-            self.shared.throttle.put(cost);
-        }
-        sent
-    }
-
-    /// Queues a transaction; the returned future (or its `wait`) completes at commit.
-    pub fn submit(&self, txn: Transaction) -> Commit {
-        let (tx, rx) = oneshot::channel();
-        let commit = Commit::new(rx);
-        let (tx2, rx2) = oneshot::channel::<Result<()>>();
-        // Route the immediate error through the same channel.
-        match self.queue_transaction(txn, move |r| tx.send(r)) {
-            Ok(()) => {
-                drop(tx2);
-                drop(rx2);
-                commit
-            }
-            Err(e) => {
-                tx2.send(Err(e));
-                Commit::new(rx2)
-            }
-        }
-    }
-
-    /// Queues a transaction and waits until it is durable.
-    pub fn apply(&self, txn: Transaction) -> Result<()> {
-        if shard::on_reactor_of(self.shared.id) {
-            return Err(StoreError::WouldBlock { call: "apply" });
-        }
-        self.submit(txn).wait()
-    }
-
-    /// Reads up to `len` bytes at `offset` (fewer at the object's end).
-    pub fn read(&self, coll: &str, obj: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        if shard::on_reactor_of(self.shared.id) {
-            return Err(StoreError::WouldBlock { call: "read" });
-        }
-        let (tx, rx) = oneshot::channel();
-        self.read_async(coll, obj, offset, len, move |r| tx.send(r))?;
-        rx.wait().unwrap_or(Err(StoreError::Unmounting))
-    }
-
-    /// Starts a read; `done` runs on the collection's reactor with the bytes (it must not
-    /// block).
-    pub fn read_async(
-        &self,
-        coll: &str,
-        obj: &str,
-        offset: u64,
-        len: u64,
-        done: impl FnOnce(Result<Vec<u8>>) + Send + 'static,
-    ) -> Result<()> {
-        if self.shared.unmounting.load(Ordering::Relaxed) {
-            return Err(StoreError::Unmounting);
-        }
-        let (c, o) = (coll.to_string(), obj.to_string());
-        self.on_shard(coll, move |s| s.read(&c, &o, offset, len, Box::new(done)))
-    }
-
-    pub fn stat(&self, coll: &str, obj: &str) -> Result<ObjectStat> {
-        let (c, o) = (coll.to_string(), obj.to_string());
-        self.call(coll, "stat", move |s| s.stat(&c, &o))
-    }
-
-    pub fn exists(&self, coll: &str, obj: &str) -> Result<bool> {
-        let (c, o) = (coll.to_string(), obj.to_string());
-        self.call(coll, "exists", move |s| s.exists(&c, &o))
-    }
-
-    pub fn getattr(&self, coll: &str, obj: &str, name: &str) -> Result<Vec<u8>> {
-        let (c, o, n) = (coll.to_string(), obj.to_string(), name.to_string());
-        self.call(coll, "getattr", move |s| s.getattr(&c, &o, &n))
-    }
-
-    pub fn getattrs(&self, coll: &str, obj: &str) -> Result<BTreeMap<String, Vec<u8>>> {
-        let (c, o) = (coll.to_string(), obj.to_string());
-        self.call(coll, "getattrs", move |s| s.getattrs(&c, &o))
-    }
-
-    pub fn omap_get_header(&self, coll: &str, obj: &str) -> Result<Option<Vec<u8>>> {
-        let (c, o) = (coll.to_string(), obj.to_string());
-        self.call(coll, "omap_get_header", move |s| s.omap_header(&c, &o))
-    }
-
-    /// The values of `keys` that exist.
-    pub fn omap_get_values(
-        &self,
-        coll: &str,
-        obj: &str,
-        keys: &[Vec<u8>],
-    ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
-        let (c, o, k) = (coll.to_string(), obj.to_string(), keys.to_vec());
-        self.call(coll, "omap_get_values", move |s| {
-            s.omap_get_values(&c, &o, &k)
-        })
-    }
-
-    /// Up to `max` entries after `after` (from the first if None), in key order.
-    pub fn omap_iterate(
-        &self,
-        coll: &str,
-        obj: &str,
-        after: Option<&[u8]>,
-        max: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let (c, o, a) = (coll.to_string(), obj.to_string(), after.map(<[u8]>::to_vec));
-        self.call(coll, "omap_iterate", move |s| {
-            s.omap_iterate(&c, &o, a.as_deref(), max)
-        })
-    }
-
-    /// Every omap entry.
-    pub fn omap_get(&self, coll: &str, obj: &str) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
-        let mut out = BTreeMap::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = self.omap_iterate(coll, obj, after.as_deref(), 1024)?;
-            let done = page.len() < 1024;
-            after = page.last().map(|(k, _)| k.clone());
-            out.extend(page);
-            if done {
-                return Ok(out);
-            }
-        }
-    }
-
-    /// Up to `max` object names after `after` (from the first if None), sorted by name.
-    pub fn list_objects(&self, coll: &str, after: Option<&str>, max: usize) -> Result<Vec<String>> {
-        let (c, a) = (coll.to_string(), after.map(str::to_string));
-        self.call(coll, "list_objects", move |s| {
-            s.list_objects(&c, a.as_deref(), max)
-        })
-    }
-
-    pub fn collection_exists(&self, coll: &str) -> Result<bool> {
-        let c = coll.to_string();
-        self.call(coll, "collection_exists", move |s| {
-            Ok(s.coll_id(&c).is_ok())
-        })
-    }
-
-    /// Every collection, sorted.
-    pub fn list_collections(&self) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        for index in 0..self.shared.shards {
-            out.extend(self.call_shard(index, "list_collections", |s| Ok(s.collections()))?);
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    fn call_shard<R: Send + 'static>(
-        &self,
-        index: usize,
-        call: &'static str,
-        f: impl FnOnce(&mut shard::Shard) -> Result<R> + Send + 'static,
-    ) -> Result<R> {
-        if shard::on_reactor_of(self.shared.id) {
-            return Err(StoreError::WouldBlock { call });
-        }
-        let (tx, rx) = oneshot::channel();
-        let id = self.shared.id;
-        self.shared.reactors.send(index, move |_cx| {
-            shard::with_current(id, |s| tx.send(f(s)));
-        })?;
-        rx.wait().unwrap_or(Err(StoreError::Unmounting))
-    }
-
-    /// Space on the main device.
-    pub fn statfs(&self) -> Statfs {
-        let free = self.shared.space.free_bytes();
-        let reserve = self.shared.space.reserve();
-        let bluefs = self.shared.fs.usage();
-        Statfs {
-            total: self.shared.space.size(),
-            free: free.saturating_sub(reserve),
-            reserve,
-            bluefs_main_bytes: bluefs.devices[crate::bluefs::DeviceId::Slow.index()]
-                .as_ref()
-                .map_or(0, |d| d.size.saturating_sub(d.free)),
-        }
-    }
-
-    /// Counters and latency histograms of every shard (merged) and of the kv-sync thread.
-    pub fn perf(&self) -> Result<(ShardPerf, KvSyncPerf)> {
-        let mut total = ShardPerf::default();
-        for index in 0..self.shared.shards {
-            total.merge(&self.call_shard(index, "perf", |s| Ok(s.perf_snapshot()))?);
-        }
-        Ok((total, lock(&self.shared.kv_perf).clone()))
-    }
-
-    /// `bluepoll perf dump`: the counters as JSON.
-    pub fn perf_dump(&self) -> Result<serde_json::Value> {
-        let (shards, kv) = self.perf()?;
-        let statfs = self.statfs();
-        let info = self.shared.main.info();
-        Ok(serde_json::json!({
-            "store": shards.json(),
-            "kv_sync": kv.json(),
-            "throttle": {
-                "bytes": self.shared.throttle.used(),
-                "max": self.shared.throttle.max(),
-                "deferred_bytes": self.shared.deferred_throttle.used(),
-                "deferred_max": self.shared.deferred_throttle.max(),
-            },
-            "space": {
-                "total": statfs.total,
-                "free": statfs.free,
-                "bluefs_reserve": statfs.reserve,
-                "bluefs_main_bytes": statfs.bluefs_main_bytes,
-            },
-            "main_device": {
-                "uri": info.uri,
-                "model": info.model,
-                "simulated": info.is_simulated(),
-            },
-            "deferred_size": self.shared.params.deferred_size,
-            "min_alloc_size": self.shared.params.au,
-        }))
+    /// A handle for other threads (and for code on the store's reactors).
+    pub fn handle(&self) -> StoreHandle {
+        self.handle.clone()
     }
 
     /// Waits for everything in flight (deferred writes applied and their records gone), stops
@@ -989,24 +1027,24 @@ impl Store {
         let Some(reactors) = lock(&self.reactors).take() else {
             return Ok(());
         };
-        self.shared.unmounting.store(true, Ordering::SeqCst);
-        let id = self.shared.id;
-        for index in 0..self.shared.shards {
-            let shared = Arc::clone(&self.shared);
-            let sent = self.shared.reactors.send(index, move |_cx| {
+        self.handle.shared.unmounting.store(true, Ordering::SeqCst);
+        let id = self.handle.shared.id;
+        for index in 0..self.handle.shared.shards {
+            let shared = Arc::clone(&self.handle.shared);
+            let sent = self.handle.shared.reactors.send(index, move |_cx| {
                 let found = shard::with_current(id, |s| s.stopping = true);
                 if found.is_none() {
                     shared.shard_stopped();
                 }
             });
             if sent.is_err() {
-                self.shared.shard_stopped();
+                self.handle.shared.shard_stopped();
             }
         }
         {
             let deadline = Instant::now() + Duration::from_secs(120);
-            let mut stopped = lock(&self.shared.stopped_shards);
-            while *stopped < self.shared.shards && Instant::now() < deadline {
+            let mut stopped = lock(&self.handle.shared.stopped_shards);
+            while *stopped < self.handle.shared.shards && Instant::now() < deadline {
                 stopped = self
                     .shared
                     .shard_stopped
@@ -1015,12 +1053,12 @@ impl Store {
                     .0;
             }
         }
-        self.shared.kv_queue.shutdown();
+        self.handle.shared.kv_queue.shutdown();
         if let Some(t) = lock(&self.kv_thread).take() {
             let _ = t.join();
         }
         drop(reactors.shutdown());
-        match self.shared.failure() {
+        match self.handle.shared.failure() {
             Some(reason) => Err(StoreError::Failed { reason }),
             None => Ok(()),
         }

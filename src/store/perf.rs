@@ -83,6 +83,9 @@ pub struct ShardPerf {
     pub onode_loads: u64,
     pub onode_hits: u64,
     pub cache_trims: u64,
+    /// Gauges at the time of the snapshot: cache memory and onodes cached.
+    pub cache_bytes: u64,
+    pub cache_onodes: u64,
     /// Time spent in each TransContext state (index: `TxcState as usize`).
     pub state_ns: [Histogram; TxcState::COUNT],
     /// Queue to commit callback.
@@ -111,6 +114,8 @@ impl ShardPerf {
         self.onode_loads += o.onode_loads;
         self.onode_hits += o.onode_hits;
         self.cache_trims += o.cache_trims;
+        self.cache_bytes += o.cache_bytes;
+        self.cache_onodes += o.cache_onodes;
         for (a, b) in self.state_ns.iter_mut().zip(&o.state_ns) {
             a.merge(b);
         }
@@ -143,6 +148,8 @@ impl ShardPerf {
             "onode_loads": self.onode_loads,
             "onode_hits": self.onode_hits,
             "cache_trims": self.cache_trims,
+            "cache_bytes": self.cache_bytes,
+            "cache_onodes": self.cache_onodes,
             "commit_latency_ns": self.commit_latency.json(),
             "read_latency_ns": self.read_latency.json(),
             "state_latency_ns": Value::Object(states),

@@ -141,7 +141,7 @@ impl Shard {
         let e = entry.borrow();
         Ok(ObjectStat {
             size: e.onode.size,
-            allocated: e.onode.extents.iter().map(|(_, x)| x.len as u64).sum(),
+            allocated: e.onode.extents.iter().map(|(_, x, _)| x.len as u64).sum(),
             has_omap: e.onode.omap_id != 0,
         })
     }

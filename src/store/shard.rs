@@ -20,7 +20,7 @@ use super::format::{CollId, deferred_key, encode_deferred};
 use super::kv_sync::{KvDone, KvItem, KvOps};
 use super::perf::ShardPerf;
 use super::read::ReadOp;
-use super::txc::{OnCommit, Txc, TxcState};
+use super::txc::{IdMap, OnCommit, Txc, TxcState};
 use crate::nvme::{Completion, DmaBuf, DmaPool, IoCmd, Opcode, QueueFull, QueuePair, Status};
 use crate::reactor::{Context, Poll, Poller};
 
@@ -36,6 +36,9 @@ pub(crate) struct Coll {
     pub exists: bool,
     /// The OpSequencer: this collection's TransContexts in submission order.
     pub osr: VecDeque<u64>,
+    /// How many at the front of `osr` were already handed to the kv-sync thread (so a
+    /// completion does not walk past them again).
+    pub handed: usize,
 }
 
 /// Who a data command belongs to.
@@ -65,7 +68,7 @@ struct DataIo {
     small: DmaPool,
     large: DmaPool,
     block_shift: u32,
-    inflight: HashMap<u64, (IoOwner, u64, u64)>,
+    inflight: IdMap<(IoOwner, u64, u64)>,
     next_tag: u64,
     backlog: VecDeque<IoRequest>,
     completions: Vec<Completion>,
@@ -193,12 +196,12 @@ pub(crate) struct Shard {
     pub colls: HashMap<String, Coll>,
     pub cid_names: HashMap<CollId, String>,
     pub cache: OnodeCache,
-    pub omaps: HashMap<u64, OmapOverlay>,
-    pub txcs: HashMap<u64, Txc>,
+    pub omaps: IdMap<OmapOverlay>,
+    pub txcs: IdMap<Txc>,
     next_txc: u64,
     io: DataIo,
     pub sync_io: SyncIo,
-    pub reads: HashMap<u64, ReadOp>,
+    pub reads: IdMap<ReadOp>,
     next_read: u64,
     /// Device reads in flight by sequence number, and how many were ever started.
     pub reads_in_flight: BTreeSet<u64>,
@@ -282,15 +285,15 @@ impl Shard {
             colls: HashMap::new(),
             cid_names: HashMap::new(),
             cache: OnodeCache::new(shared.config.cache_bytes as usize),
-            omaps: HashMap::new(),
-            txcs: HashMap::new(),
+            omaps: IdMap::default(),
+            txcs: IdMap::default(),
             next_txc: 1,
             io: DataIo {
                 qp,
                 small,
                 large,
                 block_shift,
-                inflight: HashMap::new(),
+                inflight: IdMap::default(),
                 next_tag: 1,
                 backlog: VecDeque::new(),
                 completions: Vec::with_capacity(256),
@@ -300,7 +303,7 @@ impl Shard {
                 pool: sync_pool,
                 block_shift,
             },
-            reads: HashMap::new(),
+            reads: IdMap::default(),
             next_read: 1,
             reads_in_flight: BTreeSet::new(),
             reads_started: 0,
@@ -321,6 +324,7 @@ impl Shard {
                     cid,
                     exists: true,
                     osr: VecDeque::new(),
+                    handed: 0,
                 },
             );
         }
@@ -471,10 +475,12 @@ impl Shard {
         let Some(c) = self.colls.get(coll) else {
             return;
         };
-        let ids: Vec<u64> = c.osr.iter().copied().collect();
         let now = self.now();
-        for id in ids {
+        for i in c.handed..c.osr.len() {
+            let c = self.colls.get_mut(coll).expect("looked up above");
+            let id = c.osr[i];
             let Some(txc) = self.txcs.get_mut(&id) else {
+                c.handed = i + 1;
                 continue;
             };
             match txc.state {
@@ -493,9 +499,10 @@ impl Shard {
                         flush_data: txc.flush_data,
                         queued_at: now,
                     };
+                    c.handed = i + 1;
                     self.push_kv(item);
                 }
-                _ => {}
+                _ => c.handed = i + 1,
             }
         }
     }
@@ -612,6 +619,7 @@ impl Shard {
                 break;
             }
             c.osr.pop_front();
+            c.handed = c.handed.saturating_sub(1);
             if let Some(mut txc) = self.txcs.remove(&id) {
                 let released = std::mem::take(&mut txc.released);
                 if !released.is_empty() {
@@ -746,8 +754,8 @@ impl Shard {
                 continue;
             };
             let tag = super::apply::deferred_tag(id);
-            for o in &txc.buffer_onodes {
-                o.borrow_mut().buffers.landed(tag);
+            for (o, ranges) in &txc.buffer_onodes {
+                o.borrow_mut().buffers.landed(tag, ranges);
             }
             txc.enter(TxcState::DeferredCleanup, now, &mut self.perf);
             let mut ops = KvOps::default();
@@ -793,8 +801,8 @@ impl Shard {
                         return;
                     }
                     let tag = super::apply::cow_tag(t.id);
-                    for o in &t.buffer_onodes {
-                        o.borrow_mut().buffers.landed(tag);
+                    for (o, ranges) in &t.buffer_onodes {
+                        o.borrow_mut().buffers.landed(tag, ranges);
                     }
                     t.enter(TxcState::IoDone, Instant::now(), &mut self.perf);
                     self.cid_names.get(&t.coll).cloned()
@@ -861,7 +869,7 @@ impl Shard {
         if !self.releases.is_empty() {
             self.release_space();
         }
-        if self.polls % 64 == 0 && self.cache.bytes() > self.shared.config.cache_bytes as usize {
+        if self.cache.over_target() {
             self.perf.cache_trims += self.cache.trim();
         }
         if self.stopping && self.idle() {
@@ -909,7 +917,10 @@ impl Shard {
 
     /// Counters so far.
     pub fn perf_snapshot(&self) -> ShardPerf {
-        self.perf.clone()
+        let mut p = self.perf.clone();
+        p.cache_bytes = self.cache.bytes() as u64;
+        p.cache_onodes = self.cache.len() as u64;
+        p
     }
 
     /// The cached entry of an object, loading it from the kv on a miss (a missing object gets a

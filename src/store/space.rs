@@ -35,6 +35,8 @@ pub(crate) struct StoreSpace {
     reserve: u64,
     /// Extra references per shared unit (absent: one mapping or free).
     refs: Mutex<HashMap<u64, u32>>,
+    /// Whether `refs` has any entry, so the common case (no clones) takes no lock.
+    any_refs: std::sync::atomic::AtomicBool,
 }
 
 impl StoreSpace {
@@ -49,11 +51,8 @@ impl StoreSpace {
             unit,
             reserve,
             refs: Mutex::new(HashMap::new()),
+            any_refs: std::sync::atomic::AtomicBool::new(false),
         }
-    }
-
-    pub fn unit(&self) -> u64 {
-        self.unit
     }
 
     pub fn reserve(&self) -> u64 {
@@ -107,26 +106,27 @@ impl StoreSpace {
             })
     }
 
-    pub fn free_extents(&self) -> Vec<(u64, u64)> {
-        lock(&self.alloc)
-            .free_extents()
-            .iter()
-            .map(|e| (e.offset, e.length))
-            .collect()
-    }
-
     /// Extra references of `unit` (device offset / unit).
     pub fn extra_refs(&self, unit: u64) -> u32 {
+        if !self.any_refs.load(std::sync::atomic::Ordering::Acquire) {
+            return 0;
+        }
         lock(&self.refs).get(&unit).copied().unwrap_or(0)
     }
 
     pub fn any_shared(&self, first_unit: u64, units: u64) -> bool {
+        if !self.any_refs.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
         let refs = lock(&self.refs);
         !refs.is_empty() && (first_unit..first_unit + units).any(|u| refs.contains_key(&u))
     }
 
     /// Applies a committed-to-be transaction's reference changes.
     pub fn apply_refs(&self, delta: &BTreeMap<u64, i64>) {
+        if delta.is_empty() {
+            return;
+        }
         let mut refs = lock(&self.refs);
         for (&unit, &d) in delta {
             let now = refs.get(&unit).copied().unwrap_or(0) as i64 + d;
@@ -136,14 +136,14 @@ impl StoreSpace {
                 refs.insert(unit, now as u32);
             }
         }
+        self.any_refs
+            .store(!refs.is_empty(), std::sync::atomic::Ordering::Release);
     }
 
     pub fn load_refs(&self, refs: HashMap<u64, u32>) {
+        self.any_refs
+            .store(!refs.is_empty(), std::sync::atomic::Ordering::Release);
         *lock(&self.refs) = refs;
-    }
-
-    pub fn refs_snapshot(&self) -> HashMap<u64, u32> {
-        lock(&self.refs).clone()
     }
 }
 

@@ -12,7 +12,8 @@ use crate::sync::lock;
 
 pub(crate) struct Throttle {
     max: u64,
-    used: Mutex<u64>,
+    /// Cost in flight, and how many submitters wait for some of it to go.
+    used: Mutex<(u64, u32)>,
     freed: Condvar,
 }
 
@@ -20,7 +21,7 @@ impl Throttle {
     pub fn new(max: u64) -> Throttle {
         Throttle {
             max,
-            used: Mutex::new(0),
+            used: Mutex::new((0, 0)),
             freed: Condvar::new(),
         }
     }
@@ -30,17 +31,19 @@ impl Throttle {
     /// `give_up` is checked while waiting (a failed or unmounting store).
     pub fn get(&self, cost: u64, wait: bool, give_up: impl Fn() -> bool) -> bool {
         let mut used = lock(&self.used);
-        while wait && *used > 0 && *used + cost > self.max {
+        while wait && used.0 > 0 && used.0 + cost > self.max {
             if give_up() {
                 return false;
             }
+            used.1 += 1;
             used = self
                 .freed
                 .wait_timeout(used, Duration::from_millis(50))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            used.1 -= 1;
         }
-        *used += cost;
+        used.0 += cost;
         true
     }
 
@@ -49,13 +52,17 @@ impl Throttle {
             return;
         }
         let mut used = lock(&self.used);
-        *used = used.saturating_sub(cost);
+        used.0 = used.0.saturating_sub(cost);
+        // A wake-up is a system call: only when somebody waits.
+        let waiting = used.1 > 0;
         drop(used);
-        self.freed.notify_all();
+        if waiting {
+            self.freed.notify_all();
+        }
     }
 
     pub fn used(&self) -> u64 {
-        *lock(&self.used)
+        lock(&self.used).0
     }
 
     pub fn max(&self) -> u64 {
@@ -65,6 +72,6 @@ impl Throttle {
     /// Whether the budget is exceeded (deferred writes are then applied without waiting for a
     /// full batch).
     pub fn pressed(&self) -> bool {
-        *lock(&self.used) * 2 > self.max
+        lock(&self.used).0 * 2 > self.max
     }
 }

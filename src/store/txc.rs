@@ -104,7 +104,7 @@ pub(crate) struct Txc {
     /// Omap overlays this transaction added to, released at KV_DONE.
     pub omaps: Vec<u64>,
     /// Objects holding buffers that wait for this transaction's data to land.
-    pub buffer_onodes: Vec<OnodeRef>,
+    pub buffer_onodes: Vec<(OnodeRef, Vec<(u64, u64)>)>,
     pub deferred: Vec<DeferredWrite>,
     /// The `D` key of the deferred writes.
     pub deferred_seq: Option<u64>,
@@ -126,3 +126,27 @@ impl Txc {
         self.state_since = now;
     }
 }
+
+/// Hashes the store's own u64 ids (transactions, commands, reads, omaps) with one multiply:
+/// they are sequential numbers nobody outside chooses, so SipHash's flood resistance buys
+/// nothing on a per-I/O path.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map keyed by the store's own ids.
+pub(crate) type IdMap<V> =
+    std::collections::HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
