@@ -11,6 +11,7 @@ pub mod bluefs_engine;
 pub mod compare;
 pub mod engine;
 pub mod jobfile;
+pub mod kstore_engine;
 pub mod kv_bench;
 pub mod latlog;
 pub mod offsets;
@@ -82,6 +83,7 @@ pub fn run(args: &[String]) -> Result<Outcome> {
         match spec.ioengine {
             IoEngine::Dev => {}
             IoEngine::Store => store_engine::validate(spec)?,
+            IoEngine::Kstore => kstore_engine::validate(spec)?,
             IoEngine::Bluefs => {
                 bluefs_engine::validate(spec)?;
                 if spec.iodepth > 1 {
@@ -122,7 +124,7 @@ pub fn run(args: &[String]) -> Result<Outcome> {
                 }
                 (0, spec.size.unwrap_or(spec.bs) / spec.bs)
             }
-            IoEngine::Store => (0, spec.size.unwrap_or(spec.bs) / spec.bs),
+            IoEngine::Store | IoEngine::Kstore => (0, spec.size.unwrap_or(spec.bs) / spec.bs),
         };
         let spec = Arc::new(spec.clone());
         for clone in 0..spec.numjobs {
@@ -249,6 +251,31 @@ pub fn run(args: &[String]) -> Result<Outcome> {
         let (fs_tx, fs_rx) = mpsc::channel::<Result<JobResult, String>>();
         let mut fs_pending = 0;
         for (slot, m) in &fs_members {
+            if m.spec.ioengine == IoEngine::Kstore {
+                let job = kstore_engine::KstoreJob {
+                    spec: Arc::clone(&m.spec),
+                    number: m.number,
+                    group: m.group,
+                    clone: m.clone,
+                    seed: m.seed,
+                    progress: Arc::clone(&progress[*slot]),
+                    control: Arc::clone(&control),
+                };
+                let tx = fs_tx.clone();
+                let name = format!("kstore-{}.{}", m.spec.name, m.clone);
+                std::thread::Builder::new()
+                    .name(name.clone())
+                    .spawn(move || {
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            kstore_engine::run(job).map_err(|e| format!("{e:#}"))
+                        }))
+                        .unwrap_or_else(|_| Err(format!("thread {name} panicked")));
+                        let _ = tx.send(result);
+                    })
+                    .context("cannot start a kstore job thread")?;
+                fs_pending += 1;
+                continue;
+            }
             if m.spec.ioengine == IoEngine::Store {
                 let (shard, coll) = placements[&m.number].clone();
                 let store = &stores

@@ -79,6 +79,9 @@ pub enum IoEngine {
     /// Objects of an object store made on the devices named by `filename`, jobs on the store's
     /// reactors ([`super::store_engine`]).
     Store,
+    /// The baseline: object data as RocksDB values on the kernel filesystem in `directory`
+    /// ([`super::kstore_engine`]).
+    Kstore,
 }
 
 impl IoEngine {
@@ -87,6 +90,7 @@ impl IoEngine {
             IoEngine::Dev => "dev",
             IoEngine::Bluefs => "bluefs",
             IoEngine::Store => "store",
+            IoEngine::Kstore => "kstore",
         }
     }
 }
@@ -134,6 +138,10 @@ pub struct JobSpec {
     pub store_deferred_size: Option<u64>,
     /// fio's `rate_iops`: at most this many I/Os per second per job (0: no cap; ioengine=store).
     pub rate_iops: u64,
+    /// fio's `directory`: where ioengine=kstore keeps its RocksDB.
+    pub directory: Option<String>,
+    /// `kstore_stripe`: bytes per data key of ioengine=kstore (Ceph KStore's default 64 KiB).
+    pub kstore_stripe: u64,
     pub direct: bool,
     pub percentile_list: Vec<f64>,
     pub group_reporting: bool,
@@ -179,6 +187,8 @@ impl JobSpec {
             store_mkfs: true,
             store_deferred_size: None,
             rate_iops: 0,
+            directory: None,
+            kstore_stripe: 64 << 10,
             direct: true,
             percentile_list: DEFAULT_PERCENTILES.to_vec(),
             group_reporting: false,
@@ -367,6 +377,7 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
                 "dev" => IoEngine::Dev,
                 "bluefs" => IoEngine::Bluefs,
                 "store" => IoEngine::Store,
+                "kstore" => IoEngine::Kstore,
                 _ => {
                     return Err(invalid(
                         "bluepoll's engines are: dev (queue pairs on the device in filename), \
@@ -395,6 +406,8 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
             spec.store_deferred_size = Some(parse_size(&value).map_err(invalid)?)
         }
         "rate_iops" => spec.rate_iops = parse_u64(&value).map_err(invalid)?,
+        "directory" => spec.directory = Some(value.clone()),
+        "kstore_stripe" => spec.kstore_stripe = at_least_one(&value, 1 << 30).map_err(invalid)?,
         "direct" => spec.direct = parse_bool(&value).map_err(invalid)?,
         "thread" => {}
         "percentile_list" => {

@@ -410,7 +410,7 @@ pub fn json_report(entries: &[Entry], summary: &RunSummary<'_>) -> Value {
                 .iter()
                 .find(|(g, _)| *g == r.group)
                 .map_or([0.0; 2], |(_, b)| *b);
-            let on_thread = r.spec.ioengine == IoEngine::Bluefs;
+            let on_thread = matches!(r.spec.ioengine, IoEngine::Bluefs | IoEngine::Kstore);
             let extra = json!({
                 "device": r.device_uri,
                 "ioengine": r.spec.ioengine.name(),
@@ -694,6 +694,12 @@ pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
                 out,
                 "  bluefs       : {} (own thread, cpu {}, {} fsyncs)",
                 r.device_uri, r.cpu, r.syncs.n
+            );
+        } else if r.spec.ioengine == IoEngine::Kstore {
+            let _ = writeln!(
+                out,
+                "  kstore       : {} (RocksDB, default Env; own thread, cpu {})",
+                r.device_uri, r.cpu
             );
         } else {
             let _ = writeln!(

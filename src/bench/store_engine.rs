@@ -485,6 +485,7 @@ impl Poller for StoreJob {
             self.plan.progress.finished.store(true, Ordering::Release);
             return Poll::Done;
         }
+        let before = self.issued;
         if matches!(self.phase, Phase::Ramp | Phase::Run) {
             self.issue(now);
         }
@@ -492,7 +493,11 @@ impl Poller for StoreJob {
             self.meter.take_sample(now);
         }
         self.publish();
-        if reaped || self.in_flight > 0 {
+        // Waiting for commits is not work: completions come with the shard's messages, which
+        // wake the reactor, so an idle reactor can leave its CPU to the kv-sync thread. A
+        // `rate_iops` job waiting for its next slot stays busy (no message will wake it).
+        let pacing = self.plan.spec.rate_iops > 0 && self.phase == Phase::Run;
+        if reaped || self.issued != before || pacing {
             Poll::Busy
         } else {
             Poll::Idle

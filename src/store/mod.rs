@@ -949,6 +949,7 @@ impl Store {
         let shards = config.cpus.len();
         let mut reactor_config = ReactorConfig::new(config.cpus.clone());
         reactor_config.pin = config.pin;
+        reactor_config.idle.spin = config.idle_spin;
         reactor_config.mailbox_capacity = 4096;
         let reactors = Reactors::start(reactor_config)?;
         let shared = Arc::new(Shared {
