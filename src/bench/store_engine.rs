@@ -186,6 +186,9 @@ pub fn start(plan: StoreJobPlan) -> Result<()> {
         .context("cannot hand a store job to its reactor")
 }
 
+/// How an operation ended: None, or the errno and message of its failure.
+type Outcome = Option<(i32, String)>;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Ramp,
@@ -217,7 +220,7 @@ struct StoreJob {
     slots: Vec<Slot>,
     free: Vec<u32>,
     in_flight: u32,
-    done: Arc<ArrayQueue<(u32, Option<(i32, String)>)>>,
+    done: Arc<ArrayQueue<(u32, Outcome)>>,
     offsets: OffsetGen,
     rng: Rng,
     meter: Meter,

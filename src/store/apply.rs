@@ -947,7 +947,7 @@ impl Shard {
 
     /// An omap's header and entries as this transaction sees them (kv, shard overlay, then the
     /// transaction's own changes).
-    fn omap_view(&self, t: &Txn, id: u64) -> Result<(Option<Vec<u8>>, BTreeMap<Vec<u8>, Vec<u8>>)> {
+    fn omap_view(&self, t: &Txn, id: u64) -> Result<super::read::OmapContents> {
         let layers: Vec<&OmapOverlay> = self
             .omaps
             .get(&id)

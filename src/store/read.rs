@@ -108,11 +108,11 @@ pub(crate) fn load_onode_from(
     })
 }
 
+/// An omap's header and entries.
+pub(crate) type OmapContents = (Option<Vec<u8>>, BTreeMap<Vec<u8>, Vec<u8>>);
+
 /// An omap's committed header and entries.
-pub(crate) fn omap_committed(
-    shared: &Shared,
-    id: u64,
-) -> Result<(Option<Vec<u8>>, BTreeMap<Vec<u8>, Vec<u8>>)> {
+pub(crate) fn omap_committed(shared: &Shared, id: u64) -> Result<OmapContents> {
     let header = shared.kv.get(&omap_header_key(id))?;
     let prefix = omap_entry_prefix(id);
     let mut entries = BTreeMap::new();
