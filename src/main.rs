@@ -44,8 +44,11 @@ command line override those in job files. With neither, runs the built-in quick 
 job options (fio's names and meanings):
   name rw bs iodepth numjobs size offset runtime time_based ramp_time rwmixread rwmixwrite
   filename (a device URI: mem:SIZE, null:SIZE, uring:PATH, pcie:DDDD:BB:DD.F, fault:[OPTS+]URI)
-  ioengine=dev|bluefs (bluefs: filename=URI or db=URI|wal=URI|slow=URI; a thread per job)
+  ioengine=dev|bluefs|store|kstore (bluefs, store: filename=URI or slow=URI|db=URI|wal=URI;
+    kstore: directory=DIR, object data as RocksDB values on the kernel filesystem)
   fsync fdatasync (a Flush / BlueFS fsync every N writes) bluefs_mkfs (ioengine=bluefs)
+  nrfiles (objects per job) store_config=FILE store_mkfs store_deferred_size rate_iops
+  kstore_stripe
   direct percentile_list group_reporting randrepeat randseed norandommap verify=crc32c
   do_verify stonewall write_lat_log write_iops_log log_avg_msec cpus_allowed thread
 

@@ -294,11 +294,14 @@ impl Shard {
                 self.put_work(t, obj, w);
             }
             Op::OmapClear { obj } => {
-                let w = self.take_existing(t, &obj, coll)?;
+                let mut w = self.take_existing(t, &obj, coll)?;
                 let id = w.cur.omap_id;
                 if id != 0 {
                     t.kv.delete_range(omap_all(id), omap_all(id + 1));
                     t.omaps.entry(id).or_default().clear();
+                    // No omap any more (BlueStore clears its flag too); a later key gets a
+                    // fresh id.
+                    w.cur.omap_id = 0;
                 }
                 self.put_work(t, obj, w);
             }
@@ -1082,29 +1085,34 @@ impl Shard {
             o.entries.extend(delta.entries);
             omaps.push(id);
         }
-        // The collection.
-        if t.coll_created {
+        // The collection. One made in this transaction (perhaps removed again in it, perhaps
+        // after removing its previous incarnation) gets its entry here: the transaction joins
+        // its sequencer, and a removed entry is forgotten once that sequencer empties.
+        if t.coll_created || t.coll_removed {
             let c = self
                 .colls
                 .entry(coll.to_string())
                 .or_insert(super::shard::Coll {
                     cid: t.cid,
-                    exists: true,
+                    exists: t.coll_exists,
                     osr: Default::default(),
                     handed: 0,
                 });
             if c.cid != t.cid {
-                self.cid_names.remove(&c.cid);
+                // Transactions of the previous incarnation still in the sequencer find it by
+                // their (old) id when their I/O lands or they commit: keep that name until
+                // they are gone, or they would never move on (nor anything queued behind them).
+                if c.osr.is_empty() {
+                    self.cid_names.remove(&c.cid);
+                }
+                self.cache.drop_collection(c.cid);
             }
             c.cid = t.cid;
-            c.exists = true;
+            c.exists = t.coll_exists;
             self.cid_names.insert(t.cid, coll.to_string());
-        } else if t.coll_removed
-            && let Some(c) = self.colls.get_mut(coll)
-        {
-            c.exists = false;
-            let cid = c.cid;
-            self.cache.drop_collection(cid);
+            if t.coll_removed {
+                self.cache.drop_collection(t.cid);
+            }
         }
         self.shared.space.apply_refs(&t.delta.refs);
         let mut kv = std::mem::take(&mut t.kv);

@@ -314,11 +314,18 @@ impl OnodeCache {
             (e.cid, Rc::clone(&e.name))
         };
         let names = self.colls.entry(cid).or_default();
-        if names.get(&old).is_some_and(|x| Rc::ptr_eq(x, entry)) {
+        let present = names.get(&old).is_some_and(|x| Rc::ptr_eq(x, entry));
+        if present {
             names.remove(&old);
         }
         let to: Rc<str> = Rc::from(to);
         let replaced = names.insert(Rc::clone(&to), Rc::clone(entry));
+        let already_there = replaced.as_ref().is_some_and(|r| Rc::ptr_eq(r, entry));
+        if !present && !already_there {
+            // Not under its name: another rename of the same commit took that name and forgot
+            // this entry (a → b with c → a). It is back in the map: count it again.
+            self.bytes += entry.borrow().charged;
+        }
         if let Some(r) = replaced
             && !Rc::ptr_eq(&r, entry)
         {
@@ -485,6 +492,25 @@ mod tests {
         let filled = s.read(0, &mut out);
         assert_eq!(filled, vec![(0, 2048), (8192, 8192)]);
         assert_eq!(s.clean_bytes(), 10240);
+    }
+
+    #[test]
+    fn renames_that_swap_names_keep_the_memory_count() {
+        let mut c = OnodeCache::new(1 << 30);
+        let a = c.insert(1, "a", Onode::missing(65536, 4096));
+        let b = c.insert(1, "b", Onode::missing(65536, 4096));
+        let before = c.bytes();
+        // One commit's moves, in name order: b → a (forgets a, which is moving too), a → z.
+        c.rename(&b, "a");
+        c.rename(&a, "z");
+        c.recharge(&a);
+        c.recharge(&b);
+        assert_eq!(c.bytes(), before);
+        assert_eq!(c.len(), 2);
+        drop((a, b));
+        c.target = 0;
+        c.trim();
+        assert_eq!((c.len(), c.bytes()), (0, 0));
     }
 
     #[test]

@@ -15,8 +15,8 @@ use super::format::{
 };
 use super::kv_sync::KvOps;
 use super::space::SpaceDelta;
-use super::{StoreConfig, StoreDevices, device_io, load_records, open_bluefs, replay_deferred};
-use crate::kv::{KeyRange, Kv, WriteBatch};
+use super::{StoreConfig, StoreDevices, device_io, open_bluefs, open_kv, replay_deferred};
+use crate::kv::{KeyRange, WriteBatch};
 
 /// What fsck found (and, with repair, fixed).
 #[derive(Clone, Debug, Default)]
@@ -85,9 +85,8 @@ pub fn fsck(
     for e in opened.fs.fsck().errors {
         report.error(format!("BlueFS: {e}"));
     }
-    let kv = Kv::open(&opened.fs, &config.kv)?;
+    let (kv, loaded) = open_kv(&opened.fs, &opened.space, &label, config)?;
     report.deferred_replayed = replay_deferred(&kv, &devices.slow)?;
-    let loaded = load_records(&kv, &label)?;
     let au = label.min_alloc_size as u64;
     let cb = label.csum_block as u64;
     let span = loaded.superblock.shard_span as u64;

@@ -145,6 +145,8 @@ pub(crate) struct Shared {
     pub deferred_seq: AtomicU64,
     failed: AtomicBool,
     failure: Mutex<Option<String>>,
+    /// Caller callbacks that panicked (caught, so the reactor and the shard live on).
+    callback_panics: AtomicU64,
     pub unmounting: AtomicBool,
     stopped_shards: Mutex<usize>,
     shard_stopped: Condvar,
@@ -159,6 +161,32 @@ impl Shared {
             *f = Some(reason);
         }
         self.failed.store(true, Ordering::SeqCst);
+    }
+
+    /// Wraps a caller's callback so a panic in it stays in it: it is reported and counted,
+    /// and the reactor goes on serving the shard (whose state the callback cannot touch).
+    /// Unwinding out of a reactor would end its thread and leave every later submitter
+    /// waiting on the throttle forever.
+    pub fn shielded<T: 'static>(
+        self: &Arc<Self>,
+        what: &'static str,
+        callback: impl FnOnce(T) + Send + 'static,
+    ) -> Box<dyn FnOnce(T) + Send> {
+        let shared = Arc::clone(self);
+        Box::new(move |value| {
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || callback(value)));
+            if outcome.is_err() {
+                let n = shared.callback_panics.fetch_add(1, Ordering::Relaxed) + 1;
+                eprintln!(
+                    "bluepoll store: a {what} callback panicked (caught; {n} so far); the store goes on"
+                );
+            }
+        })
+    }
+
+    pub fn callback_panics(&self) -> u64 {
+        self.callback_panics.load(Ordering::Relaxed)
     }
 
     pub fn failure(&self) -> Option<String> {
@@ -263,6 +291,11 @@ impl StoreHandle {
         self.shared.failure()
     }
 
+    /// How many commit or read callbacks panicked (each was caught and reported on stderr).
+    pub fn callback_panics(&self) -> u64 {
+        self.shared.callback_panics()
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.shared.unmounting.load(Ordering::Relaxed) {
             return Err(StoreError::Unmounting);
@@ -339,8 +372,9 @@ impl StoreHandle {
         let queued_at = Instant::now();
         let (coll, ops) = txn.into_parts();
         let target = coll.clone();
+        let on_commit = self.shared.shielded("commit", on_commit);
         let sent = self.on_shard(&target, move |s| {
-            s.queue_transaction(coll, ops, cost, queued_at, Box::new(on_commit));
+            s.queue_transaction(coll, ops, cost, queued_at, on_commit);
         });
         if sent.is_err() {
             self.shared.throttle.put(cost);
@@ -367,7 +401,9 @@ impl StoreHandle {
         }
     }
 
-    /// Queues a transaction and waits until it is durable.
+    /// Queues a transaction and waits until it is durable. Space the transaction frees returns
+    /// to the allocator when it reaches DONE, a moment later (as in BlueStore, where the commit
+    /// callback also runs before `_txc_release_alloc`); `statfs` shows when.
     pub fn apply(&self, txn: Transaction) -> Result<()> {
         if shard::on_reactor_of(self.shared.id) {
             return Err(StoreError::WouldBlock { call: "apply" });
@@ -399,7 +435,8 @@ impl StoreHandle {
             return Err(StoreError::Unmounting);
         }
         let (c, o) = (coll.to_string(), obj.to_string());
-        self.on_shard(coll, move |s| s.read(&c, &o, offset, len, Box::new(done)))
+        let done = self.shared.shielded("read", done);
+        self.on_shard(coll, move |s| s.read(&c, &o, offset, len, done))
     }
 
     pub fn stat(&self, coll: &str, obj: &str) -> Result<ObjectStat> {
@@ -522,7 +559,7 @@ impl StoreHandle {
             reserve,
             bluefs_main_bytes: bluefs.devices[crate::bluefs::DeviceId::Slow.index()]
                 .as_ref()
-                .map_or(0, |d| d.size.saturating_sub(d.free)),
+                .map_or(0, |d| d.by_kind.iter().sum::<u64>() + d.log),
         }
     }
 
@@ -719,6 +756,27 @@ pub(crate) fn open_bluefs(devices: &StoreDevices, config: &StoreConfig) -> Resul
     })
 }
 
+/// RocksDB on a mounted BlueFS, opened only once the allocator knows the freelist: a
+/// read-only open reads it first (BlueStore's order), because RocksDB's own writes at a
+/// read-write open may take main-device space from the same allocator.
+pub(crate) fn open_kv(
+    fs: &BlueFs,
+    space: &StoreSpace,
+    label: &Label,
+    config: &StoreConfig,
+) -> Result<(Kv, Loaded)> {
+    let loaded = {
+        let kv = Kv::open_read_only(fs, &config.kv)?;
+        load_records(&kv, label)?
+    };
+    space
+        .mark_used(&loaded.allocated)
+        .map_err(|e| StoreError::Corrupt {
+            reason: format!("freelist overlaps BlueFS's space: {e}"),
+        })?;
+    Ok((Kv::open(fs, &config.kv)?, loaded))
+}
+
 /// The store's records read before anything writes: superblock, freelist, references.
 pub(crate) struct Loaded {
     pub superblock: Superblock,
@@ -913,17 +971,8 @@ impl Store {
         let Opened {
             label, fs, space, ..
         } = opened;
-        let loaded = {
-            let kv = Kv::open_read_only(&fs, &config.kv)?;
-            load_records(&kv, &label)?
-        };
-        space
-            .mark_used(&loaded.allocated)
-            .map_err(|e| StoreError::Corrupt {
-                reason: format!("freelist overlaps BlueFS's space: {e}"),
-            })?;
+        let (kv, loaded) = open_kv(&fs, &space, &label, &config)?;
         space.load_refs(loaded.refs);
-        let kv = Kv::open(&fs, &config.kv)?;
         replay_deferred(&kv, &devices.slow)?;
         let omap_max = match kv.get(OMAP_MAX_KEY)? {
             Some(v) => format::decode_u64_record("omap id record", &v)?,
@@ -972,6 +1021,7 @@ impl Store {
             deferred_seq: AtomicU64::new(1),
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
+            callback_panics: AtomicU64::new(0),
             unmounting: AtomicBool::new(false),
             stopped_shards: Mutex::new(0),
             shard_stopped: Condvar::new(),

@@ -1,0 +1,290 @@
+//! The object store at its edges: commit order under load on two reactors, a full main device,
+//! and damaged data.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bluepoll::nvme::{Device, IoCmd};
+use bluepoll::rand::Rng;
+use bluepoll::store::{Store, StoreConfig, StoreDevices, Transaction};
+
+fn config(cpus: Vec<usize>) -> StoreConfig {
+    let mut c = StoreConfig {
+        pin: false,
+        cpus,
+        ..StoreConfig::default()
+    };
+    c.kv.error_retry_interval = Duration::from_millis(5);
+    c
+}
+
+/// Polls `cond` for up to ten seconds (a liveness bound, not a performance one).
+fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    cond()
+}
+
+fn make(devices: &StoreDevices, config: &StoreConfig) -> Store {
+    Store::mkfs_on(devices, config).unwrap();
+    Store::mount_on(devices.clone(), config.clone()).unwrap()
+}
+
+/// Four threads queue transactions on eight collections spread over two reactors, as fast as
+/// the throttle lets them; each collection's commit callbacks must come in queue order.
+#[test]
+fn commit_callbacks_follow_queue_order_per_collection_on_two_reactors() {
+    let devices = StoreDevices::only(Device::open("mem:2G").unwrap());
+    let store = Arc::new(make(&devices, &config(vec![0, 1])));
+    let colls: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
+    let shards: std::collections::BTreeSet<usize> =
+        colls.iter().map(|c| store.shard_of(c)).collect();
+    assert_eq!(
+        shards.len(),
+        2,
+        "the collections must live on both reactors"
+    );
+    for c in &colls {
+        let mut t = Transaction::new(c);
+        t.create_collection().touch("meta");
+        store.apply(t).unwrap();
+    }
+    let seen: Arc<Mutex<BTreeMap<String, Vec<u64>>>> = Default::default();
+    let per_thread = 3000u64;
+    let threads: Vec<_> = (0..4u64)
+        .map(|thread| {
+            let store = Arc::clone(&store);
+            let seen = Arc::clone(&seen);
+            let colls = colls.clone();
+            std::thread::spawn(move || {
+                let mut rng = Rng::new(thread);
+                // Each thread owns two collections, so its queue order is theirs.
+                let mine = [&colls[thread as usize * 2], &colls[thread as usize * 2 + 1]];
+                let mut serial = [0u64; 2];
+                for _ in 0..per_thread {
+                    let k = rng.below(2) as usize;
+                    let coll = mine[k].clone();
+                    serial[k] += 1;
+                    let n = serial[k];
+                    let mut t = Transaction::new(&coll);
+                    let len = [512u64, 4096, 20_000][rng.below(3) as usize];
+                    t.write(
+                        &format!("o{}", rng.below(16)),
+                        rng.below(64) * 4096,
+                        vec![n as u8; len as usize],
+                    );
+                    if rng.below(4) == 0 {
+                        t.omap_setkey("meta", &n.to_be_bytes(), b"x");
+                    }
+                    let seen = Arc::clone(&seen);
+                    store
+                        .queue_transaction(t, move |r| {
+                            r.expect("commit");
+                            seen.lock().unwrap().entry(coll).or_default().push(n);
+                        })
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // Wait for the last callbacks.
+    for _ in 0..2000 {
+        let total: usize = seen.lock().unwrap().values().map(Vec::len).sum();
+        if total as u64 == per_thread * 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = seen.lock().unwrap();
+    let total: usize = seen.values().map(Vec::len).sum();
+    assert_eq!(
+        total as u64,
+        per_thread * 4,
+        "every transaction commits once"
+    );
+    for (coll, order) in seen.iter() {
+        let expected: Vec<u64> = (1..=order.len() as u64).collect();
+        assert_eq!(order, &expected, "{coll}: callbacks out of queue order");
+    }
+    drop(seen);
+    assert_eq!(store.callback_panics(), 0);
+    Arc::try_unwrap(store).ok().unwrap().umount().unwrap();
+}
+
+/// A caller's callback that panics is the caller's bug, not the store's: the panic is caught
+/// and counted, the reactor lives on, later transactions and reads on that shard work.
+#[test]
+fn a_panicking_callback_does_not_take_the_shard_down() {
+    let devices = StoreDevices::only(Device::open("mem:256M").unwrap());
+    let store = make(&devices, &config(vec![0]));
+    let mut t = Transaction::new("c");
+    t.create_collection();
+    store.apply(t).unwrap();
+    let mut t = Transaction::new("c");
+    t.write("o", 0, vec![1u8; 4096]);
+    store
+        .queue_transaction(t, |_| panic!("a caller's bug"))
+        .unwrap();
+    store
+        .read_async("c", "o", 0, 1, |_| panic!("another caller's bug"))
+        .unwrap();
+    let mut t = Transaction::new("c");
+    t.write("o", 0, vec![2u8; 4096]);
+    store.apply(t).unwrap();
+    assert_eq!(store.read("c", "o", 0, 4).unwrap(), vec![2u8; 4]);
+    assert_eq!(store.callback_panics(), 2);
+    assert!(store.failure().is_none());
+    store.umount().unwrap();
+}
+
+/// Filling the main device: writes get ENOSPC, metadata keeps committing (BlueFS's reserve on
+/// the main device is kept from object data), deleting objects makes room, the store survives
+/// a remount and fsck is clean.
+#[test]
+fn a_full_device_answers_enospc_and_keeps_committing_metadata() {
+    let devices = StoreDevices::only(Device::open("mem:384M").unwrap());
+    let mut cfg = config(vec![0]);
+    cfg.db_size = Some(64 << 20);
+    cfg.bluefs_reserve = Some(32 << 20);
+    cfg.kv.write_buffer_size = 1 << 20;
+    let store = make(&devices, &cfg);
+    let mut t = Transaction::new("fill");
+    t.create_collection();
+    store.apply(t).unwrap();
+    let chunk = vec![0x5au8; 4 << 20];
+    let mut written = 0u64;
+    let mut enospc = None;
+    for i in 0..200u64 {
+        let mut t = Transaction::new("fill");
+        t.write(&format!("obj{i}"), 0, chunk.clone());
+        match store.apply(t) {
+            Ok(()) => written += 1,
+            Err(e) => {
+                enospc = Some(e);
+                break;
+            }
+        }
+    }
+    let e = enospc.expect("a 384 MiB device cannot take 800 MiB");
+    assert_eq!(e.errno(), libc::ENOSPC, "{e}");
+    assert!(written > 40, "only {written} objects before ENOSPC");
+    let free = store.statfs().free;
+    assert!(
+        free < 4 << 20,
+        "ENOSPC with {free} bytes free beyond the reserve"
+    );
+    // The failed write left no trace.
+    assert!(!store.exists("fill", &format!("obj{written}")).unwrap());
+    // Metadata goes on committing: 24 MiB of omap, several memtable flushes and compactions.
+    let value = vec![7u8; 64 << 10];
+    for i in 0..384u32 {
+        let mut t = Transaction::new("fill");
+        t.omap_setkey("obj0", &i.to_be_bytes(), &value);
+        t.setattr("obj1", "n", i.to_le_bytes().to_vec());
+        store
+            .apply(t)
+            .unwrap_or_else(|e| panic!("metadata commit {i} on a full device: {e}"));
+    }
+    assert!(store.failure().is_none());
+    // Deleting makes room again: 64 MiB, since BlueFS has grown into the reserve meanwhile.
+    let mut t = Transaction::new("fill");
+    for i in 2..18 {
+        t.remove(&format!("obj{i}"));
+    }
+    store.apply(t).unwrap();
+    // The space comes back when the removal reaches DONE, a moment after its commit callback.
+    let freed = wait_until(|| store.statfs().free >= 4 << 20);
+    assert!(freed, "removing 64 MiB freed nothing: {:?}", store.statfs());
+    let mut t = Transaction::new("fill");
+    t.write("again", 0, chunk.clone());
+    store.apply(t).unwrap();
+    store.umount().unwrap();
+    let store = Store::mount_on(devices.clone(), cfg.clone()).unwrap();
+    assert_eq!(store.read("fill", "again", 0, 16).unwrap(), vec![0x5a; 16]);
+    assert_eq!(store.omap_get("fill", "obj0").unwrap().len(), 384);
+    store.umount().unwrap();
+    let report = bluepoll::store::fsck(&devices, &cfg, false, false).unwrap();
+    assert!(report.is_clean(), "{:?}", report.errors);
+}
+
+/// Finds `pattern` on the device (at a 4 KiB boundary) and flips one bit there.
+fn flip_bit_in(device: &Device, pattern: &[u8]) -> u64 {
+    let info = device.info();
+    let mut qp = device.queue_pair(1).unwrap();
+    let chunk = 1u64 << 20;
+    let bs = info.block_size as u64;
+    for at in (0..info.capacity_bytes()).step_by(chunk as usize) {
+        let buf = bluepoll::nvme::DmaBuf::new(chunk as usize).unwrap();
+        let c = qp
+            .execute(IoCmd::read(at / bs, (chunk / bs) as u32, buf, 0))
+            .unwrap();
+        let buf = c.buf.unwrap();
+        for off in (0..chunk as usize).step_by(4096) {
+            if buf[off..off + pattern.len()] == *pattern {
+                let byte = at + off as u64 + 100;
+                let mut block = bluepoll::nvme::DmaBuf::new(bs as usize).unwrap();
+                block.copy_from_slice(&buf[off - off % bs as usize..][..bs as usize]);
+                block[(byte % bs) as usize] ^= 0x04;
+                let c = qp.execute(IoCmd::write(byte / bs, 1, block, 0)).unwrap();
+                assert!(c.status.is_success());
+                return byte;
+            }
+        }
+    }
+    panic!("pattern not found on the device");
+}
+
+/// A bit flipped on the data device: reads of the object fail with EIO naming it (never wrong
+/// bytes), other objects read fine, and a deep fsck reports the object.
+#[test]
+fn a_flipped_data_bit_is_an_error_for_read_and_for_deep_fsck() {
+    let devices = StoreDevices::only(Device::open("mem:512M").unwrap());
+    let cfg = config(vec![0]);
+    let store = make(&devices, &cfg);
+    let mut pattern = vec![0u8; 64 << 10];
+    Rng::new(9).fill_bytes(&mut pattern);
+    let mut t = Transaction::new("p");
+    t.create_collection()
+        .write("victim", 0, pattern.clone())
+        .write("bystander", 0, vec![1u8; 8192]);
+    store.apply(t).unwrap();
+    store.umount().unwrap();
+    flip_bit_in(&devices.slow, &pattern[..64]);
+
+    let store = Store::mount_on(devices.clone(), cfg.clone()).unwrap();
+    let err = store.read("p", "victim", 0, 65536).unwrap_err();
+    assert_eq!(err.errno(), libc::EIO);
+    let text = err.to_string();
+    assert!(
+        text.contains("checksum mismatch") && text.contains("p/victim"),
+        "{text}"
+    );
+    // The damaged block is the first one; the rest of the object still reads.
+    assert_eq!(
+        store.read("p", "victim", 4096, 4096).unwrap(),
+        pattern[4096..8192]
+    );
+    assert_eq!(
+        store.read("p", "bystander", 0, 8192).unwrap(),
+        vec![1u8; 8192]
+    );
+    store.umount().unwrap();
+    let plain = bluepoll::store::fsck(&devices, &cfg, false, false).unwrap();
+    assert!(plain.is_clean(), "metadata is intact: {:?}", plain.errors);
+    let deep = bluepoll::store::fsck(&devices, &cfg, true, false).unwrap();
+    assert_eq!(deep.errors.len(), 1, "{:?}", deep.errors);
+    assert!(
+        deep.errors[0].contains("p/victim") && deep.errors[0].contains("checksum mismatch"),
+        "{:?}",
+        deep.errors
+    );
+}
