@@ -611,6 +611,7 @@ impl StoreHandle {
             },
             "deferred_size": self.shared.params.deferred_size,
             "min_alloc_size": self.shared.params.au,
+            "callback_panics": self.shared.callback_panics(),
         }))
     }
 }
