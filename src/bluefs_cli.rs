@@ -33,6 +33,7 @@ pub struct Options {
     pub devices: Devices,
     pub config: BlueFsConfig,
     pub args: Vec<String>,
+    _claims: Vec<bluepoll::nvme::DeviceClaim>,
 }
 
 /// Device options (`--db=`, `--wal=`, `--slow=`, `--alloc-unit=`) and the other arguments;
@@ -69,10 +70,24 @@ pub fn parse_with(args: &[String], usage: &str) -> Result<Options> {
         db: open(&db)?,
         slow: slow.as_deref().map(open).transpose()?,
     };
+    // Held until the command ends: a second bluepoll on the same devices is refused (EBUSY).
+    let owner = format!("bluepoll (pid {})", std::process::id());
+    let mut claims = Vec::new();
+    for device in [
+        devices.wal.as_ref(),
+        Some(&devices.db),
+        devices.slow.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        claims.push(device.claim(&owner)?);
+    }
     Ok(Options {
         devices,
         config,
         args: rest,
+        _claims: claims,
     })
 }
 

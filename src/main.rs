@@ -5,6 +5,7 @@ use anyhow::{Result, bail};
 mod bluefs_cli;
 mod kv_cli;
 mod store_cli;
+mod stress;
 
 /// mimalloc: the store's reactors allocate what the kv-sync thread frees, and glibc's arenas
 /// serialise those cross-thread frees on a lock (seen in profiles of the store bench).
@@ -22,6 +23,8 @@ commands:
   fsck [--deep] [--repair] DEVICES         check an object store; exit status 1 when damaged
   perf dump DEVICES                        a store's counters and latency histograms as JSON
   store COMMAND [ARGS] DEVICES             ls, stat, get, put, rm objects (store --help)
+  stress run|check --log=FILE DEVICES      a verified workload with a side log, and its checker
+  drill kill9 --dir=DIR [--runs=N]         kill -9 a stress run N times; check after each
   kvbench --dir=DIR [...]                  db_bench-style workloads: RocksDB on BlueFS vs the kernel
   compare PEER.json OURS.json              side-by-side table of two fio-format JSON results
   devinfo URI                              open a device and print its namespace facts
@@ -88,6 +91,8 @@ fn dispatch(args: &[String]) -> Result<i32> {
         "fsck" => store_cli::fsck(rest),
         "perf" => store_cli::perf(rest),
         "store" => store_cli::run(rest),
+        "stress" => stress::run(rest),
+        "drill" => stress::drill(rest),
         "kvbench" => {
             bluepoll::bench::kv_bench::run(rest)?;
             Ok(0)

@@ -242,6 +242,13 @@ fn parse(args: &[String], usage: &str, flags: &[&'static str]) -> Result<Parsed>
     })
 }
 
+/// The store config named by device options alone (for commands with options of their own).
+pub fn parse_devices(args: &[String], usage: &str) -> Result<StoreConfig> {
+    let p = parse(args, usage, &[])?;
+    p.at_most(0, usage)?;
+    Ok(p.config)
+}
+
 /// Opens the devices of `config`, naming the URI that fails.
 fn open_devices(config: &StoreConfig) -> Result<StoreDevices> {
     let open = |uri: &str| Device::open(uri).with_context(|| format!("opening {uri}"));

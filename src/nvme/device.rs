@@ -131,6 +131,58 @@ pub(crate) trait Namespace: Send + Sync {
     fn fault_control(&self) -> Option<FaultControl> {
         None
     }
+
+    /// Makes `owner` the namespace's only owner, or says who already is. A namespace with no
+    /// data to protect (null) accepts everyone; wrappers ask what they wrap.
+    fn claim(&self, _owner: &str) -> Result<(), NvmeError> {
+        Ok(())
+    }
+
+    /// Ends the claim `claim` made.
+    fn release_claim(&self) {}
+}
+
+/// The owner of a namespace that keeps data, within this process (a file also carries an
+/// advisory lock, for other processes).
+#[derive(Default)]
+pub(crate) struct OwnerSlot(std::sync::Mutex<Option<String>>);
+
+impl OwnerSlot {
+    pub fn take(&self, uri: &str, owner: &str) -> Result<(), NvmeError> {
+        let mut slot = crate::sync::lock(&self.0);
+        if let Some(holder) = slot.as_ref() {
+            return Err(NvmeError::Busy {
+                uri: uri.to_string(),
+                holder: format!("{holder} in this process"),
+            });
+        }
+        *slot = Some(owner.to_string());
+        Ok(())
+    }
+
+    pub fn clear(&self) {
+        *crate::sync::lock(&self.0) = None;
+    }
+}
+
+/// A device's claim: while it lives, nobody else (no other claim in this process, no other
+/// process through the file's advisory lock) can claim the device. Dropping it releases.
+pub struct DeviceClaim {
+    ns: Arc<dyn Namespace>,
+}
+
+impl Drop for DeviceClaim {
+    fn drop(&mut self) {
+        self.ns.release_claim();
+    }
+}
+
+impl fmt::Debug for DeviceClaim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceClaim")
+            .field("uri", &self.ns.info().uri)
+            .finish()
+    }
 }
 
 /// What a backend's `poll` returns. The error is boxed so the common `Ok(n)` comes back in
@@ -232,6 +284,26 @@ impl Device {
     /// The fault injector, when this is a `fault:` device (or a wrapper or slice of one).
     pub fn fault_control(&self) -> Option<FaultControl> {
         self.ns.fault_control()
+    }
+
+    /// Claims the device for `owner` (a name shown to whoever finds it taken): a store or a
+    /// filesystem claims its devices while mounted, so a second mount — from this process or,
+    /// for files and block devices, any other — fails with [`NvmeError::Busy`] instead of
+    /// corrupting the first one's data. Advisory: plain readers are not stopped.
+    pub fn claim(&self, owner: &str) -> Result<DeviceClaim, NvmeError> {
+        self.ns.claim(owner)?;
+        Ok(DeviceClaim {
+            ns: Arc::clone(&self.ns),
+        })
+    }
+
+    /// For wrappers: claims what they wrap, with no guard (the wrapper's guard releases).
+    pub(crate) fn claim_inner(&self, owner: &str) -> Result<(), NvmeError> {
+        self.ns.claim(owner)
+    }
+
+    pub(crate) fn release_inner_claim(&self) {
+        self.ns.release_claim();
     }
 
     /// A device whose LBAs `0..len / block_size` are bytes `offset..offset + len` of this one.

@@ -37,6 +37,9 @@ pub enum NvmeError {
     #[error("{path}: {reason}")]
     Unsupported { path: PathBuf, reason: String },
 
+    #[error("{uri} is in use: {holder} holds it (one owner at a time)")]
+    Busy { uri: String, holder: String },
+
     #[error("cannot slice bytes [{offset}+{len}] of {uri}: {reason}")]
     InvalidSlice {
         uri: String,

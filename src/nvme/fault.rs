@@ -1322,6 +1322,14 @@ impl Namespace for FaultNamespace {
         &self.info
     }
 
+    fn claim(&self, owner: &str) -> Result<(), NvmeError> {
+        self.shared.inner.claim_inner(owner)
+    }
+
+    fn release_claim(&self) {
+        self.shared.inner.release_inner_claim();
+    }
+
     fn create_queue_pair(
         self: Arc<Self>,
         depth: u32,

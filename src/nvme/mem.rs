@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::command::{Completion, IoCmd, Opcode, Status};
 use super::device::{
-    DeviceClass, Namespace, NamespaceInfo, PollResult, QueuePairBackend, QueuePairStats,
+    DeviceClass, Namespace, NamespaceInfo, OwnerSlot, PollResult, QueuePairBackend, QueuePairStats,
     SupportedOps,
 };
 use super::error::NvmeError;
@@ -79,6 +79,7 @@ pub(crate) struct MemNamespace {
     info: NamespaceInfo,
     chunk_shift: u32,
     chunks: ReadMostly<ChunkData>,
+    owner: OwnerSlot,
 }
 
 impl MemNamespace {
@@ -98,6 +99,7 @@ impl MemNamespace {
             info,
             chunk_shift,
             chunks,
+            owner: OwnerSlot::default(),
         })
     }
 
@@ -172,6 +174,14 @@ impl MemNamespace {
 impl Namespace for MemNamespace {
     fn info(&self) -> &NamespaceInfo {
         &self.info
+    }
+
+    fn claim(&self, owner: &str) -> Result<(), NvmeError> {
+        self.owner.take(&self.info.uri, owner)
+    }
+
+    fn release_claim(&self) {
+        self.owner.clear();
     }
 
     fn create_queue_pair(

@@ -25,7 +25,8 @@ pub(crate) mod conformance;
 
 pub use command::{Completion, IoCmd, Opcode, Status};
 pub use device::{
-    Device, DeviceClass, NamespaceInfo, QueueFull, QueuePair, QueuePairStats, SupportedOps,
+    Device, DeviceClaim, DeviceClass, NamespaceInfo, QueueFull, QueuePair, QueuePairStats,
+    SupportedOps,
 };
 pub use dma::{DMA_ALIGN, DmaBuf, DmaPool, DmaPoolConfig, DmaRegionInfo, HugePages};
 pub use error::NvmeError;

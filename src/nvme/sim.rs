@@ -649,6 +649,14 @@ impl Namespace for SimNamespace {
         &self.info
     }
 
+    fn claim(&self, owner: &str) -> Result<(), NvmeError> {
+        self.inner.claim_inner(owner)
+    }
+
+    fn release_claim(&self) {
+        self.inner.release_inner_claim();
+    }
+
     fn create_queue_pair(
         self: Arc<Self>,
         depth: u32,

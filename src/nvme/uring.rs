@@ -54,7 +54,7 @@ use io_uring::{EnterFlags, IoUring, opcode, squeue, types};
 
 use super::command::{Completion, IoCmd, Opcode, Status};
 use super::device::{
-    DeviceClass, Namespace, NamespaceInfo, PollResult, QueuePairBackend, QueuePairStats,
+    DeviceClass, Namespace, NamespaceInfo, OwnerSlot, PollResult, QueuePairBackend, QueuePairStats,
     SupportedOps,
 };
 use super::dma::{DmaPool, DmaRegionInfo};
@@ -340,6 +340,7 @@ pub(crate) struct UringNamespace {
     /// waits for (two wake-ups). For threads that wait for their flushes anyway (BlueFS); a
     /// reactor with other queue pairs to poll would rather not block.
     flush_inline: bool,
+    owner: OwnerSlot,
 }
 
 impl UringNamespace {
@@ -560,6 +561,7 @@ impl UringNamespace {
             plan,
             zeroes_mode,
             flush_inline: opts.flush_inline,
+            owner: OwnerSlot::default(),
         })
     }
 }
@@ -826,6 +828,39 @@ fn probe_iopoll(
 impl Namespace for UringNamespace {
     fn info(&self) -> &NamespaceInfo {
         &self.info
+    }
+
+    /// This process's slot, then an exclusive advisory lock (flock) on the open file: other
+    /// processes that claim it — another bluepoll mounting the same file or block device —
+    /// find it held until this claim ends or the process dies (kill -9 included: the kernel
+    /// drops the lock with the file).
+    fn claim(&self, owner: &str) -> Result<(), NvmeError> {
+        self.owner.take(&self.info.uri, owner)?;
+        // SAFETY: flock on a descriptor this namespace owns for its whole life; no memory is
+        // passed.
+        if unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let source = io::Error::last_os_error();
+        self.owner.clear();
+        Err(if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            NvmeError::Busy {
+                uri: self.info.uri.clone(),
+                holder: "another process (advisory lock on the file)".into(),
+            }
+        } else {
+            NvmeError::Os {
+                what: "locking the device file",
+                source,
+            }
+        })
+    }
+
+    fn release_claim(&self) {
+        // SAFETY: as in `claim`. Unlocking cannot fail in a way worth reporting: the lock also
+        // ends when the descriptor closes.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+        self.owner.clear();
     }
 
     fn create_queue_pair(

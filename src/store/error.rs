@@ -124,6 +124,7 @@ impl StoreError {
             StoreError::Failed { .. } => libc::EROFS,
             StoreError::WouldBlock { .. } => libc::EDEADLK,
             StoreError::Unmounting => libc::ESHUTDOWN,
+            StoreError::Device(NvmeError::Busy { .. }) => libc::EBUSY,
             StoreError::Kv(KvError::NoSpace { .. }) => libc::ENOSPC,
             StoreError::BlueFs(e) if e.is_no_space() => libc::ENOSPC,
             _ => libc::EIO,

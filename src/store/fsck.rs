@@ -80,6 +80,7 @@ pub fn fsck(
     repair: bool,
 ) -> Result<FsckReport> {
     let mut report = FsckReport::default();
+    let _claims = devices.claim(&super::owner_name("fsck"))?;
     let opened = open_bluefs(devices, config)?;
     let label = opened.label.clone();
     for e in opened.fs.fsck().errors {

@@ -60,7 +60,7 @@ pub use txc::{OnCommit, TxcState};
 
 use crate::bluefs::{BlueFs, Devices, Uuid, new_uuid, now_ns, uuid_text};
 use crate::kv::{KeyRange, Kv, WriteBatch};
-use crate::nvme::{Device, IoCmd};
+use crate::nvme::{Device, DeviceClaim, IoCmd};
 use crate::reactor::{ReactorConfig, ReactorHandle, Reactors};
 use crate::sync::lock;
 use format::{
@@ -99,6 +99,16 @@ impl StoreDevices {
             db: uris.db.as_ref().map(open).transpose()?,
             wal: uris.wal.as_ref().map(open).transpose()?,
         })
+    }
+
+    /// Claims every device for `owner` (see [`Device::claim`]): a mounted store, mkfs and fsck
+    /// hold their devices, so a second one — in this process or another — fails with EBUSY.
+    pub fn claim(&self, owner: &str) -> Result<Vec<DeviceClaim>> {
+        let mut claims = vec![self.slow.claim(owner)?];
+        for device in [&self.db, &self.wal].into_iter().flatten() {
+            claims.push(device.claim(owner)?);
+        }
+        Ok(claims)
     }
 
     /// Only a main device.
@@ -150,6 +160,8 @@ pub(crate) struct Shared {
     pub unmounting: AtomicBool,
     stopped_shards: Mutex<usize>,
     shard_stopped: Condvar,
+    /// The devices held for this mount; last, so they are released after everything else.
+    _claims: Vec<DeviceClaim>,
 }
 
 impl Shared {
@@ -616,6 +628,11 @@ impl StoreHandle {
     }
 }
 
+/// Who holds a device, as another claimant is told.
+pub(crate) fn owner_name(what: &str) -> String {
+    format!("bluepoll {what} (pid {})", std::process::id())
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
@@ -871,6 +888,7 @@ impl Store {
     /// when there is no DB device), and the store's records in a new RocksDB.
     pub fn mkfs_on(devices: &StoreDevices, config: &StoreConfig) -> Result<Uuid> {
         config.validate()?;
+        let _claims = devices.claim(&owner_name("mkfs"))?;
         let main = &devices.slow;
         let info = main.info();
         if info.block_size as u64 > config.csum_block {
@@ -968,6 +986,7 @@ impl Store {
     /// then one reactor and shard per CPU and the kv-sync thread.
     pub fn mount_on(devices: StoreDevices, config: StoreConfig) -> Result<Store> {
         config.validate()?;
+        let claims = devices.claim(&owner_name("a mounted store"))?;
         let opened = open_bluefs(&devices, &config)?;
         let Opened {
             label, fs, space, ..
@@ -1027,6 +1046,7 @@ impl Store {
             stopped_shards: Mutex::new(0),
             shard_stopped: Condvar::new(),
             config,
+            _claims: claims,
         });
         let kv_thread = {
             let shared = Arc::clone(&shared);

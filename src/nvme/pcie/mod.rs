@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use self::controller::{Controller, PAGE_SIZE};
 use self::queue::{NamespaceParams, PcieQueuePair};
-use super::device::{DeviceClass, Namespace, NamespaceInfo, QueuePairBackend, SupportedOps};
+use super::device::{
+    DeviceClass, Namespace, NamespaceInfo, OwnerSlot, QueuePairBackend, SupportedOps,
+};
 use super::error::NvmeError;
 use super::uri::Params;
 
@@ -40,6 +42,9 @@ pub(crate) struct PcieNamespace {
     info: NamespaceInfo,
     ctrl: Arc<Controller>,
     params: NamespaceParams,
+    /// VFIO already keeps other processes out (a group is opened once); this keeps a second
+    /// owner in this process out.
+    owner: OwnerSlot,
 }
 
 impl PcieNamespace {
@@ -173,6 +178,7 @@ impl PcieNamespace {
         Ok(PcieNamespace {
             info,
             ctrl: Arc::new(ctrl),
+            owner: OwnerSlot::default(),
             params: NamespaceParams {
                 nsid,
                 block_size,
@@ -202,6 +208,14 @@ impl PcieNamespace {
 impl Namespace for PcieNamespace {
     fn info(&self) -> &NamespaceInfo {
         &self.info
+    }
+
+    fn claim(&self, owner: &str) -> Result<(), NvmeError> {
+        self.owner.take(&self.info.uri, owner)
+    }
+
+    fn release_claim(&self) {
+        self.owner.clear();
     }
 
     fn create_queue_pair(

@@ -1,0 +1,1011 @@
+//! `bluepoll stress run|check` and `bluepoll drill kill9`: a verified workload on the object
+//! store that keeps a side log of what it submitted and what the store acknowledged, a checker
+//! that holds a store to that log after any kind of stop, and the kill -9 drill built from both.
+//!
+//! The side log (`--log=FILE`, text, one record per line, appended with plain `write`s — a
+//! killed process loses nothing the kernel has, and the drills that cut power keep the log off
+//! the faulty devices):
+//!
+//! ```text
+//! S OBJ SEQ OFFSET LEN SEED   transaction SEQ (write LEN bytes from SEED at OFFSET, then set
+//!                             the attr "seq" to SEQ) was handed to the store — written before
+//!                             queue_transaction
+//! A OBJ SEQ                   the store acknowledged SEQ (commit callback with Ok)
+//! F OBJ SEQ                   the store rejected SEQ (an error other than EROFS): it never
+//!                             happens, later ones build on the state before it
+//! R OBJ SEQ                   a check found OBJ at SEQ: later submissions of OBJ never
+//!                             happened, and its history continues from SEQ
+//! ```
+//!
+//! One object's transactions are on one collection, so they commit in order: after any stop,
+//! the object must be at some submitted SEQ at least as new as its newest acknowledged one, and
+//! its bytes must be exactly the writes up to that SEQ — nothing lost, nothing in part.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bluepoll::nvme::{Device, EioRule, EioTrigger, FaultControl, FaultOps};
+use bluepoll::rand::Rng;
+use bluepoll::store::{Store, StoreConfig, StoreDevices, Transaction, fsck};
+
+use crate::store_cli;
+
+pub const STRESS_USAGE: &str = "\
+usage: bluepoll stress run --log=FILE DEVICES [--mkfs] [--seconds=N] [--objects=N]
+                           [--object-size=SIZE] [--iodepth=N] [--seed=N]
+       bluepoll stress check --log=FILE DEVICES
+
+run: a verified random workload — writes of 512 B to 256 KiB at any alignment into --objects
+objects (default 32) of --object-size (default 1M) spread over 4 collections, --iodepth (16)
+transactions in flight — for --seconds (default 0: until killed). Every submission and every
+acknowledgement goes to the side log FILE. It starts with a check (below) unless --mkfs makes a
+new store (and a new log).
+check: mounts, and holds every object to the log: it must be at a submitted transaction no
+older than its newest acknowledged one, with exactly that history's bytes; then unmounts and
+runs a deep fsck. Prints `checked N objects: N lost, N corrupt` and exits 1 when either is
+not 0 or fsck is not clean.
+
+DEVICES: --slow=URI [--db=URI] [--wal=URI] or --config=FILE, and --cpus=LIST (as mkfs).";
+
+pub const DRILL_USAGE: &str = "\
+usage: bluepoll drill kill9|power-cut|eio [--runs=N | --long=SECONDS] [--seed=N] [--dir=DIR]
+
+Each drill prints `NAME: N runs, N faults, N lost, N corrupt` (and the runs that failed) and
+exits 1 unless nothing was lost or corrupt. --long=SECONDS runs for that long instead of N runs
+(and overrides --runs).
+
+kill9      a store on uring: files in DIR (required; a 512 MiB main and a 64 MiB WAL device);
+           N times (default 50): `bluepoll stress run` as a child process, SIGKILL at a random
+           moment (mount, replay or load), then `stress check`: every acknowledged transaction
+           present, none in part, deep fsck clean.
+power-cut  in this process, on fault: devices over RAM (one device, or main + DB + WAL; one or
+           two shards; deferred writes on or off, by seed): the stress load, every device
+           frozen at a random moment, power cut (caches lost, writes in flight torn or kept),
+           remount and check. Default 40 runs.
+eio        as power-cut, but one media error on a random device at a random moment (on a read,
+           write, flush or any command): the store fails the request or turns read-only with
+           the reason, then remount and check; then every object read while every other read of
+           the main device fails: right bytes or EIO naming the object. Default 40 runs.
+Panics anywhere in the process count as failures. DIR (power-cut, eio) holds the side logs.";
+
+const COLLECTIONS: u64 = 4;
+
+/// One submitted write of the log.
+#[derive(Clone, Copy, Debug)]
+struct Write1 {
+    seq: u64,
+    offset: u64,
+    len: u64,
+    seed: u64,
+}
+
+/// What the log says of one object.
+#[derive(Default, Debug)]
+struct History {
+    /// Writes that may have happened, oldest first (a check drops the ones that did not).
+    writes: Vec<Write1>,
+    /// The newest acknowledged SEQ (0: none).
+    acked: u64,
+    /// The SEQ a check found (the base the writes build on); 0 for a new object.
+    resolved: u64,
+    /// Transactions the store rejected (they must never show).
+    failed: Vec<u64>,
+}
+
+/// The side log, read back.
+#[derive(Default)]
+struct Log {
+    objects: BTreeMap<u64, History>,
+    next_seq: u64,
+}
+
+impl Log {
+    fn read(path: &Path) -> Result<Log> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the side log {}", path.display()))?;
+        let mut log = Log {
+            next_seq: 1,
+            ..Log::default()
+        };
+        // Every line is complete but the last one when the file does not end in a newline.
+        let lines: Vec<&str> = text.split_inclusive('\n').collect();
+        let complete: Vec<bool> = lines.iter().map(|l| l.ends_with('\n')).collect();
+        for (number, line) in lines.iter().enumerate() {
+            let line = line.trim_end_matches('\n');
+            let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+            let num = |i: usize| -> Result<u64> {
+                fields.get(i).and_then(|f| f.parse().ok()).with_context(|| {
+                    format!("{}:{}: bad record '{line}'", path.display(), number + 1)
+                })
+            };
+            // A line without its newline was cut by a kill (`open_log` ends it later); its
+            // transaction was never queued (an S line is whole before queue_transaction).
+            if !complete[number] {
+                continue;
+            }
+            match fields.first().copied() {
+                Some("S") if fields.len() == 6 => {
+                    let w = Write1 {
+                        seq: num(2)?,
+                        offset: num(3)?,
+                        len: num(4)?,
+                        seed: num(5)?,
+                    };
+                    log.next_seq = log.next_seq.max(w.seq + 1);
+                    log.objects.entry(num(1)?).or_default().writes.push(w);
+                }
+                Some("A") if fields.len() == 3 => {
+                    let h = log.objects.entry(num(1)?).or_default();
+                    h.acked = h.acked.max(num(2)?);
+                }
+                Some("F") if fields.len() == 3 => {
+                    let seq = num(2)?;
+                    let h = log.objects.entry(num(1)?).or_default();
+                    h.writes.retain(|w| w.seq != seq);
+                    h.failed.push(seq);
+                }
+                Some("R") if fields.len() == 3 => {
+                    let seq = num(2)?;
+                    let h = log.objects.entry(num(1)?).or_default();
+                    h.writes.retain(|w| w.seq <= seq);
+                    h.resolved = seq;
+                }
+                _ => bail!("{}:{}: bad record '{line}'", path.display(), number + 1),
+            }
+        }
+        Ok(log)
+    }
+}
+
+/// Opens the side log for appending, ending a line a kill cut short so that it stays alone
+/// (and is skipped) rather than swallowing the next record.
+fn open_log(path: &Path) -> Result<File> {
+    let mut out = OpenOptions::new()
+        .append(true)
+        .read(true)
+        .open(path)
+        .with_context(|| format!("opening the side log {}", path.display()))?;
+    let len = out.metadata()?.len();
+    if len > 0 {
+        let mut last = [0u8];
+        std::os::unix::fs::FileExt::read_exact_at(&out, &mut last, len - 1)?;
+        if last[0] != b'\n' {
+            out.write_all(b"\n")?;
+        }
+    }
+    Ok(out)
+}
+
+/// Appends records with one `write`: a kill lands before or after it, not inside a line.
+fn record(out: &mut File, text: &str) -> Result<()> {
+    out.write_all(text.as_bytes())
+        .context("appending to the side log")
+}
+
+fn collection_of(obj: u64) -> String {
+    format!("stress.{}", obj % COLLECTIONS)
+}
+
+fn object_name(obj: u64) -> String {
+    format!("obj{obj:05}")
+}
+
+fn data_of(w: &Write1) -> Vec<u8> {
+    let mut data = vec![0u8; w.len as usize];
+    Rng::new(w.seed).fill_bytes(&mut data);
+    data
+}
+
+/// The bytes an object holds at `seq`: every logged write up to it, on zeros.
+fn expected(h: &History, seq: u64) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for w in h.writes.iter().filter(|w| w.seq <= seq) {
+        let end = (w.offset + w.len) as usize;
+        if bytes.len() < end {
+            bytes.resize(end, 0);
+        }
+        bytes[w.offset as usize..end].copy_from_slice(&data_of(w));
+    }
+    bytes
+}
+
+/// Options of `stress` beyond the device ones.
+struct StressOptions {
+    log: PathBuf,
+    mkfs: bool,
+    seconds: u64,
+    objects: u64,
+    object_size: u64,
+    iodepth: usize,
+    seed: u64,
+}
+
+fn split_options(args: &[String]) -> Result<(StressOptions, Vec<String>)> {
+    let mut o = StressOptions {
+        log: PathBuf::new(),
+        mkfs: false,
+        seconds: 0,
+        objects: 32,
+        object_size: 1 << 20,
+        iodepth: 16,
+        seed: 1,
+    };
+    let mut rest = Vec::new();
+    for arg in args {
+        let (key, value) = arg.split_once('=').unwrap_or((arg.as_str(), ""));
+        let number = || -> Result<u64> {
+            value
+                .parse()
+                .with_context(|| format!("{key}={value}: not a number\n{STRESS_USAGE}"))
+        };
+        match key {
+            "--log" if !value.is_empty() => o.log = PathBuf::from(value),
+            "--mkfs" if value.is_empty() && !arg.contains('=') => o.mkfs = true,
+            "--seconds" => o.seconds = number()?,
+            "--objects" => o.objects = number()?,
+            "--object-size" => {
+                o.object_size = bluepoll::units::parse_size(value)
+                    .map_err(|e| anyhow::anyhow!("--object-size={value}: {e}"))?
+            }
+            "--iodepth" => o.iodepth = number()? as usize,
+            "--seed" => o.seed = number()?,
+            "--log" | "--mkfs" => bail!("{arg}: bad value\n{STRESS_USAGE}"),
+            _ => rest.push(arg.clone()),
+        }
+    }
+    if o.log.as_os_str().is_empty() {
+        bail!("--log=FILE is required (the side log)\n{STRESS_USAGE}");
+    }
+    if o.objects == 0 || o.iodepth == 0 || o.object_size < 4096 {
+        bail!("--objects and --iodepth must be at least 1, --object-size at least 4K");
+    }
+    Ok((o, rest))
+}
+
+/// `bluepoll stress ...`.
+pub fn run(args: &[String]) -> Result<i32> {
+    let Some((command, rest)) = args.split_first() else {
+        println!("{STRESS_USAGE}");
+        return Ok(2);
+    };
+    if command == "--help" || command == "-h" {
+        println!("{STRESS_USAGE}");
+        return Ok(0);
+    }
+    let (o, rest) = split_options(rest)?;
+    let config = store_cli::parse_devices(&rest, STRESS_USAGE)?;
+    match command.as_str() {
+        "run" => {
+            if o.mkfs {
+                let devices = StoreDevices::open(&config.devices)?;
+                Store::mkfs_on(&devices, &config).context("making the store")?;
+                File::create(&o.log)
+                    .with_context(|| format!("creating the side log {}", o.log.display()))?;
+            } else {
+                let outcome = check(&StoreDevices::open(&config.devices)?, &config, &o.log)?;
+                if !outcome.clean() {
+                    println!("{}", outcome.line());
+                    return Ok(1);
+                }
+            }
+            let devices = StoreDevices::open(&config.devices)?;
+            let end = run_load(&devices, &config, &o, None)?;
+            println!("stress: {} transactions acknowledged", end.acked);
+            Ok(0)
+        }
+        "check" => {
+            let outcome = check(&StoreDevices::open(&config.devices)?, &config, &o.log)?;
+            println!("{}", outcome.line());
+            Ok(if outcome.clean() { 0 } else { 1 })
+        }
+        other => bail!("unknown stress command '{other}'\n{STRESS_USAGE}"),
+    }
+}
+
+/// How a load ended.
+#[derive(Debug, Default)]
+pub struct LoadEnd {
+    pub acked: u64,
+    /// The first failure the store reported (a drill's fault), if the load ended on one.
+    pub failure: Option<String>,
+}
+
+/// The load: random writes with every submission and acknowledgement logged, until
+/// `--seconds` pass or `stop` is set. With `stop` (a drill in this process injecting faults) a
+/// failed transaction ends the load quietly; otherwise it is an error.
+fn run_load(
+    devices: &StoreDevices,
+    config: &StoreConfig,
+    o: &StressOptions,
+    stop: Option<&AtomicBool>,
+) -> Result<LoadEnd> {
+    let log = Log::read(&o.log)?;
+    let mut out = open_log(&o.log)?;
+    let store = Store::mount_on(devices.clone(), config.clone()).context("mounting the store")?;
+    let result = load_on(&store, &log, &mut out, o, stop);
+    let umounted = store.umount();
+    let mut end = result?;
+    match umounted {
+        Ok(()) => {}
+        // Under a drill the fault may surface only here (a background flush or compaction).
+        Err(e) if stop.is_some() => {
+            end.failure.get_or_insert(format!("unmount: {e}"));
+        }
+        Err(e) if end.failure.is_none() => return Err(e.into()),
+        Err(_) => {}
+    }
+    Ok(end)
+}
+
+fn load_on(
+    store: &Store,
+    log: &Log,
+    out: &mut File,
+    o: &StressOptions,
+    stop: Option<&AtomicBool>,
+) -> Result<LoadEnd> {
+    let mut end = LoadEnd::default();
+    // A failure under a drill ends the load; without one it is the answer.
+    let mut failed = |e: String, end: &mut LoadEnd| -> Result<()> {
+        if stop.is_none() {
+            bail!("{e}");
+        }
+        end.failure.get_or_insert(e);
+        Ok(())
+    };
+    for c in 0..COLLECTIONS {
+        let name = format!("stress.{c}");
+        let made = match store.collection_exists(&name) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                let mut t = Transaction::new(&name);
+                t.create_collection();
+                store.apply(t)
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = made {
+            failed(format!("creating {name}: {e}"), &mut end)?;
+            return Ok(end);
+        }
+    }
+    if stop.is_none() {
+        println!("stress: running");
+        let _ = std::io::stdout().flush();
+    }
+    let mut rng = Rng::new(o.seed ^ log.next_seq.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut seq = log.next_seq;
+    let (tx, rx) = mpsc::channel::<Settled>();
+    let mut in_flight = 0usize;
+    let deadline = (o.seconds > 0).then(|| Instant::now() + Duration::from_secs(o.seconds));
+    let stopping = || {
+        deadline.is_some_and(|d| Instant::now() >= d)
+            || stop.is_some_and(|s| s.load(Ordering::Relaxed))
+    };
+    while !stopping() && end.failure.is_none() {
+        while in_flight < o.iodepth {
+            let obj = rng.below(o.objects);
+            let len = match rng.below(4) {
+                0 => 1 + rng.below(4096),
+                1 => 4096 * (1 + rng.below(4)),
+                2 => 512 * (1 + rng.below(128)),
+                _ => 1 + rng.below(256 << 10),
+            }
+            .min(o.object_size);
+            let offset = rng.below(o.object_size - len + 1);
+            let w = Write1 {
+                seq,
+                offset,
+                len,
+                seed: rng.next_u64(),
+            };
+            seq += 1;
+            record(
+                out,
+                &format!("S {obj} {} {} {} {}\n", w.seq, w.offset, w.len, w.seed),
+            )?;
+            let mut t = Transaction::new(collection_of(obj));
+            t.write(&object_name(obj), w.offset, data_of(&w)).setattr(
+                &object_name(obj),
+                "seq",
+                w.seq.to_le_bytes().to_vec(),
+            );
+            let tx = tx.clone();
+            let at = w.seq;
+            match store.queue_transaction(t, move |r| {
+                let _ = tx.send((obj, at, r.map_err(|e| (e.errno(), e.to_string()))));
+            }) {
+                Ok(()) => in_flight += 1,
+                Err(e) => {
+                    failed(format!("queueing {at}: {e}"), &mut end)?;
+                    break;
+                }
+            }
+        }
+        if in_flight > 0 {
+            settle(&rx, &mut in_flight, out, &mut end, &mut failed, false)?;
+        }
+    }
+    while in_flight > 0 {
+        settle(&rx, &mut in_flight, out, &mut end, &mut failed, true)?;
+    }
+    Ok(end)
+}
+
+/// A commit callback's news: object, SEQ, and the errno and message of a failure.
+type Settled = (u64, u64, Result<(), (i32, String)>);
+
+/// Takes one commit callback's result (waiting for it), logging an acknowledgement.
+fn settle(
+    rx: &mpsc::Receiver<Settled>,
+    in_flight: &mut usize,
+    out: &mut File,
+    end: &mut LoadEnd,
+    failed: &mut impl FnMut(String, &mut LoadEnd) -> Result<()>,
+    draining: bool,
+) -> Result<()> {
+    // A store that failed answers every transaction it holds; a minute of silence is a hang.
+    let (obj, at, result) = rx.recv_timeout(Duration::from_secs(60)).with_context(|| {
+        format!(
+            "no commit callback for a minute with {in_flight} transactions in flight{}",
+            if draining { " (draining)" } else { "" }
+        )
+    })?;
+    *in_flight -= 1;
+    match result {
+        Ok(()) => {
+            record(out, &format!("A {obj} {at}\n"))?;
+            end.acked += 1;
+        }
+        Err((errno, e)) => {
+            // EROFS: the store failed with the transaction in flight, which may or may not
+            // have committed. Any other error rejected the transaction itself: it never
+            // happens, and the transactions after it build on what was there before.
+            if errno != libc::EROFS {
+                record(out, &format!("F {obj} {at}\n"))?;
+            }
+            failed(format!("transaction {at} on object {obj}: {e}"), end)?
+        }
+    }
+    Ok(())
+}
+
+/// What a check found.
+#[derive(Debug, Default)]
+pub struct CheckOutcome {
+    pub objects: u64,
+    pub lost: u64,
+    pub corrupt: u64,
+    pub fsck_errors: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+impl CheckOutcome {
+    pub fn clean(&self) -> bool {
+        self.lost == 0 && self.corrupt == 0 && self.fsck_errors.is_empty()
+    }
+
+    pub fn line(&self) -> String {
+        let mut line = format!(
+            "checked {} objects: {} lost, {} corrupt, fsck {}",
+            self.objects,
+            self.lost,
+            self.corrupt,
+            if self.fsck_errors.is_empty() {
+                "clean".to_string()
+            } else {
+                format!("{} errors", self.fsck_errors.len())
+            }
+        );
+        for p in self.problems.iter().chain(&self.fsck_errors).take(10) {
+            line.push_str(&format!("\n  {p}"));
+        }
+        line
+    }
+}
+
+/// Mounts, holds every object to the log, records what it found (R lines), unmounts, fscks.
+pub fn check(
+    devices: &StoreDevices,
+    config: &StoreConfig,
+    log_path: &Path,
+) -> Result<CheckOutcome> {
+    let log = Log::read(log_path)?;
+    let store = Store::mount_on(devices.clone(), config.clone()).context("mounting the store")?;
+    let mut outcome = CheckOutcome::default();
+    let mut resolved = String::new();
+    for (&obj, h) in &log.objects {
+        outcome.objects += 1;
+        let (coll, name) = (collection_of(obj), object_name(obj));
+        let found = match store.getattr(&coll, &name, "seq") {
+            Ok(v) => match <[u8; 8]>::try_from(v.as_slice()) {
+                Ok(b) => u64::from_le_bytes(b),
+                Err(_) => {
+                    outcome.corrupt += 1;
+                    outcome
+                        .problems
+                        .push(format!("{name}: attr seq is {} bytes", v.len()));
+                    continue;
+                }
+            },
+            Err(e) if e.is_not_found() => 0,
+            Err(e) => {
+                outcome.corrupt += 1;
+                outcome.problems.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        if found < h.acked {
+            outcome.lost += 1;
+            outcome.problems.push(format!(
+                "{name}: at seq {found}, but seq {} was acknowledged",
+                h.acked
+            ));
+            continue;
+        }
+        if h.failed.contains(&found) {
+            outcome.corrupt += 1;
+            outcome
+                .problems
+                .push(format!("{name}: at seq {found}, a transaction the store rejected"));
+            continue;
+        }
+        if found != h.resolved && !h.writes.iter().any(|w| w.seq == found) {
+            outcome.corrupt += 1;
+            outcome.problems.push(format!(
+                "{name}: at seq {found}, which was never submitted for it"
+            ));
+            continue;
+        }
+        let want = expected(h, found);
+        let got = if found == 0 && want.is_empty() {
+            Vec::new()
+        } else {
+            let size = store.stat(&coll, &name)?.size;
+            store.read(&coll, &name, 0, size.max(want.len() as u64))?
+        };
+        if got != want {
+            outcome.corrupt += 1;
+            let at = got.iter().zip(&want).position(|(a, b)| a != b);
+            outcome.problems.push(format!(
+                "{name}: at seq {found}, {} bytes differ from the log's (first at {at:?}; {} vs {} bytes)",
+                got.iter().zip(&want).filter(|(a, b)| a != b).count(),
+                got.len(),
+                want.len()
+            ));
+            continue;
+        }
+        if h.writes.last().is_some_and(|w| w.seq > found) {
+            resolved.push_str(&format!("R {obj} {found}\n"));
+        }
+    }
+    store.umount()?;
+    let report = fsck(devices, config, true, false)?;
+    outcome.fsck_errors = report.errors;
+    if outcome.clean() && !resolved.is_empty() {
+        let mut out = open_log(log_path)?;
+        record(&mut out, &resolved)?;
+        out.sync_data()?;
+    }
+    Ok(outcome)
+}
+
+/// `bluepoll drill ...`.
+pub fn drill(args: &[String]) -> Result<i32> {
+    let Some((command, rest)) = args.split_first() else {
+        println!("{DRILL_USAGE}");
+        return Ok(2);
+    };
+    if command == "--help" || command == "-h" {
+        println!("{DRILL_USAGE}");
+        return Ok(0);
+    }
+    let (mut dir, mut runs, mut long, mut seed) = (None, None, None, 1u64);
+    for arg in rest {
+        let (key, value) = arg.split_once('=').unwrap_or((arg.as_str(), ""));
+        let number = || -> Result<u64> {
+            value
+                .parse()
+                .with_context(|| format!("{key}={value}: not a number\n{DRILL_USAGE}"))
+        };
+        match key {
+            "--dir" if !value.is_empty() => dir = Some(PathBuf::from(value)),
+            "--runs" => runs = Some(number()?),
+            "--long" => long = Some(Duration::from_secs(number()?)),
+            "--seed" => seed = number()?,
+            _ => bail!("unknown option {arg}\n{DRILL_USAGE}"),
+        }
+    }
+    let bound = |default_runs: u64| match long {
+        Some(limit) => Bound::For(limit),
+        None => Bound::Runs(runs.unwrap_or(default_runs)),
+    };
+    match command.as_str() {
+        "kill9" => {
+            let Some(dir) = dir else {
+                bail!("--dir=DIR is required (where the store's files go)\n{DRILL_USAGE}");
+            };
+            kill9(&dir, bound(50), seed)
+        }
+        "power-cut" => in_process_drill("power-cut", bound(40), seed, dir, power_cut_run),
+        "eio" => in_process_drill("eio", bound(40), seed, dir, eio_run),
+        other => bail!("unknown drill '{other}'\n{DRILL_USAGE}"),
+    }
+}
+
+/// How long a drill goes on.
+#[derive(Clone, Copy)]
+enum Bound {
+    Runs(u64),
+    For(Duration),
+}
+
+impl Bound {
+    fn more(self, done: u64, started: Instant) -> bool {
+        match self {
+            Bound::Runs(n) => done < n,
+            Bound::For(limit) => started.elapsed() < limit,
+        }
+    }
+
+    fn long(self) -> bool {
+        matches!(self, Bound::For(_))
+    }
+}
+
+/// Tallies of a drill, and its summary line.
+#[derive(Default)]
+struct Tally {
+    runs: u64,
+    faults: u64,
+    lost: u64,
+    corrupt: u64,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    fn add(&mut self, run: u64, what: &str, faulted: bool, outcome: &CheckOutcome) {
+        self.runs += 1;
+        self.faults += u64::from(faulted);
+        self.lost += outcome.lost;
+        self.corrupt += outcome.corrupt + outcome.fsck_errors.len() as u64;
+        if !outcome.clean() {
+            self.failures
+                .push(format!("run {run} ({what}): {}", outcome.line()));
+        }
+    }
+
+    /// Prints the failures and the summary line; the exit status.
+    fn finish(&self, name: &str, panics: u64) -> i32 {
+        for f in &self.failures {
+            println!("{f}");
+        }
+        let panics = if panics > 0 {
+            format!(", {panics} panics")
+        } else {
+            String::new()
+        };
+        println!(
+            "{name}: {} runs, {} faults, {} lost, {} corrupt{panics}",
+            self.runs, self.faults, self.lost, self.corrupt
+        );
+        i32::from(self.lost > 0 || self.corrupt > 0 || !panics.is_empty())
+    }
+}
+
+/// Panics anywhere in the process while an in-process drill runs (reactor threads included):
+/// each is a failure of the drill, not just a message.
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// One run of an in-process drill: whether a fault was injected, and the check after it.
+type DrillRun = fn(u64, &Path) -> Result<(bool, String, CheckOutcome)>;
+
+fn in_process_drill(
+    name: &str,
+    bound: Bound,
+    seed: u64,
+    dir: Option<PathBuf>,
+    one_run: DrillRun,
+) -> Result<i32> {
+    let scratch = match dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("bluepoll-drill-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, Ordering::Relaxed);
+        previous(info);
+    }));
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    while bound.more(tally.runs, started) {
+        let run_seed = seed.wrapping_mul(1_000_003).wrapping_add(tally.runs);
+        let (faulted, what, outcome) = one_run(run_seed, &scratch)
+            .with_context(|| format!("{name} run {} (seed {run_seed})", tally.runs))?;
+        tally.add(tally.runs, &what, faulted, &outcome);
+        if bound.long() && tally.runs % 10 == 0 {
+            eprintln!(
+                "{name}: {} runs so far, {} lost, {} corrupt",
+                tally.runs, tally.lost, tally.corrupt
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(tally.finish(name, PANICS.load(Ordering::Relaxed)))
+}
+
+/// A store on `fault:` devices over RAM — one device, or main, DB and WAL — with the
+/// settings a run's seed picks: one or two shards, deferred writes on or off, small memtables
+/// (so RocksDB flushes and compacts under the load).
+fn fault_store(seed: u64, faults: &str) -> Result<(StoreDevices, StoreConfig, Vec<FaultControl>)> {
+    let open = |size: &str| Device::open(&format!("fault:seed={seed}{faults}+mem:{size}"));
+    let three = seed % 2 == 1;
+    let devices = StoreDevices {
+        slow: open(if three { "256M" } else { "512M" })?,
+        db: three.then(|| open("128M")).transpose()?,
+        wal: three.then(|| open("64M")).transpose()?,
+    };
+    let controls = [
+        Some(&devices.slow),
+        devices.db.as_ref(),
+        devices.wal.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(Device::fault_control)
+    .collect();
+    let mut config = StoreConfig {
+        pin: false,
+        cpus: if seed % 4 < 2 { vec![0] } else { vec![0, 1] },
+        prefer_deferred_size: Some(if seed % 3 == 0 { 0 } else { 64 << 10 }),
+        db_size: Some(96 << 20),
+        bluefs_reserve: Some(16 << 20),
+        ..StoreConfig::default()
+    };
+    config.kv.write_buffer_size = 1 << 20;
+    config.kv.error_retry_interval = Duration::from_millis(5);
+    Store::mkfs_on(&devices, &config)?;
+    Ok((devices, config, controls))
+}
+
+fn drill_options(dir: &Path, name: &str, seed: u64) -> Result<StressOptions> {
+    let log = dir.join(format!("{name}.log"));
+    File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    Ok(StressOptions {
+        log,
+        mkfs: false,
+        seconds: 0,
+        objects: 16,
+        object_size: 256 << 10,
+        iodepth: 16,
+        seed,
+    })
+}
+
+/// Every command to every device fails from now on: what reaches the media is what had
+/// reached it when the power went.
+fn freeze(controls: &[FaultControl]) {
+    for c in controls {
+        c.arm(EioRule {
+            ops: FaultOps::Any,
+            trigger: EioTrigger::Every(1),
+        });
+    }
+}
+
+/// Runs the load on a thread, does `fault` to the devices at a random moment of it, stops it.
+fn load_with_fault(
+    devices: &StoreDevices,
+    config: &StoreConfig,
+    o: &StressOptions,
+    rng: &mut Rng,
+    fault: impl FnOnce(),
+) -> Result<LoadEnd> {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let load = scope.spawn(|| run_load(devices, config, o, Some(&stop)));
+        std::thread::sleep(Duration::from_millis(10 + rng.below(300)));
+        fault();
+        std::thread::sleep(Duration::from_millis(rng.below(50)));
+        stop.store(true, Ordering::Relaxed);
+        load.join()
+            .map_err(|_| anyhow::anyhow!("the load thread panicked"))?
+    })
+}
+
+/// power-cut: a random moment of the load, every device frozen, then power lost (volatile
+/// caches dropped, writes in flight torn or kept at random); then the check.
+fn power_cut_run(seed: u64, dir: &Path) -> Result<(bool, String, CheckOutcome)> {
+    let (devices, config, controls) = fault_store(seed, ",torn=0.5,survive=0.3")?;
+    let o = drill_options(dir, "power-cut", seed)?;
+    let mut rng = Rng::new(seed);
+    let end = load_with_fault(&devices, &config, &o, &mut rng, || freeze(&controls))?;
+    let (mut lost_writes, mut torn) = (0, 0);
+    for c in &controls {
+        c.disarm_all();
+        let cut = c.power_cut()?;
+        lost_writes += cut.writes_lost;
+        torn += cut.writes_torn;
+    }
+    let outcome = check(&devices, &config, &o.log)?;
+    Ok((
+        true,
+        format!(
+            "{} acknowledged; unflushed writes: {lost_writes} lost, {torn} torn",
+            end.acked
+        ),
+        outcome,
+    ))
+}
+
+/// eio: one media error on a random device at a random moment of the load (on a read, a
+/// write, a flush or any command); the load goes on until the store says it failed. The check
+/// then mounts the store; last, reads of every object with every other read of the main
+/// device failing must give the right bytes or EIO naming the object — never wrong bytes.
+fn eio_run(seed: u64, dir: &Path) -> Result<(bool, String, CheckOutcome)> {
+    let (devices, config, controls) = fault_store(seed, "")?;
+    let o = drill_options(dir, "eio", seed)?;
+    let mut rng = Rng::new(seed);
+    let victim = rng.below(controls.len() as u64) as usize;
+    let ops = [
+        FaultOps::Read,
+        FaultOps::Write,
+        FaultOps::Flush,
+        FaultOps::Any,
+    ][rng.below(4) as usize];
+    let nth = 1 + rng.below(64);
+    let end = load_with_fault(&devices, &config, &o, &mut rng, || {
+        controls[victim].arm(EioRule {
+            ops,
+            trigger: EioTrigger::Nth(nth),
+        })
+    })?;
+    let injected: u64 = controls.iter().map(|c| c.stats().injected_errors).sum();
+    for c in &controls {
+        c.disarm_all();
+    }
+    let mut outcome = check(&devices, &config, &o.log)?;
+    if outcome.clean() {
+        read_under_errors(&devices, &config, &o, &controls[0], &mut outcome)?;
+    }
+    let what = format!(
+        "{ops:?} error #{nth} on device {victim}: {}",
+        end.failure.as_deref().unwrap_or("the store went on")
+    );
+    Ok((injected > 0, what, outcome))
+}
+
+/// Reads every object while every other read of the main device fails, and again without
+/// faults: a read gives the right bytes or an EIO that names the object.
+fn read_under_errors(
+    devices: &StoreDevices,
+    config: &StoreConfig,
+    o: &StressOptions,
+    main: &FaultControl,
+    outcome: &mut CheckOutcome,
+) -> Result<()> {
+    let store = Store::mount_on(devices.clone(), config.clone())?;
+    let mut plain = Vec::new();
+    for obj in 0..o.objects {
+        let (coll, name) = (collection_of(obj), object_name(obj));
+        plain.push(store.read(&coll, &name, 0, o.object_size).ok());
+    }
+    main.arm(EioRule {
+        ops: FaultOps::Read,
+        trigger: EioTrigger::Every(2),
+    });
+    for obj in 0..o.objects {
+        let (coll, name) = (collection_of(obj), object_name(obj));
+        match store.read(&coll, &name, 0, o.object_size) {
+            Ok(bytes) if Some(&bytes) == plain[obj as usize].as_ref() => {}
+            Ok(_) => {
+                outcome.corrupt += 1;
+                outcome.problems.push(format!(
+                    "{name}: a read under media errors returned wrong bytes"
+                ));
+            }
+            Err(e) if e.errno() == libc::EIO && e.to_string().contains(&name) => {}
+            Err(e) if e.is_not_found() && plain[obj as usize].is_none() => {}
+            Err(e) => {
+                outcome.corrupt += 1;
+                outcome
+                    .problems
+                    .push(format!("{name}: a failed read did not say EIO for it: {e}"));
+            }
+        }
+    }
+    main.disarm_all();
+    let failure = store.failure();
+    store.umount()?;
+    if let Some(reason) = failure {
+        outcome.corrupt += 1;
+        outcome
+            .problems
+            .push(format!("read errors turned the store read-only: {reason}"));
+    }
+    Ok(())
+}
+
+/// Waits until a killed process's claims on the devices are gone: its io_uring instances hold
+/// the files (and so their advisory locks) until the kernel tears the rings down, a moment
+/// after the process is reaped.
+fn wait_released(config: &StoreConfig) -> Result<()> {
+    let devices = StoreDevices::open(&config.devices)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match devices.claim("bluepoll drill") {
+            Ok(_) => return Ok(()),
+            Err(e) if e.errno() == libc::EBUSY && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e).context("waiting for the killed process's devices"),
+        }
+    }
+}
+
+fn kill9(dir: &Path, bound: Bound, seed: u64) -> Result<i32> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let devices = [
+        format!("--slow=uring:{}?size=512M", dir.join("main.img").display()),
+        format!("--wal=uring:{}?size=64M", dir.join("wal.img").display()),
+    ];
+    let log = dir.join("stress.log");
+    let config = store_cli::parse_devices(&devices, DRILL_USAGE)?;
+    let exe = std::env::current_exe().context("finding the bluepoll executable")?;
+    let mut child_args = vec![
+        "stress".to_string(),
+        "run".to_string(),
+        format!("--log={}", log.display()),
+    ];
+    child_args.extend(devices.iter().cloned());
+    // The store is made here, so that a kill never lands in mkfs (which promises nothing
+    // until it returns); every run checks it, then loads it.
+    Store::mkfs_on(&StoreDevices::open(&config.devices)?, &config).context("making the store")?;
+    File::create(&log).with_context(|| format!("creating the side log {}", log.display()))?;
+    let mut rng = Rng::new(seed);
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    while bound.more(tally.runs, started) {
+        let run = tally.runs;
+        let mut child = Command::new(&exe)
+            .args(&child_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting bluepoll stress")?;
+        // From the middle of mount (and the check before it) to well into the load.
+        let after = Duration::from_millis(100 + rng.below(1500));
+        std::thread::sleep(after);
+        if let Some(status) = child.try_wait()? {
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+            }
+            bail!(
+                "run {run}: bluepoll stress exited by itself ({status}) before the kill: {}",
+                stderr.trim()
+            );
+        }
+        child.kill().context("killing bluepoll stress")?;
+        child.wait()?;
+        wait_released(&config)?;
+        let outcome = check(&StoreDevices::open(&config.devices)?, &config, &log)
+            .with_context(|| format!("run {run}: checking"))?;
+        tally.add(run, &format!("killed after {after:?}"), true, &outcome);
+        if bound.long() && tally.runs % 10 == 0 {
+            eprintln!(
+                "kill9: {} runs so far, {} lost, {} corrupt",
+                tally.runs, tally.lost, tally.corrupt
+            );
+        }
+    }
+    Ok(tally.finish("kill9", 0))
+}
