@@ -24,4 +24,6 @@ status=0
 "$bin" drill kill9 --dir="$work/kill9" ${bounds[@]+"${bounds[@]}"} --runs="${BLUEPOLL_KILL9_RUNS:-50}" || status=1
 "$bin" drill power-cut --dir="$work/power-cut" ${bounds[@]+"${bounds[@]}"} --runs=100 || status=1
 "$bin" drill eio --dir="$work/eio" ${bounds[@]+"${bounds[@]}"} --runs=100 || status=1
+"$bin" drill enospc ${bounds[@]+"${bounds[@]}"} --runs=20 || status=1
+"$bin" drill corruption --dir="$work/corruption" ${bounds[@]+"${bounds[@]}"} --runs=50 || status=1
 exit "$status"

@@ -21,6 +21,7 @@ commands:
   kv COMMAND --db=URI [...]                get, put, scan the RocksDB in a BlueFS (kv --help)
   mkfs [--force] DEVICES                   make an object store (mkfs --help)
   fsck [--deep] [--repair] DEVICES         check an object store; exit status 1 when damaged
+  expand DEVICES                           grow a store onto its enlarged main device
   perf dump DEVICES                        a store's counters and latency histograms as JSON
   store COMMAND [ARGS] DEVICES             ls, stat, get, put, rm objects (store --help)
   stress run|check --log=FILE DEVICES      a verified workload with a side log, and its checker
@@ -89,6 +90,7 @@ fn dispatch(args: &[String]) -> Result<i32> {
         "kv" => kv_cli::run(rest),
         "mkfs" => store_cli::mkfs(rest),
         "fsck" => store_cli::fsck(rest),
+        "expand" => store_cli::expand(rest),
         "perf" => store_cli::perf(rest),
         "store" => store_cli::run(rest),
         "stress" => stress::run(rest),

@@ -41,6 +41,36 @@ are lost).
     devices_help!()
 );
 
+pub const EXPAND_USAGE: &str = concat!(
+    "\
+usage: bluepoll expand (--slow=URI ... | --config=FILE)
+
+Grows an unmounted store onto its main device after the device grew (a file made larger — for
+uring: files, give the new size as ?size=N —, a grown volume or partition): the new space
+becomes free for objects and BlueFS. Prints the old and the new size.
+
+",
+    devices_help!()
+);
+
+/// `bluepoll expand`.
+pub fn expand(args: &[String]) -> Result<i32> {
+    if wants_help(args) {
+        println!("{EXPAND_USAGE}");
+        return Ok(0);
+    }
+    let p = parse(args, EXPAND_USAGE, &[])?;
+    p.at_most(0, EXPAND_USAGE)?;
+    let devices = open_devices(&p.config)?;
+    let (old, new) = Store::expand_on(&devices).context("expand")?;
+    if old == new {
+        println!("expand: the main device is still {new} bytes; nothing to do");
+    } else {
+        println!("expand: main device grown from {old} to {new} bytes");
+    }
+    Ok(0)
+}
+
 pub const FSCK_USAGE: &str = concat!(
     "\
 usage: bluepoll fsck [--deep] [--repair] (--slow=URI ... | --config=FILE)

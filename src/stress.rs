@@ -31,7 +31,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bluepoll::nvme::{Device, EioRule, EioTrigger, FaultControl, FaultOps};
+use bluepoll::bluefs::format::SUPERBLOCK_OFFSETS;
+use bluepoll::bluefs::{DeviceId, Extent};
+use bluepoll::nvme::{Device, DmaBuf, EioRule, EioTrigger, FaultControl, FaultOps, IoCmd};
 use bluepoll::rand::Rng;
 use bluepoll::store::{Store, StoreConfig, StoreDevices, Transaction, fsck};
 
@@ -55,7 +57,8 @@ not 0 or fsck is not clean.
 DEVICES: --slow=URI [--db=URI] [--wal=URI] or --config=FILE, and --cpus=LIST (as mkfs).";
 
 pub const DRILL_USAGE: &str = "\
-usage: bluepoll drill kill9|power-cut|eio [--runs=N | --long=SECONDS] [--seed=N] [--dir=DIR]
+usage: bluepoll drill kill9|power-cut|eio|enospc|corruption [--runs=N | --long=SECONDS] [--seed=N]
+                     [--dir=DIR]
 
 Each drill prints `NAME: N runs, N faults, N lost, N corrupt` (and the runs that failed) and
 exits 1 unless nothing was lost or corrupt. --long=SECONDS runs for that long instead of N runs
@@ -73,7 +76,18 @@ eio        as power-cut, but one media error on a random device at a random mome
            write, flush or any command): the store fails the request or turns read-only with
            the reason, then remount and check; then every object read while every other read of
            the main device fails: right bytes or EIO naming the object. Default 40 runs.
-Panics anywhere in the process count as failures. DIR (power-cut, eio) holds the side logs.";
+enospc     in this process: a store filled to the last byte through the API (ENOSPC, no
+           trace of the failed write, the store stays up), 300 metadata transactions on the
+           full store (RocksDB and BlueFS keep committing), then room made by deleting objects
+           or by growing the main device and `expand`, more writes, remount, every object
+           checked, deep fsck. Default 20 runs.
+corruption in this process: a store with a history, then one bit flipped in object data, the
+           store label, a BlueFS superblock slot, the older half of the BlueFS log or a live
+           RocksDB table; the damage must be reported (mount refused with the reason, EIO
+           naming the object, deep fsck errors) or be harmless (everything checks right);
+           wrong data without an error counts as corrupt. Default 50 runs.
+Panics anywhere in the process count as failures. DIR (power-cut, eio) holds the side logs.
+BLUEPOLL_DRILL_VERBOSE=1 prints every run of the in-process drills.";
 
 const COLLECTIONS: u64 = 4;
 
@@ -328,7 +342,17 @@ fn run_load(
 ) -> Result<LoadEnd> {
     let log = Log::read(&o.log)?;
     let mut out = open_log(&o.log)?;
-    let store = Store::mount_on(devices.clone(), config.clone()).context("mounting the store")?;
+    let store = match Store::mount_on(devices.clone(), config.clone()) {
+        Ok(store) => store,
+        // A drill's fault may land in the mount itself.
+        Err(e) if stop.is_some() => {
+            return Ok(LoadEnd {
+                acked: 0,
+                failure: Some(format!("mount: {e}")),
+            });
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("mounting the store")),
+    };
     let result = load_on(&store, &log, &mut out, o, stop);
     let umounted = store.umount();
     let mut end = result?;
@@ -481,23 +505,28 @@ fn settle(
 #[derive(Debug, Default)]
 pub struct CheckOutcome {
     pub objects: u64,
+    /// Objects silently older than acknowledged.
     pub lost: u64,
+    /// Objects silently wrong: bytes or state that no history explains.
     pub corrupt: u64,
+    /// Objects whose reads failed with an error (damage reported, not hidden).
+    pub unreadable: u64,
     pub fsck_errors: Vec<String>,
     pub problems: Vec<String>,
 }
 
 impl CheckOutcome {
     pub fn clean(&self) -> bool {
-        self.lost == 0 && self.corrupt == 0 && self.fsck_errors.is_empty()
+        self.lost == 0 && self.corrupt == 0 && self.unreadable == 0 && self.fsck_errors.is_empty()
     }
 
     pub fn line(&self) -> String {
         let mut line = format!(
-            "checked {} objects: {} lost, {} corrupt, fsck {}",
+            "checked {} objects: {} lost, {} corrupt, {} unreadable, fsck {}",
             self.objects,
             self.lost,
             self.corrupt,
+            self.unreadable,
             if self.fsck_errors.is_empty() {
                 "clean".to_string()
             } else {
@@ -537,7 +566,7 @@ pub fn check(
             },
             Err(e) if e.is_not_found() => 0,
             Err(e) => {
-                outcome.corrupt += 1;
+                outcome.unreadable += 1;
                 outcome.problems.push(format!("{name}: {e}"));
                 continue;
             }
@@ -552,9 +581,9 @@ pub fn check(
         }
         if h.failed.contains(&found) {
             outcome.corrupt += 1;
-            outcome
-                .problems
-                .push(format!("{name}: at seq {found}, a transaction the store rejected"));
+            outcome.problems.push(format!(
+                "{name}: at seq {found}, a transaction the store rejected"
+            ));
             continue;
         }
         if found != h.resolved && !h.writes.iter().any(|w| w.seq == found) {
@@ -568,8 +597,17 @@ pub fn check(
         let got = if found == 0 && want.is_empty() {
             Vec::new()
         } else {
-            let size = store.stat(&coll, &name)?.size;
-            store.read(&coll, &name, 0, size.max(want.len() as u64))?
+            let read = store
+                .stat(&coll, &name)
+                .and_then(|st| store.read(&coll, &name, 0, st.size.max(want.len() as u64)));
+            match read {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    outcome.unreadable += 1;
+                    outcome.problems.push(format!("{name}: {e}"));
+                    continue;
+                }
+            }
         };
         if got != want {
             outcome.corrupt += 1;
@@ -636,6 +674,8 @@ pub fn drill(args: &[String]) -> Result<i32> {
         }
         "power-cut" => in_process_drill("power-cut", bound(40), seed, dir, power_cut_run),
         "eio" => in_process_drill("eio", bound(40), seed, dir, eio_run),
+        "enospc" => in_process_drill("enospc", bound(20), seed, dir, enospc_run),
+        "corruption" => in_process_drill("corruption", bound(50), seed, dir, corruption_run),
         other => bail!("unknown drill '{other}'\n{DRILL_USAGE}"),
     }
 }
@@ -675,7 +715,7 @@ impl Tally {
         self.runs += 1;
         self.faults += u64::from(faulted);
         self.lost += outcome.lost;
-        self.corrupt += outcome.corrupt + outcome.fsck_errors.len() as u64;
+        self.corrupt += outcome.corrupt + outcome.unreadable + outcome.fsck_errors.len() as u64;
         if !outcome.clean() {
             self.failures
                 .push(format!("run {run} ({what}): {}", outcome.line()));
@@ -726,10 +766,14 @@ fn in_process_drill(
     }));
     let started = Instant::now();
     let mut tally = Tally::default();
+    let verbose = std::env::var_os("BLUEPOLL_DRILL_VERBOSE").is_some();
     while bound.more(tally.runs, started) {
         let run_seed = seed.wrapping_mul(1_000_003).wrapping_add(tally.runs);
         let (faulted, what, outcome) = one_run(run_seed, &scratch)
             .with_context(|| format!("{name} run {} (seed {run_seed})", tally.runs))?;
+        if verbose {
+            eprintln!("{name} run {}: {what}: {}", tally.runs, outcome.line());
+        }
         tally.add(tally.runs, &what, faulted, &outcome);
         if bound.long() && tally.runs % 10 == 0 {
             eprintln!(
@@ -881,6 +925,349 @@ fn eio_run(seed: u64, dir: &Path) -> Result<(bool, String, CheckOutcome)> {
         end.failure.as_deref().unwrap_or("the store went on")
     );
     Ok((injected > 0, what, outcome))
+}
+
+/// enospc: fill the store to the last byte through the public API with objects of random
+/// sizes; the write that does not fit gets ENOSPC and leaves no trace, the store stays up; then
+/// 300 metadata transactions (20 MiB of omap: memtable flushes, compactions, BlueFS growing
+/// into its reserve) all commit; then room comes back — by deleting a quarter of the objects
+/// (even seeds) or by growing the main device and `expand` (odd seeds) — and 8 MiB more of
+/// objects go in. After a remount every acknowledged object has its bytes, the omap its keys,
+/// and a deep fsck is clean.
+fn enospc_run(seed: u64, _dir: &Path) -> Result<(bool, String, CheckOutcome)> {
+    let mut rng = Rng::new(seed);
+    let backing = Device::open("mem:640M")?;
+    let three = seed % 4 >= 2;
+    let db_wal = [Device::open("mem:128M")?, Device::open("mem:64M")?];
+    let grown = |bytes: u64| -> Result<StoreDevices> {
+        Ok(StoreDevices {
+            slow: backing.slice(0, bytes)?,
+            db: if three { Some(db_wal[0].clone()) } else { None },
+            wal: if three { Some(db_wal[1].clone()) } else { None },
+        })
+    };
+    let mut config = StoreConfig {
+        pin: false,
+        cpus: vec![0],
+        db_size: Some(64 << 20),
+        bluefs_reserve: Some(16 << 20),
+        ..StoreConfig::default()
+    };
+    config.kv.write_buffer_size = 1 << 20;
+    let devices = grown(256 << 20)?;
+    Store::mkfs_on(&devices, &config)?;
+    let mut store = Store::mount_on(devices, config.clone())?;
+    let coll = "fill";
+    let mut t = Transaction::new(coll);
+    t.create_collection();
+    store.apply(t)?;
+    // name -> (seed, length) of every acknowledged object.
+    let mut objects: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let object_bytes = |seed: u64, len: u64| {
+        let mut data = vec![0u8; len as usize];
+        Rng::new(seed).fill_bytes(&mut data);
+        data
+    };
+    let mut fill_rng = Rng::new(seed ^ 0xf111_f111);
+    let mut next_name = 0u64;
+    let mut fill = |store: &Store,
+                    objects: &mut BTreeMap<String, (u64, u64)>,
+                    limit: u64|
+     -> Result<Option<String>> {
+        let mut written = 0;
+        while written < limit {
+            let rng = &mut fill_rng;
+            next_name += 1;
+            let name = format!("o{next_name:06}");
+            let (data_seed, len) = (rng.next_u64(), (256 << 10) + rng.below(4 << 20));
+            let mut t = Transaction::new(coll);
+            t.write(&name, 0, object_bytes(data_seed, len));
+            match store.apply(t) {
+                Ok(()) => {
+                    objects.insert(name, (data_seed, len));
+                    written += len;
+                }
+                Err(e) if e.is_no_space() => {
+                    if store.exists(coll, &name)? && !objects.contains_key(&name) {
+                        bail!("the write that got ENOSPC left {name} behind");
+                    }
+                    return Ok(Some(e.to_string()));
+                }
+                Err(e) => bail!("filling: {e}"),
+            }
+        }
+        Ok(None)
+    };
+    let Some(full) = fill(&store, &mut objects, u64::MAX)? else {
+        bail!("a 256 MiB store never filled");
+    };
+    if let Some(reason) = store.failure() {
+        bail!("ENOSPC turned the store read-only: {reason}");
+    }
+    let value = vec![0x6bu8; 64 << 10];
+    let keeper = objects.keys().next().cloned().context("no object fitted")?;
+    for i in 0..300u32 {
+        let mut t = Transaction::new(coll);
+        t.omap_setkey(&keeper, &i.to_be_bytes(), &value).setattr(
+            &keeper,
+            "n",
+            i.to_le_bytes().to_vec(),
+        );
+        store
+            .apply(t)
+            .with_context(|| format!("metadata commit {i} on a full store"))?;
+    }
+    let how = if seed % 2 == 0 {
+        let victims: Vec<String> = objects
+            .keys()
+            .filter(|k| **k != keeper && rng.below(4) == 0)
+            .cloned()
+            .collect();
+        let mut t = Transaction::new(coll);
+        for v in &victims {
+            t.remove(v);
+            objects.remove(v);
+        }
+        store.apply(t)?;
+        // The space returns when the removal reaches DONE, a moment after its callback.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.statfs().free < 12 << 20 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        format!("{} objects deleted", victims.len())
+    } else {
+        store.umount()?;
+        let devices = grown(384 << 20)?;
+        Store::expand_on(&devices)?;
+        store = Store::mount_on(devices, config.clone())?;
+        "main device grown by 128 MiB".to_string()
+    };
+    if let Some(e) = fill(&store, &mut objects, 8 << 20)? {
+        bail!("after {how}, writes still fail: {e}");
+    }
+    store.umount()?;
+    let devices = grown(if seed % 2 == 0 { 256 << 20 } else { 384 << 20 })?;
+    let store = Store::mount_on(devices.clone(), config.clone())?;
+    let mut outcome = CheckOutcome::default();
+    for (name, &(data_seed, len)) in &objects {
+        outcome.objects += 1;
+        match store.read(coll, name, 0, len + 1) {
+            Ok(bytes) if bytes == object_bytes(data_seed, len) => {}
+            Ok(_) => {
+                outcome.corrupt += 1;
+                outcome.problems.push(format!("{name}: wrong bytes"));
+            }
+            Err(e) if e.is_not_found() => {
+                outcome.lost += 1;
+                outcome
+                    .problems
+                    .push(format!("{name}: acknowledged, now missing"));
+            }
+            Err(e) => {
+                outcome.corrupt += 1;
+                outcome.problems.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    let keys = store.omap_get(coll, &keeper)?.len();
+    if keys != 300 {
+        outcome.lost += 1;
+        outcome
+            .problems
+            .push(format!("{keeper}: {keys} omap keys of 300"));
+    }
+    store.umount()?;
+    outcome.fsck_errors = fsck(&devices, &config, true, false)?.errors;
+    Ok((
+        true,
+        format!("full at {} objects ({full}); {how}", objects.len()),
+        outcome,
+    ))
+}
+
+/// What a corruption run damages.
+const CORRUPTION_TARGETS: [&str; 5] = [
+    "object data",
+    "store label",
+    "BlueFS superblock",
+    "BlueFS log",
+    "RocksDB table",
+];
+
+/// corruption: a store with a history (the stress load, stopped cleanly), then one bit flipped
+/// in one structure — object data, the store label, a BlueFS superblock slot, the BlueFS log
+/// (its older half: a flip in the newest frame looks exactly like a torn write), or a live
+/// RocksDB table. Then mount and the side-log check: the damage must be reported — mount
+/// failing with the reason, EIO from reads, or fsck errors — or be harmless (the check finds
+/// everything right). Anything wrong that no error announced counts as lost or corrupt.
+fn corruption_run(seed: u64, dir: &Path) -> Result<(bool, String, CheckOutcome)> {
+    let (devices, config, _) = fault_store(seed, "")?;
+    let o = drill_options(dir, "corruption", seed)?;
+    let mut rng = Rng::new(seed);
+    let end = load_with_fault(&devices, &config, &o, &mut rng, || {})?;
+    if let Some(failure) = end.failure {
+        bail!("the load failed with no fault injected: {failure}");
+    }
+    let target = (seed / 7 % CORRUPTION_TARGETS.len() as u64) as usize;
+    let store = Store::mount_on(devices.clone(), config.clone())?;
+    let spot = corruption_spot(&store, &devices, target, &mut rng);
+    store.umount()?;
+    let Some((device, byte)) = spot? else {
+        // Nothing of that kind to damage (no object written yet, no table flushed yet).
+        return Ok((
+            false,
+            format!("no {} to damage", CORRUPTION_TARGETS[target]),
+            CheckOutcome::default(),
+        ));
+    };
+    let bit = rng.below(8) as u8;
+    flip_bit(&device, byte, bit)?;
+    let what = format!(
+        "bit {bit} of byte {byte} of {} ({})",
+        device.info().uri,
+        CORRUPTION_TARGETS[target]
+    );
+    let mut outcome = match check(&devices, &config, &o.log) {
+        Ok(outcome) => outcome,
+        // Refusing to mount, with the reason, is the damage reported.
+        Err(e) => {
+            return Ok((
+                true,
+                format!("{what}: mount refused: {e:#}"),
+                CheckOutcome::default(),
+            ));
+        }
+    };
+    // Errors that name the damage are the right answer here; silence with wrong data is not.
+    let reported = match (outcome.unreadable, outcome.fsck_errors.first()) {
+        (0, None) => "no error, nothing wrong found".to_string(),
+        (n, first) => format!(
+            "reported: {n} objects unreadable, {} fsck errors{}",
+            outcome.fsck_errors.len(),
+            first.map(|e| format!(" ({e})")).unwrap_or_default()
+        ),
+    };
+    outcome.unreadable = 0;
+    outcome.fsck_errors.clear();
+    Ok((true, format!("{what}: {reported}"), outcome))
+}
+
+/// A device and byte inside the target structure of a mounted store.
+fn corruption_spot(
+    store: &Store,
+    devices: &StoreDevices,
+    target: usize,
+    rng: &mut Rng,
+) -> Result<Option<(Device, u64)>> {
+    let label = bluepoll::store::read_label(&devices.slow)?;
+    let db_device = match &devices.db {
+        Some(db) => db.clone(),
+        None => devices.slow.slice(label.db_offset, label.db_len)?,
+    };
+    let bluefs_device = |id: DeviceId| -> Device {
+        match id {
+            DeviceId::Wal => devices.wal.clone().unwrap_or_else(|| db_device.clone()),
+            DeviceId::Db => db_device.clone(),
+            DeviceId::Slow => devices.slow.clone(),
+        }
+    };
+    // The device byte at `offset` into a run of extents.
+    let locate = |extents: &[Extent], mut offset: u64| -> Option<(Device, u64)> {
+        for e in extents {
+            if offset < e.length {
+                return Some((bluefs_device(e.device), e.offset + offset));
+            }
+            offset -= e.length;
+        }
+        None
+    };
+    Ok(match target {
+        0 => {
+            let mut mapped = Vec::new();
+            for c in 0..COLLECTIONS {
+                let coll = format!("stress.{c}");
+                for name in store.list_objects(&coll, None, usize::MAX)? {
+                    mapped.extend(store.object_extents(&coll, &name)?);
+                }
+            }
+            if mapped.is_empty() {
+                return Ok(None);
+            }
+            let e = mapped[rng.below(mapped.len() as u64) as usize];
+            Some((devices.slow.clone(), e.device_offset + rng.below(e.length)))
+        }
+        1 => Some((devices.slow.clone(), rng.below(LABEL_BYTES))),
+        2 => {
+            let slot = SUPERBLOCK_OFFSETS[rng.below(2) as usize];
+            Some((db_device, slot + rng.below(SUPERBLOCK_BYTES)))
+        }
+        3 => {
+            let (extents, used) = store.bluefs().log_extents();
+            if used < 2 * 4096 {
+                return Ok(None);
+            }
+            locate(&extents, rng.below(used / 2))
+        }
+        _ => {
+            // Only live tables: a compaction that finishes now deletes its inputs.
+            let busy = [
+                "rocksdb.num-running-compactions",
+                "rocksdb.num-running-flushes",
+                "rocksdb.compaction-pending",
+            ];
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline
+                && busy.iter().any(|p| {
+                    store
+                        .kv_property(p)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|v| v.trim() != "0")
+                })
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let fs = store.bluefs();
+            let tables: Vec<String> = fs
+                .list_files()
+                .into_iter()
+                .filter(|f| f.ends_with(".sst"))
+                .collect();
+            if tables.is_empty() {
+                return Ok(None);
+            }
+            let table = &tables[rng.below(tables.len() as u64) as usize];
+            let size = fs.stat(table)?.size;
+            if size == 0 {
+                return Ok(None);
+            }
+            locate(&fs.extents_of(table)?, rng.below(size))
+        }
+    })
+}
+
+/// Bytes of the store label and of a BlueFS superblock that carry data (the rest of their
+/// blocks is padding a flip may land in harmlessly, so flips aim at the encoded part).
+const LABEL_BYTES: u64 = 64;
+const SUPERBLOCK_BYTES: u64 = 128;
+
+/// Flips one bit on a device, through a queue pair, and flushes.
+fn flip_bit(device: &Device, byte: u64, bit: u8) -> Result<()> {
+    let bs = device.info().block_size as u64;
+    let lba = byte / bs;
+    let mut qp = device.queue_pair(1)?;
+    let c = qp.execute(IoCmd::read(lba, 1, DmaBuf::new(bs as usize)?, 0))?;
+    if !c.status.is_success() {
+        bail!("reading block {lba} of {}: {}", device.info().uri, c.status);
+    }
+    let mut buf = c.buf.context("the read returned no buffer")?;
+    buf[(byte % bs) as usize] ^= 1 << bit;
+    let c = qp.execute(IoCmd::write(lba, 1, buf, 0))?;
+    if !c.status.is_success() {
+        bail!("writing block {lba} of {}: {}", device.info().uri, c.status);
+    }
+    qp.execute(IoCmd::flush(0))?;
+    Ok(())
 }
 
 /// Reads every object while every other read of the main device fails, and again without

@@ -80,10 +80,10 @@ fn kill9_drill_loses_nothing() {
     );
 }
 
-/// The in-process drills, briefly (scripts/drills.sh runs them 100 times each).
+/// The in-process drills, briefly (scripts/drills.sh runs them in full).
 #[test]
 fn power_cut_and_eio_drills_lose_nothing() {
-    for drill in ["power-cut", "eio"] {
+    for drill in ["power-cut", "eio", "enospc", "corruption"] {
         let dir = scratch_dir();
         let out = bluepoll(&[
             "drill",
@@ -116,7 +116,7 @@ fn the_checker_finds_an_acknowledged_write_missing() {
     assert!(
         clean
             .stdout_text()
-            .contains("0 lost, 0 corrupt, fsck clean")
+            .contains("0 lost, 0 corrupt, 0 unreadable, fsck clean")
     );
     // Claim the store acknowledged a transaction it never saw.
     let path = dir.path().join("stress.log");

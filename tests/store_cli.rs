@@ -326,3 +326,44 @@ fn config_files_and_bad_input_are_one_line_errors() {
     let usage = bluepoll(&["--help"]).stdout_text();
     assert!(usage.contains("store COMMAND"), "{usage}");
 }
+
+#[test]
+fn expand_grows_the_store_onto_a_larger_main_device() {
+    let dir = scratch_dir();
+    let path = dir.path().join("main.img");
+    let at = |size: &str| format!("--slow=uring:{}?size={size}", path.display());
+    let small = at("256M");
+    ok(&["mkfs"], &small);
+    let total =
+        |dev: &str| json_of(ok(&["perf", "dump"], dev).as_bytes())["space"]["total"].clone();
+    assert_eq!(total(&small), 256u64 << 20);
+    let file = dir.path().join("obj");
+    std::fs::write(&file, pattern(300_000, 5)).unwrap();
+    ok(
+        &["store", "put", "pool", "o", &file.display().to_string()],
+        &small,
+    );
+    // The file grows (uring: extends it to size=), then the store onto it.
+    let big = at("384M");
+    let said = ok(&["expand"], &big);
+    assert!(said.contains("from 268435456 to 402653184"), "{said}");
+    assert_eq!(total(&big), 384u64 << 20);
+    assert!(ok(&["expand"], &big).contains("nothing to do"));
+    let copy = dir.path().join("copy");
+    ok(
+        &["store", "get", "pool", "o", &copy.display().to_string()],
+        &big,
+    );
+    assert_eq!(std::fs::read(&copy).unwrap(), pattern(300_000, 5));
+    assert!(ok(&["fsck", "--deep"], &big).contains("fsck: clean"));
+    // A device smaller than the store is refused, by expand and by mount.
+    let shrunk = format!("--slow=uring:{}", path.display());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
+    fails(&["expand", &shrunk], "shrank");
+    fails(&["store", "ls", &shrunk], "shrank");
+}

@@ -811,6 +811,27 @@ impl BlueFs {
         self.stat(path).is_ok()
     }
 
+    /// Where a file's bytes live, in file order (for inspection tools and the corruption
+    /// drill; the extents may change as soon as the lock is dropped).
+    pub fn extents_of(&self, path: &str) -> Result<Vec<Extent>> {
+        let (dir, name) = split_path(path)?;
+        let st = lock(&self.inner.state);
+        let ino = st.lookup(path, dir, name)?;
+        let f = &st.files[&ino];
+        Ok(f.fnode
+            .extents
+            .iter()
+            .chain(&f.pending_extents)
+            .cloned()
+            .collect())
+    }
+
+    /// The log's extents and the bytes of it in use (frames end there).
+    pub fn log_extents(&self) -> (Vec<Extent>, u64) {
+        let st = lock(&self.inner.state);
+        (st.log.fnode.extents.clone(), st.log.position)
+    }
+
     pub fn stat(&self, path: &str) -> Result<FileStat> {
         let (dir, name) = split_path(path)?;
         let st = lock(&self.inner.state);

@@ -15,7 +15,7 @@ use super::format::{
 };
 use super::kv_sync::KvOps;
 use super::space::SpaceDelta;
-use super::{StoreConfig, StoreDevices, device_io, open_bluefs, open_kv, replay_deferred};
+use super::{StoreConfig, StoreDevices, device_io, open_bluefs, open_kv};
 use crate::kv::{KeyRange, WriteBatch};
 
 /// What fsck found (and, with repair, fixed).
@@ -86,8 +86,15 @@ pub fn fsck(
     for e in opened.fs.fsck().errors {
         report.error(format!("BlueFS: {e}"));
     }
-    let (kv, loaded) = open_kv(&opened.fs, &opened.space, &label, config)?;
-    report.deferred_replayed = replay_deferred(&kv, &devices.slow)?;
+    let (kv, loaded, replayed) = open_kv(&opened.fs, &opened.space, &label, config, &devices.slow)?;
+    report.deferred_replayed = replayed;
+    if deep {
+        // Every block of every table, filters and index blocks included: a scan only reads
+        // what it needs, and a damaged filter block would make point lookups miss keys.
+        if let Err(e) = kv.verify_checksums() {
+            report.error(format!("RocksDB: {e}"));
+        }
+    }
     let au = label.min_alloc_size as u64;
     let cb = label.csum_block as u64;
     let span = loaded.superblock.shard_span as u64;

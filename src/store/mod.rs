@@ -54,7 +54,7 @@ pub use error::{Result, StoreError};
 pub use fsck::{FsckReport, fsck};
 pub use oneshot::Commit;
 pub use perf::{Histogram, KvSyncPerf, ShardPerf};
-pub use read::{ObjectStat, OnRead};
+pub use read::{ObjectExtent, ObjectStat, OnRead};
 pub use transaction::{Op, Transaction};
 pub use txc::{OnCommit, TxcState};
 
@@ -456,6 +456,24 @@ impl StoreHandle {
         self.call(coll, "stat", move |s| s.stat(&c, &o))
     }
 
+    /// A property of the store's RocksDB (`rocksdb.stats`, `rocksdb.num-running-compactions`,
+    /// ...), for inspection.
+    pub fn kv_property(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.shared.kv.property(name)?)
+    }
+
+    /// The BlueFS the store's RocksDB lives in (for inspection: files, extents, usage).
+    pub fn bluefs(&self) -> &BlueFs {
+        &self.shared.fs
+    }
+
+    /// Where the object's data lives on the main device, by object offset (committed and
+    /// queued transactions included; holes read as zeros). For inspection and drills.
+    pub fn object_extents(&self, coll: &str, obj: &str) -> Result<Vec<ObjectExtent>> {
+        let (c, o) = (coll.to_string(), obj.to_string());
+        self.call(coll, "object_extents", move |s| s.object_extents(&c, &o))
+    }
+
     pub fn exists(&self, coll: &str, obj: &str) -> Result<bool> {
         let (c, o) = (coll.to_string(), obj.to_string());
         self.call(coll, "exists", move |s| s.exists(&c, &o))
@@ -698,7 +716,8 @@ pub(crate) fn flush_device(device: &Device) -> Result<()> {
 }
 
 /// The label block of a main device.
-pub(crate) fn read_label(main: &Device) -> Result<Label> {
+/// The store label in block 0 of a main device.
+pub fn read_label(main: &Device) -> Result<Label> {
     let bs = main.info().block_size as usize;
     let mut block = vec![0u8; format::LABEL_SIZE.max(bs)];
     device_io(main, false, 0, &mut block)?;
@@ -774,25 +793,38 @@ pub(crate) fn open_bluefs(devices: &StoreDevices, config: &StoreConfig) -> Resul
     })
 }
 
-/// RocksDB on a mounted BlueFS, opened only once the allocator knows the freelist: a
-/// read-only open reads it first (BlueStore's order), because RocksDB's own writes at a
-/// read-write open may take main-device space from the same allocator.
+/// RocksDB on a mounted BlueFS, opened read-write only once nothing stale can land in space
+/// it may take. A read-only open comes first (BlueStore's order) to read the freelist, since
+/// RocksDB's own writes at a read-write open (a new WAL, the MANIFEST, a flush of the
+/// recovered memtable) may take main-device space from the same allocator; and to apply the
+/// deferred writes a crash left in the journal — one of them may target space a committed
+/// later transaction freed, so it must land before that space can be handed to anyone. Their
+/// records are deleted once RocksDB is open read-write. Returns the deferred writes applied.
 pub(crate) fn open_kv(
     fs: &BlueFs,
     space: &StoreSpace,
     label: &Label,
     config: &StoreConfig,
-) -> Result<(Kv, Loaded)> {
-    let loaded = {
+    main: &Device,
+) -> Result<(Kv, Loaded, u64)> {
+    let (loaded, (applied, journal)) = {
         let kv = Kv::open_read_only(fs, &config.kv)?;
-        load_records(&kv, label)?
+        (load_records(&kv, label)?, apply_deferred(&kv, main)?)
     };
     space
         .mark_used(&loaded.allocated)
         .map_err(|e| StoreError::Corrupt {
             reason: format!("freelist overlaps BlueFS's space: {e}"),
         })?;
-    Ok((Kv::open(fs, &config.kv)?, loaded))
+    let kv = Kv::open(fs, &config.kv)?;
+    if !journal.is_empty() {
+        let mut batch = WriteBatch::new();
+        for key in journal {
+            batch.delete(&key);
+        }
+        kv.submit(batch, true)?;
+    }
+    Ok((kv, loaded, applied))
 }
 
 /// The store's records read before anything writes: superblock, freelist, references.
@@ -854,7 +886,10 @@ pub(crate) fn load_records(kv: &Kv, label: &Label) -> Result<Loaded> {
 }
 
 /// Applies the deferred writes a crash left in the journal, then deletes them.
-pub(crate) fn replay_deferred(kv: &Kv, main: &Device) -> Result<u64> {
+/// Applies (and flushes) the deferred writes in the journal; returns how many, and the
+/// journal's keys for the caller to delete. Idempotent: a crash before the deletion applies
+/// them again at the next mount.
+fn apply_deferred(kv: &Kv, main: &Device) -> Result<(u64, Vec<Vec<u8>>)> {
     let mut keys = Vec::new();
     let mut writes = 0;
     for item in kv.scan(&KeyRange::prefix(&[PREFIX_DEFERRED]), None) {
@@ -865,16 +900,10 @@ pub(crate) fn replay_deferred(kv: &Kv, main: &Device) -> Result<u64> {
         }
         keys.push(key);
     }
-    if keys.is_empty() {
-        return Ok(0);
+    if !keys.is_empty() {
+        flush_device(main)?;
     }
-    flush_device(main)?;
-    let mut batch = WriteBatch::new();
-    for k in keys {
-        batch.delete(&k);
-    }
-    kv.submit(batch, true)?;
-    Ok(writes)
+    Ok((writes, keys))
 }
 
 impl Store {
@@ -974,6 +1003,33 @@ impl Store {
         Ok(fsid)
     }
 
+    /// Grows the store onto a main device that became larger (a grown file, volume or
+    /// partition; the store must not be mounted): the label takes the device's new size, and
+    /// the new space is free, since the freelist records only allocated space. One label
+    /// write: a crash leaves the old size or the new one. Returns (old size, new size).
+    pub fn expand_on(devices: &StoreDevices) -> Result<(u64, u64)> {
+        let _claims = devices.claim(&owner_name("expand"))?;
+        let main = &devices.slow;
+        let mut label = read_label(main)?;
+        let size = main.info().capacity_bytes();
+        let old = label.device_size;
+        if size < old {
+            return Err(StoreError::WrongDevice {
+                device: "main",
+                reason: format!("shrank from {old} to {size} bytes"),
+            });
+        }
+        if size == old {
+            return Ok((old, size));
+        }
+        label.device_size = size;
+        let mut block = format::encode_label(&label);
+        block.resize(format::LABEL_SIZE.max(main.info().block_size as usize), 0);
+        device_io(main, true, 0, &mut block)?;
+        flush_device(main)?;
+        Ok((old, size))
+    }
+
     /// Mounts the store on the devices `config.devices` names.
     pub fn mount(config: StoreConfig) -> Result<Store> {
         let devices = StoreDevices::open(&config.devices)?;
@@ -991,9 +1047,8 @@ impl Store {
         let Opened {
             label, fs, space, ..
         } = opened;
-        let (kv, loaded) = open_kv(&fs, &space, &label, &config)?;
+        let (kv, loaded, _) = open_kv(&fs, &space, &label, &config, &devices.slow)?;
         space.load_refs(loaded.refs);
-        replay_deferred(&kv, &devices.slow)?;
         let omap_max = match kv.get(OMAP_MAX_KEY)? {
             Some(v) => format::decode_u64_record("omap id record", &v)?,
             None => 1,

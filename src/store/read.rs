@@ -29,6 +29,16 @@ pub struct ObjectStat {
     pub has_omap: bool,
 }
 
+/// Where a piece of an object's data lives on the main device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectExtent {
+    /// Offset in the object.
+    pub offset: u64,
+    pub length: u64,
+    /// Byte offset on the main device.
+    pub device_offset: u64,
+}
+
 /// Called with a read's bytes, on the shard's reactor.
 pub type OnRead = Box<dyn FnOnce(Result<Vec<u8>>) + Send>;
 
@@ -144,6 +154,20 @@ impl Shard {
             allocated: e.onode.extents.iter().map(|(_, x, _)| x.len as u64).sum(),
             has_omap: e.onode.omap_id != 0,
         })
+    }
+
+    pub fn object_extents(&mut self, coll: &str, obj: &str) -> Result<Vec<ObjectExtent>> {
+        let entry = self.existing(coll, obj)?;
+        let e = entry.borrow();
+        Ok(e.onode
+            .extents
+            .iter()
+            .map(|(offset, x, _)| ObjectExtent {
+                offset,
+                length: x.len as u64,
+                device_offset: x.phys,
+            })
+            .collect())
     }
 
     pub fn exists(&mut self, coll: &str, obj: &str) -> Result<bool> {
