@@ -12,6 +12,8 @@
 
 pub mod bench;
 pub mod bluefs;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kv;
 pub mod nvme;
 pub mod rand;

@@ -259,9 +259,14 @@ fn at_least_one(value: &str, max: u64) -> Result<u64, String> {
     Ok(n)
 }
 
+/// Most CPUs a list may name, repeats counted: more than any machine has, and a bound on the
+/// work a list can ask for (every `0-4096,` names thousands, each checked against the list).
+const MAX_LISTED_CPUS: usize = 8192;
+
 /// Parses a CPU list such as `0,1` or `0-3,6`.
 pub fn parse_cpu_list(value: &str) -> Result<Vec<usize>, String> {
     let mut cpus = Vec::new();
+    let mut named = 0;
     for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (first, last) = match part.split_once('-') {
             Some((a, b)) => (a.trim(), b.trim()),
@@ -275,6 +280,10 @@ pub fn parse_cpu_list(value: &str) -> Result<Vec<usize>, String> {
             .map_err(|_| format!("'{part}' is not a cpu number or range"))?;
         if last < first || last - first > 4096 {
             return Err(format!("'{part}' is not a valid cpu range"));
+        }
+        named += last - first + 1;
+        if named > MAX_LISTED_CPUS {
+            return Err(format!("more than {MAX_LISTED_CPUS} cpus listed"));
         }
         for cpu in first..=last {
             if !cpus.contains(&cpu) {
@@ -652,7 +661,7 @@ pub fn parse_invocation(args: &[String]) -> Result<Invocation, InvocationError> 
     Ok(Invocation { run, jobs })
 }
 
-fn resolve(
+pub(crate) fn resolve(
     raw: &RawJob,
     globals: &[RawOption],
     own: &[RawOption],

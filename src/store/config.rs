@@ -262,7 +262,10 @@ impl StoreConfig {
                 "cache_bytes" => self.cache_bytes = size()?,
                 "db_size" => self.db_size = Some(size()?),
                 "bluefs_reserve" => self.bluefs_reserve = Some(size()?),
-                "queue_depth" => self.queue_depth = size()? as u32,
+                "queue_depth" => {
+                    self.queue_depth = u32::try_from(size()?)
+                        .map_err(|_| invalid("store.queue_depth must fit in 32 bits"))?;
+                }
                 "idle_spin_us" => self.idle_spin = Duration::from_micros(size()?),
                 "kv_write_buffer_size" => self.kv.write_buffer_size = size()? as usize,
                 "bluefs_read_cache_bytes" => self.bluefs.read_cache_bytes = size()?,
@@ -321,6 +324,10 @@ pub fn cpus_value(value: &toml::Value) -> Result<Vec<usize>> {
     }
 }
 
+/// Most CPUs a list may name: more than any machine has, and a bound on what a few characters
+/// (`0-99999999999`) can make the parser allocate.
+const MAX_LISTED_CPUS: usize = 8192;
+
 /// `0,2-3` → [0, 2, 3].
 pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>> {
     let mut out = Vec::new();
@@ -330,16 +337,22 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>> {
                 .parse::<usize>()
                 .map_err(|_| invalid(format!("cpus: '{s}' is not a CPU number")))
         };
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (number(a)?, number(b)?);
-                if a > b {
-                    return Err(invalid(format!("cpus: range '{part}' runs backwards")));
-                }
-                out.extend(a..=b);
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (number(a)?, number(b)?),
+            None => {
+                let n = number(part)?;
+                (n, n)
             }
-            None => out.push(number(part)?),
+        };
+        if a > b {
+            return Err(invalid(format!("cpus: range '{part}' runs backwards")));
         }
+        if b - a >= MAX_LISTED_CPUS - out.len() {
+            return Err(invalid(format!(
+                "cpus: more than {MAX_LISTED_CPUS} CPUs listed"
+            )));
+        }
+        out.extend(a..=b);
     }
     if out.is_empty() {
         return Err(invalid("cpus: no CPU given"));

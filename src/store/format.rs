@@ -309,6 +309,15 @@ pub fn decode_label(b: &[u8]) -> Result<Label, FormatError> {
             version: version.min(255) as u8,
         });
     }
+    let min_alloc_size = u32_at(L_MIN_ALLOC);
+    let csum_block = u32_at(L_CSUM_BLOCK);
+    check_sizes(
+        what,
+        &[
+            ("checksum block", csum_block),
+            ("allocation unit", min_alloc_size),
+        ],
+    )?;
     Ok(Label {
         fsid: b[L_FSID..L_SIZE].try_into().expect("16"),
         device_size: u64_at(L_SIZE),
@@ -316,9 +325,28 @@ pub fn decode_label(b: &[u8]) -> Result<Label, FormatError> {
         db_offset: u64_at(L_DB_OFFSET),
         db_len: u64_at(L_DB_LEN),
         data_start: u64_at(L_DATA_START),
-        min_alloc_size: u32_at(L_MIN_ALLOC),
-        csum_block: u32_at(L_CSUM_BLOCK),
+        min_alloc_size,
+        csum_block,
     })
+}
+
+/// Sizes readers divide by and step through (checksum block, allocation unit, extent-shard span):
+/// powers of two, each no larger than the next, as mkfs writes them. A label or superblock that
+/// passes its crc but breaks this is refused here rather than divided by later.
+fn check_sizes(what: &'static str, sizes: &[(&str, u32)]) -> Result<(), FormatError> {
+    let invalid = |reason| FormatError::Invalid { what, reason };
+    if let Some((name, size)) = sizes.iter().find(|(_, size)| !size.is_power_of_two()) {
+        return Err(invalid(format!("{name} {size} is not a power of two")));
+    }
+    for pair in sizes.windows(2) {
+        let ((smaller, a), (larger, b)) = (pair[0], pair[1]);
+        if a > b {
+            return Err(invalid(format!(
+                "{smaller} {a} is larger than the {larger} {b}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 // ---- store records ------------------------------------------------------------------------
@@ -361,6 +389,14 @@ pub fn decode_superblock(v: &[u8]) -> Result<Superblock, FormatError> {
         created_ns: d.u64()?,
     };
     d.end()?;
+    check_sizes(
+        "store superblock",
+        &[
+            ("checksum block", s.csum_block),
+            ("allocation unit", s.min_alloc_size),
+            ("extent shard span", s.shard_span),
+        ],
+    )?;
     Ok(s)
 }
 
@@ -576,16 +612,18 @@ pub fn decode_shard(
         let offset = shard_start + d.u32()? as u64;
         let len = d.u32()?;
         let phys = d.u64()?;
-        if len == 0 || len % csum_block != 0 {
+        if len == 0 || len.checked_rem(csum_block) != Some(0) {
             return Err(d.invalid(format!(
                 "extent length {len} is not a positive multiple of the {csum_block}-byte checksum block"
             )));
         }
-        let n = (len / csum_block) as usize;
-        let mut csums = Vec::with_capacity(n);
-        for _ in 0..n {
-            csums.push(d.u32()?);
-        }
+        // Taken as bytes first, so a corrupt length fails on the bytes that are there instead
+        // of sizing a list from it.
+        let csums = d
+            .raw((len / csum_block) as usize * 4)?
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4")))
+            .collect();
         out.push(ExtentRecord {
             offset,
             len,

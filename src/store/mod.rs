@@ -851,6 +851,21 @@ pub(crate) fn load_records(kv: &Kv, label: &Label) -> Result<Loaded> {
             ),
         });
     }
+    // Both records carry the units every extent and checksum is counted in; were they to
+    // disagree, one of them is damaged and every offset derived from it would be wrong.
+    if (superblock.min_alloc_size, superblock.csum_block)
+        != (label.min_alloc_size, label.csum_block)
+    {
+        return Err(StoreError::Corrupt {
+            reason: format!(
+                "the label says allocation unit {} and checksum block {}, the store superblock {} and {}",
+                label.min_alloc_size,
+                label.csum_block,
+                superblock.min_alloc_size,
+                superblock.csum_block
+            ),
+        });
+    }
     let au = label.min_alloc_size as u64;
     let mut allocated: Vec<(u64, u64)> = Vec::new();
     for item in kv.scan(&KeyRange::prefix(&[PREFIX_FREELIST]), None) {
