@@ -132,14 +132,23 @@ pub(crate) trait Namespace: Send + Sync {
         None
     }
 
-    /// Makes `owner` the namespace's only owner, or says who already is. A namespace with no
-    /// data to protect (null) accepts everyone; wrappers ask what they wrap.
-    fn claim(&self, _owner: &str) -> Result<(), NvmeError> {
-        Ok(())
+    /// The device a wrapper (fault, sim, slice) passes its commands to.
+    fn wrapped(&self) -> Option<&Device> {
+        None
+    }
+
+    /// Makes `owner` the namespace's only owner, or says who already is. Wrappers ask what
+    /// they wrap; a namespace with no data to protect (null) accepts everyone.
+    fn claim(&self, owner: &str) -> Result<(), NvmeError> {
+        self.wrapped().map_or(Ok(()), |d| d.ns.claim(owner))
     }
 
     /// Ends the claim `claim` made.
-    fn release_claim(&self) {}
+    fn release_claim(&self) {
+        if let Some(d) = self.wrapped() {
+            d.ns.release_claim();
+        }
+    }
 }
 
 /// The owner of a namespace that keeps data, within this process (a file also carries an
@@ -295,15 +304,6 @@ impl Device {
         Ok(DeviceClaim {
             ns: Arc::clone(&self.ns),
         })
-    }
-
-    /// For wrappers: claims what they wrap, with no guard (the wrapper's guard releases).
-    pub(crate) fn claim_inner(&self, owner: &str) -> Result<(), NvmeError> {
-        self.ns.claim(owner)
-    }
-
-    pub(crate) fn release_inner_claim(&self) {
-        self.ns.release_claim();
     }
 
     /// A device whose LBAs `0..len / block_size` are bytes `offset..offset + len` of this one.

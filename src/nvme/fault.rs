@@ -1322,12 +1322,8 @@ impl Namespace for FaultNamespace {
         &self.info
     }
 
-    fn claim(&self, owner: &str) -> Result<(), NvmeError> {
-        self.shared.inner.claim_inner(owner)
-    }
-
-    fn release_claim(&self) {
-        self.shared.inner.release_inner_claim();
+    fn wrapped(&self) -> Option<&Device> {
+        Some(&self.shared.inner)
     }
 
     fn create_queue_pair(

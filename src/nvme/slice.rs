@@ -68,12 +68,8 @@ impl Namespace for SliceNamespace {
         &self.info
     }
 
-    fn claim(&self, owner: &str) -> Result<(), NvmeError> {
-        self.inner.claim_inner(owner)
-    }
-
-    fn release_claim(&self) {
-        self.inner.release_inner_claim();
+    fn wrapped(&self) -> Option<&Device> {
+        Some(&self.inner)
     }
 
     fn create_queue_pair(
