@@ -44,6 +44,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("job_file", job_file),
     ("bench_args", bench_args),
     ("store_config", store_config),
+    ("image_object_map", image_object_map),
 ];
 
 const BLOCK: usize = fs::BLOCK_SIZE as usize;
@@ -294,6 +295,37 @@ pub fn store_u64_record(data: &[u8]) {
             assert_eq!(
                 st::decode_u64_record("fuzzed record", &st::encode_u64_record(n)),
                 Ok(n)
+            );
+        }
+    });
+}
+
+/// An image's object map: the first 8 bytes say how many objects, the rest are its blocks
+/// (each also tried with its crc recomputed). What decodes must encode to the same blocks.
+pub fn image_object_map(data: &[u8]) {
+    use crate::image::object_map::{MAP_BLOCK, OBJECTS_PER_BLOCK, ObjectMap};
+    let Some((count, blocks)) = data.split_first_chunk::<8>() else {
+        return;
+    };
+    // Bounded by the bytes given, as a reader sizes the map from the image header and then
+    // reads exactly that many blocks.
+    let objects = u64::from_le_bytes(*count) % (4 * OBJECTS_PER_BLOCK);
+    let resealed = (!blocks.is_empty() && blocks.len() % MAP_BLOCK == 0).then(|| {
+        let mut out = blocks.to_vec();
+        for b in out.chunks_exact_mut(MAP_BLOCK) {
+            let crc = crc32c::crc32c(&b[..MAP_BLOCK - 4]);
+            b[MAP_BLOCK - 4..].copy_from_slice(&crc.to_le_bytes());
+        }
+        out
+    });
+    as_is_and_resealed(blocks, resealed, |b| {
+        if let Ok(map) = ObjectMap::decode(b, objects) {
+            let again: Vec<u8> = (0..map.blocks())
+                .flat_map(|i| map.encode_block(i))
+                .collect();
+            assert_eq!(
+                again, b,
+                "an object map that decodes re-encodes to other bytes"
             );
         }
     });
@@ -611,6 +643,23 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 st::encode_deferred([(4096, a.as_slice()), (1 << 20, b.as_slice())].into_iter()),
             ]
         }
+        "image_object_map" => [0u64, 5, 16_337, 40_000]
+            .iter()
+            .map(|&objects| {
+                let mut map = crate::image::ObjectMap::new(objects);
+                for o in (0..objects).step_by(7) {
+                    let state = [
+                        crate::image::ObjectState::Exists,
+                        crate::image::ObjectState::Pending,
+                        crate::image::ObjectState::ExistsClean,
+                    ][(o % 3) as usize];
+                    map.set(o, state).expect("in range");
+                }
+                let mut seed = objects.to_le_bytes().to_vec();
+                seed.extend((0..map.blocks()).flat_map(|i| map.encode_block(i)));
+                seed
+            })
+            .collect(),
         "store_u64_record" => [0, 1, u64::MAX]
             .iter()
             .map(|&n| st::encode_u64_record(n))

@@ -6,6 +6,7 @@
 //! - [`bluefs`]: the journaling filesystem RocksDB runs on, over up to three devices;
 //! - [`kv`]: the metadata store, RocksDB on BlueFS;
 //! - [`store`]: the object store: BlueStore's transaction pipeline on the reactors;
+//! - [`image`]: RBD-style block images on the object store (in progress: the object map);
 //! - [`bench`]: the fio-style load harness that drives every layer.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -14,6 +15,7 @@ pub mod bench;
 pub mod bluefs;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod image;
 pub mod kv;
 pub mod nvme;
 pub mod rand;

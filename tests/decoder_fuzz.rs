@@ -56,6 +56,7 @@ targets!(
     job_file,
     bench_args,
     store_config,
+    image_object_map,
 );
 
 fn env_number(name: &str, default: u64) -> u64 {

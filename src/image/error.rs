@@ -1,0 +1,58 @@
+//! Errors of the image layer.
+
+use thiserror::Error;
+
+use crate::store::StoreError;
+
+#[derive(Debug, Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    #[error("no image '{name}'")]
+    NoSuchImage { name: String },
+
+    #[error("image '{name}' exists")]
+    Exists { name: String },
+
+    #[error("invalid argument: {reason}")]
+    InvalidArgument { reason: String },
+
+    #[error("{len} bytes at {offset} reach past the image's end ({size} bytes)")]
+    Beyond { offset: u64, len: u64, size: u64 },
+
+    #[error("image header damaged: {reason}")]
+    HeaderCorrupt { reason: String },
+
+    /// An object map that does not decode: the image's map is then treated as invalid (every
+    /// object may exist) until it is rebuilt.
+    #[error("object map damaged{}: {reason}", block.map(|b| format!(" in block {b}")).unwrap_or_default())]
+    MapCorrupt { block: Option<u64>, reason: String },
+
+    #[error("{what} {index} is out of range (there are {limit})")]
+    OutOfRange {
+        what: &'static str,
+        index: u64,
+        limit: u64,
+    },
+}
+
+impl ImageError {
+    pub(crate) fn invalid(reason: impl Into<String>) -> ImageError {
+        ImageError::InvalidArgument {
+            reason: reason.into(),
+        }
+    }
+
+    /// The errno a block client (NBD) gets for it.
+    pub fn errno(&self) -> i32 {
+        match self {
+            ImageError::Store(e) => e.errno(),
+            ImageError::NoSuchImage { .. } => libc::ENOENT,
+            ImageError::Exists { .. } => libc::EEXIST,
+            ImageError::InvalidArgument { .. } | ImageError::OutOfRange { .. } => libc::EINVAL,
+            ImageError::Beyond { .. } => libc::ENOSPC,
+            ImageError::HeaderCorrupt { .. } | ImageError::MapCorrupt { .. } => libc::EIO,
+        }
+    }
+}
