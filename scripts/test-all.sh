@@ -6,7 +6,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ensure_rust
-ensure_packages fio
+ensure_packages fio qemu-utils
 export BLUEPOLL_REQUIRE_PEERS="${BLUEPOLL_REQUIRE_PEERS:-1}"
 cd "$BLUEPOLL_ROOT"
 cargo test --locked "$@"

@@ -45,6 +45,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("bench_args", bench_args),
     ("store_config", store_config),
     ("image_object_map", image_object_map),
+    ("nbd_messages", nbd_messages),
 ];
 
 const BLOCK: usize = fs::BLOCK_SIZE as usize;
@@ -329,6 +330,20 @@ pub fn image_object_map(data: &[u8]) {
             );
         }
     });
+}
+
+/// What an NBD client sends the server: a transmission request header (which must re-encode to
+/// the same bytes) and the data of an NBD_OPT_INFO / NBD_OPT_GO option.
+pub fn nbd_messages(data: &[u8]) {
+    use crate::nbd::protocol::{Request, parse_info_request};
+    if let Some(head) = data.first_chunk::<{ Request::LEN }>()
+        && let Ok(r) = Request::decode(head)
+    {
+        assert_eq!(&r.encode(), head);
+    }
+    if let Some((name, infos)) = parse_info_request(data) {
+        assert!(name.len() + 2 * infos.len() + 6 <= data.len());
+    }
 }
 
 /// The store's key decoders, and the merge operator's view of a freelist or reference value.
@@ -660,6 +675,21 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 seed
             })
             .collect(),
+        "nbd_messages" => {
+            use crate::nbd::protocol::{CMD_WRITE, Request};
+            let request = Request {
+                flags: 1,
+                kind: CMD_WRITE,
+                cookie: 7,
+                offset: 1 << 20,
+                length: 4096,
+            };
+            let mut go = 3u32.to_be_bytes().to_vec();
+            go.extend_from_slice(b"vm1");
+            go.extend_from_slice(&1u16.to_be_bytes());
+            go.extend_from_slice(&3u16.to_be_bytes());
+            vec![request.encode().to_vec(), go]
+        }
         "store_u64_record" => [0, 1, u64::MAX]
             .iter()
             .map(|&n| st::encode_u64_record(n))

@@ -6,7 +6,8 @@
 //! - [`bluefs`]: the journaling filesystem RocksDB runs on, over up to three devices;
 //! - [`kv`]: the metadata store, RocksDB on BlueFS;
 //! - [`store`]: the object store: BlueStore's transaction pipeline on the reactors;
-//! - [`image`]: RBD-style block images on the object store (in progress: the object map);
+//! - [`image`]: RBD-style block images on the object store, with an object map;
+//! - [`nbd`]: the NBD server that exports images to block clients;
 //! - [`bench`]: the fio-style load harness that drives every layer.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -17,6 +18,7 @@ pub mod bluefs;
 pub mod fuzzing;
 pub mod image;
 pub mod kv;
+pub mod nbd;
 pub mod nvme;
 pub mod rand;
 pub mod reactor;

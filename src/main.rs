@@ -3,6 +3,7 @@
 use anyhow::{Result, bail};
 
 mod bluefs_cli;
+mod image_cli;
 mod kv_cli;
 mod store_cli;
 mod stress;
@@ -24,6 +25,8 @@ commands:
   expand DEVICES                           grow a store onto its enlarged main device
   perf dump DEVICES                        a store's counters and latency histograms as JSON
   store COMMAND [ARGS] DEVICES             ls, stat, get, put, rm objects (store --help)
+  image COMMAND [ARGS] DEVICES             create, ls, info, rm, resize block images (image --help)
+  serve DEVICES [--listen=ADDR:PORT]       export the images over NBD (serve --help)
   stress run|check --log=FILE DEVICES      a verified workload with a side log, and its checker
   drill kill9 --dir=DIR [--runs=N]         kill -9 a stress run N times; check after each
   kvbench --dir=DIR [...]                  db_bench-style workloads: RocksDB on BlueFS vs the kernel
@@ -94,6 +97,8 @@ fn dispatch(args: &[String]) -> Result<i32> {
         "perf" => store_cli::perf(rest),
         "store" => store_cli::run(rest),
         "stress" => stress::run(rest),
+        "image" => image_cli::run(rest),
+        "serve" => image_cli::serve(rest),
         "drill" => stress::drill(rest),
         "kvbench" => {
             bluepoll::bench::kv_bench::run(rest)?;

@@ -57,6 +57,7 @@ targets!(
     bench_args,
     store_config,
     image_object_map,
+    nbd_messages,
 );
 
 fn env_number(name: &str, default: u64) -> u64 {

@@ -1,0 +1,415 @@
+//! The NBD export end to end, with a small client written from the protocol document: the
+//! handshake (GO, INFO, LIST, an unknown export), read / write / trim / write-zeroes / flush,
+//! requests out of range answered with errors on a connection that goes on, a broken stream
+//! closed without hurting other connections; and, where qemu-io is installed, a real client.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bluepoll::image::{self, features};
+use bluepoll::nbd::NbdServer;
+use bluepoll::nbd::protocol::*;
+use bluepoll::nvme::Device;
+use bluepoll::store::{Store, StoreConfig, StoreDevices};
+
+struct Served {
+    store: Option<Store>,
+    addr: std::net::SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        if let Some(s) = self.store.take() {
+            let _ = s.umount();
+        }
+    }
+}
+
+/// A store with the images `(name, size)`, exported on a free loopback port.
+fn serve(images: &[(&str, u64)]) -> Served {
+    let devices = StoreDevices::only(Device::open("mem:1G").unwrap());
+    let config = StoreConfig {
+        pin: false,
+        cpus: vec![0],
+        ..StoreConfig::default()
+    };
+    Store::mkfs_on(&devices, &config).unwrap();
+    let store = Store::mount_on(devices, config).unwrap();
+    for (name, size) in images {
+        image::create(&store, name, *size, 20, features::DEFAULT).unwrap();
+    }
+    let server = NbdServer::bind("127.0.0.1:0", &store, &[]).unwrap();
+    let (addr, stop) = (server.local_addr(), server.stopper());
+    let thread = std::thread::spawn(move || server.run().unwrap());
+    Served {
+        store: Some(store),
+        addr,
+        stop,
+        thread: Some(thread),
+    }
+}
+
+struct Client {
+    s: TcpStream,
+    cookie: u64,
+}
+
+fn u32_of(b: &[u8]) -> u32 {
+    u32::from_be_bytes(b.try_into().unwrap())
+}
+
+impl Client {
+    /// Greets and agrees on fixed newstyle with no zeroes.
+    fn connect(addr: std::net::SocketAddr) -> Client {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let mut greeting = [0u8; 18];
+        s.read_exact(&mut greeting).unwrap();
+        assert_eq!(&greeting[..8], b"NBDMAGIC");
+        assert_eq!(&greeting[8..16], b"IHAVEOPT");
+        let flags = u16::from_be_bytes([greeting[16], greeting[17]]);
+        assert_eq!(flags, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
+        s.write_all(&(CLIENT_FIXED_NEWSTYLE | CLIENT_NO_ZEROES).to_be_bytes())
+            .unwrap();
+        Client { s, cookie: 0 }
+    }
+
+    fn option(&mut self, option: u32, data: &[u8]) {
+        let mut b = OPTION_MAGIC.to_be_bytes().to_vec();
+        b.extend_from_slice(&option.to_be_bytes());
+        b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        b.extend_from_slice(data);
+        self.s.write_all(&b).unwrap();
+    }
+
+    /// One option reply: (reply type, data).
+    fn reply(&mut self, option: u32) -> (u32, Vec<u8>) {
+        let mut head = [0u8; 20];
+        self.s.read_exact(&mut head).unwrap();
+        assert_eq!(
+            u64::from_be_bytes(head[..8].try_into().unwrap()),
+            OPTION_REPLY_MAGIC
+        );
+        assert_eq!(u32_of(&head[8..12]), option);
+        let mut data = vec![0u8; u32_of(&head[16..20]) as usize];
+        self.s.read_exact(&mut data).unwrap();
+        (u32_of(&head[12..16]), data)
+    }
+
+    fn info_request(name: &str) -> Vec<u8> {
+        let mut d = (name.len() as u32).to_be_bytes().to_vec();
+        d.extend_from_slice(name.as_bytes());
+        d.extend_from_slice(&1u16.to_be_bytes());
+        d.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
+        d
+    }
+
+    /// NBD_OPT_GO; returns the export's size.
+    fn go(&mut self, name: &str) -> u64 {
+        self.option(OPT_GO, &Client::info_request(name));
+        let mut size = None;
+        loop {
+            let (kind, data) = self.reply(OPT_GO);
+            match kind {
+                REP_INFO if u16::from_be_bytes([data[0], data[1]]) == INFO_EXPORT => {
+                    size = Some(u64::from_be_bytes(data[2..10].try_into().unwrap()));
+                    let flags = u16::from_be_bytes([data[10], data[11]]);
+                    assert_ne!(flags & TFLAG_SEND_TRIM, 0);
+                }
+                REP_INFO => {}
+                REP_ACK => return size.expect("an export info before the ack"),
+                other => panic!(
+                    "GO {name}: reply {other:#x}: {}",
+                    String::from_utf8_lossy(&data)
+                ),
+            }
+        }
+    }
+
+    /// Sends a request; returns (error, data of a read).
+    fn request(&mut self, kind: u16, offset: u64, length: u32, payload: &[u8]) -> (u32, Vec<u8>) {
+        self.cookie += 1;
+        let r = Request {
+            flags: if kind == CMD_WRITE { CMD_FLAG_FUA } else { 0 },
+            kind,
+            cookie: self.cookie,
+            offset,
+            length,
+        };
+        self.s.write_all(&r.encode()).unwrap();
+        self.s.write_all(payload).unwrap();
+        let mut head = [0u8; 16];
+        self.s.read_exact(&mut head).unwrap();
+        assert_eq!(u32_of(&head[..4]), SIMPLE_REPLY_MAGIC);
+        assert_eq!(
+            u64::from_be_bytes(head[8..16].try_into().unwrap()),
+            self.cookie
+        );
+        let error = u32_of(&head[4..8]);
+        let mut data = Vec::new();
+        if error == 0 && kind == CMD_READ {
+            data = vec![0u8; length as usize];
+            self.s.read_exact(&mut data).unwrap();
+        }
+        (error, data)
+    }
+}
+
+#[test]
+fn handshake_and_requests_follow_the_protocol() {
+    let served = serve(&[("vm1", 8 << 20), ("vm2", 1 << 20)]);
+    // LIST, INFO, an unknown export, an unsupported option, then GO.
+    let mut c = Client::connect(served.addr);
+    c.option(OPT_LIST, &[]);
+    let mut listed = Vec::new();
+    loop {
+        let (kind, data) = c.reply(OPT_LIST);
+        if kind == REP_ACK {
+            break;
+        }
+        assert_eq!(kind, REP_SERVER);
+        listed.push(String::from_utf8(data[4..].to_vec()).unwrap());
+    }
+    assert_eq!(listed, ["vm1", "vm2"]);
+    c.option(OPT_INFO, &Client::info_request("nope"));
+    assert_eq!(c.reply(OPT_INFO).0, REP_ERR_UNKNOWN);
+    c.option(OPT_INFO, &[1, 2, 3]);
+    assert_eq!(c.reply(OPT_INFO).0, REP_ERR_INVALID);
+    c.option(99, &[]);
+    assert_eq!(c.reply(99).0, REP_ERR_UNSUP);
+    assert_eq!(c.go("vm1"), 8 << 20);
+
+    let pattern: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let at = (1 << 20) - 1000; // across an object boundary
+    assert_eq!(
+        c.request(CMD_WRITE, at, pattern.len() as u32, &pattern).0,
+        0
+    );
+    assert_eq!(c.request(CMD_FLUSH, 0, 0, &[]).0, 0);
+    let (e, back) = c.request(CMD_READ, at, pattern.len() as u32, &[]);
+    assert_eq!(e, 0);
+    assert!(back == pattern);
+    assert_eq!(c.request(CMD_TRIM, at + 1000, 100_000, &[]).0, 0);
+    assert_eq!(c.request(CMD_WRITE_ZEROES, at, 10, &[]).0, 0);
+    let (_, back) = c.request(CMD_READ, at, 2000, &[]);
+    assert_eq!(back[..10], [0u8; 10]);
+    assert!(back[10..1000] == pattern[10..1000]);
+    assert!(back[1000..].iter().all(|b| *b == 0));
+    // Out of range, unknown: errors, and the connection goes on.
+    assert_eq!(c.request(CMD_READ, 8 << 20, 1, &[]).0, EINVAL);
+    assert_eq!(c.request(CMD_WRITE, (8 << 20) - 1, 2, b"xy").0, ENOSPC);
+    assert_eq!(c.request(CMD_TRIM, u64::MAX, 2, &[]).0, EINVAL);
+    assert_eq!(c.request(CMD_READ, 0, MAX_PAYLOAD + 1, &[]).0, EINVAL);
+    assert_eq!(c.request(77, 0, 0, &[]).0, EINVAL);
+    // Past the trimmed range, the pattern is still there.
+    let past = at + 101_000;
+    let (e, back) = c.request(CMD_READ, past, 4, &[]);
+    let from = (past - at) as usize;
+    assert_eq!((e, back), (0, pattern[from..from + 4].to_vec()));
+
+    // A second connection sees the first one's writes; a broken stream ends only its own.
+    let mut c2 = Client::connect(served.addr);
+    c2.go("vm1");
+    let (_, seen) = c2.request(CMD_READ, at + 200_000, 100, &[]);
+    assert!(seen == pattern[200_000..200_100]);
+    c2.s.write_all(&[0u8; Request::LEN]).unwrap();
+    let mut byte = [0u8];
+    assert_eq!(
+        c2.s.read(&mut byte).unwrap_or(0),
+        0,
+        "a bad magic must close"
+    );
+    let (e, _) = c.request(CMD_READ, 0, 10, &[]);
+    assert_eq!(e, 0);
+    c.request_disconnect();
+}
+
+impl Client {
+    fn request_disconnect(&mut self) {
+        let r = Request {
+            flags: 0,
+            kind: CMD_DISC,
+            cookie: 0,
+            offset: 0,
+            length: 0,
+        };
+        self.s.write_all(&r.encode()).unwrap();
+    }
+}
+
+/// qemu-io, a real NBD client, writes patterns and reads them back with checks.
+#[test]
+fn qemu_io_writes_and_verifies_patterns() {
+    let have = std::process::Command::new("qemu-io")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(
+            std::env::var_os("BLUEPOLL_REQUIRE_PEERS").is_none(),
+            "qemu-io is required (qemu-utils)"
+        );
+        eprintln!("skipped: qemu-io is not installed (apt-get install qemu-utils)");
+        return;
+    }
+    let served = serve(&[("disk", 64 << 20)]);
+    let uri = format!("nbd://{}/disk", served.addr);
+    let commands = [
+        "write -P 0xab 0 1M",
+        "write -P 0xcd 3M 5M",
+        "write -z 4M 64k",
+        "discard 6M 1M",
+        "flush",
+        "read -P 0xab 0 1M",
+        "read -P 0xcd 3M 1M",
+        "read -P 0 4M 64k",
+        "read -P 0xcd 5M 1M",
+        "read -P 0 6M 1M",
+        "read -P 0 20M 1M",
+    ];
+    let mut args = vec!["-f".to_string(), "raw".to_string(), uri.clone()];
+    for c in commands {
+        args.push("-c".into());
+        args.push(c.into());
+    }
+    let out = std::process::Command::new("qemu-io")
+        .args(&args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("Pattern verification failed"), "{text}");
+    assert_eq!(text.matches("read ").count(), 6, "{text}");
+}
+
+/// The commands end to end: `bluepoll image create|ls|info|resize|rm` on a store in a file, and
+/// `bluepoll serve` in a process of its own, into which qemu-img copies a random raw file that
+/// `qemu-img compare` then finds identical.
+#[test]
+fn image_commands_and_serve_with_qemu_img() {
+    let dir = common::scratch_dir();
+    let dev = format!(
+        "--slow=uring:{}?size=512M",
+        dir.path().join("main.img").display()
+    );
+    let run = |args: &[&str]| {
+        let mut full = args.to_vec();
+        full.push(&dev);
+        common::bluepoll(&full)
+    };
+    let ok = |args: &[&str]| {
+        let out = run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            out.stderr_text()
+        );
+        out.stdout_text()
+    };
+    ok(&["mkfs"]);
+    let made = ok(&["image", "create", "disk", "--size=16M", "--order=20"]);
+    assert!(made.contains("16 objects of 1048576 bytes"), "{made}");
+    ok(&["image", "create", "thin", "--size=1T"]);
+    assert_eq!(ok(&["image", "ls"]), "disk\nthin\n");
+    let bad = run(&[
+        "image",
+        "create",
+        "x",
+        "--size=1M",
+        "--features=shared,object-map",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        bad.stderr_text()
+            .contains("shared image keeps no object map")
+    );
+    assert_eq!(run(&["image", "info", "nope"]).status.code(), Some(1));
+    ok(&["image", "rm", "thin"]);
+
+    let have = std::process::Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(
+            std::env::var_os("BLUEPOLL_REQUIRE_PEERS").is_none(),
+            "qemu-img is required (qemu-utils)"
+        );
+        eprintln!("skipped: qemu-img is not installed (apt-get install qemu-utils)");
+        return;
+    }
+    let raw = dir.path().join("random.raw");
+    let mut bytes = vec![0u8; 16 << 20];
+    bluepoll::rand::Rng::new(3).fill_bytes(&mut bytes[..12 << 20]);
+    std::fs::write(&raw, &bytes).unwrap();
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_bluepoll"))
+        .args(["serve", &dev, "--listen=127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("nbd://"))
+        .unwrap_or_else(|| panic!("no address in '{line}'"))
+        .trim_end_matches('/')
+        .to_string();
+    let uri = format!("{base}/disk");
+    let qemu_img = |args: &[&str]| {
+        let out = std::process::Command::new("qemu-img")
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let raw = raw.display().to_string();
+    let (copied, text) = qemu_img(&["convert", "-n", "-f", "raw", "-O", "raw", &raw, &uri]);
+    assert!(copied, "convert: {text}");
+    let (same, text) = qemu_img(&["compare", "-f", "raw", "-F", "raw", &raw, &uri]);
+    assert!(same, "compare: {text}");
+    assert!(text.contains("identical"), "{text}");
+    // A changed byte is found.
+    bytes[5_000_000] ^= 1;
+    std::fs::write(&raw, &bytes).unwrap();
+    let (same, _) = qemu_img(&["compare", "-f", "raw", "-F", "raw", &raw, &uri]);
+    assert!(!same, "compare missed a changed byte");
+    // SIGINT: the server stops and unmounts cleanly.
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = server.wait().unwrap();
+    assert!(status.success(), "serve exited with {status}");
+    let info = ok(&["image", "info", "disk"]);
+    assert!(
+        info.contains("object map:  valid, 12 of 16 objects may exist"),
+        "{info}"
+    );
+    assert!(ok(&["fsck", "--deep"]).contains("fsck: clean"));
+}
