@@ -254,11 +254,7 @@ fn qemu_io_writes_and_verifies_patterns() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !have {
-        assert!(
-            std::env::var_os("BLUEPOLL_REQUIRE_PEERS").is_none(),
-            "qemu-io is required (qemu-utils)"
-        );
-        eprintln!("skipped: qemu-io is not installed (apt-get install qemu-utils)");
+        common::require_peer("qemu-io (qemu-utils)");
         return;
     }
     let served = serve(&[("disk", 64 << 20)]);
@@ -345,11 +341,7 @@ fn image_commands_and_serve_with_qemu_img() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !have {
-        assert!(
-            std::env::var_os("BLUEPOLL_REQUIRE_PEERS").is_none(),
-            "qemu-img is required (qemu-utils)"
-        );
-        eprintln!("skipped: qemu-img is not installed (apt-get install qemu-utils)");
+        common::require_peer("qemu-img (qemu-utils)");
         return;
     }
     let raw = dir.path().join("random.raw");
@@ -412,4 +404,41 @@ fn image_commands_and_serve_with_qemu_img() {
         "{info}"
     );
     assert!(ok(&["fsck", "--deep"]).contains("fsck: clean"));
+}
+
+/// fio's own NBD engine (libnbd) writes with verification and reads back clean, 16 requests in
+/// flight.
+#[test]
+fn fio_nbd_engine_verifies_clean() {
+    let Some(version) = common::fio(&["--version"], None) else {
+        common::require_peer("fio");
+        return;
+    };
+    assert!(version.status.success());
+    let served = serve(&[("fio", 32 << 20)]);
+    let uri = format!("--uri=nbd://{}/fio", served.addr);
+    let out = common::fio(
+        &[
+            "--name=verify",
+            "--ioengine=nbd",
+            &uri,
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=16",
+            "--size=32M",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--output-format=json",
+        ],
+        None,
+    )
+    .unwrap();
+    let text = out.stdout_text();
+    assert!(out.status.success(), "{text}{}", out.stderr_text());
+    let json = common::json_of(text.as_bytes());
+    let job = &json["jobs"][0];
+    assert_eq!(job["error"], 0, "{text}");
+    assert_eq!(job["write"]["io_bytes"], 32u64 << 20, "{text}");
+    // The verify pass read everything back.
+    assert_eq!(job["read"]["io_bytes"], 32u64 << 20, "{text}");
 }
