@@ -229,3 +229,42 @@ fn bad_requests_are_errors() {
     assert!(image::remove(&store, "missing").is_err());
     store.umount().unwrap();
 }
+
+/// The asynchronous forms (what the NBD server uses): many writes in flight, reads queued behind
+/// them see them, every callback comes.
+#[test]
+fn queued_writes_and_reads_agree_with_the_model() {
+    let store = store();
+    image::create(&store, "async", 4 << 20, 14, features::DEFAULT).unwrap();
+    let mut img = Image::open(&store, "async").unwrap();
+    let mut model = vec![0u8; 4 << 20];
+    let mut rng = Rng::new(5);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..200u64 {
+        let len = 1 + rng.below(50_000);
+        let off = rng.below((4 << 20) - len + 1);
+        if i % 3 == 2 {
+            let tx = tx.clone();
+            let want = model[off as usize..(off + len) as usize].to_vec();
+            img.read_async(off, len, move |r| {
+                tx.send((i, r.map(|got| got == want).unwrap_or(false)))
+                    .unwrap();
+            })
+            .unwrap();
+        } else {
+            let mut data = vec![0u8; len as usize];
+            rng.fill_bytes(&mut data);
+            model[off as usize..(off + len) as usize].copy_from_slice(&data);
+            let tx = tx.clone();
+            img.write_async(off, &data, move |r| tx.send((i, r.is_ok())).unwrap())
+                .unwrap();
+        }
+    }
+    drop(tx);
+    let results: Vec<(u64, bool)> = rx.iter().collect();
+    assert_eq!(results.len(), 200, "every callback comes");
+    assert!(results.iter().all(|(_, ok)| *ok), "{results:?}");
+    assert!(img.read(0, 4 << 20).unwrap() == model);
+    check_map_agrees(&store, &img, "after queued writes");
+    store.umount().unwrap();
+}

@@ -6,6 +6,9 @@
 //! EXISTS before the data and PENDING before a removal because its map and data are updated
 //! separately; here PENDING marks objects a shrinking resize has still to remove).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
 use super::error::ImageError;
 use super::object_map::{MAP_BLOCK, ObjectMap, ObjectState};
 use crate::store::{StoreError, StoreHandle, Transaction};
@@ -148,7 +151,35 @@ pub struct Image {
     info: ImageInfo,
     /// None for a shared image, or while the map is invalid.
     map: Option<ObjectMap>,
+    /// Set from a store reactor when a queued write failed.
+    map_suspect: Arc<AtomicBool>,
     stats: ImageStats,
+}
+
+/// The pieces of one asynchronous read coming together.
+struct Gather {
+    out: Vec<u8>,
+    left: usize,
+    error: Option<ImageError>,
+    done: Option<OnImageRead>,
+}
+
+/// Called with an asynchronous read's bytes.
+type OnImageRead = Box<dyn FnOnce(Result<Vec<u8>, ImageError>) + Send>;
+
+impl Gather {
+    fn finish(gather: &Mutex<Gather>) {
+        let mut state = crate::sync::lock(gather);
+        let result = match state.error.take() {
+            Some(e) => Err(e),
+            None => Ok(std::mem::take(&mut state.out)),
+        };
+        let done = state.done.take();
+        drop(state);
+        if let Some(done) = done {
+            done(result);
+        }
+    }
 }
 
 fn collection_of(name: &str) -> String {
@@ -272,6 +303,7 @@ impl Image {
             coll,
             info,
             map: None,
+            map_suspect: Arc::new(AtomicBool::new(false)),
             stats: ImageStats::default(),
         };
         if info.has_object_map() && !info.map_invalid() {
@@ -388,8 +420,128 @@ impl Image {
         Ok(())
     }
 
+    /// Starts a read; `done` gets the bytes on a store reactor (it must not block). Reads see
+    /// every request queued before them.
+    pub fn read_async(
+        &mut self,
+        offset: u64,
+        len: u64,
+        done: impl FnOnce(Result<Vec<u8>, ImageError>) + Send + 'static,
+    ) -> Result<(), ImageError> {
+        self.check_range(offset, len)?;
+        let pieces: Vec<(u64, u64, u64, usize)> = {
+            let mut at = 0usize;
+            self.pieces(offset, len)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|(index, within, n)| {
+                    let p = (index, within, n, at);
+                    at += n as usize;
+                    p
+                })
+                .collect()
+        };
+        let wanted: Vec<_> = pieces
+            .into_iter()
+            .filter(|&(index, ..)| {
+                let read = self.may_exist(index);
+                if read {
+                    self.stats.object_reads += 1;
+                } else {
+                    self.stats.reads_from_map += 1;
+                }
+                read
+            })
+            .collect();
+        let gather = Arc::new(Mutex::new(Gather {
+            out: vec![0u8; len as usize],
+            left: wanted.len(),
+            error: None,
+            done: Some(Box::new(done)),
+        }));
+        if wanted.is_empty() {
+            Gather::finish(&gather);
+            return Ok(());
+        }
+        for (index, within, n, at) in wanted {
+            let g = Arc::clone(&gather);
+            self.store
+                .read_async(&self.coll, &data_object(index), within, n, move |r| {
+                    let mut state = crate::sync::lock(&g);
+                    match r {
+                        Ok(bytes) => state.out[at..at + bytes.len()].copy_from_slice(&bytes),
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => {
+                            state.error.get_or_insert(e.into());
+                        }
+                    }
+                    state.left -= 1;
+                    let last = state.left == 0;
+                    drop(state);
+                    if last {
+                        Gather::finish(&g);
+                    }
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Queues a write; `done` runs on a store reactor once it is durable (it must not block).
+    /// The map changes at once, so later requests see it; should the write fail, the map is
+    /// marked suspect and invalidated at the next request.
+    pub fn write_async(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        done: impl FnOnce(Result<(), ImageError>) + Send + 'static,
+    ) -> Result<(), ImageError> {
+        self.check_range(offset, data.len() as u64)?;
+        self.settle_suspicion()?;
+        let mut t = Transaction::new(&self.coll);
+        let mut map = self.map.clone();
+        let mut at = 0usize;
+        for (index, within, n) in self.pieces(offset, data.len() as u64).collect::<Vec<_>>() {
+            t.write(
+                &data_object(index),
+                within,
+                data[at..at + n as usize].to_vec(),
+            );
+            if let Some(m) = map.as_mut() {
+                m.set(index, ObjectState::Exists)?;
+            }
+            at += n as usize;
+        }
+        if let Some(m) = map.as_mut() {
+            let blocks = write_map_blocks(&mut t, m);
+            if blocks > 0 {
+                self.stats.map_updates += 1;
+                self.stats.map_blocks_written += blocks;
+            }
+        }
+        let suspect = Arc::clone(&self.map_suspect);
+        self.store.queue_transaction(t, move |r| {
+            if r.is_err() {
+                suspect.store(true, Ordering::Relaxed);
+            }
+            done(r.map_err(ImageError::from));
+        })?;
+        if map.is_some() {
+            self.map = map;
+        }
+        Ok(())
+    }
+
+    /// A queued write failed after its map change was taken: stop trusting the map.
+    fn settle_suspicion(&mut self) -> Result<(), ImageError> {
+        if self.map_suspect.swap(false, Ordering::Relaxed) && self.map.is_some() {
+            self.invalidate_map("a write failed after its map update was queued")?;
+        }
+        Ok(())
+    }
+
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ImageError> {
         self.check_range(offset, data.len() as u64)?;
+        self.settle_suspicion()?;
         let mut t = Transaction::new(&self.coll);
         let mut map = self.map.clone();
         let mut at = 0usize;
@@ -411,6 +563,7 @@ impl Image {
     /// map), parts of objects zeroed.
     pub fn discard(&mut self, offset: u64, len: u64) -> Result<(), ImageError> {
         self.check_range(offset, len)?;
+        self.settle_suspicion()?;
         let object_size = self.info.object_size();
         let mut t = Transaction::new(&self.coll);
         let mut map = self.map.clone();

@@ -4,9 +4,12 @@
 //! store transaction), so FUA and flush cost nothing extra and several connections may share an
 //! export (NBD_FLAG_CAN_MULTI_CONN).
 //!
-//! One thread per connection; the connections of one export share its open image. A request
-//! the server cannot take (out of range, too long, unknown) gets an error reply and the
-//! connection goes on; a stream out of step (a bad request magic) is closed.
+//! One thread per connection reads requests, and reads and writes go to the store at once,
+//! answered from its callbacks by a reply thread, so the client's queue depth reaches the store
+//! (whose kv-sync thread then commits many writes per sync). The connections of one export
+//! share its open image. A request the server cannot take (out of range, too long, unknown)
+//! gets an error reply and the connection goes on; a stream out of step (a bad request magic)
+//! is closed.
 
 pub mod protocol;
 
@@ -264,8 +267,47 @@ fn negotiate(
     }
 }
 
-/// Requests until NBD_CMD_DISC or the client closes.
+/// An answer on its way to the client.
+struct Reply {
+    cookie: u64,
+    error: u32,
+    data: Option<Vec<u8>>,
+}
+
+/// Requests until NBD_CMD_DISC or the client closes. Reads and writes go to the store at once
+/// and are answered from its callbacks, in whatever order they finish (replies carry the
+/// request's cookie), so a client's queue depth reaches the store; one thread writes all
+/// replies. A write is answered once it is durable.
 fn transmit(s: &mut TcpStream, image: &Mutex<Image>, stats: &ServerStats) -> Result<(), NbdError> {
+    let mut out = s.try_clone().map_err(io("cloning the socket"))?;
+    let (tx, rx) = std::sync::mpsc::channel::<Reply>();
+    let writer = std::thread::Builder::new()
+        .name("nbd-replies".into())
+        .spawn(move || -> Result<(), NbdError> {
+            for r in rx {
+                send(&mut out, &simple_reply(r.error, r.cookie))?;
+                if let Some(data) = r.data {
+                    send(&mut out, &data)?;
+                }
+            }
+            Ok(())
+        })
+        .map_err(io("starting the reply thread"))?;
+    let read = read_requests(s, image, stats, &tx);
+    drop(tx);
+    // Every reply still owed is sent (the callbacks hold the last senders) before the end.
+    let written = writer
+        .join()
+        .unwrap_or_else(|_| Err(protocol("the reply thread panicked")));
+    read.and(written)
+}
+
+fn read_requests(
+    s: &mut TcpStream,
+    image: &Mutex<Image>,
+    stats: &ServerStats,
+    tx: &std::sync::mpsc::Sender<Reply>,
+) -> Result<(), NbdError> {
     let mut head = [0u8; Request::LEN];
     loop {
         match s.read_exact(&mut head) {
@@ -290,18 +332,56 @@ fn transmit(s: &mut TcpStream, image: &Mutex<Image>, stats: &ServerStats) -> Res
         } else {
             None
         };
-        let answer = handle(&r, payload, image);
-        match answer {
-            Ok(data) => {
-                send(s, &simple_reply(0, r.cookie))?;
-                if let Some(data) = data {
-                    send(s, &data)?;
+        let reply = {
+            let (tx, cookie) = (tx.clone(), r.cookie);
+            // A closed reply thread means the connection is gone; nothing is left to tell.
+            move |error: u32, data: Option<Vec<u8>>| {
+                let _ = tx.send(Reply {
+                    cookie,
+                    error,
+                    data,
+                });
+            }
+        };
+        let size = lock(image).info().size;
+        let in_range = r
+            .offset
+            .checked_add(r.length as u64)
+            .is_some_and(|end| end <= size);
+        let queued = match r.kind {
+            CMD_READ if in_range && r.length <= MAX_PAYLOAD => {
+                lock(image).read_async(r.offset, r.length as u64, move |result| match result {
+                    Ok(data) => reply(0, Some(data)),
+                    Err(e) => reply(wire_error(e.errno()), None),
+                })
+            }
+            CMD_WRITE if in_range => {
+                let data = payload.unwrap_or_default();
+                lock(image).write_async(r.offset, &data, move |result| match result {
+                    Ok(()) => reply(0, None),
+                    Err(e) => reply(wire_error(e.errno()), None),
+                })
+            }
+            _ => {
+                // The rest (and every refusal) is answered here and now.
+                let result = handle(&r, payload, image);
+                if result.is_err() {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
                 }
+                match result {
+                    Ok(data) => reply(0, data),
+                    Err(error) => reply(error, None),
+                }
+                Ok(())
             }
-            Err(error) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-                send(s, &simple_reply(error, r.cookie))?;
-            }
+        };
+        if let Err(e) = queued {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            let _ = tx.send(Reply {
+                cookie: r.cookie,
+                error: wire_error(e.errno()),
+                data: None,
+            });
         }
     }
 }
