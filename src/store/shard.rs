@@ -564,6 +564,11 @@ impl Shard {
                             // Its deferred writes will never be applied by this mount.
                             self.shared.deferred_throttle.put(txc.deferred_cost);
                             txc.deferred_cost = 0;
+                            // What it freed is still what the committed metadata points at
+                            // (or, if RocksDB failed after the batch reached its log, may be):
+                            // handing it out again would let a write in flight land on
+                            // committed data. Remount rebuilds the free space from the kv.
+                            txc.released.clear();
                         }
                         txc.enter(TxcState::Finishing, now, &mut self.perf);
                     }
@@ -641,6 +646,13 @@ impl Shard {
 
     /// Frees space no read in flight can still be reading.
     fn release_space(&mut self) {
+        if self.shared.failure().is_some() {
+            // A failed store frees nothing more: after the failure, what is committed is no
+            // longer known here (a failed RocksDB write may still have reached its log), so
+            // no freed range is safe to reuse. Remount rebuilds the free space from the kv.
+            self.releases.clear();
+            return;
+        }
         let oldest_read = self.reads_in_flight.first().copied();
         while let Some((started, _)) = self.releases.front() {
             // Reads numbered up to `started` were started before the space was freed.
