@@ -45,6 +45,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("bench_args", bench_args),
     ("store_config", store_config),
     ("image_object_map", image_object_map),
+    ("image_records", image_records),
     ("nbd_messages", nbd_messages),
 ];
 
@@ -328,6 +329,29 @@ pub fn image_object_map(data: &[u8]) {
                 again, b,
                 "an object map that decodes re-encodes to other bytes"
             );
+        }
+    });
+}
+
+/// An image's small records: the header, a snapshot, the parent link, the snapshot sequence
+/// (the first byte picks which; each also tried with its crc recomputed). What decodes must
+/// encode to the same bytes.
+pub fn image_records(data: &[u8]) {
+    use crate::image::rbd::ImageInfo;
+    use crate::image::snapshot::{ParentLink, SnapInfo, decode_seq, encode_seq};
+    let Some((&kind, record)) = data.split_first() else {
+        return;
+    };
+    let crc_at = record.len().saturating_sub(4);
+    as_is_and_resealed(record, resealed_skipping(record, crc_at), |b| {
+        let again = match kind % 4 {
+            0 => ImageInfo::decode(b).ok().map(|i| i.encode()),
+            1 => SnapInfo::decode(b).ok().map(|s| s.encode()),
+            2 => ParentLink::decode(b).ok().map(|p| p.encode()),
+            _ => decode_seq(b).ok().map(encode_seq),
+        };
+        if let Some(again) = again {
+            assert_eq!(again, b, "an image record that decodes re-encodes to other bytes");
         }
     });
 }
@@ -675,6 +699,37 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 seed
             })
             .collect(),
+        "image_records" => {
+            use crate::image::snapshot::{ParentLink, SnapInfo, encode_seq};
+            let header = crate::image::ImageInfo {
+                size: 1 << 30,
+                order: 22,
+                features: crate::image::features::DEFAULT,
+                flags: 0,
+                created_ns: 5,
+            };
+            let snap = SnapInfo {
+                id: 3,
+                name: "nightly".into(),
+                size: 1 << 30,
+                created_ns: 9,
+                parent_overlap: 0,
+            };
+            let parent = ParentLink {
+                image: "golden".into(),
+                snap: 2,
+                overlap: 1 << 20,
+            };
+            [
+                (0u8, header.encode()),
+                (1, snap.encode()),
+                (2, parent.encode()),
+                (3, encode_seq(3)),
+            ]
+            .into_iter()
+            .map(|(kind, bytes)| [vec![kind], bytes].concat())
+            .collect()
+        }
         "nbd_messages" => {
             use crate::nbd::protocol::{CMD_WRITE, Request};
             let request = Request {

@@ -1,5 +1,5 @@
-//! `bluepoll image create|ls|info|rm|resize|rebuild-map` and `bluepoll serve`: images on a store,
-//! and their NBD export.
+//! `bluepoll image create|ls|info|rm|resize|rebuild-map|snap …|diff|clone|flatten` and
+//! `bluepoll serve`: images on a store, and their NBD export.
 
 use std::sync::atomic::Ordering;
 
@@ -21,6 +21,18 @@ usage: bluepoll image COMMAND [ARGS] DEVICES
   resize NAME --size=SIZE
                        grows, or shrinks (removing the objects past the end, with progress)
   rebuild-map NAME     rebuilds an invalid object map from the objects that exist
+  snap create NAME@SNAP   takes a snapshot
+  snap ls NAME         the snapshots: id, name, size
+  snap rm NAME@SNAP    removes a snapshot (not while clones of it exist)
+  snap rollback NAME@SNAP
+                       makes the image what the snapshot saw (later snapshots stay)
+  diff NAME[@SNAP] [--from-snap=SNAP]
+                       what changed since SNAP (or since creation), up to NAME@SNAP or now,
+                       from the object maps alone: lines OFFSET LENGTH data|zero
+  clone PARENT@SNAP CHILD [--features=LIST]
+                       a clone reading from the snapshot until it writes (copy-up)
+  flatten NAME [--objects-per-second=N]
+                       copies what a clone still reads from its parent, then cuts the link
 
 DEVICES: --slow=URI [--db=URI] [--wal=URI] or --config=FILE, and --cpus=LIST (as mkfs).";
 
@@ -100,7 +112,16 @@ pub fn run(args: &[String]) -> Result<i32> {
         println!("{IMAGE_USAGE}");
         return Ok(0);
     }
-    let (options, devices, positional) = take_options(rest, &["size", "order", "features"]);
+    let (options, devices, positional) = take_options(
+        rest,
+        &[
+            "size",
+            "order",
+            "features",
+            "from-snap",
+            "objects-per-second",
+        ],
+    );
     let option = |key: &str| {
         options
             .iter()
@@ -160,7 +181,7 @@ pub fn run(args: &[String]) -> Result<i32> {
             let opened = Image::open(&store, name);
             let text = opened.map(|img| {
                 let info = img.info();
-                let map = match img.object_map() {
+                let map = match img.loaded_object_map() {
                     Some(m) => format!(
                         "valid, {} of {} objects may exist",
                         (0..m.objects()).filter(|o| m.get(*o).may_exist()).count(),
@@ -169,13 +190,17 @@ pub fn run(args: &[String]) -> Result<i32> {
                     None if info.has_object_map() => "INVALID (run image rebuild-map)".into(),
                     None => "none".into(),
                 };
+                let parent = img.parent().map_or(String::new(), |p| {
+                    format!("\nparent:      {} snapshot #{} (overlap {} bytes)", p.image, p.snap, p.overlap)
+                });
                 format!(
-                    "image:       {name}\nsize:        {}\nobject size: {} (order {})\nobjects:     {}\nfeatures:    {}\nobject map:  {map}",
+                    "image:       {name}\nsize:        {}\nobject size: {} (order {})\nobjects:     {}\nfeatures:    {}\nobject map:  {map}\nsnapshots:   {}{parent}",
                     info.size,
                     info.object_size(),
                     info.order,
                     info.objects(),
-                    feature_names(info.features)
+                    feature_names(info.features),
+                    img.snapshots().len()
                 )
             });
             store.umount()?;
@@ -193,12 +218,7 @@ pub fn run(args: &[String]) -> Result<i32> {
             let size = size()?;
             let store = mount(&devices, IMAGE_USAGE)?;
             let resized = Image::open(&store, name).and_then(|mut img| {
-                img.resize(size, |done, total| {
-                    eprint!("\rremoving objects past the end: {done}/{total}");
-                    if done == total {
-                        eprintln!();
-                    }
-                })
+                img.resize(size, progress_line("removing objects past the end"))
             });
             store.umount()?;
             resized?;
@@ -210,9 +230,121 @@ pub fn run(args: &[String]) -> Result<i32> {
             store.umount()?;
             rebuilt?;
         }
+        "snap" => {
+            let (sub, spec) = match positional.as_slice() {
+                [sub, spec] => (*sub, *spec),
+                _ => bail!(
+                    "usage: bluepoll image snap create|ls|rm|rollback NAME[@SNAP]\n{IMAGE_USAGE}"
+                ),
+            };
+            let store = mount(&devices, IMAGE_USAGE)?;
+            let done = snap_command(&store, sub, spec);
+            store.umount()?;
+            done?;
+        }
+        "diff" => {
+            let spec = name("diff")?;
+            let (image_name, to) = split_spec(spec);
+            let from = option("from-snap");
+            let store = mount(&devices, IMAGE_USAGE)?;
+            let started = std::time::Instant::now();
+            let report = Image::open(&store, image_name).and_then(|mut img| img.diff(from, to));
+            let elapsed = started.elapsed();
+            store.umount()?;
+            let report = report?;
+            for e in &report.extents {
+                println!(
+                    "{} {} {}",
+                    e.offset,
+                    e.len,
+                    if e.exists { "data" } else { "zero" }
+                );
+            }
+            eprintln!(
+                "{} extent(s), {} object(s) changed; {} object map(s) and {} data object(s) read; {:.1} ms",
+                report.extents.len(),
+                report.objects_changed,
+                report.maps_read,
+                report.data_objects_read,
+                elapsed.as_secs_f64() * 1e3
+            );
+        }
+        "clone" => {
+            let (parent, child) = match positional.as_slice() {
+                [parent, child] => (*parent, *child),
+                _ => bail!("usage: bluepoll image clone PARENT@SNAP CHILD\n{IMAGE_USAGE}"),
+            };
+            let (parent, Some(snap)) = split_spec(parent) else {
+                bail!("clone needs the parent's snapshot: PARENT@SNAP");
+            };
+            let feats = match option("features") {
+                Some(list) => parse_features(list)?,
+                None => features::DEFAULT,
+            };
+            let store = mount(&devices, IMAGE_USAGE)?;
+            let made = image::clone_image(&store, parent, snap, child, feats);
+            store.umount()?;
+            let info = made?;
+            println!("cloned {parent}@{snap} as {child}: {} bytes", info.size);
+        }
+        "flatten" => {
+            let name = name("flatten")?;
+            let rate = match option("objects-per-second") {
+                Some(v) => Some(
+                    v.parse::<u64>()
+                        .with_context(|| format!("--objects-per-second={v}: not a number"))?,
+                ),
+                None => None,
+            };
+            let store = mount(&devices, IMAGE_USAGE)?;
+            let flattened = Image::open(&store, name)
+                .and_then(|mut img| img.flatten(rate, progress_line("copying up")));
+            store.umount()?;
+            flattened?;
+        }
         other => bail!("unknown image command '{other}'\n{IMAGE_USAGE}"),
     }
     Ok(0)
+}
+
+/// `IMAGE@SNAP` → (IMAGE, Some(SNAP)); `IMAGE` → (IMAGE, None).
+fn split_spec(spec: &str) -> (&str, Option<&str>) {
+    match spec.split_once('@') {
+        Some((image, snap)) => (image, Some(snap)),
+        None => (spec, None),
+    }
+}
+
+/// A progress callback that keeps one line on stderr up to date.
+fn progress_line(what: &'static str) -> impl FnMut(u64, u64) {
+    move |done, total| {
+        eprint!("\r{what}: {done}/{total}");
+        if done == total {
+            eprintln!();
+        }
+    }
+}
+
+fn snap_command(store: &Store, sub: &str, spec: &str) -> Result<()> {
+    let (name, snap) = split_spec(spec);
+    let mut img = Image::open(store, name)?;
+    let need_snap = || snap.with_context(|| format!("'snap {sub}' needs NAME@SNAP"));
+    match sub {
+        "create" => {
+            let s = img.snap_create(need_snap()?)?;
+            println!("created snapshot {name}@{} (id {})", s.name, s.id);
+        }
+        "ls" => {
+            println!("{:>6}  {:<24} {:>16}", "ID", "NAME", "SIZE");
+            for s in img.snapshots() {
+                println!("{:>6}  {:<24} {:>16}", s.id, s.name, s.size);
+            }
+        }
+        "rm" => img.snap_remove(need_snap()?, progress_line("removing snapshot objects"))?,
+        "rollback" => img.rollback(need_snap()?, progress_line("rolling back"))?,
+        other => bail!("unknown snap command '{other}' (create, ls, rm, rollback)"),
+    }
+    Ok(())
 }
 
 /// `bluepoll serve`.

@@ -57,6 +57,7 @@ targets!(
     bench_args,
     store_config,
     image_object_map,
+    image_records,
     nbd_messages,
 );
 

@@ -29,6 +29,30 @@ pub enum ImageError {
     #[error("object map damaged{}: {reason}", block.map(|b| format!(" in block {b}")).unwrap_or_default())]
     MapCorrupt { block: Option<u64>, reason: String },
 
+    #[error("image '{image}' has no snapshot '{snap}'")]
+    NoSuchSnapshot { image: String, snap: String },
+
+    /// Another client holds the exclusive lock and did not hand it over (or did not start on
+    /// the request) in time.
+    #[error("image '{name}' is locked by client {owner}, which did not answer in time")]
+    LockBusy { name: String, owner: u64 },
+
+    /// The lock owner ran the operation for this client and it failed there.
+    #[error("{op} run by the lock owner (client {owner}) failed: {reason}")]
+    Proxied {
+        op: &'static str,
+        owner: u64,
+        reason: String,
+    },
+
+    /// A write queued earlier (and perhaps already answered) did not reach the store.
+    #[error("a queued write to image '{name}' failed")]
+    WriteFailed { name: String },
+
+    /// The image changed under a read in a way a retry did not settle.
+    #[error("conflict: {reason}")]
+    Conflict { reason: String },
+
     #[error("{what} {index} is out of range (there are {limit})")]
     OutOfRange {
         what: &'static str,
@@ -48,7 +72,10 @@ impl ImageError {
     pub fn errno(&self) -> i32 {
         match self {
             ImageError::Store(e) => e.errno(),
-            ImageError::NoSuchImage { .. } => libc::ENOENT,
+            ImageError::NoSuchImage { .. } | ImageError::NoSuchSnapshot { .. } => libc::ENOENT,
+            ImageError::LockBusy { .. } => libc::EBUSY,
+            ImageError::Conflict { .. } => libc::EAGAIN,
+            ImageError::Proxied { .. } | ImageError::WriteFailed { .. } => libc::EIO,
             ImageError::Exists { .. } => libc::EEXIST,
             ImageError::InvalidArgument { .. } | ImageError::OutOfRange { .. } => libc::EINVAL,
             ImageError::Beyond { .. } => libc::ENOSPC,

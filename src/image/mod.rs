@@ -1,11 +1,18 @@
-//! RBD-style block images on the object store (DESIGN §6; issue 8, in progress): images with
-//! an object map — create, open, read, write, discard, write-zeroes, resize, remove, list,
-//! map rebuild. The exclusive lock, snapshots, clones and the NBD export come next.
+//! RBD-style block images on the object store (DESIGN §6): images with a 2-bit object map,
+//! an exclusive lock with handover and proxied maintenance, snapshots (create, list, remove,
+//! rollback) with a map each, fast-diff, clones with copy-up and flatten. `crate::nbd` exports
+//! them.
 
 pub mod error;
+pub mod lock;
 pub mod object_map;
 pub mod rbd;
+pub mod snapshot;
 
 pub use error::ImageError;
+pub use lock::{FlushWaiter, LockEvent, LockWaiter, MaintenanceOp, OpUpdate};
 pub use object_map::{ObjectMap, ObjectState, diff};
-pub use rbd::{Image, ImageInfo, ImageStats, create, features, list, remove};
+pub use rbd::{
+    DiffReport, Image, ImageInfo, ImageStats, SnapView, clone_image, create, features, list, remove,
+};
+pub use snapshot::{DiffExtent, ParentLink, SnapInfo};

@@ -5,12 +5,28 @@
 //! together, so the map can never say NONEXISTENT for an object that exists (librbd has to write
 //! EXISTS before the data and PENDING before a removal because its map and data are updated
 //! separately; here PENDING marks objects a shrinking resize has still to remove).
+//!
+//! With the exclusive-lock feature only the lock owner writes and trusts its map (another
+//! client's copy may be stale, so it reads every object); snapshots and clones are described in
+//! `snapshot.rs`, the lock in `lock.rs`.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::error::ImageError;
+use super::lock::{
+    Acquire, FlushWaiter, InFlight, LockCell, LockEvent, LockRequest, LockWaiter, MaintenanceOp,
+    OpUpdate,
+};
 use super::object_map::{MAP_BLOCK, ObjectMap, ObjectState};
+use super::snapshot::{
+    CHILD_KEY_PREFIX, DiffExtent, PARENT_KEY, ParentLink, SNAP_KEY_PREFIX, SNAP_SEQ_KEY, SnapInfo,
+    changed_objects, child_key, decode_seq, encode_child, encode_seq, extents_of, preserved_object,
+    snap_key, snap_map_object,
+};
 use crate::store::{StoreError, StoreHandle, Transaction};
 
 const HEADER_OBJECT: &str = "header";
@@ -64,7 +80,7 @@ impl ImageInfo {
         self.flags & FLAG_MAP_INVALID != 0
     }
 
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(HEADER_LEN);
         b.push(HEADER_VERSION);
         b.push(self.order);
@@ -78,7 +94,7 @@ impl ImageInfo {
         b
     }
 
-    fn decode(b: &[u8]) -> Result<ImageInfo, ImageError> {
+    pub(crate) fn decode(b: &[u8]) -> Result<ImageInfo, ImageError> {
         let bad = |reason: String| ImageError::HeaderCorrupt { reason };
         if b.len() != HEADER_LEN {
             return Err(bad(format!("{} bytes, not {HEADER_LEN}", b.len())));
@@ -92,6 +108,9 @@ impl ImageInfo {
         }
         if b[0] != HEADER_VERSION {
             return Err(bad(format!("unknown version {}", b[0])));
+        }
+        if b[2..4] != [0, 0] {
+            return Err(bad("reserved bytes are not zero".into()));
         }
         let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4"));
         let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8"));
@@ -128,8 +147,17 @@ fn check_layout(order: u8, features: u32) -> Result<(), ImageError> {
     if features & features::FAST_DIFF != 0 && features & features::OBJECT_MAP == 0 {
         return Err(ImageError::invalid("fast-diff needs the object map"));
     }
+    if features & features::OBJECT_MAP != 0 && features & features::EXCLUSIVE_LOCK == 0 {
+        return Err(ImageError::invalid(
+            "the object map needs the exclusive lock (only one owner can keep it true)",
+        ));
+    }
     Ok(())
 }
+
+/// How long a client waits, by default, for the owner to hand the lock over, or to start on an
+/// operation it was asked to run.
+const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Counters of an open image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -138,9 +166,25 @@ pub struct ImageStats {
     pub object_reads: u64,
     /// Pieces of reads answered with zeros from the map alone.
     pub reads_from_map: u64,
+    /// Reads of a clone answered from its parent, and objects copied up from it.
+    pub parent_reads: u64,
+    pub copy_ups: u64,
+    /// Objects preserved for the newest snapshot before their first change after it.
+    pub preserved: u64,
     /// Transactions that changed map blocks, and the blocks they wrote.
     pub map_updates: u64,
     pub map_blocks_written: u64,
+}
+
+/// What `diff` found, and what it took.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiffReport {
+    pub extents: Vec<DiffExtent>,
+    /// Objects that changed.
+    pub objects_changed: u64,
+    /// Object maps read (each a few blocks) and data objects read (fast-diff reads none).
+    pub maps_read: u64,
+    pub data_objects_read: u64,
 }
 
 /// An open image.
@@ -149,11 +193,39 @@ pub struct Image {
     name: String,
     coll: String,
     info: ImageInfo,
+    /// The head map as last loaded or kept; trusted only while this client owns the lock.
     /// None for a shared image, or while the map is invalid.
     map: Option<ObjectMap>,
     /// Set from a store reactor when a queued write failed.
     map_suspect: Arc<AtomicBool>,
     stats: ImageStats,
+    /// Oldest first.
+    snaps: Vec<SnapInfo>,
+    snap_seq: u64,
+    parent: Option<ParentView>,
+    client: u64,
+    /// Some for images with the exclusive-lock feature.
+    lock: Option<Arc<LockCell>>,
+    owner: bool,
+    in_flight: Arc<InFlight>,
+    lock_timeout: Duration,
+}
+
+/// The parent a clone reads the objects it has not written from.
+struct ParentView {
+    link: ParentLink,
+    view: Box<SnapView>,
+}
+
+/// An image as a snapshot of it saw it: read-only.
+pub struct SnapView {
+    store: StoreHandle,
+    image: String,
+    coll: String,
+    snap: SnapInfo,
+    order: u8,
+    map: ObjectMap,
+    parent: Option<ParentView>,
 }
 
 /// The pieces of one asynchronous read coming together.
@@ -200,10 +272,36 @@ fn check_name(name: &str) -> Result<(), ImageError> {
     Ok(())
 }
 
+fn check_snap_name(name: &str) -> Result<(), ImageError> {
+    if name.is_empty() || name.len() > 200 || name.chars().any(|c| c.is_control()) {
+        return Err(ImageError::invalid(format!(
+            "snapshot name '{}' must be 1 to 200 characters, no control characters",
+            name.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
 fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The pieces of `offset..offset + len` for `object_size`-byte objects: (object index, offset
+/// in it, length, offset in the request).
+fn pieces_of(object_size: u64, offset: u64, len: u64) -> Vec<(u64, u64, u64, usize)> {
+    let end = offset + len;
+    let mut at = offset;
+    let mut out = Vec::new();
+    while at < end {
+        let index = at / object_size;
+        let within = at % object_size;
+        let n = (object_size - within).min(end - at);
+        out.push((index, within, n, (at - offset) as usize));
+        at += n;
+    }
+    out
 }
 
 /// The images of a store, by name.
@@ -217,6 +315,20 @@ pub fn list(store: &StoreHandle) -> Result<Vec<String>, ImageError> {
     Ok(names)
 }
 
+/// The transaction that makes an image's collection, header and (empty) map.
+fn creation(name: &str, info: &ImageInfo) -> Transaction {
+    let mut t = Transaction::new(collection_of(name));
+    t.create_collection()
+        .touch(HEADER_OBJECT)
+        .setattr(HEADER_OBJECT, HEADER_ATTR, info.encode());
+    if info.has_object_map() {
+        let mut map = ObjectMap::new(info.objects());
+        t.touch(MAP_OBJECT);
+        write_map_blocks(&mut t, &mut map, MAP_OBJECT);
+    }
+    t
+}
+
 /// Makes an image of `size` bytes with `1 << order`-byte objects.
 pub fn create(
     store: &StoreHandle,
@@ -227,8 +339,7 @@ pub fn create(
 ) -> Result<ImageInfo, ImageError> {
     check_name(name)?;
     check_layout(order, features)?;
-    let coll = collection_of(name);
-    if store.collection_exists(&coll)? {
+    if store.collection_exists(&collection_of(name))? {
         return Err(ImageError::Exists { name: name.into() });
     }
     let info = ImageInfo {
@@ -238,26 +349,76 @@ pub fn create(
         flags: 0,
         created_ns: now_ns(),
     };
-    let mut t = Transaction::new(&coll);
-    t.create_collection()
-        .touch(HEADER_OBJECT)
-        .setattr(HEADER_OBJECT, HEADER_ATTR, info.encode());
-    if info.has_object_map() {
-        let map = ObjectMap::new(info.objects());
-        t.touch(MAP_OBJECT);
-        write_map_blocks(&mut t, &mut map.clone());
+    store.apply(creation(name, &info))?;
+    Ok(info)
+}
+
+/// Makes `child`, a clone of `parent` at its snapshot `snap`: it starts with the snapshot's size
+/// and reads what it has not written from the snapshot; its first write to an object copies the
+/// object up. The snapshot cannot be removed while the clone links to it.
+pub fn clone_image(
+    store: &StoreHandle,
+    parent: &str,
+    snap: &str,
+    child: &str,
+    features: u32,
+) -> Result<ImageInfo, ImageError> {
+    check_name(child)?;
+    let parent_image = Image::open(store, parent)?;
+    if features & features::OBJECT_MAP == 0 {
+        return Err(ImageError::invalid(
+            "a clone needs the object map (it tells copied-up objects from the parent's)",
+        ));
     }
+    check_layout(parent_image.info.order, features)?;
+    let s = parent_image.snap(snap)?.clone();
+    if store.collection_exists(&collection_of(child))? {
+        return Err(ImageError::Exists { name: child.into() });
+    }
+    let info = ImageInfo {
+        size: s.size,
+        order: parent_image.info.order,
+        features,
+        flags: 0,
+        created_ns: now_ns(),
+    };
+    // The parent's record of its child goes first: a crash in between leaves a record `snap rm`
+    // recognises as stale, never a clone its parent does not know.
+    let mut t = Transaction::new(collection_of(parent));
+    t.omap_setkey(HEADER_OBJECT, &child_key(s.id, child), &encode_child());
+    store.apply(t)?;
+    let mut t = creation(child, &info);
+    let link = ParentLink {
+        image: parent.into(),
+        snap: s.id,
+        overlap: s.size,
+    };
+    t.omap_setkey(HEADER_OBJECT, PARENT_KEY, &link.encode());
     store.apply(t)?;
     Ok(info)
 }
 
 /// Removes an image and all its objects (in batches; a crash leaves a smaller image to remove
-/// again).
+/// again). An image with snapshots, or one another client holds the lock of, is not removed.
 pub fn remove(store: &StoreHandle, name: &str) -> Result<(), ImageError> {
     check_name(name)?;
     let coll = collection_of(name);
     if !store.collection_exists(&coll)? {
         return Err(ImageError::NoSuchImage { name: name.into() });
+    }
+    let meta = Meta::load(store, &coll)?;
+    if let Some(s) = meta.snaps.first() {
+        return Err(ImageError::invalid(format!(
+            "image '{name}' has {} snapshot(s) ('{}' first): remove them first",
+            meta.snaps.len(),
+            s.name
+        )));
+    }
+    if let Some(owner) = super::lock::cell(store.fsid(), name).owner() {
+        return Err(ImageError::LockBusy {
+            name: name.into(),
+            owner,
+        });
     }
     loop {
         let objects = store.list_objects(&coll, None, REMOVE_BATCH)?;
@@ -273,30 +434,241 @@ pub fn remove(store: &StoreHandle, name: &str) -> Result<(), ImageError> {
     let mut t = Transaction::new(&coll);
     t.remove_collection();
     store.apply(t)?;
+    if let Some(link) = meta.parent {
+        let parent_coll = collection_of(&link.image);
+        if store.collection_exists(&parent_coll)? {
+            let mut t = Transaction::new(&parent_coll);
+            t.omap_rmkeys(HEADER_OBJECT, vec![child_key(link.snap, name)]);
+            store.apply(t)?;
+        }
+    }
     Ok(())
 }
 
-/// Queues the map blocks changed since the last call into `t`; returns how many.
-fn write_map_blocks(t: &mut Transaction, map: &mut ObjectMap) -> u64 {
+/// Queues the blocks of `map` changed since the last call into `t` (as `object`); how many.
+fn write_map_blocks(t: &mut Transaction, map: &mut ObjectMap, object: &str) -> u64 {
     let dirty = map.take_dirty();
     for (index, block) in &dirty {
-        t.write(MAP_OBJECT, index * MAP_BLOCK as u64, block.clone());
+        t.write(object, index * MAP_BLOCK as u64, block.clone());
     }
     dirty.len() as u64
+}
+
+fn load_header(store: &StoreHandle, coll: &str, name: &str) -> Result<ImageInfo, ImageError> {
+    match store.getattr(coll, HEADER_OBJECT, HEADER_ATTR) {
+        Ok(h) => ImageInfo::decode(&h),
+        Err(StoreError::NoSuchCollection { .. }) | Err(StoreError::NoSuchObject { .. }) => {
+            Err(ImageError::NoSuchImage { name: name.into() })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn load_map(
+    store: &StoreHandle,
+    coll: &str,
+    object: &str,
+    objects: u64,
+) -> Result<ObjectMap, ImageError> {
+    let len = ObjectMap::new(objects).blocks() * MAP_BLOCK as u64;
+    let bytes = store.read(coll, object, 0, len)?;
+    ObjectMap::decode(&bytes, objects)
+}
+
+/// What the header object's omap says: snapshots, the snapshot sequence, the parent, children.
+struct Meta {
+    snaps: Vec<SnapInfo>,
+    seq: u64,
+    parent: Option<ParentLink>,
+    /// (snapshot id, child image name).
+    children: Vec<(u64, String)>,
+}
+
+impl Meta {
+    fn load(store: &StoreHandle, coll: &str) -> Result<Meta, ImageError> {
+        let omap: BTreeMap<Vec<u8>, Vec<u8>> = store.omap_get(coll, HEADER_OBJECT)?;
+        let mut meta = Meta {
+            snaps: Vec::new(),
+            seq: 0,
+            parent: None,
+            children: Vec::new(),
+        };
+        for (key, value) in &omap {
+            if key.as_slice() == SNAP_SEQ_KEY {
+                meta.seq = decode_seq(value)?;
+            } else if key.as_slice() == PARENT_KEY {
+                meta.parent = Some(ParentLink::decode(value)?);
+            } else if key.starts_with(SNAP_KEY_PREFIX.as_bytes()) {
+                meta.snaps.push(SnapInfo::decode(value)?);
+            } else if let Some(rest) = key.strip_prefix(CHILD_KEY_PREFIX.as_bytes()) {
+                let text = String::from_utf8_lossy(rest);
+                if let Some((id, child)) = text.split_once('.')
+                    && let Ok(id) = u64::from_str_radix(id, 16)
+                {
+                    meta.children.push((id, child.to_string()));
+                }
+            }
+        }
+        meta.snaps.sort_by_key(|s| s.id);
+        Ok(meta)
+    }
+}
+
+/// Object `index` of the image in `coll` as snapshot `snap` saw it — the first copy preserved
+/// for a snapshot at or after it, else the head object — or None if neither exists. Retries
+/// when a concurrent snapshot removal moves the copy between the lookup and the read.
+fn read_object_at(
+    store: &StoreHandle,
+    coll: &str,
+    index: u64,
+    snap: u64,
+    within: u64,
+    len: u64,
+) -> Result<Option<Vec<u8>>, ImageError> {
+    let prefix = format!("data.{index:016x}@");
+    for _ in 0..4 {
+        let after = preserved_object(index, snap.saturating_sub(1));
+        let next = store.list_objects(coll, Some(&after), 1)?;
+        let name = match next.first() {
+            Some(n) if n.starts_with(&prefix) => n.clone(),
+            _ => data_object(index),
+        };
+        match store.read(coll, &name, within, len) {
+            Ok(bytes) => return Ok(Some(bytes)),
+            Err(e) if e.is_not_found() && name == data_object(index) => return Ok(None),
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ImageError::Conflict {
+        reason: format!("object {index} kept moving while it was read at snapshot {snap}"),
+    })
+}
+
+impl ParentView {
+    fn open(store: &StoreHandle, link: ParentLink, depth: u32) -> Result<ParentView, ImageError> {
+        if depth > 16 {
+            return Err(ImageError::invalid(format!(
+                "clone chain deeper than 16 at '{}'",
+                link.image
+            )));
+        }
+        let view = SnapView::open_id(store, &link.image, link.snap, depth + 1)?;
+        Ok(ParentView {
+            link,
+            view: Box::new(view),
+        })
+    }
+
+    /// Fills `out` with the parent's bytes at `offset`, as far as `overlap` reaches.
+    fn read_into(&self, overlap: u64, offset: u64, out: &mut [u8]) -> Result<(), ImageError> {
+        let overlap = overlap.min(self.link.overlap);
+        if offset >= overlap {
+            return Ok(());
+        }
+        let n = ((overlap - offset) as usize).min(out.len());
+        self.view.read_into(offset, &mut out[..n])
+    }
+}
+
+impl SnapView {
+    fn open_id(
+        store: &StoreHandle,
+        image: &str,
+        id: u64,
+        depth: u32,
+    ) -> Result<SnapView, ImageError> {
+        let coll = collection_of(image);
+        let info = load_header(store, &coll, image)?;
+        let meta = Meta::load(store, &coll)?;
+        let snap = meta
+            .snaps
+            .iter()
+            .find(|s| s.id == id)
+            .cloned()
+            .ok_or_else(|| ImageError::NoSuchSnapshot {
+                image: image.into(),
+                snap: format!("#{id}"),
+            })?;
+        let map = load_map(
+            store,
+            &coll,
+            &snap_map_object(id),
+            snap.size.div_ceil(info.object_size()),
+        )?;
+        let parent = match meta.parent {
+            Some(link) if snap.parent_overlap > 0 => Some(ParentView::open(store, link, depth)?),
+            _ => None,
+        };
+        Ok(SnapView {
+            store: store.clone(),
+            image: image.into(),
+            coll,
+            snap,
+            order: info.order,
+            map,
+            parent,
+        })
+    }
+
+    pub fn image(&self) -> &str {
+        &self.image
+    }
+
+    pub fn info(&self) -> &SnapInfo {
+        &self.snap
+    }
+
+    pub fn object_map(&self) -> &ObjectMap {
+        &self.map
+    }
+
+    pub fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, ImageError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.snap.size => {}
+            _ => {
+                return Err(ImageError::Beyond {
+                    offset,
+                    len,
+                    size: self.snap.size,
+                });
+            }
+        }
+        let mut out = vec![0u8; len as usize];
+        self.read_into(offset, &mut out)?;
+        Ok(out)
+    }
+
+    fn read_into(&self, offset: u64, out: &mut [u8]) -> Result<(), ImageError> {
+        let object_size = 1u64 << self.order;
+        for (index, within, n, at) in pieces_of(object_size, offset, out.len() as u64) {
+            let piece = &mut out[at..at + n as usize];
+            let found = if self.map.get(index).may_exist() {
+                read_object_at(&self.store, &self.coll, index, self.snap.id, within, n)?
+            } else {
+                None
+            };
+            match (found, &self.parent) {
+                (Some(bytes), _) => piece[..bytes.len()].copy_from_slice(&bytes),
+                (None, Some(p)) => p.read_into(
+                    self.snap.parent_overlap,
+                    index * object_size + within,
+                    piece,
+                )?,
+                (None, None) => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Image {
     pub fn open(store: &StoreHandle, name: &str) -> Result<Image, ImageError> {
         check_name(name)?;
         let coll = collection_of(name);
-        let header = match store.getattr(&coll, HEADER_OBJECT, HEADER_ATTR) {
-            Ok(h) => h,
-            Err(StoreError::NoSuchCollection { .. }) | Err(StoreError::NoSuchObject { .. }) => {
-                return Err(ImageError::NoSuchImage { name: name.into() });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let info = ImageInfo::decode(&header)?;
+        let info = load_header(store, &coll, name)?;
+        let lock = (info.features & features::EXCLUSIVE_LOCK != 0)
+            .then(|| super::lock::cell(store.fsid(), name));
         let mut image = Image {
             store: store.clone(),
             name: name.into(),
@@ -305,17 +677,56 @@ impl Image {
             map: None,
             map_suspect: Arc::new(AtomicBool::new(false)),
             stats: ImageStats::default(),
+            snaps: Vec::new(),
+            snap_seq: 0,
+            parent: None,
+            client: super::lock::new_client_id(),
+            lock,
+            owner: false,
+            in_flight: Arc::new(InFlight::default()),
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
         };
-        if info.has_object_map() && !info.map_invalid() {
-            let len = ObjectMap::new(info.objects()).blocks() * MAP_BLOCK as u64;
-            let bytes = store.read(&image.coll, MAP_OBJECT, 0, len)?;
-            match ObjectMap::decode(&bytes, info.objects()) {
-                Ok(map) => image.map = Some(map),
-                // Every object may exist from now on, until `rebuild_object_map`.
-                Err(e) => image.invalidate_map(&e.to_string())?,
+        image.refresh()?;
+        // The first client takes the lock at once (most images have one client, which then
+        // answers reads of unwritten space from its map); later ones ask for it when they
+        // write.
+        if let Some(cell) = image.lock.clone()
+            && matches!(cell.try_acquire(image.client), Acquire::Acquired)
+        {
+            image.owner = true;
+            // What was loaded before the lock was taken may predate the last owner's changes.
+            if let Err(e) = image.refresh() {
+                image.owner = false;
+                cell.release(image.client);
+                return Err(e);
             }
         }
         Ok(image)
+    }
+
+    /// Reloads the header, snapshots, parent link and object map from the store (what another
+    /// client may have changed); the lock owner does this when it takes the lock.
+    pub fn refresh(&mut self) -> Result<(), ImageError> {
+        self.info = load_header(&self.store, &self.coll, &self.name)?;
+        let meta = Meta::load(&self.store, &self.coll)?;
+        self.snaps = meta.snaps;
+        self.snap_seq = meta.seq;
+        if self.parent.as_ref().map(|p| &p.link) != meta.parent.as_ref() {
+            self.parent = match meta.parent {
+                Some(link) => Some(ParentView::open(&self.store, link, 0)?),
+                None => None,
+            };
+        }
+        self.map = None;
+        if self.info.has_object_map() && !self.info.map_invalid() {
+            match load_map(&self.store, &self.coll, MAP_OBJECT, self.info.objects()) {
+                Ok(map) => self.map = Some(map),
+                // Every object may exist from now on, until `rebuild_object_map`.
+                Err(e @ ImageError::MapCorrupt { .. }) => self.invalidate_map(&e.to_string())?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     pub fn name(&self) -> &str {
@@ -330,8 +741,43 @@ impl Image {
         self.stats
     }
 
-    /// The object map, when the image keeps a valid one.
+    /// Snapshots, oldest first (as of the last refresh for a client that does not own the lock).
+    pub fn snapshots(&self) -> &[SnapInfo] {
+        &self.snaps
+    }
+
+    pub fn parent(&self) -> Option<&ParentLink> {
+        self.parent.as_ref().map(|p| &p.link)
+    }
+
+    fn snap(&self, name: &str) -> Result<&SnapInfo, ImageError> {
+        self.snaps
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| ImageError::NoSuchSnapshot {
+                image: self.name.clone(),
+                snap: name.into(),
+            })
+    }
+
+    /// The image as snapshot `name` saw it.
+    pub fn snapshot(&self, name: &str) -> Result<SnapView, ImageError> {
+        let id = self.snap(name)?.id;
+        SnapView::open_id(&self.store, &self.name, id, 0)
+    }
+
+    /// The object map, when this client may trust it: the image keeps a valid one and this
+    /// client owns the lock.
     pub fn object_map(&self) -> Option<&ObjectMap> {
+        if self.lock.is_some() && !self.owner {
+            return None;
+        }
+        self.map.as_ref()
+    }
+
+    /// The object map as this client last loaded or kept it (for inspection: another client
+    /// that owns the lock may have changed it since).
+    pub fn loaded_object_map(&self) -> Option<&ObjectMap> {
         self.map.as_ref()
     }
 
@@ -356,45 +802,61 @@ impl Image {
         }
     }
 
-    /// The pieces of `offset..offset + len`: (object index, offset in it, length).
-    fn pieces(&self, offset: u64, len: u64) -> impl Iterator<Item = (u64, u64, u64)> {
-        let object_size = self.info.object_size();
-        let end = offset + len;
-        let mut at = offset;
-        std::iter::from_fn(move || {
-            if at >= end {
-                return None;
-            }
-            let index = at / object_size;
-            let within = at % object_size;
-            let n = (object_size - within).min(end - at);
-            at += n;
-            Some((index, within, n))
-        })
+    fn pieces(&self, offset: u64, len: u64) -> Vec<(u64, u64, u64, usize)> {
+        pieces_of(self.info.object_size(), offset, len)
     }
 
-    /// Whether the map says the object may exist (without a map: maybe).
+    /// Whether the map says the object may exist (without a trusted map: maybe).
     fn may_exist(&self, index: u64) -> bool {
-        self.map.as_ref().is_none_or(|m| m.get(index).may_exist())
+        self.object_map().is_none_or(|m| m.get(index).may_exist())
+    }
+
+    /// How far the parent shows through (0 for an image that is not a clone).
+    fn overlap(&self) -> u64 {
+        self.parent
+            .as_ref()
+            .map_or(0, |p| p.link.overlap.min(self.info.size))
+    }
+
+    fn parent_covers(&self, index: u64) -> bool {
+        index * self.info.object_size() < self.overlap()
+    }
+
+    /// Fills `out` (image bytes at `offset`) from the parent where it shows through.
+    fn read_parent(&mut self, offset: u64, out: &mut [u8]) -> Result<(), ImageError> {
+        let overlap = self.overlap();
+        match &self.parent {
+            Some(p) if offset < overlap => {
+                self.stats.parent_reads += 1;
+                p.read_into(overlap, offset, out)
+            }
+            _ => {
+                self.stats.reads_from_map += 1;
+                Ok(())
+            }
+        }
     }
 
     pub fn read(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, ImageError> {
         self.check_range(offset, len)?;
+        self.serve_lock_requests()?;
         let mut out = vec![0u8; len as usize];
-        let mut at = 0usize;
-        for (index, within, n) in self.pieces(offset, len).collect::<Vec<_>>() {
+        let object_size = self.info.object_size();
+        for (index, within, n, at) in self.pieces(offset, len) {
+            let piece = &mut out[at..at + n as usize];
             if self.may_exist(index) {
                 self.stats.object_reads += 1;
                 match self.store.read(&self.coll, &data_object(index), within, n) {
                     // Short: the object ends sooner; the rest reads as zeros.
-                    Ok(bytes) => out[at..at + bytes.len()].copy_from_slice(&bytes),
+                    Ok(bytes) => {
+                        piece[..bytes.len()].copy_from_slice(&bytes);
+                        continue;
+                    }
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e.into()),
                 }
-            } else {
-                self.stats.reads_from_map += 1;
             }
-            at += n as usize;
+            self.read_parent(index * object_size + within, piece)?;
         }
         Ok(out)
     }
@@ -404,7 +866,7 @@ impl Image {
     fn commit(&mut self, mut t: Transaction, map: Option<ObjectMap>) -> Result<(), ImageError> {
         let mut map = map;
         if let Some(m) = map.as_mut() {
-            let blocks = write_map_blocks(&mut t, m);
+            let blocks = write_map_blocks(&mut t, m, MAP_OBJECT);
             if blocks > 0 {
                 self.stats.map_updates += 1;
                 self.stats.map_blocks_written += blocks;
@@ -421,7 +883,7 @@ impl Image {
     }
 
     /// Starts a read; `done` gets the bytes on a store reactor (it must not block). Reads see
-    /// every request queued before them.
+    /// every request queued before them. What a clone reads from its parent is read at once.
     pub fn read_async(
         &mut self,
         offset: u64,
@@ -429,32 +891,19 @@ impl Image {
         done: impl FnOnce(Result<Vec<u8>, ImageError>) + Send + 'static,
     ) -> Result<(), ImageError> {
         self.check_range(offset, len)?;
-        let pieces: Vec<(u64, u64, u64, usize)> = {
-            let mut at = 0usize;
-            self.pieces(offset, len)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .map(|(index, within, n)| {
-                    let p = (index, within, n, at);
-                    at += n as usize;
-                    p
-                })
-                .collect()
-        };
-        let wanted: Vec<_> = pieces
-            .into_iter()
-            .filter(|&(index, ..)| {
-                let read = self.may_exist(index);
-                if read {
-                    self.stats.object_reads += 1;
-                } else {
-                    self.stats.reads_from_map += 1;
-                }
-                read
-            })
-            .collect();
+        let mut out = vec![0u8; len as usize];
+        let mut wanted = Vec::new();
+        let object_size = self.info.object_size();
+        for (index, within, n, at) in self.pieces(offset, len) {
+            if self.may_exist(index) {
+                self.stats.object_reads += 1;
+                wanted.push((index, within, n, at));
+            } else {
+                self.read_parent(index * object_size + within, &mut out[at..at + n as usize])?;
+            }
+        }
         let gather = Arc::new(Mutex::new(Gather {
-            out: vec![0u8; len as usize],
+            out,
             left: wanted.len(),
             error: None,
             done: Some(Box::new(done)),
@@ -463,14 +912,46 @@ impl Image {
             Gather::finish(&gather);
             return Ok(());
         }
+        // A clone's object that turns out not to exist is read from the parent on the reactor:
+        // rare (the map said it may exist), and only for images without a trusted map.
+        let parent = self.parent.as_ref().map(|p| {
+            (
+                Arc::new(SnapView::open_id(
+                    &self.store,
+                    &p.link.image,
+                    p.link.snap,
+                    1,
+                )),
+                self.overlap(),
+            )
+        });
         for (index, within, n, at) in wanted {
             let g = Arc::clone(&gather);
+            let parent = parent.clone();
             self.store
                 .read_async(&self.coll, &data_object(index), within, n, move |r| {
                     let mut state = crate::sync::lock(&g);
                     match r {
                         Ok(bytes) => state.out[at..at + bytes.len()].copy_from_slice(&bytes),
-                        Err(e) if e.is_not_found() => {}
+                        Err(e) if e.is_not_found() => {
+                            if let Some((view, overlap)) = &parent {
+                                let offset = index * object_size + within;
+                                let piece = &mut state.out[at..at + n as usize];
+                                let result = match view.as_ref() {
+                                    Ok(v) if offset < *overlap => {
+                                        let k = ((*overlap - offset) as usize).min(piece.len());
+                                        v.read_into(offset, &mut piece[..k])
+                                    }
+                                    Ok(_) => Ok(()),
+                                    Err(e) => Err(ImageError::Conflict {
+                                        reason: format!("parent: {e}"),
+                                    }),
+                                };
+                                if let Err(e) = result {
+                                    state.error.get_or_insert(e);
+                                }
+                            }
+                        }
                         Err(e) => {
                             state.error.get_or_insert(e.into());
                         }
@@ -486,6 +967,98 @@ impl Image {
         Ok(())
     }
 
+    // ---- changes ---------------------------------------------------------------------------
+
+    /// Before a request changes the image: the lock (taken over from its owner if need be),
+    /// and the map's standing after a failed queued write.
+    fn prepare_change(&mut self) -> Result<(), ImageError> {
+        self.serve_lock_requests()?;
+        self.acquire_lock()?;
+        self.settle_suspicion()
+    }
+
+    /// Whether object `index` must be preserved for the newest snapshot before it changes:
+    /// it is unchanged since that snapshot (EXISTS_CLEAN; without a trusted map, the store and
+    /// the snapshot's map decide).
+    fn needs_preserve(&self, map: Option<&ObjectMap>, index: u64) -> Result<bool, ImageError> {
+        let Some(latest) = self.snaps.last() else {
+            return Ok(false);
+        };
+        if let Some(m) = map {
+            return Ok(m.get(index) == ObjectState::ExistsClean);
+        }
+        let objects = latest.size.div_ceil(self.info.object_size());
+        let snap_map = load_map(
+            &self.store,
+            &self.coll,
+            &snap_map_object(latest.id),
+            objects,
+        )?;
+        Ok(snap_map.get(index).may_exist()
+            && self.store.exists(&self.coll, &data_object(index))?
+            && !self
+                .store
+                .exists(&self.coll, &preserved_object(index, latest.id))?)
+    }
+
+    fn exists(&self, map: Option<&ObjectMap>, index: u64) -> Result<bool, ImageError> {
+        match map {
+            Some(m) => Ok(m.get(index).may_exist()),
+            None => Ok(self.store.exists(&self.coll, &data_object(index))?),
+        }
+    }
+
+    /// What must happen in `t` before object `index` is changed in place: preserving it for
+    /// the newest snapshot, or copying it up from the parent. Whether it exists afterwards.
+    fn before_change(
+        &mut self,
+        t: &mut Transaction,
+        map: Option<&ObjectMap>,
+        index: u64,
+    ) -> Result<bool, ImageError> {
+        if self.needs_preserve(map, index)? {
+            let latest = self.snaps.last().expect("needs_preserve saw one").id;
+            t.clone_object(&data_object(index), &preserved_object(index, latest));
+            self.stats.preserved += 1;
+            return Ok(true);
+        }
+        let exists = self.exists(map, index)?;
+        if !exists && self.parent_covers(index) {
+            let object_size = self.info.object_size();
+            let start = index * object_size;
+            let mut bytes = vec![0u8; object_size.min(self.overlap() - start) as usize];
+            self.read_parent(start, &mut bytes)?;
+            if bytes.iter().any(|&b| b != 0) {
+                t.write(&data_object(index), 0, bytes);
+                self.stats.copy_ups += 1;
+                return Ok(true);
+            }
+        }
+        Ok(exists)
+    }
+
+    /// The transaction of a write, and the map after it.
+    fn write_transaction(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(Transaction, Option<ObjectMap>), ImageError> {
+        let mut t = Transaction::new(&self.coll);
+        let mut map = self.map.clone();
+        for (index, within, n, at) in self.pieces(offset, data.len() as u64) {
+            self.before_change(&mut t, map.as_ref(), index)?;
+            t.write(
+                &data_object(index),
+                within,
+                data[at..at + n as usize].to_vec(),
+            );
+            if let Some(m) = map.as_mut() {
+                m.set(index, ObjectState::Exists)?;
+            }
+        }
+        Ok((t, map))
+    }
+
     /// Queues a write; `done` runs on a store reactor once it is durable (it must not block).
     /// The map changes at once, so later requests see it; should the write fail, the map is
     /// marked suspect and invalidated at the next request.
@@ -496,35 +1069,30 @@ impl Image {
         done: impl FnOnce(Result<(), ImageError>) + Send + 'static,
     ) -> Result<(), ImageError> {
         self.check_range(offset, data.len() as u64)?;
-        self.settle_suspicion()?;
-        let mut t = Transaction::new(&self.coll);
-        let mut map = self.map.clone();
-        let mut at = 0usize;
-        for (index, within, n) in self.pieces(offset, data.len() as u64).collect::<Vec<_>>() {
-            t.write(
-                &data_object(index),
-                within,
-                data[at..at + n as usize].to_vec(),
-            );
-            if let Some(m) = map.as_mut() {
-                m.set(index, ObjectState::Exists)?;
-            }
-            at += n as usize;
-        }
+        self.prepare_change()?;
+        let (mut t, mut map) = self.write_transaction(offset, data)?;
         if let Some(m) = map.as_mut() {
-            let blocks = write_map_blocks(&mut t, m);
+            let blocks = write_map_blocks(&mut t, m, MAP_OBJECT);
             if blocks > 0 {
                 self.stats.map_updates += 1;
                 self.stats.map_blocks_written += blocks;
             }
         }
         let suspect = Arc::clone(&self.map_suspect);
-        self.store.queue_transaction(t, move |r| {
+        let in_flight = Arc::clone(&self.in_flight);
+        in_flight.start();
+        let queued = self.store.queue_transaction(t, move |r| {
             if r.is_err() {
                 suspect.store(true, Ordering::Relaxed);
             }
+            let ok = r.is_ok();
             done(r.map_err(ImageError::from));
-        })?;
+            in_flight.finish(ok);
+        });
+        if let Err(e) = queued {
+            self.in_flight.finish(true);
+            return Err(e.into());
+        }
         if map.is_some() {
             self.map = map;
         }
@@ -541,49 +1109,61 @@ impl Image {
 
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ImageError> {
         self.check_range(offset, data.len() as u64)?;
-        self.settle_suspicion()?;
-        let mut t = Transaction::new(&self.coll);
-        let mut map = self.map.clone();
-        let mut at = 0usize;
-        for (index, within, n) in self.pieces(offset, data.len() as u64).collect::<Vec<_>>() {
-            t.write(
-                &data_object(index),
-                within,
-                data[at..at + n as usize].to_vec(),
-            );
-            if let Some(m) = map.as_mut() {
-                m.set(index, ObjectState::Exists)?;
-            }
-            at += n as usize;
-        }
+        self.prepare_change()?;
+        let (t, map) = self.write_transaction(offset, data)?;
         self.commit(t, map)
     }
 
+    /// Puts removing object `index` (known to exist) into `t`: preserved for the newest
+    /// snapshot instead, if it still needs it.
+    fn remove_object(&mut self, t: &mut Transaction, index: u64, preserve: bool) {
+        match (preserve, self.snaps.last()) {
+            (true, Some(latest)) => {
+                t.rename(&data_object(index), &preserved_object(index, latest.id));
+                self.stats.preserved += 1;
+            }
+            _ => {
+                t.remove(&data_object(index));
+            }
+        }
+    }
+
     /// Discards `offset..offset + len`: whole objects are removed (and read as zeros from the
-    /// map), parts of objects zeroed.
+    /// map), parts of objects zeroed. In a clone, where the parent shows through, an object is
+    /// emptied rather than removed (so it hides the parent).
     pub fn discard(&mut self, offset: u64, len: u64) -> Result<(), ImageError> {
         self.check_range(offset, len)?;
-        self.settle_suspicion()?;
+        self.prepare_change()?;
         let object_size = self.info.object_size();
         let mut t = Transaction::new(&self.coll);
         let mut map = self.map.clone();
-        for (index, within, n) in self.pieces(offset, len).collect::<Vec<_>>() {
+        for (index, within, n, _) in self.pieces(offset, len) {
             // The object's bytes inside the image (the last one may be short).
             let object_end = (self.info.size - index * object_size).min(object_size);
-            let exists = match &map {
-                Some(m) => m.get(index).may_exist(),
-                None => self.store.exists(&self.coll, &data_object(index))?,
-            };
-            if !exists {
-                continue;
-            }
+            let head = data_object(index);
             if within == 0 && n >= object_end {
-                t.remove(&data_object(index));
-                if let Some(m) = map.as_mut() {
-                    m.set(index, ObjectState::Nonexistent)?;
+                let exists = self.exists(map.as_ref(), index)?;
+                let preserve = exists && self.needs_preserve(map.as_ref(), index)?;
+                if self.parent_covers(index) {
+                    if preserve {
+                        let latest = self.snaps.last().expect("preserve needs one").id;
+                        t.clone_object(&head, &preserved_object(index, latest));
+                        self.stats.preserved += 1;
+                    } else if !exists {
+                        t.touch(&head);
+                    }
+                    t.truncate(&head, 0);
+                    if let Some(m) = map.as_mut() {
+                        m.set(index, ObjectState::Exists)?;
+                    }
+                } else if exists {
+                    self.remove_object(&mut t, index, preserve);
+                    if let Some(m) = map.as_mut() {
+                        m.set(index, ObjectState::Nonexistent)?;
+                    }
                 }
-            } else {
-                t.zero(&data_object(index), within, n);
+            } else if self.before_change(&mut t, map.as_ref(), index)? {
+                t.zero(&head, within, n);
                 if let Some(m) = map.as_mut() {
                     m.set(index, ObjectState::Exists)?;
                 }
@@ -597,61 +1177,326 @@ impl Image {
         self.discard(offset, len)
     }
 
-    /// Every request is durable when it returns; nothing is left to flush.
+    /// Waits until every write queued so far is durable; an error if one of the writes
+    /// queued since the last flush failed (as fsync reports a lost write-back).
     pub fn flush(&mut self) -> Result<(), ImageError> {
+        if self.flush_waiter().wait() {
+            Ok(())
+        } else {
+            Err(ImageError::WriteFailed {
+                name: self.name.clone(),
+            })
+        }
+    }
+
+    /// A handle that waits for the queued writes without holding the image.
+    pub fn flush_waiter(&self) -> FlushWaiter {
+        FlushWaiter {
+            in_flight: Arc::clone(&self.in_flight),
+        }
+    }
+
+    // ---- the exclusive lock ----------------------------------------------------------------
+
+    /// This client's id, as lock events name it.
+    pub fn client_id(&self) -> u64 {
+        self.client
+    }
+
+    pub fn is_lock_owner(&self) -> bool {
+        self.owner
+    }
+
+    /// The client that holds the image's lock, if any.
+    pub fn lock_owner(&self) -> Option<u64> {
+        self.lock.as_ref().and_then(|c| c.owner())
+    }
+
+    /// How long to wait for the owner to hand the lock over or to start on a request.
+    pub fn set_lock_timeout(&mut self, timeout: Duration) {
+        self.lock_timeout = timeout;
+    }
+
+    /// Lock acquired/released notifications and requests, for every client of the image.
+    pub fn watch(&self) -> Option<Receiver<LockEvent>> {
+        self.lock.as_ref().map(|c| c.watch())
+    }
+
+    /// A handle a thread can wait on for requests this client, as the owner, should serve.
+    pub fn lock_waiter(&self) -> Option<LockWaiter> {
+        self.lock.as_ref().map(|c| LockWaiter {
+            cell: Arc::clone(c),
+        })
+    }
+
+    /// Takes the lock (asking its owner to hand it over, and waiting up to the lock timeout),
+    /// then reloads what the previous owner changed. Images without the feature need none.
+    pub fn acquire_lock(&mut self) -> Result<(), ImageError> {
+        let Some(cell) = self.lock.clone() else {
+            return Ok(());
+        };
+        if self.owner {
+            return Ok(());
+        }
+        match cell.try_acquire(self.client) {
+            Acquire::Acquired => {}
+            Acquire::HeldBy(_) => cell
+                .acquire_from_owner(self.client, Instant::now() + self.lock_timeout)
+                .map_err(|owner| ImageError::LockBusy {
+                    name: self.name.clone(),
+                    owner,
+                })?,
+        }
+        self.owner = true;
+        if let Err(e) = self.refresh() {
+            self.owner = false;
+            cell.release(self.client);
+            return Err(e);
+        }
         Ok(())
     }
 
+    /// Hands the lock back once every queued write has been answered.
+    pub fn release_lock(&mut self) -> Result<(), ImageError> {
+        let Some(cell) = self.lock.clone() else {
+            return Ok(());
+        };
+        if !self.owner {
+            return Ok(());
+        }
+        self.in_flight.wait_drained();
+        let settled = self.settle_suspicion();
+        self.owner = false;
+        cell.release(self.client);
+        settled
+    }
+
+    /// As the owner: answers what other clients asked (hand the lock over, run an operation);
+    /// how many requests were served. A non-owner has nothing to serve.
+    pub fn serve_lock_requests(&mut self) -> Result<usize, ImageError> {
+        let Some(cell) = self.lock.clone() else {
+            return Ok(0);
+        };
+        let mut served = 0;
+        while self.owner {
+            let Some(request) = cell.next_request(self.client) else {
+                break;
+            };
+            served += 1;
+            match request {
+                LockRequest::Release => self.release_lock()?,
+                LockRequest::Run { op, updates, .. } => {
+                    let mut report = |done, total| {
+                        let _ = updates.send(OpUpdate::Progress { done, total });
+                    };
+                    let result = self.run_local(&op, &mut report);
+                    let _ = updates.send(OpUpdate::Finished(result.map_err(|e| e.to_string())));
+                }
+            }
+        }
+        Ok(served)
+    }
+
+    /// Runs a maintenance operation: here if this client owns the lock or nobody does (it
+    /// then takes it), else by the owner, reporting its progress here.
+    fn run_maintenance(
+        &mut self,
+        op: MaintenanceOp,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), ImageError> {
+        let Some(cell) = self.lock.clone() else {
+            return self.run_local(&op, progress);
+        };
+        loop {
+            if self.owner {
+                return self.run_local(&op, progress);
+            }
+            let owner = match cell.try_acquire(self.client) {
+                Acquire::Acquired => {
+                    self.owner = true;
+                    if let Err(e) = self.refresh() {
+                        self.owner = false;
+                        cell.release(self.client);
+                        return Err(e);
+                    }
+                    continue;
+                }
+                Acquire::HeldBy(owner) => owner,
+            };
+            let (ticket, updates) = cell.ask_owner(self.client, op.clone());
+            let mut heard = Instant::now();
+            let answer = loop {
+                match updates.recv_timeout(Duration::from_millis(20)) {
+                    Ok(OpUpdate::Progress { done, total }) => {
+                        heard = Instant::now();
+                        progress(done, total);
+                    }
+                    Ok(OpUpdate::Finished(result)) => break Some(result),
+                    Err(RecvTimeoutError::Disconnected) => break None,
+                    Err(RecvTimeoutError::Timeout) => {
+                        // The owner left without taking it: ask again (or take the lock).
+                        if cell.owner() != Some(owner) && cell.withdraw(ticket) {
+                            break None;
+                        }
+                        if heard.elapsed() > self.lock_timeout && cell.withdraw(ticket) {
+                            return Err(ImageError::LockBusy {
+                                name: self.name.clone(),
+                                owner,
+                            });
+                        }
+                    }
+                }
+            };
+            if let Some(result) = answer {
+                self.refresh()?;
+                return result.map_err(|reason| ImageError::Proxied {
+                    op: op.name(),
+                    owner,
+                    reason,
+                });
+            }
+        }
+    }
+
+    fn run_local(
+        &mut self,
+        op: &MaintenanceOp,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), ImageError> {
+        // Queued writes first: every operation below reads the state they leave.
+        self.in_flight.wait_drained();
+        self.settle_suspicion()?;
+        match op {
+            MaintenanceOp::Resize { size } => self.resize_local(*size, progress),
+            MaintenanceOp::SnapCreate { name } => self.snap_create_local(name),
+            MaintenanceOp::SnapRemove { name } => self.snap_remove_local(name, progress),
+            MaintenanceOp::Rollback { snap } => self.rollback_local(snap, progress),
+            MaintenanceOp::Flatten { objects_per_second } => {
+                self.flatten_local(*objects_per_second, progress)
+            }
+        }
+    }
+
+    // ---- maintenance -----------------------------------------------------------------------
+
     /// Grows or shrinks the image. Shrinking removes the objects past the new end in batches
     /// (marked PENDING first, so a crash in between leaves the map saying "may exist"), calling
-    /// `progress(done, total)` after each; the header changes last.
+    /// `progress(done, total)` after each; the header changes last. Run by the lock owner.
     pub fn resize(
         &mut self,
         size: u64,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<(), ImageError> {
+        self.run_maintenance(MaintenanceOp::Resize { size }, &mut progress)
+    }
+
+    /// Takes a snapshot named `name` (run by the lock owner).
+    pub fn snap_create(&mut self, name: &str) -> Result<SnapInfo, ImageError> {
+        check_snap_name(name)?;
+        self.run_maintenance(
+            MaintenanceOp::SnapCreate { name: name.into() },
+            &mut |_, _| {},
+        )?;
+        self.snap(name).cloned()
+    }
+
+    /// Removes snapshot `name`: the objects it alone kept go, its map goes (run by the owner).
+    pub fn snap_remove(
+        &mut self,
+        name: &str,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<(), ImageError> {
+        self.run_maintenance(
+            MaintenanceOp::SnapRemove { name: name.into() },
+            &mut progress,
+        )
+    }
+
+    /// Makes the image what snapshot `snap` saw again (later snapshots stay).
+    pub fn rollback(
+        &mut self,
+        snap: &str,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<(), ImageError> {
+        self.run_maintenance(MaintenanceOp::Rollback { snap: snap.into() }, &mut progress)
+    }
+
+    /// Copies every object a clone still reads from its parent into the clone, at most
+    /// `objects_per_second` (None: as fast as it goes), then cuts the link.
+    pub fn flatten(
+        &mut self,
+        objects_per_second: Option<u64>,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<(), ImageError> {
+        self.run_maintenance(MaintenanceOp::Flatten { objects_per_second }, &mut progress)
+    }
+
+    fn resize_local(
+        &mut self,
+        size: u64,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), ImageError> {
         let object_size = self.info.object_size();
         let (old_objects, new_objects) = (self.info.objects(), size.div_ceil(object_size));
         if size < self.info.size {
-            let doomed: Vec<u64> = (new_objects..old_objects)
-                .filter(|&i| self.may_exist(i))
-                .collect();
+            let mut doomed = Vec::new();
+            for i in new_objects..old_objects {
+                if self.exists(self.map.as_ref(), i)? {
+                    doomed.push((i, self.needs_preserve(self.map.as_ref(), i)?));
+                }
+            }
             if let Some(mut map) = self.map.clone() {
-                for &i in &doomed {
+                for &(i, _) in &doomed {
                     map.set(i, ObjectState::Pending)?;
                 }
                 self.commit(Transaction::new(&self.coll), Some(map))?;
             }
             let total = doomed.len() as u64;
-            for (n, batch) in doomed.chunks(REMOVE_BATCH).enumerate() {
+            let mut done = 0;
+            for batch in doomed.chunks(REMOVE_BATCH) {
                 let mut t = Transaction::new(&self.coll);
                 let mut map = self.map.clone();
-                for &i in batch {
-                    if map.is_some() || self.store.exists(&self.coll, &data_object(i))? {
-                        t.remove(&data_object(i));
-                    }
+                for &(i, preserve) in batch {
+                    self.remove_object(&mut t, i, preserve);
                     if let Some(m) = map.as_mut() {
                         m.set(i, ObjectState::Nonexistent)?;
                     }
                 }
                 self.commit(t, map)?;
-                progress(((n + 1) * REMOVE_BATCH).min(doomed.len()) as u64, total);
+                done += batch.len() as u64;
+                progress(done, total);
             }
             // The new last object keeps only what lies inside the image.
             let tail = size % object_size;
-            if tail != 0 && self.may_exist(new_objects - 1) {
-                let last = data_object(new_objects - 1);
-                if self.store.exists(&self.coll, &last)? {
-                    let mut t = Transaction::new(&self.coll);
-                    t.truncate(&last, tail);
-                    self.store.apply(t)?;
+            let last = new_objects.saturating_sub(1);
+            if tail != 0 && self.exists(self.map.as_ref(), last)? {
+                let mut t = Transaction::new(&self.coll);
+                let map = self.map.clone();
+                if self.needs_preserve(map.as_ref(), last)? {
+                    let latest = self.snaps.last().expect("preserve needs one").id;
+                    t.clone_object(&data_object(last), &preserved_object(last, latest));
+                    self.stats.preserved += 1;
                 }
+                t.truncate(&data_object(last), tail);
+                let mut map = map;
+                if let Some(m) = map.as_mut() {
+                    m.set(last, ObjectState::Exists)?;
+                }
+                self.commit(t, map)?;
             }
         }
         let mut info = self.info;
         info.size = size;
         let mut t = Transaction::new(&self.coll);
         t.setattr(HEADER_OBJECT, HEADER_ATTR, info.encode());
+        // A clone that shrinks sees less of its parent, even if it grows again.
+        let mut link = self.parent.as_ref().map(|p| p.link.clone());
+        if let Some(l) = link.as_mut()
+            && size < l.overlap
+        {
+            l.overlap = size;
+            t.omap_setkey(HEADER_OBJECT, PARENT_KEY, &l.encode());
+        }
         let map = self.map.clone().map(|mut m| {
             m.resize(new_objects);
             m
@@ -664,15 +1509,382 @@ impl Image {
         }
         self.commit(t, map)?;
         self.info = info;
+        if let (Some(p), Some(l)) = (self.parent.as_mut(), link) {
+            p.link = l;
+        }
         Ok(())
     }
 
-    /// Rebuilds the object map from the objects that exist, and clears the invalid flag.
+    fn snap_create_local(&mut self, name: &str) -> Result<(), ImageError> {
+        if !self.info.has_object_map() {
+            return Err(ImageError::invalid(
+                "snapshots need the object map (the object-map feature)",
+            ));
+        }
+        let Some(map) = self.map.clone() else {
+            return Err(ImageError::invalid(
+                "the object map is invalid: rebuild it before taking a snapshot",
+            ));
+        };
+        if self.snaps.iter().any(|s| s.name == name) {
+            return Err(ImageError::Exists {
+                name: format!("{}@{name}", self.name),
+            });
+        }
+        let id = self.snap_seq + 1;
+        let info = SnapInfo {
+            id,
+            name: name.into(),
+            size: self.info.size,
+            created_ns: now_ns(),
+            parent_overlap: self.overlap(),
+        };
+        let mut t = Transaction::new(&self.coll);
+        let snap_object = snap_map_object(id);
+        t.touch(&snap_object);
+        for b in 0..map.blocks() {
+            t.write(&snap_object, b * MAP_BLOCK as u64, map.encode_block(b));
+        }
+        let mut head = map;
+        head.mark_clean();
+        t.omap_setkey(HEADER_OBJECT, &snap_key(id), &info.encode());
+        t.omap_setkey(HEADER_OBJECT, SNAP_SEQ_KEY, &encode_seq(id));
+        self.commit(t, Some(head))?;
+        self.snap_seq = id;
+        self.snaps.push(info);
+        Ok(())
+    }
+
+    fn snap_map(&self, snap: &SnapInfo) -> Result<ObjectMap, ImageError> {
+        load_map(
+            &self.store,
+            &self.coll,
+            &snap_map_object(snap.id),
+            snap.size.div_ceil(self.info.object_size()),
+        )
+    }
+
+    fn snap_remove_local(
+        &mut self,
+        name: &str,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), ImageError> {
+        let pos = self
+            .snaps
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| ImageError::NoSuchSnapshot {
+                image: self.name.clone(),
+                snap: name.into(),
+            })?;
+        let snap = self.snaps[pos].clone();
+        // Clones of it block the removal; records of clones that are gone (or were never
+        // finished) are dropped with it.
+        let meta = Meta::load(&self.store, &self.coll)?;
+        let mut stale = Vec::new();
+        let mut live = Vec::new();
+        for (id, child) in meta.children.iter().filter(|(id, _)| *id == snap.id) {
+            let links_here = Meta::load(&self.store, &collection_of(child))
+                .ok()
+                .and_then(|m| m.parent)
+                .is_some_and(|l| l.image == self.name && l.snap == *id);
+            if links_here {
+                live.push(child.clone());
+            } else {
+                stale.push(child_key(*id, child));
+            }
+        }
+        if !live.is_empty() {
+            return Err(ImageError::invalid(format!(
+                "snapshot '{name}' has clones ({}): flatten or remove them first",
+                live.join(", ")
+            )));
+        }
+        let snap_map = self.snap_map(&snap)?;
+        let prev = pos.checked_sub(1).map(|p| self.snaps[p].clone());
+        let prev_map = prev.as_ref().map(|p| self.snap_map(p)).transpose()?;
+        // Each copy it holds goes to the previous snapshot if that one saw the object and kept
+        // no copy of its own; otherwise it goes.
+        let candidates: Vec<u64> = (0..snap_map.objects())
+            .filter(|&i| snap_map.get(i).may_exist())
+            .collect();
+        let total = candidates.len() as u64;
+        let mut done = 0;
+        for batch in candidates.chunks(REMOVE_BATCH) {
+            let mut t = Transaction::new(&self.coll);
+            for &i in batch {
+                let copy = preserved_object(i, snap.id);
+                if !self.store.exists(&self.coll, &copy)? {
+                    continue;
+                }
+                let hand_down = match (&prev, &prev_map) {
+                    (Some(p), Some(pm)) => {
+                        pm.get(i).may_exist()
+                            && !self.store.exists(&self.coll, &preserved_object(i, p.id))?
+                    }
+                    _ => false,
+                };
+                match (&prev, hand_down) {
+                    (Some(p), true) => t.rename(&copy, &preserved_object(i, p.id)),
+                    _ => t.remove(&copy),
+                };
+            }
+            if !t.is_empty() {
+                self.store.apply(t)?;
+            }
+            done += batch.len() as u64;
+            progress(done, total);
+        }
+        // What it marked written since the previous snapshot is now written since that one
+        // in the next map (fast-diff stays right across the gap).
+        let mut t = Transaction::new(&self.coll);
+        let merge = |next: &mut ObjectMap| -> Result<(), ImageError> {
+            for i in 0..snap_map.objects().min(next.objects()) {
+                if snap_map.get(i) == ObjectState::Exists && next.get(i) == ObjectState::ExistsClean
+                {
+                    next.set(i, ObjectState::Exists)?;
+                }
+            }
+            Ok(())
+        };
+        let mut head = None;
+        match self.snaps.get(pos + 1).cloned() {
+            Some(next) => {
+                let mut m = self.snap_map(&next)?;
+                let _ = m.take_dirty();
+                merge(&mut m)?;
+                write_map_blocks(&mut t, &mut m, &snap_map_object(next.id));
+            }
+            None => {
+                if let Some(mut m) = self.map.clone() {
+                    merge(&mut m)?;
+                    head = Some(m);
+                }
+            }
+        }
+        t.remove(&snap_map_object(snap.id));
+        let mut keys = vec![snap_key(snap.id)];
+        keys.extend(stale);
+        t.omap_rmkeys(HEADER_OBJECT, keys);
+        self.commit(t, head)?;
+        self.snaps.remove(pos);
+        Ok(())
+    }
+
+    fn rollback_local(
+        &mut self,
+        name: &str,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), ImageError> {
+        let snap = self.snap(name)?.clone();
+        if self.map.is_none() {
+            return Err(ImageError::invalid(
+                "the object map is invalid: rebuild it before a rollback",
+            ));
+        }
+        let snap_map = self.snap_map(&snap)?;
+        if snap.size > self.info.size {
+            self.resize_local(snap.size, &mut |_, _| {})?;
+        }
+        let objects = snap_map.objects();
+        let mut done = 0;
+        for first in (0..objects).step_by(REMOVE_BATCH) {
+            let mut t = Transaction::new(&self.coll);
+            let mut map = self.map.clone();
+            for i in first..(first + REMOVE_BATCH as u64).min(objects) {
+                let here = map.as_ref().map_or(ObjectState::Nonexistent, |m| m.get(i));
+                let preserve = self.needs_preserve(map.as_ref(), i)?;
+                if !snap_map.get(i).may_exist() {
+                    if here.may_exist() {
+                        self.remove_object(&mut t, i, preserve);
+                        if let Some(m) = map.as_mut() {
+                            m.set(i, ObjectState::Nonexistent)?;
+                        }
+                    }
+                    continue;
+                }
+                // The snapshot's version: the first copy at or after it, or the head object
+                // itself (then unchanged since, and nothing is to be done).
+                let after = preserved_object(i, snap.id - 1);
+                let source = self
+                    .store
+                    .list_objects(&self.coll, Some(&after), 1)?
+                    .into_iter()
+                    .next()
+                    .filter(|n| n.starts_with(&format!("data.{i:016x}@")));
+                if let Some(source) = source {
+                    if preserve {
+                        let latest = self.snaps.last().expect("preserve needs one").id;
+                        t.clone_object(&data_object(i), &preserved_object(i, latest));
+                        self.stats.preserved += 1;
+                    }
+                    t.clone_object(&source, &data_object(i));
+                    if let Some(m) = map.as_mut() {
+                        m.set(i, ObjectState::Exists)?;
+                    }
+                }
+            }
+            self.commit(t, map)?;
+            done = (first + REMOVE_BATCH as u64).min(objects);
+            progress(done, objects);
+        }
+        let _ = done;
+        if snap.size < self.info.size {
+            self.resize_local(snap.size, &mut |_, _| {})?;
+        }
+        Ok(())
+    }
+
+    fn flatten_local(
+        &mut self,
+        objects_per_second: Option<u64>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), ImageError> {
+        let Some(link) = self.parent.as_ref().map(|p| p.link.clone()) else {
+            return Err(ImageError::invalid(format!(
+                "image '{}' is not a clone",
+                self.name
+            )));
+        };
+        if let Some(s) = self.snaps.iter().find(|s| s.parent_overlap > 0) {
+            return Err(ImageError::invalid(format!(
+                "snapshot '{}' of the clone still reads from the parent: remove it first",
+                s.name
+            )));
+        }
+        let object_size = self.info.object_size();
+        let reach = self.overlap().div_ceil(object_size);
+        let mut todo = Vec::new();
+        for i in 0..reach {
+            if !self.exists(self.map.as_ref(), i)? {
+                todo.push(i);
+            }
+        }
+        let total = todo.len() as u64;
+        let started = Instant::now();
+        for (k, &i) in todo.iter().enumerate() {
+            if let Some(rate) = objects_per_second.filter(|r| *r > 0) {
+                let due = started + Duration::from_secs_f64(k as f64 / rate as f64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            let mut t = Transaction::new(&self.coll);
+            let mut map = self.map.clone();
+            if self.before_change(&mut t, map.as_ref(), i)?
+                && let Some(m) = map.as_mut()
+            {
+                m.set(i, ObjectState::Exists)?;
+            }
+            self.commit(t, map)?;
+            progress(k as u64 + 1, total);
+        }
+        let mut t = Transaction::new(&self.coll);
+        t.omap_rmkeys(HEADER_OBJECT, vec![PARENT_KEY.to_vec()]);
+        self.store.apply(t)?;
+        self.parent = None;
+        let parent_coll = collection_of(&link.image);
+        if self.store.collection_exists(&parent_coll)? {
+            let mut t = Transaction::new(&parent_coll);
+            t.omap_rmkeys(HEADER_OBJECT, vec![child_key(link.snap, &self.name)]);
+            self.store.apply(t)?;
+        }
+        Ok(())
+    }
+
+    /// What changed between snapshot `from` (None: an empty image) and snapshot `to` (None:
+    /// the image now), from the object maps alone (fast-diff): no data object is read.
+    pub fn diff(&mut self, from: Option<&str>, to: Option<&str>) -> Result<DiffReport, ImageError> {
+        if self.info.features & features::FAST_DIFF == 0 {
+            return Err(ImageError::invalid(
+                "diff needs the fast-diff feature (it answers from the object maps)",
+            ));
+        }
+        let from_pos = from
+            .map(|n| {
+                self.snaps.iter().position(|s| s.name == n).ok_or_else(|| {
+                    ImageError::NoSuchSnapshot {
+                        image: self.name.clone(),
+                        snap: n.into(),
+                    }
+                })
+            })
+            .transpose()?;
+        let to_pos = to
+            .map(|n| self.snap(n).map(|s| s.id))
+            .transpose()?
+            .map(|id| self.snaps.iter().position(|s| s.id == id).expect("found"));
+        if let (Some(f), Some(t)) = (from_pos, to_pos)
+            && f >= t
+        {
+            return Err(ImageError::invalid(format!(
+                "snapshot '{}' is not older than '{}'",
+                self.snaps[f].name, self.snaps[t].name
+            )));
+        }
+        let reads_before = self.stats.object_reads;
+        let mut maps_read = 0;
+        let from_map = match from_pos {
+            Some(f) => {
+                maps_read += 1;
+                Some(self.snap_map(&self.snaps[f].clone())?)
+            }
+            None => None,
+        };
+        let first = from_pos.map_or(0, |f| f + 1);
+        let last = to_pos.map_or(self.snaps.len(), |t| t + 1);
+        let mut later = Vec::new();
+        for s in &self.snaps[first..last] {
+            later.push(self.snap_map(s)?);
+            maps_read += 1;
+        }
+        let size = match to_pos {
+            Some(t) => self.snaps[t].size,
+            None => {
+                let head = match self.object_map() {
+                    Some(m) => m.clone(),
+                    None => {
+                        let info = load_header(&self.store, &self.coll, &self.name)?;
+                        if info.map_invalid() {
+                            return Err(ImageError::invalid(
+                                "the object map is invalid: rebuild it before a diff",
+                            ));
+                        }
+                        load_map(&self.store, &self.coll, MAP_OBJECT, info.objects())?
+                    }
+                };
+                later.push(head);
+                maps_read += 1;
+                self.info.size
+            }
+        };
+        let refs: Vec<&ObjectMap> = later.iter().collect();
+        let changed = changed_objects(from_map.as_ref(), &refs);
+        Ok(DiffReport {
+            extents: extents_of(&changed, self.info.object_size(), size),
+            objects_changed: changed.len() as u64,
+            maps_read,
+            data_objects_read: self.stats.object_reads - reads_before,
+        })
+    }
+
+    /// Rebuilds the object map from the objects that exist, and clears the invalid flag. With
+    /// snapshots, an object is unchanged since the newest one (EXISTS_CLEAN) exactly when that
+    /// snapshot saw it and kept no copy of it.
     pub fn rebuild_object_map(&mut self) -> Result<(), ImageError> {
         if !self.info.has_object_map() {
             return Err(ImageError::invalid("the image keeps no object map"));
         }
+        self.serve_lock_requests()?;
+        self.acquire_lock()?;
+        self.in_flight.wait_drained();
+        let latest = match self.snaps.last().cloned() {
+            Some(s) => Some((s.id, self.snap_map(&s)?)),
+            None => None,
+        };
         let mut map = ObjectMap::new(self.info.objects());
+        let mut copies = std::collections::HashSet::new();
+        let mut heads = Vec::new();
         let mut after: Option<String> = None;
         loop {
             let names = self
@@ -682,15 +1894,40 @@ impl Image {
                 break;
             };
             for name in &names {
-                if let Some(index) = name
-                    .strip_prefix("data.")
-                    .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-                    && index < self.info.objects()
-                {
-                    map.set(index, ObjectState::Exists)?;
+                let Some(rest) = name.strip_prefix("data.") else {
+                    continue;
+                };
+                match rest.split_once('@') {
+                    Some((index, snap)) => {
+                        if let (Ok(i), Ok(s)) = (
+                            u64::from_str_radix(index, 16),
+                            u64::from_str_radix(snap, 16),
+                        ) && latest.as_ref().is_some_and(|(id, _)| *id == s)
+                        {
+                            copies.insert(i);
+                        }
+                    }
+                    None => {
+                        if let Ok(i) = u64::from_str_radix(rest, 16)
+                            && i < self.info.objects()
+                        {
+                            heads.push(i);
+                        }
+                    }
                 }
             }
             after = Some(last);
+        }
+        for i in heads {
+            let clean = latest
+                .as_ref()
+                .is_some_and(|(_, m)| m.get(i).may_exist() && !copies.contains(&i));
+            let state = if clean {
+                ObjectState::ExistsClean
+            } else {
+                ObjectState::Exists
+            };
+            map.set(i, state)?;
         }
         let mut info = self.info;
         info.flags &= !FLAG_MAP_INVALID;
@@ -700,8 +1937,15 @@ impl Image {
             HEADER_ATTR,
             info.encode(),
         );
+        map.mark_all_dirty();
         self.commit(t, Some(map))?;
         self.info = info;
         Ok(())
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = self.release_lock();
     }
 }

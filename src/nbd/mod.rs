@@ -1,15 +1,24 @@
 //! An NBD server exporting images (DESIGN §6): the fixed newstyle handshake (NBD_OPT_GO, _INFO,
 //! _LIST, _EXPORT_NAME, _ABORT), then read, write, flush, trim and write-zeroes with simple
-//! replies. Every request is durable when it is answered (an image request is one committed
-//! store transaction), so FUA and flush cost nothing extra and several connections may share an
-//! export (NBD_FLAG_CAN_MULTI_CONN).
+//! replies.
+//!
+//! The export behaves as a disk with a volatile write cache, which is what NBD clients expect
+//! (the server advertises flush and FUA): a write without FUA is answered once it is queued on
+//! the store — every later read, on any connection, sees it — and is durable by the time a
+//! later flush is answered; a write with FUA is answered once it is durable. A queued write that
+//! fails makes the next flush fail with EIO. Trim and write-zeroes are answered when durable.
+//! The connections of one export share its open image, and a flush on one covers the writes of
+//! all (NBD_FLAG_CAN_MULTI_CONN).
 //!
 //! One thread per connection reads requests, and reads and writes go to the store at once,
 //! answered from its callbacks by a reply thread, so the client's queue depth reaches the store
-//! (whose kv-sync thread then commits many writes per sync). The connections of one export
-//! share its open image. A request the server cannot take (out of range, too long, unknown)
-//! gets an error reply and the connection goes on; a stream out of step (a bad request magic)
-//! is closed.
+//! (whose kv-sync thread then commits many writes per sync). A request the server cannot take
+//! (out of range, too long, unknown) gets an error reply and the connection goes on; a stream
+//! out of step (a bad request magic) is closed.
+//!
+//! For images with the exclusive lock, a thread per export serves the lock requests of other
+//! clients of the image (hand the lock over, run a resize or snapshot) while the server owns
+//! it.
 
 pub mod protocol;
 
@@ -124,6 +133,38 @@ impl NbdServer {
         self.listener
             .set_nonblocking(true)
             .map_err(io("listening"))?;
+        let mut lock_servers = Vec::new();
+        for (name, image) in self.exports.iter() {
+            let Some(waiter) = lock(image).lock_waiter() else {
+                continue;
+            };
+            let (image, stop, name) = (Arc::clone(image), Arc::clone(&self.stop), name.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("nbd-lock-{name}"))
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if waiter.wait(Duration::from_millis(50))
+                            && let Err(e) = lock(&image).serve_lock_requests()
+                        {
+                            eprintln!("bluepoll nbd: {name}: serving a lock request: {e}");
+                        }
+                        // A request this client cannot serve (it does not own the lock) waits
+                        // for the owner; do not spin on it.
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                })
+                .map_err(io("starting a lock thread"))?;
+            lock_servers.push(thread);
+        }
+        let result = self.accept_loop();
+        self.stop.store(true, Ordering::Relaxed);
+        for t in lock_servers {
+            let _ = t.join();
+        }
+        result
+    }
+
+    fn accept_loop(&self) -> Result<(), NbdError> {
         while !self.stop.load(Ordering::Relaxed) {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
@@ -355,12 +396,26 @@ fn read_requests(
                     Err(e) => reply(wire_error(e.errno()), None),
                 })
             }
-            CMD_WRITE if in_range => {
+            CMD_WRITE if in_range && r.flags & CMD_FLAG_FUA != 0 => {
                 let data = payload.unwrap_or_default();
                 lock(image).write_async(r.offset, &data, move |result| match result {
                     Ok(()) => reply(0, None),
                     Err(e) => reply(wire_error(e.errno()), None),
                 })
+            }
+            CMD_WRITE if in_range => {
+                // Answered once queued; a failure surfaces at the next flush.
+                let data = payload.unwrap_or_default();
+                let queued = lock(image).write_async(r.offset, &data, |_| {});
+                if queued.is_ok() {
+                    reply(0, None);
+                }
+                queued
+            }
+            CMD_FLUSH => {
+                let waiter = lock(image).flush_waiter();
+                reply(if waiter.wait() { 0 } else { EIO }, None);
+                Ok(())
             }
             _ => {
                 // The rest (and every refusal) is answered here and now.
@@ -415,7 +470,6 @@ fn handle(
             let data = payload.unwrap_or_default();
             img.write(r.offset, &data).map(|()| None).map_err(failed)
         }
-        CMD_FLUSH => img.flush().map(|()| None).map_err(failed),
         CMD_TRIM => {
             if !in_range {
                 return Err(EINVAL);

@@ -1,0 +1,461 @@
+//! Snapshots, clones, fast-diff and the exclusive lock of images (issue 8): random requests,
+//! snapshots, snapshot removals, rollbacks and resizes against a byte model of the head and of
+//! every snapshot; clones with copy-up and flatten; diff of a 1 TiB thin image from the maps
+//! alone; lock handover between two writers with writes in flight; a proxied resize.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bluepoll::image::{self, Image, ImageError, LockEvent, features};
+use bluepoll::nvme::Device;
+use bluepoll::rand::Rng;
+use bluepoll::store::{Store, StoreConfig, StoreDevices};
+
+fn devices_and_config() -> (StoreDevices, StoreConfig) {
+    let devices = StoreDevices::only(Device::open("mem:1G").unwrap());
+    let config = StoreConfig {
+        pin: false,
+        cpus: vec![0],
+        ..StoreConfig::default()
+    };
+    Store::mkfs_on(&devices, &config).unwrap();
+    (devices, config)
+}
+
+fn store() -> Store {
+    let (devices, config) = devices_and_config();
+    Store::mount_on(devices, config).unwrap()
+}
+
+fn random_bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; n];
+    rng.fill_bytes(&mut b);
+    b
+}
+
+/// Object `o`'s bytes of `content` (zero-extended to the object's end).
+fn object_bytes(content: &[u8], o: u64, object_size: u64) -> Vec<u8> {
+    let start = (o * object_size) as usize;
+    let mut b = vec![0u8; object_size as usize];
+    if start < content.len() {
+        let end = content.len().min(start + object_size as usize);
+        b[..end - start].copy_from_slice(&content[start..end]);
+    }
+    b
+}
+
+fn check_map_agrees(store: &Store, img: &Image, what: &str) {
+    let map = img.object_map().expect("the owner keeps a valid map");
+    let coll = format!("img.{}", img.name());
+    for i in 0..img.info().objects() {
+        let exists = store.exists(&coll, &format!("data.{i:016x}")).unwrap();
+        assert_eq!(
+            map.get(i).may_exist(),
+            exists,
+            "{what}: object {i} is {:?} in the map, exists={exists}",
+            map.get(i)
+        );
+    }
+}
+
+#[test]
+fn snapshots_rollbacks_and_diffs_match_a_model() {
+    let (devices, config) = devices_and_config();
+    let mut store = Store::mount_on(devices.clone(), config.clone()).unwrap();
+    let mut rng = Rng::new(23);
+    // 4 KiB objects and small requests: many objects, many snapshot boundaries.
+    let object_size = 4096u64;
+    image::create(&store, "m", 64 << 10, 12, features::DEFAULT).unwrap();
+    let mut img = Image::open(&store, "m").unwrap();
+    let mut head = vec![0u8; 64 << 10];
+    let mut snaps: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut next_snap = 0;
+    let (mut rollbacks, mut removals, mut preserved_seen) = (0, 0, 0);
+    for step in 0..500 {
+        let what = format!("step {step}");
+        let size = head.len() as u64;
+        match rng.below(20) {
+            0..=8 => {
+                let off = rng.below(size);
+                let len = 1 + rng.below((size - off).min(10_000));
+                let data = random_bytes(&mut rng, len as usize);
+                img.write(off, &data).unwrap();
+                head[off as usize..(off + len) as usize].copy_from_slice(&data);
+            }
+            9..=11 => {
+                let off = rng.below(size);
+                let len = 1 + rng.below((size - off).min(20_000));
+                img.discard(off, len).unwrap();
+                head[off as usize..(off + len) as usize].fill(0);
+            }
+            12..=13 if snaps.len() < 5 => {
+                let name = format!("s{next_snap}");
+                next_snap += 1;
+                img.snap_create(&name).unwrap();
+                snaps.push((name, head.clone()));
+            }
+            14 if !snaps.is_empty() => {
+                let k = rng.below(snaps.len() as u64) as usize;
+                let (name, _) = snaps.remove(k);
+                img.snap_remove(&name, |_, _| {}).unwrap();
+                removals += 1;
+            }
+            15 if !snaps.is_empty() => {
+                let k = rng.below(snaps.len() as u64) as usize;
+                let mut seen = Vec::new();
+                img.rollback(&snaps[k].0, |d, t| seen.push((d, t))).unwrap();
+                assert!(seen.last().is_none_or(|(d, t)| d == t), "{what}: {seen:?}");
+                head = snaps[k].1.clone();
+                rollbacks += 1;
+            }
+            16 => {
+                let new = (8 << 10) + rng.below(72 << 10);
+                img.resize(new, |_, _| {}).unwrap();
+                head.resize(new as usize, 0);
+            }
+            17 => {
+                // A remount: everything comes back from the store.
+                drop(img);
+                store.umount().unwrap();
+                store = Store::mount_on(devices.clone(), config.clone()).unwrap();
+                img = Image::open(&store, "m").unwrap();
+            }
+            _ => {
+                // fast-diff against the model: every object whose bytes differ is reported.
+                let from = if snaps.is_empty() || rng.below(3) == 0 {
+                    None
+                } else {
+                    Some(rng.below(snaps.len() as u64) as usize)
+                };
+                let report = img.diff(from.map(|k| snaps[k].0.as_str()), None).unwrap();
+                assert_eq!(report.data_objects_read, 0, "{what}");
+                let reported: BTreeSet<u64> = report
+                    .extents
+                    .iter()
+                    .flat_map(|e| e.offset / object_size..(e.offset + e.len).div_ceil(object_size))
+                    .collect();
+                let empty = Vec::new();
+                let old = from.map_or(&empty, |k| &snaps[k].1);
+                for o in 0..(head.len() as u64).div_ceil(object_size) {
+                    let now = object_bytes(&head, o, object_size);
+                    if object_bytes(old, o, object_size) != now {
+                        assert!(
+                            reported.contains(&o),
+                            "{what}: object {o} changed since {:?} but diff missed it",
+                            from.map(|k| &snaps[k].0)
+                        );
+                        let e = report
+                            .extents
+                            .iter()
+                            .find(|e| {
+                                e.offset <= o * object_size && o * object_size < e.offset + e.len
+                            })
+                            .unwrap();
+                        if now.iter().any(|&b| b != 0) {
+                            assert!(e.exists, "{what}: object {o} has data, diff says zero");
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(img.info().size, head.len() as u64, "{what}");
+        assert_eq!(
+            img.read(0, head.len() as u64).unwrap(),
+            head,
+            "{what}: head"
+        );
+        for (name, content) in &snaps {
+            let view = img.snapshot(name).unwrap();
+            assert_eq!(view.info().size, content.len() as u64, "{what}: {name}");
+            assert_eq!(
+                &view.read(0, content.len() as u64).unwrap(),
+                content,
+                "{what}: snapshot {name}"
+            );
+        }
+        check_map_agrees(&store, &img, &what);
+        preserved_seen = preserved_seen.max(img.stats().preserved);
+    }
+    assert!(
+        rollbacks > 5 && removals > 5,
+        "{rollbacks} rollbacks, {removals} removals"
+    );
+    assert!(preserved_seen > 0);
+    // An image with snapshots is not removed; without them it is, with every object.
+    drop(img);
+    if !snaps.is_empty() {
+        let e = image::remove(&store, "m").unwrap_err();
+        assert!(e.to_string().contains("snapshot"), "{e}");
+        let mut img = Image::open(&store, "m").unwrap();
+        for (name, _) in &snaps {
+            img.snap_remove(name, |_, _| {}).unwrap();
+        }
+    }
+    image::remove(&store, "m").unwrap();
+    assert!(store.list_collections().unwrap().is_empty());
+    store.umount().unwrap();
+}
+
+#[test]
+fn clones_copy_up_on_first_write_and_flatten_cuts_the_link() {
+    let store = store();
+    let mut rng = Rng::new(5);
+    image::create(&store, "golden", 1 << 20, 14, features::DEFAULT).unwrap();
+    let mut parent = Image::open(&store, "golden").unwrap();
+    let base = random_bytes(&mut rng, 600 << 10);
+    parent.write(0, &base).unwrap();
+    parent.snap_create("v1").unwrap();
+    // The parent goes on changing; the clone sees the snapshot.
+    parent.write(0, &[0xee; 70_000]).unwrap();
+    drop(parent);
+    let e = image::clone_image(&store, "golden", "v1", "vm1", features::SHARED).unwrap_err();
+    assert!(matches!(e, ImageError::InvalidArgument { .. }), "{e}");
+    image::clone_image(&store, "golden", "v1", "vm1", features::DEFAULT).unwrap();
+    let mut clone = Image::open(&store, "vm1").unwrap();
+    let mut model = vec![0u8; 1 << 20];
+    model[..base.len()].copy_from_slice(&base);
+    assert_eq!(clone.read(0, 1 << 20).unwrap(), model);
+    assert!(clone.stats().parent_reads > 0);
+    // A small write copies its whole object up first; a whole-object discard hides the parent.
+    clone.write(20_000, b"clone was here").unwrap();
+    model[20_000..20_014].copy_from_slice(b"clone was here");
+    assert_eq!(clone.stats().copy_ups, 1);
+    clone.discard(32 << 10, 16 << 10).unwrap();
+    model[32 << 10..48 << 10].fill(0);
+    assert_eq!(clone.read(0, 1 << 20).unwrap(), model);
+    // The snapshot cannot go while the clone needs it.
+    {
+        let mut parent = Image::open(&store, "golden").unwrap();
+        let e = parent.snap_remove("v1", |_, _| {}).unwrap_err();
+        assert!(e.to_string().contains("vm1"), "{e}");
+    }
+    // Flatten, throttled, with progress.
+    let mut seen = Vec::new();
+    clone
+        .flatten(Some(10_000), |d, t| seen.push((d, t)))
+        .unwrap();
+    assert!(!seen.is_empty() && seen.last().unwrap().0 == seen.last().unwrap().1);
+    assert!(clone.parent().is_none());
+    assert_eq!(clone.read(0, 1 << 20).unwrap(), model);
+    drop(clone);
+    let mut parent = Image::open(&store, "golden").unwrap();
+    parent.snap_remove("v1", |_, _| {}).unwrap();
+    drop(parent);
+    let clone = Image::open(&store, "vm1").unwrap();
+    assert!(clone.parent().is_none());
+    drop(clone);
+    let mut clone = Image::open(&store, "vm1").unwrap();
+    assert_eq!(clone.read(0, 1 << 20).unwrap(), model);
+    drop(clone);
+    image::remove(&store, "vm1").unwrap();
+    image::remove(&store, "golden").unwrap();
+    store.umount().unwrap();
+}
+
+/// A 1 TiB thin image with 1% of its objects written, a snapshot, 1% more: the diff comes from
+/// the maps alone (no data object read) and names exactly the objects written since.
+#[test]
+fn diff_of_a_1_tib_thin_image_reads_no_data_object() {
+    let store = store();
+    image::create(&store, "thin", 1 << 40, 22, features::DEFAULT).unwrap();
+    let mut img = Image::open(&store, "thin").unwrap();
+    let objects = img.info().objects();
+    let mut rng = Rng::new(9);
+    let mut write_percent = |img: &mut Image| {
+        let mut set = BTreeSet::new();
+        while set.len() < (objects / 100) as usize {
+            set.insert(rng.below(objects));
+        }
+        for &o in &set {
+            img.write_async(o << 22, &[1u8; 4096], |r| r.unwrap())
+                .unwrap();
+        }
+        img.flush().unwrap();
+        set
+    };
+    let first = write_percent(&mut img);
+    img.snap_create("base").unwrap();
+    let second = write_percent(&mut img);
+    let reads = img.stats().object_reads;
+    let started = Instant::now();
+    let report = img.diff(Some("base"), None).unwrap();
+    let elapsed = started.elapsed();
+    let changed: BTreeSet<u64> = report
+        .extents
+        .iter()
+        .flat_map(|e| e.offset >> 22..(e.offset + e.len) >> 22)
+        .collect();
+    assert_eq!(changed, second);
+    assert!(
+        report
+            .extents
+            .iter()
+            .all(|e| e.exists && e.len % (4 << 20) == 0)
+    );
+    assert_eq!(report.data_objects_read, 0);
+    assert_eq!(img.stats().object_reads, reads);
+    let whole = img.diff(None, Some("base")).unwrap();
+    assert_eq!(whole.objects_changed, first.len() as u64);
+    println!(
+        "diff of a 1 TiB image ({objects} objects, {} written since the snapshot): {:.1} ms, \
+         {} maps read, {} data objects read",
+        second.len(),
+        elapsed.as_secs_f64() * 1e3,
+        report.maps_read,
+        report.data_objects_read
+    );
+    drop(img);
+    store.umount().unwrap();
+}
+
+/// Serves `img`'s lock requests until `stop`.
+fn lock_server(img: Arc<Mutex<Image>>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let waiter = img.lock().unwrap().lock_waiter().unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if waiter.wait(Duration::from_millis(20)) {
+                img.lock().unwrap().serve_lock_requests().unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    })
+}
+
+#[test]
+fn the_lock_changes_hands_with_writes_in_flight_and_loses_none() {
+    let store = store();
+    let region = 64u64 << 10;
+    image::create(&store, "vm", 64 * region, 16, features::DEFAULT).unwrap();
+    let a = Arc::new(Mutex::new(Image::open(&store, "vm").unwrap()));
+    let b = Arc::new(Mutex::new(Image::open(&store, "vm").unwrap()));
+    assert!(a.lock().unwrap().is_lock_owner());
+    assert!(!b.lock().unwrap().is_lock_owner());
+    let events = b.lock().unwrap().watch().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers = [
+        lock_server(Arc::clone(&a), Arc::clone(&stop)),
+        lock_server(Arc::clone(&b), Arc::clone(&stop)),
+    ];
+    // A writes even regions asynchronously (many in flight), B odd ones synchronously; each
+    // remembers the last bytes acknowledged per region.
+    let acked: Arc<Mutex<Vec<Option<Vec<u8>>>>> = Arc::new(Mutex::new(vec![None; 64]));
+    let failures = Arc::new(AtomicU64::new(0));
+    let writer_a = {
+        let (a, acked, failures) = (Arc::clone(&a), Arc::clone(&acked), Arc::clone(&failures));
+        std::thread::spawn(move || {
+            let mut rng = Rng::new(1);
+            for i in 0..400u64 {
+                let r = 2 * rng.below(32);
+                let mut data = random_bytes(&mut rng, 8192);
+                data[..8].copy_from_slice(&i.to_le_bytes());
+                let (acked, failures, copy) =
+                    (Arc::clone(&acked), Arc::clone(&failures), data.clone());
+                // Regions of A are written one request at a time each (the ack order per
+                // region is then the queue order).
+                a.lock()
+                    .unwrap()
+                    .write_async(r * region, &data, move |res| match res {
+                        Ok(()) => {
+                            let mut acked = acked.lock().unwrap();
+                            let newer = acked[r as usize].as_ref().is_none_or(|old| {
+                                u64::from_le_bytes(old[..8].try_into().unwrap()) < i
+                            });
+                            if newer {
+                                acked[r as usize] = Some(copy);
+                            }
+                        }
+                        Err(_) => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                    .unwrap();
+            }
+            a.lock().unwrap().flush().unwrap();
+        })
+    };
+    let writer_b = {
+        let (b, acked) = (Arc::clone(&b), Arc::clone(&acked));
+        std::thread::spawn(move || {
+            let mut rng = Rng::new(2);
+            for _ in 0..60 {
+                let r = 2 * rng.below(32) + 1;
+                let data = random_bytes(&mut rng, 8192);
+                b.lock().unwrap().write(r * region, &data).unwrap();
+                acked.lock().unwrap()[r as usize] = Some(data);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    writer_a.join().unwrap();
+    writer_b.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        s.join().unwrap();
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    let handovers = events
+        .try_iter()
+        .filter(|e| matches!(e, LockEvent::Acquired { .. }))
+        .count();
+    assert!(handovers >= 2, "the lock changed hands {handovers} times");
+    drop(a);
+    drop(b);
+    let mut reader = Image::open(&store, "vm").unwrap();
+    let acked = acked.lock().unwrap();
+    for (r, bytes) in acked.iter().enumerate() {
+        let got = reader.read(r as u64 * region, 8192).unwrap();
+        match bytes {
+            Some(b) => assert_eq!(&got, b, "region {r}"),
+            None => assert_eq!(got, vec![0u8; 8192], "region {r}"),
+        }
+    }
+    drop(reader);
+    store.umount().unwrap();
+}
+
+#[test]
+fn a_resize_and_a_snapshot_asked_of_the_owner_run_there_with_progress() {
+    let store = store();
+    image::create(&store, "vm", 32 << 20, 16, features::DEFAULT).unwrap();
+    let owner = Arc::new(Mutex::new(Image::open(&store, "vm").unwrap()));
+    {
+        let mut o = owner.lock().unwrap();
+        for i in 0..300u64 {
+            o.write_async(i << 16, &[7u8; 512], |r| r.unwrap()).unwrap();
+        }
+        o.flush().unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = lock_server(Arc::clone(&owner), Arc::clone(&stop));
+    let mut other = Image::open(&store, "vm").unwrap();
+    let owner_id = owner.lock().unwrap().client_id();
+    assert_eq!(other.lock_owner(), Some(owner_id));
+    let mut seen = Vec::new();
+    other.resize(4 << 20, |d, t| seen.push((d, t))).unwrap();
+    // 300 objects written, 64 stay: 236 removed in batches, each reported here.
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert_eq!(seen.last(), Some(&(236, 236)));
+    assert_eq!(other.info().size, 4 << 20);
+    assert!(!other.is_lock_owner());
+    let snap = other.snap_create("after-shrink").unwrap();
+    assert_eq!(snap.size, 4 << 20);
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+    let o = owner.lock().unwrap();
+    assert!(o.is_lock_owner());
+    assert_eq!(o.info().size, 4 << 20);
+    assert_eq!(o.snapshots().len(), 1);
+    drop(o);
+    // Without anybody serving, a request times out naming the owner.
+    other.set_lock_timeout(Duration::from_millis(200));
+    let e = other.write(0, b"x").unwrap_err();
+    assert!(
+        matches!(e, ImageError::LockBusy { owner, .. } if owner == owner_id),
+        "{e}"
+    );
+    drop(other);
+    drop(owner);
+    store.umount().unwrap();
+}
