@@ -351,7 +351,10 @@ pub fn image_records(data: &[u8]) {
             _ => decode_seq(b).ok().map(encode_seq),
         };
         if let Some(again) = again {
-            assert_eq!(again, b, "an image record that decodes re-encodes to other bytes");
+            assert_eq!(
+                again, b,
+                "an image record that decodes re-encodes to other bytes"
+            );
         }
     });
 }
