@@ -459,3 +459,99 @@ fn a_resize_and_a_snapshot_asked_of_the_owner_run_there_with_progress() {
     drop(owner);
     store.umount().unwrap();
 }
+
+mod common;
+
+#[test]
+fn snapshot_clone_diff_and_flatten_commands() {
+    let dir = common::scratch_dir();
+    let dev = format!(
+        "--slow=uring:{}?size=512M",
+        dir.path().join("main.img").display()
+    );
+    let run = |args: &[&str]| common::bluepoll_on(&dev, args);
+    let ok = |args: &[&str]| common::bluepoll_ok(&dev, args);
+    ok(&["mkfs"]);
+    ok(&["image", "create", "base", "--size=8M", "--order=20"]);
+    let made = ok(&["image", "snap", "create", "base@s1"]);
+    assert!(made.contains("created snapshot base@s1 (id 1)"), "{made}");
+    ok(&["image", "snap", "create", "base@s2"]);
+    let listed = ok(&["image", "snap", "ls", "base"]);
+    assert!(listed.contains("s1") && listed.contains("s2"), "{listed}");
+    // Nothing was written: nothing changed between the snapshots, or since.
+    assert_eq!(ok(&["image", "diff", "base", "--from-snap=s1"]), "");
+    assert_eq!(ok(&["image", "diff", "base@s2", "--from-snap=s1"]), "");
+    let backwards = run(&["image", "diff", "base@s1", "--from-snap=s2"]);
+    assert_eq!(backwards.status.code(), Some(1));
+    assert!(backwards.stderr_text().contains("not older"));
+    ok(&["image", "clone", "base@s1", "child"]);
+    let info = ok(&["image", "info", "child"]);
+    assert!(info.contains("parent:      base snapshot #1"), "{info}");
+    let refused = run(&["image", "snap", "rm", "base@s1"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        refused.stderr_text().contains("child"),
+        "{}",
+        refused.stderr_text()
+    );
+    ok(&["image", "flatten", "child", "--objects-per-second=1000"]);
+    assert!(!ok(&["image", "info", "child"]).contains("parent:"));
+    ok(&["image", "snap", "rm", "base@s1"]);
+    ok(&["image", "snap", "rollback", "base@s2"]);
+    assert!(
+        run(&["image", "rm", "base"])
+            .stderr_text()
+            .contains("snapshot")
+    );
+    ok(&["image", "snap", "rm", "base@s2"]);
+    ok(&["image", "rm", "base"]);
+    assert_eq!(ok(&["image", "ls"]), "child\n");
+    let bad = run(&["image", "snap", "create", "child"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(bad.stderr_text().contains("NAME@SNAP"));
+}
+
+#[test]
+fn bench_ioengine_image_runs_mixed_io_on_laid_out_images() {
+    let out = common::bluepoll(&[
+        "bench",
+        "--ioengine=image",
+        "--filename=mem:512M",
+        "--rw=randrw",
+        "--bs=4k",
+        "--size=8M",
+        "--iodepth=8",
+        "--numjobs=2",
+        "--image_order=20",
+        "--name=vm",
+        "--output-format=json",
+    ]);
+    assert!(out.status.success(), "{}", out.stderr_text());
+    let doc = common::json_of(&out.stdout);
+    let jobs = doc["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2);
+    for job in jobs {
+        assert_eq!(job["error"], 0);
+        let ios = job["read"]["total_ios"].as_u64().unwrap()
+            + job["write"]["total_ios"].as_u64().unwrap();
+        assert_eq!(ios, 2048, "size / bs requests per clone");
+        assert!(job["read"]["total_ios"].as_u64().unwrap() > 0);
+        assert_eq!(job["bluepoll"]["ioengine"], "image");
+        assert!(job["bluepoll"]["reactor"].is_null());
+    }
+    // Bad options are refused before anything runs.
+    let bad = common::bluepoll(&[
+        "bench",
+        "--ioengine=image",
+        "--filename=mem:512M",
+        "--size=8M",
+        "--image_order=30",
+        "--name=x",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        bad.stderr_text().contains("image_order"),
+        "{}",
+        bad.stderr_text()
+    );
+}

@@ -301,21 +301,8 @@ fn image_commands_and_serve_with_qemu_img() {
         "--slow=uring:{}?size=512M",
         dir.path().join("main.img").display()
     );
-    let run = |args: &[&str]| {
-        let mut full = args.to_vec();
-        full.push(&dev);
-        common::bluepoll(&full)
-    };
-    let ok = |args: &[&str]| {
-        let out = run(args);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{args:?}: {}",
-            out.stderr_text()
-        );
-        out.stdout_text()
-    };
+    let run = |args: &[&str]| common::bluepoll_on(&dev, args);
+    let ok = |args: &[&str]| common::bluepoll_ok(&dev, args);
     ok(&["mkfs"]);
     let made = ok(&["image", "create", "disk", "--size=16M", "--order=20"]);
     assert!(made.contains("16 objects of 1048576 bytes"), "{made}");

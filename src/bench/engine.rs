@@ -120,6 +120,54 @@ pub struct JobResult {
     pub errno: i32,
 }
 
+/// How a job that ran on a thread of its own (ioengine=kstore, image) ended.
+pub(crate) struct ThreadRun {
+    pub device_uri: String,
+    pub meter: Meter,
+    /// When the last measured request finished, and when the job stopped (clock ns).
+    pub run_end_ns: u64,
+    pub finish_ns: u64,
+    pub cpu_usage: CpuUsage,
+    pub errors: u64,
+    pub messages: Vec<String>,
+}
+
+impl JobResult {
+    /// The result of a job that ran on a thread of its own: no reactor, no queue pair.
+    pub(crate) fn from_thread(
+        spec: &Arc<JobSpec>,
+        number: usize,
+        group: usize,
+        run: ThreadRun,
+    ) -> Self {
+        let run_ns = run.run_end_ns.saturating_sub(run.meter.measure_start_ns);
+        JobResult {
+            spec: Arc::clone(spec),
+            number,
+            group,
+            device_uri: run.device_uri,
+            reactor: usize::MAX,
+            cpu: crate::sys::current_cpu().unwrap_or(0),
+            dirs: run.meter.total,
+            dir_runtime_ns: [
+                if spec.rw.reads() { run_ns } else { 0 },
+                if spec.rw.writes() { run_ns } else { 0 },
+            ],
+            runtime_ns: run.finish_ns.saturating_sub(run.meter.measure_start_ns),
+            samples: run.meter.samples,
+            cpu_usage: run.cpu_usage,
+            depth_dist: [0; 7],
+            submit_dist: [0; 7],
+            complete_dist: [0; 7],
+            io_errors: run.errors,
+            verify_errors: 0,
+            messages: run.messages,
+            syncs: Default::default(),
+            errno: if run.errors > 0 { libc::EIO } else { 0 },
+        }
+    }
+}
+
 /// What a reactor sends back when its shard finishes.
 #[derive(Debug)]
 pub struct ShardReport {

@@ -18,12 +18,12 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{Context as _, Result, bail};
 
-use super::engine::{JobProgress, JobResult, READ, RunControl, WRITE};
+use super::engine::{JobProgress, JobResult, READ, RunControl, ThreadRun, WRITE};
 use super::offsets::{OffsetGen, Rng};
 use super::options::{JobSpec, RwMode, VerifyMode};
 use super::stats::Meter;
 use crate::kv::KvConfig;
-use crate::sys::{Clock, current_cpu, thread_cpu_usage};
+use crate::sys::{Clock, thread_cpu_usage};
 
 /// Checks what a kstore job can do before anything is opened.
 pub fn validate(spec: &JobSpec) -> Result<()> {
@@ -240,31 +240,20 @@ pub fn run(job: KstoreJob) -> Result<JobResult> {
     meter.take_sample(finish.max(run_end));
     let cpu_used = thread_cpu_usage().since(&cpu_start);
     progress.finished.store(true, Ordering::Release);
-    let run_ns = run_end.saturating_sub(meter.measure_start_ns);
-    Ok(JobResult {
-        spec: Arc::clone(&spec),
+    Ok(JobResult::from_thread(
+        &spec,
         number,
         group,
-        device_uri: path.display().to_string(),
-        reactor: usize::MAX,
-        cpu: current_cpu().unwrap_or(0),
-        dirs: meter.total,
-        dir_runtime_ns: [
-            if spec.rw.reads() { run_ns } else { 0 },
-            if spec.rw.writes() { run_ns } else { 0 },
-        ],
-        runtime_ns: finish.saturating_sub(meter.measure_start_ns),
-        samples: meter.samples,
-        cpu_usage: cpu_used,
-        depth_dist: [0; 7],
-        submit_dist: [0; 7],
-        complete_dist: [0; 7],
-        io_errors: errors,
-        verify_errors: 0,
-        messages,
-        syncs: Default::default(),
-        errno: if errors > 0 { libc::EIO } else { 0 },
-    })
+        ThreadRun {
+            device_uri: path.display().to_string(),
+            meter,
+            run_end_ns: run_end,
+            finish_ns: finish,
+            cpu_usage: cpu_used,
+            errors,
+            messages,
+        },
+    ))
 }
 
 /// Adds a write of `data` at `offset` of `object` to `batch`: whole stripes are put, partial

@@ -10,6 +10,7 @@
 pub mod bluefs_engine;
 pub mod compare;
 pub mod engine;
+pub mod image_engine;
 pub mod jobfile;
 pub mod kstore_engine;
 pub mod kv_bench;
@@ -64,6 +65,25 @@ struct Instance {
 /// Phase members with their slot in the phase (which indexes their progress).
 type Placed<'a> = Vec<(usize, &'a Instance)>;
 
+/// Runs a job on a thread of its own, sending its result (or its error, or its panic) to `tx`.
+fn spawn_job_thread(
+    name: String,
+    tx: mpsc::Sender<Result<JobResult, String>>,
+    job: impl FnOnce() -> Result<JobResult> + Send + 'static,
+) -> Result<()> {
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                job().map_err(|e| format!("{e:#}"))
+            }))
+            .unwrap_or_else(|_| Err(format!("thread {name} panicked")));
+            let _ = tx.send(result);
+        })
+        .with_context(|| "cannot start a job thread")?;
+    Ok(())
+}
+
 /// Runs `bluepoll bench ARGS…`, printing the report; returns the process exit code.
 pub fn run(args: &[String]) -> Result<Outcome> {
     let invocation = parse_invocation(args)?;
@@ -84,6 +104,7 @@ pub fn run(args: &[String]) -> Result<Outcome> {
             IoEngine::Dev => {}
             IoEngine::Store => store_engine::validate(spec)?,
             IoEngine::Kstore => kstore_engine::validate(spec)?,
+            IoEngine::Image => image_engine::validate(spec)?,
             IoEngine::Bluefs => {
                 bluefs_engine::validate(spec)?;
                 if spec.iodepth > 1 {
@@ -124,7 +145,9 @@ pub fn run(args: &[String]) -> Result<Outcome> {
                 }
                 (0, spec.size.unwrap_or(spec.bs) / spec.bs)
             }
-            IoEngine::Store | IoEngine::Kstore => (0, spec.size.unwrap_or(spec.bs) / spec.bs),
+            IoEngine::Store | IoEngine::Kstore | IoEngine::Image => {
+                (0, spec.size.unwrap_or(spec.bs) / spec.bs)
+            }
         };
         let spec = Arc::new(spec.clone());
         for clone in 0..spec.numjobs {
@@ -153,18 +176,17 @@ pub fn run(args: &[String]) -> Result<Outcome> {
         }
     }
 
-    // Object stores, one per distinct `filename` of store jobs, each with a reactor per CPU.
+    // Object stores, one per distinct `filename` of store and image jobs, each with a reactor
+    // per CPU.
+    let on_store = |e: IoEngine| matches!(e, IoEngine::Store | IoEngine::Image);
     let mut stores: Vec<(String, crate::store::Store)> = Vec::new();
-    for i in instances
-        .iter()
-        .filter(|i| i.spec.ioengine == IoEngine::Store)
-    {
+    for i in instances.iter().filter(|i| on_store(i.spec.ioengine)) {
         if stores.iter().any(|(u, _)| *u == i.device_uri) {
             continue;
         }
         let same: Vec<&Instance> = instances
             .iter()
-            .filter(|j| j.device_uri == i.device_uri && j.spec.ioengine == IoEngine::Store)
+            .filter(|j| j.device_uri == i.device_uri && on_store(j.spec.ioengine))
             .collect();
         let cpus = choose_cpus(&run.cpus, &same)?;
         let store =
@@ -190,6 +212,13 @@ pub fn run(args: &[String]) -> Result<Outcome> {
             let coll = store_engine::collection_for(&handle, &m.spec, m.clone, shard);
             store_engine::lay_out(&handle, &m.spec, &coll, m.seed)?;
             placements.insert(m.number, (shard, coll));
+        }
+        for m in instances
+            .iter()
+            .filter(|i| i.spec.ioengine == IoEngine::Image && i.device_uri == *uri)
+        {
+            image_engine::lay_out(&handle, &m.spec, m.clone, m.seed)
+                .with_context(|| format!("job '{}'", m.spec.name))?;
         }
         // The counters describe the jobs, not the layout.
         handle.reset_perf()?;
@@ -261,18 +290,29 @@ pub fn run(args: &[String]) -> Result<Outcome> {
                     progress: Arc::clone(&progress[*slot]),
                     control: Arc::clone(&control),
                 };
-                let tx = fs_tx.clone();
                 let name = format!("kstore-{}.{}", m.spec.name, m.clone);
-                std::thread::Builder::new()
-                    .name(name.clone())
-                    .spawn(move || {
-                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            kstore_engine::run(job).map_err(|e| format!("{e:#}"))
-                        }))
-                        .unwrap_or_else(|_| Err(format!("thread {name} panicked")));
-                        let _ = tx.send(result);
-                    })
-                    .context("cannot start a kstore job thread")?;
+                spawn_job_thread(name, fs_tx.clone(), move || kstore_engine::run(job))?;
+                fs_pending += 1;
+                continue;
+            }
+            if m.spec.ioengine == IoEngine::Image {
+                let store = &stores
+                    .iter()
+                    .find(|(u, _)| *u == m.device_uri)
+                    .expect("opened above")
+                    .1;
+                let job = image_engine::ImageJob {
+                    spec: Arc::clone(&m.spec),
+                    number: m.number,
+                    group: m.group,
+                    clone: m.clone,
+                    seed: m.seed,
+                    store: store.handle(),
+                    progress: Arc::clone(&progress[*slot]),
+                    control: Arc::clone(&control),
+                };
+                let name = format!("image-{}.{}", m.spec.name, m.clone);
+                spawn_job_thread(name, fs_tx.clone(), move || image_engine::run(job))?;
                 fs_pending += 1;
                 continue;
             }

@@ -82,6 +82,9 @@ pub enum IoEngine {
     /// The baseline: object data as RocksDB values on the kernel filesystem in `directory`
     /// ([`super::kstore_engine`]).
     Kstore,
+    /// RBD-style images on an object store made on the devices named by `filename`, one
+    /// thread per job clone ([`super::image_engine`]).
+    Image,
 }
 
 impl IoEngine {
@@ -91,6 +94,7 @@ impl IoEngine {
             IoEngine::Bluefs => "bluefs",
             IoEngine::Store => "store",
             IoEngine::Kstore => "kstore",
+            IoEngine::Image => "image",
         }
     }
 }
@@ -142,6 +146,10 @@ pub struct JobSpec {
     pub directory: Option<String>,
     /// `kstore_stripe`: bytes per data key of ioengine=kstore (Ceph KStore's default 64 KiB).
     pub kstore_stripe: u64,
+    /// `image_order`: ioengine=image's objects are 2^order bytes (22: 4 MiB, rbd's default).
+    pub image_order: u8,
+    /// `image_layout`: whether ioengine=image writes each image in full before the run.
+    pub image_layout: bool,
     pub direct: bool,
     pub percentile_list: Vec<f64>,
     pub group_reporting: bool,
@@ -189,6 +197,8 @@ impl JobSpec {
             rate_iops: 0,
             directory: None,
             kstore_stripe: 64 << 10,
+            image_order: 22,
+            image_layout: true,
             direct: true,
             percentile_list: DEFAULT_PERCENTILES.to_vec(),
             group_reporting: false,
@@ -312,6 +322,7 @@ fn is_flag(key: &str) -> bool {
             | "thread"
             | "bluefs_mkfs"
             | "store_mkfs"
+            | "image_layout"
     )
 }
 
@@ -387,11 +398,14 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
                 "bluefs" => IoEngine::Bluefs,
                 "store" => IoEngine::Store,
                 "kstore" => IoEngine::Kstore,
+                "image" => IoEngine::Image,
                 _ => {
                     return Err(invalid(
                         "bluepoll's engines are: dev (queue pairs on the device in filename), \
                          bluefs (files of a BlueFS on the devices in filename), store (objects \
-                         of an object store on the devices in filename)"
+                         of an object store on the devices in filename), kstore (RocksDB \
+                         values in directory), image (RBD-style images of an object store on \
+                         the devices in filename)"
                             .into(),
                     ));
                 }
@@ -417,6 +431,8 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         "rate_iops" => spec.rate_iops = parse_u64(&value).map_err(invalid)?,
         "directory" => spec.directory = Some(value.clone()),
         "kstore_stripe" => spec.kstore_stripe = at_least_one(&value, 1 << 30).map_err(invalid)?,
+        "image_order" => spec.image_order = at_least_one(&value, 26).map_err(invalid)? as u8,
+        "image_layout" => spec.image_layout = parse_bool(&value).map_err(invalid)?,
         "direct" => spec.direct = parse_bool(&value).map_err(invalid)?,
         "thread" => {}
         "percentile_list" => {

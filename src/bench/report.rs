@@ -410,7 +410,10 @@ pub fn json_report(entries: &[Entry], summary: &RunSummary<'_>) -> Value {
                 .iter()
                 .find(|(g, _)| *g == r.group)
                 .map_or([0.0; 2], |(_, b)| *b);
-            let on_thread = matches!(r.spec.ioengine, IoEngine::Bluefs | IoEngine::Kstore);
+            let on_thread = matches!(
+                r.spec.ioengine,
+                IoEngine::Bluefs | IoEngine::Kstore | IoEngine::Image
+            );
             let extra = json!({
                 "device": r.device_uri,
                 "ioengine": r.spec.ioengine.name(),
@@ -694,6 +697,12 @@ pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
                 out,
                 "  bluefs       : {} (own thread, cpu {}, {} fsyncs)",
                 r.device_uri, r.cpu, r.syncs.n
+            );
+        } else if r.spec.ioengine == IoEngine::Image {
+            let _ = writeln!(
+                out,
+                "  image        : {} (own thread, cpu {}; the store's reactors do the I/O)",
+                r.device_uri, r.cpu
             );
         } else if r.spec.ioengine == IoEngine::Kstore {
             let _ = writeln!(

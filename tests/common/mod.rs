@@ -43,6 +43,25 @@ pub fn bluepoll(args: &[&str]) -> Run {
 }
 
 /// Runs fio if it is installed; None when it is not.
+/// `bluepoll ARGS DEVICE_OPTION` (a command that names its devices last).
+pub fn bluepoll_on(device_option: &str, args: &[&str]) -> Run {
+    let mut full = args.to_vec();
+    full.push(device_option);
+    bluepoll(&full)
+}
+
+/// As [`bluepoll_on`], for a command that must succeed: its stdout.
+pub fn bluepoll_ok(device_option: &str, args: &[&str]) -> String {
+    let out = bluepoll_on(device_option, args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?}: {}",
+        out.stderr_text()
+    );
+    out.stdout_text()
+}
+
 pub fn fio(args: &[&str], cwd: Option<&Path>) -> Option<Run> {
     let mut cmd = Command::new("fio");
     cmd.args(args);
