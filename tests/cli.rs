@@ -308,6 +308,12 @@ fn bad_input_is_one_line_naming_the_problem() {
             "/nonexistent.img",
         ),
         (&["devinfo", "pcie:0000:ff:1f.7?nsid=0"], "nsid '0'"),
+        // The tests are built without the `spdk` feature: the scheme is known, and refused
+        // with what to do about it.
+        (
+            &["devinfo", "spdk:trtype=PCIe traddr=0000:01:00.0"],
+            "build with `--features spdk`",
+        ),
     ] {
         let out = bluepoll(args);
         let stderr = out.stderr_text();

@@ -236,7 +236,8 @@ pub struct Device {
 
 impl Device {
     /// Opens a device by URI: `mem:SIZE`, `null:SIZE`, `uring:PATH`, `pcie:DDDD:BB:DD.F`,
-    /// `fault:[OPTIONS+]URI`, `sim:CLASS[,OPTIONS]+URI`.
+    /// `spdk:TRANSPORT_ID` (with the `spdk` feature), `fault:[OPTIONS+]URI`,
+    /// `sim:CLASS[,OPTIONS]+URI`.
     /// See docs/devices.md for every parameter.
     pub fn open(uri: &str) -> Result<Device, NvmeError> {
         let (scheme, rest) = split_scheme(uri)?;
@@ -245,6 +246,17 @@ impl Device {
             "null" => Arc::new(null::NullNamespace::open(uri, rest)?),
             "uring" => Arc::new(uring::UringNamespace::open(uri, rest)?),
             "pcie" => Arc::new(pcie::PcieNamespace::open(uri, rest)?),
+            #[cfg(feature = "spdk")]
+            "spdk" => Arc::new(super::spdk::SpdkNamespace::open(uri, rest)?),
+            #[cfg(not(feature = "spdk"))]
+            "spdk" => {
+                return Err(NvmeError::Spdk {
+                    target: rest.to_string(),
+                    reason: "this build has no SPDK backend: build with `--features spdk` \
+                             against an installed SPDK (spdk/README.md)"
+                        .into(),
+                });
+            }
             "fault" => fault::open(uri, rest)?,
             "sim" => sim::open(uri, rest)?,
             other => {

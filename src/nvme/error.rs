@@ -81,6 +81,10 @@ pub enum NvmeError {
     #[error("pcie:{device}: controller {reason}")]
     Controller { device: String, reason: String },
 
+    /// The SPDK backend (or its absence from this build).
+    #[error("spdk:{target}: {reason}")]
+    Spdk { target: String, reason: String },
+
     #[error("pcie:{device}: admin command {command} failed: {status}")]
     AdminCommand {
         device: String,

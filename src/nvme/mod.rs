@@ -17,6 +17,8 @@ pub mod pcie;
 mod read_mostly;
 pub mod sim;
 mod slice;
+#[cfg(feature = "spdk")]
+mod spdk;
 pub mod uri;
 mod uring;
 

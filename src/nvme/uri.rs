@@ -9,7 +9,7 @@ use super::error::NvmeError;
 use crate::units::parse_size;
 
 /// The schemes [`super::Device::open`] understands, for error messages.
-pub const SCHEMES: &str = "mem, null, uring, pcie, fault, sim";
+pub const SCHEMES: &str = "mem, null, uring, pcie, spdk, fault, sim";
 
 /// Splits `scheme:rest`. The scheme must be lowercase letters only, so a path is never mistaken
 /// for one.
