@@ -76,7 +76,7 @@ mod spdk {
     /// Functions, types and constants of wrapper.h that bindings.rs covers.
     const FUNCTIONS: &str = "spdk_env_opts_init|spdk_env_init|spdk_dma_zmalloc|spdk_dma_free|\
         spdk_mem_register|spdk_mem_unregister|spdk_nvme_transport_id_parse|spdk_nvme_connect|\
-        spdk_nvme_detach|spdk_nvme_ctrlr_get_ns|spdk_nvme_ns_is_active|\
+        spdk_nvme_detach|spdk_nvme_ctrlr_process_admin_completions|spdk_nvme_ctrlr_get_ns|spdk_nvme_ns_is_active|\
         spdk_nvme_ns_get_sector_size|spdk_nvme_ns_get_num_sectors|\
         spdk_nvme_ns_get_max_io_xfer_size|spdk_nvme_ns_get_flags|spdk_nvme_ctrlr_alloc_io_qpair|\
         spdk_nvme_ctrlr_free_io_qpair|spdk_nvme_ns_cmd_read|spdk_nvme_ns_cmd_write|\
@@ -91,15 +91,7 @@ mod spdk {
         println!("cargo:rerun-if-changed=spdk/bindings.rs");
         match find() {
             Some(found) => {
-                for flag in found.libs.split_whitespace() {
-                    if let Some(dir) = flag.strip_prefix("-L") {
-                        println!("cargo:rustc-link-search=native={dir}");
-                    } else if let Some(lib) = flag.strip_prefix("-l") {
-                        println!("cargo:rustc-link-lib={lib}");
-                    } else {
-                        println!("cargo:rustc-link-arg={flag}");
-                    }
-                }
+                link(&found.libs);
                 check_bindings(&found.includes);
             }
             None => {
@@ -119,6 +111,41 @@ mod spdk {
                 for lib in LIBRARIES {
                     println!("cargo:rustc-link-lib={lib}");
                 }
+            }
+        }
+    }
+
+    /// Passes pkg-config's link flags on. SPDK's and DPDK's static archives register their
+    /// transports and drivers in constructors nothing references, so they go in whole.
+    fn link(libs: &str) {
+        let flags: Vec<&str> = libs.split_whitespace().collect();
+        let dirs: Vec<PathBuf> = flags
+            .iter()
+            .filter_map(|f| f.strip_prefix("-L"))
+            .map(PathBuf::from)
+            .collect();
+        for dir in &dirs {
+            println!("cargo:rustc-link-search=native={}", dir.display());
+        }
+        for flag in &flags {
+            if flag.starts_with("-L") || flag.contains("whole-archive") {
+                continue;
+            }
+            let Some(lib) = flag.strip_prefix("-l") else {
+                println!("cargo:rustc-link-arg={flag}");
+                continue;
+            };
+            let has = |ext: &str| {
+                dirs.iter()
+                    .any(|d| d.join(format!("lib{lib}.{ext}")).exists())
+            };
+            let ours = lib.starts_with("spdk_") || lib.starts_with("rte_");
+            if !has("so") && has("a") && ours {
+                println!("cargo:rustc-link-lib=static:+whole-archive={lib}");
+            } else if !has("so") && has("a") {
+                println!("cargo:rustc-link-lib=static={lib}");
+            } else {
+                println!("cargo:rustc-link-lib={lib}");
             }
         }
     }
@@ -170,7 +197,13 @@ mod spdk {
             .header("spdk/wrapper.h")
             .allowlist_function(FUNCTIONS.split_whitespace().collect::<String>())
             .allowlist_type("spdk_nvme_cpl|spdk_nvme_dsm_range|spdk_env_opts|spdk_nvme_transport_id")
-            .allowlist_var("SPDK_NVMF_(TRSTRING|TRADDR|TRSVCID|NQN)_MAX_LEN|SPDK_NVME_DSM_ATTR_DEALLOCATE|SPDK_NVME_NS_(DEALLOCATE|FLUSH|WRITE_ZEROES)_SUPPORTED")
+            // The flags and the DSM attribute are enum members: allowlisting the enums brings
+            // them, as constants named without the enum's name.
+            .allowlist_type("spdk_nvme_ns_flags|spdk_nvme_dsm_attribute")
+            .prepend_enum_name(false)
+            .allowlist_var("SPDK_NVMF_(TRSTRING|TRADDR|TRSVCID|NQN)_MAX_LEN")
+            .merge_extern_blocks(true)
+            .generate_comments(false)
             .opaque_type("spdk_nvme_ctrlr|spdk_nvme_ns|spdk_nvme_qpair|spdk_nvme_ctrlr_opts|spdk_nvme_io_qpair_opts")
             .wrap_unsafe_ops(true)
             .layout_tests(false);

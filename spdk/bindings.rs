@@ -11,10 +11,12 @@ pub const SPDK_NVMF_TRSTRING_MAX_LEN: u32 = 32;
 pub const SPDK_NVMF_TRADDR_MAX_LEN: u32 = 256;
 pub const SPDK_NVMF_TRSVCID_MAX_LEN: u32 = 32;
 pub const SPDK_NVMF_NQN_MAX_LEN: u32 = 223;
-pub const SPDK_NVME_DSM_ATTR_DEALLOCATE: u32 = 4;
-pub const SPDK_NVME_NS_DEALLOCATE_SUPPORTED: u32 = 1;
-pub const SPDK_NVME_NS_FLUSH_SUPPORTED: u32 = 2;
-pub const SPDK_NVME_NS_WRITE_ZEROES_SUPPORTED: u32 = 8;
+pub const SPDK_NVME_DSM_ATTR_DEALLOCATE: spdk_nvme_dsm_attribute = 4;
+pub type spdk_nvme_dsm_attribute = ::std::os::raw::c_uint;
+pub const SPDK_NVME_NS_DEALLOCATE_SUPPORTED: spdk_nvme_ns_flags = 1;
+pub const SPDK_NVME_NS_FLUSH_SUPPORTED: spdk_nvme_ns_flags = 2;
+pub const SPDK_NVME_NS_WRITE_ZEROES_SUPPORTED: spdk_nvme_ns_flags = 8;
+pub type spdk_nvme_ns_flags = ::std::os::raw::c_uint;
 
 pub type spdk_nvme_transport_type = ::std::os::raw::c_uint;
 pub type spdk_nvmf_adrfam = ::std::os::raw::c_uint;
@@ -138,6 +140,7 @@ unsafe extern "C" {
         opts_size: usize,
     ) -> *mut spdk_nvme_ctrlr;
     pub fn spdk_nvme_detach(ctrlr: *mut spdk_nvme_ctrlr) -> ::std::os::raw::c_int;
+    pub fn spdk_nvme_ctrlr_process_admin_completions(ctrlr: *mut spdk_nvme_ctrlr) -> i32;
     pub fn spdk_nvme_ctrlr_get_ns(ctrlr: *mut spdk_nvme_ctrlr, ns_id: u32) -> *mut spdk_nvme_ns;
     pub fn spdk_nvme_ns_is_active(ns: *mut spdk_nvme_ns) -> bool;
     pub fn spdk_nvme_ns_get_sector_size(ns: *mut spdk_nvme_ns) -> u32;

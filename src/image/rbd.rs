@@ -1044,19 +1044,36 @@ impl Image {
         data: &[u8],
     ) -> Result<(Transaction, Option<ObjectMap>), ImageError> {
         let mut t = Transaction::new(&self.coll);
-        let mut map = self.map.clone();
-        for (index, within, n, at) in self.pieces(offset, data.len() as u64) {
-            self.before_change(&mut t, map.as_ref(), index)?;
-            t.write(
-                &data_object(index),
-                within,
-                data[at..at + n as usize].to_vec(),
-            );
-            if let Some(m) = map.as_mut() {
-                m.set(index, ObjectState::Exists)?;
+        let pieces = self.pieces(offset, data.len() as u64);
+        // Most writes land on objects the map already says were written since the last
+        // snapshot: the map then stays as it is and is not copied (it can be megabytes).
+        let current = self.map.take();
+        let mut changed = current
+            .as_ref()
+            .filter(|m| {
+                pieces
+                    .iter()
+                    .any(|&(index, ..)| m.get(index) != ObjectState::Exists)
+            })
+            .cloned();
+        let mut build = || -> Result<(), ImageError> {
+            for &(index, within, n, at) in &pieces {
+                self.before_change(&mut t, changed.as_ref().or(current.as_ref()), index)?;
+                t.write(
+                    &data_object(index),
+                    within,
+                    data[at..at + n as usize].to_vec(),
+                );
+                if let Some(m) = changed.as_mut() {
+                    m.set(index, ObjectState::Exists)?;
+                }
             }
-        }
-        Ok((t, map))
+            Ok(())
+        };
+        let built = build();
+        self.map = current;
+        built?;
+        Ok((t, changed))
     }
 
     /// Queues a write; `done` runs on a store reactor once it is durable (it must not block).

@@ -60,6 +60,10 @@ fn protocol(reason: impl Into<String>) -> NbdError {
     }
 }
 
+/// Buffers of a connection's request reader and reply writer.
+const REQUEST_BUFFER: usize = 256 << 10;
+const REPLY_BUFFER: usize = 256 << 10;
+
 /// Longest option a client may send (names, info requests): anything longer is not one.
 const MAX_OPTION: u32 = 64 << 10;
 
@@ -320,21 +324,31 @@ struct Reply {
 /// request's cookie), so a client's queue depth reaches the store; one thread writes all
 /// replies. A write is answered once it is durable.
 fn transmit(s: &mut TcpStream, image: &Mutex<Image>, stats: &ServerStats) -> Result<(), NbdError> {
-    let mut out = s.try_clone().map_err(io("cloning the socket"))?;
+    let socket = s.try_clone().map_err(io("cloning the socket"))?;
     let (tx, rx) = std::sync::mpsc::channel::<Reply>();
     let writer = std::thread::Builder::new()
         .name("nbd-replies".into())
         .spawn(move || -> Result<(), NbdError> {
-            for r in rx {
-                send(&mut out, &simple_reply(r.error, r.cookie))?;
-                if let Some(data) = r.data {
-                    send(&mut out, &data)?;
+            // Replies that are ready together leave in one write.
+            let mut out = std::io::BufWriter::with_capacity(REPLY_BUFFER, socket);
+            while let Ok(first) = rx.recv() {
+                let mut next = Some(first);
+                while let Some(r) = next {
+                    out.write_all(&simple_reply(r.error, r.cookie))
+                        .map_err(io("writing to the client"))?;
+                    if let Some(data) = r.data {
+                        out.write_all(&data).map_err(io("writing to the client"))?;
+                    }
+                    next = rx.try_recv().ok();
                 }
+                out.flush().map_err(io("writing to the client"))?;
             }
             Ok(())
         })
         .map_err(io("starting the reply thread"))?;
-    let read = read_requests(s, image, stats, &tx);
+    // Requests that arrive together are read with one system call.
+    let mut requests = std::io::BufReader::with_capacity(REQUEST_BUFFER, s);
+    let read = read_requests(&mut requests, image, stats, &tx);
     drop(tx);
     // Every reply still owed is sent (the callbacks hold the last senders) before the end.
     let written = writer
@@ -344,7 +358,7 @@ fn transmit(s: &mut TcpStream, image: &Mutex<Image>, stats: &ServerStats) -> Res
 }
 
 fn read_requests(
-    s: &mut TcpStream,
+    s: &mut std::io::BufReader<&mut TcpStream>,
     image: &Mutex<Image>,
     stats: &ServerStats,
     tx: &std::sync::mpsc::Sender<Reply>,
@@ -368,7 +382,8 @@ fn read_requests(
                 return Err(protocol(format!("a write of {} bytes", r.length)));
             }
             let mut data = vec![0u8; r.length as usize];
-            read_exact(s, &mut data)?;
+            s.read_exact(&mut data)
+                .map_err(io("reading from the client"))?;
             Some(data)
         } else {
             None

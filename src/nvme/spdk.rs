@@ -71,7 +71,10 @@ fn parse(uri: &str, rest: &str) -> Result<Target, NvmeError> {
     let mut trid = Vec::new();
     let (mut ns, mut class) = (1u32, DeviceClass::Nvme);
     for word in rest.split_whitespace() {
-        match word.split_once(['=', ':']) {
+        let pair = word
+            .split_once(['=', ':'])
+            .map(|(k, v)| (k.to_ascii_lowercase(), v));
+        match pair.as_ref().map(|(k, v)| (k.as_str(), *v)) {
             Some(("ns", v)) => {
                 ns = v
                     .parse()
@@ -87,13 +90,12 @@ fn parse(uri: &str, rest: &str) -> Result<Target, NvmeError> {
             None => return Err(bad(format!("'{word}' is not KEY=VALUE"))),
         }
     }
-    if !trid
-        .iter()
-        .any(|w| w.to_ascii_lowercase().starts_with("traddr"))
-    {
-        return Err(bad(
-            "no traddr= (e.g. spdk:trtype=PCIe traddr=0000:01:00.0)".into(),
-        ));
+    for key in ["trtype", "traddr"] {
+        if !trid.iter().any(|w| w.to_ascii_lowercase().starts_with(key)) {
+            return Err(bad(format!(
+                "no {key}= (e.g. spdk:trtype=PCIe traddr=0000:01:00.0)"
+            )));
+        }
     }
     Ok(Target {
         trid: trid.join(" "),
@@ -107,16 +109,24 @@ fn environment() -> Result<(), NvmeError> {
     static ENV: OnceLock<Result<(), String>> = OnceLock::new();
     ENV.get_or_init(|| {
         let name = c"bluepoll";
-        // SAFETY: spdk_env_opts is plain data; spdk_env_opts_init fills every field for the
-        // size we pass in opts_size (set first, as SPDK reads it to know our layout).
-        let mut opts: ffi::spdk_env_opts = unsafe { std::mem::zeroed() };
+        /// Room for a newer SPDK's longer options: its spdk_env_opts_init may clear the size
+        /// it was built with, not the one we know.
+        #[repr(C)]
+        struct Room {
+            opts: ffi::spdk_env_opts,
+            spare: [u64; 32],
+        }
+        // SAFETY: spdk_env_opts is plain data (pointers, integers, bools): all zeroes is valid.
+        let mut room: Room = unsafe { std::mem::zeroed() };
+        let opts = &mut room.opts;
         opts.opts_size = std::mem::size_of::<ffi::spdk_env_opts>();
-        // SAFETY: opts points at a live, properly laid out spdk_env_opts.
-        unsafe { ffi::spdk_env_opts_init(&mut opts) };
+        // SAFETY: opts is live and followed by 256 spare bytes; SPDK reads opts_size (set
+        // first) to know how much of it we understand.
+        unsafe { ffi::spdk_env_opts_init(opts) };
         opts.name = name.as_ptr();
         // SAFETY: opts is initialised and `name` is a static C string that outlives the call;
         // SPDK copies what it keeps.
-        let rc = unsafe { ffi::spdk_env_init(&opts) };
+        let rc = unsafe { ffi::spdk_env_init(&room.opts) };
         if rc == 0 {
             Ok(())
         } else {
@@ -134,6 +144,42 @@ fn environment() -> Result<(), NvmeError> {
 struct Controller {
     ptr: NonNull<ffi::spdk_nvme_ctrlr>,
     trid: String,
+    /// The registry key: the parsed transport ID.
+    key: String,
+    /// When the admin queue was last polled (keep-alive, asynchronous events, hot removal);
+    /// also serialises those polls, which SPDK requires.
+    admin_polled: Mutex<std::time::Instant>,
+}
+
+/// How often some queue pair's poll also polls its controller's admin queue.
+const ADMIN_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl Controller {
+    /// Polls the admin queue if nobody has for a while (never blocks on another poller).
+    fn poll_admin(&self) {
+        let Ok(mut last) = self.admin_polled.try_lock() else {
+            return;
+        };
+        if last.elapsed() < ADMIN_POLL_INTERVAL {
+            return;
+        }
+        *last = std::time::Instant::now();
+        // SAFETY: the controller is attached; admin completions are processed by one thread at
+        // a time (the mutex held here).
+        unsafe {
+            ffi::spdk_nvme_ctrlr_process_admin_completions(self.ptr.as_ptr());
+        }
+    }
+}
+
+/// A C character array as text.
+fn c_text(chars: &[std::ffi::c_char]) -> String {
+    let bytes: Vec<u8> = chars
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 // SAFETY: a controller handle may be used from any thread: the calls made with it here (get_ns,
@@ -145,6 +191,11 @@ unsafe impl Sync for Controller {}
 
 impl Drop for Controller {
     fn drop(&mut self) {
+        // Under the registry's lock: SPDK's connect and detach must not run concurrently.
+        let mut table = lock(controllers());
+        if table.get(&self.key).is_some_and(|w| w.strong_count() == 0) {
+            table.remove(&self.key);
+        }
         // SAFETY: every namespace and queue pair of this controller holds an Arc to it, so this
         // is the last user; the handle came from spdk_nvme_connect.
         unsafe {
@@ -160,9 +211,6 @@ fn controllers() -> &'static Mutex<HashMap<String, Weak<Controller>>> {
 
 fn attach(trid: &str) -> Result<Arc<Controller>, NvmeError> {
     let mut table = lock(controllers());
-    if let Some(c) = table.get(trid).and_then(Weak::upgrade) {
-        return Ok(c);
-    }
     let text = CString::new(trid).map_err(|_| spdk_error(trid, "NUL byte in the transport ID"))?;
     // SAFETY: the transport ID is plain data; zeroed is its empty state, and parse fills it.
     let mut id: ffi::spdk_nvme_transport_id = unsafe { std::mem::zeroed() };
@@ -173,6 +221,17 @@ fn attach(trid: &str) -> Result<Arc<Controller>, NvmeError> {
             trid,
             format!("SPDK does not take this transport ID ({rc})"),
         ));
+    }
+    // One controller per endpoint however the URI spells it (key order, `:` or `=`, case).
+    let key = format!(
+        "{}|{}|{}|{}",
+        id.trtype,
+        c_text(&id.traddr).to_ascii_lowercase(),
+        c_text(&id.trsvcid),
+        c_text(&id.subnqn)
+    );
+    if let Some(c) = table.get(&key).and_then(Weak::upgrade) {
+        return Ok(c);
     }
     // SAFETY: `id` was filled by the parser; null options ask for SPDK's defaults.
     let ptr = unsafe { ffi::spdk_nvme_connect(&id, std::ptr::null(), 0) };
@@ -185,8 +244,10 @@ fn attach(trid: &str) -> Result<Arc<Controller>, NvmeError> {
     let c = Arc::new(Controller {
         ptr,
         trid: trid.to_string(),
+        key: key.clone(),
+        admin_polled: Mutex::new(std::time::Instant::now()),
     });
-    table.insert(trid.to_string(), Arc::downgrade(&c));
+    table.insert(key, Arc::downgrade(&c));
     Ok(c)
 }
 
@@ -285,10 +346,11 @@ impl Namespace for SpdkNamespace {
             ns: self,
             qpair,
             queued: VecDeque::with_capacity(depth as usize),
-            state: Box::new(Shared {
+            shared: Box::into_raw(Box::new(Shared {
                 done: VecDeque::with_capacity(depth as usize),
                 bounce: Vec::new(),
-            }),
+                completed: 0,
+            })),
             in_flight: 0,
         }))
     }
@@ -328,6 +390,9 @@ struct Shared {
     done: VecDeque<Completion>,
     /// Free bounce buffers.
     bounce: Vec<Bounce>,
+    /// Callbacks run since the last poll looked (what `spdk_nvme_qpair_process_completions`
+    /// returns counts the pieces SPDK split a command into, not commands).
+    completed: usize,
 }
 
 /// One command handed to SPDK; its pointer is the callback's argument.
@@ -344,13 +409,15 @@ struct SpdkQueuePair {
     qpair: NonNull<ffi::spdk_nvme_qpair>,
     /// Commands waiting for the next poll (the doorbell).
     queued: VecDeque<IoCmd>,
-    state: Box<Shared>,
+    /// From Box::into_raw; freed in Drop after the queue pair (whose callbacks use it).
+    shared: *mut Shared,
+    /// Commands handed to SPDK whose callbacks have not run.
     in_flight: usize,
 }
 
 // SAFETY: an SPDK queue pair may be used from any thread, one at a time; a QueuePair (not Sync)
-// is used by the thread that owns it. The raw pointers in flight point into `state`, which moves
-// with the queue pair (it is boxed, so its address does not change).
+// is used by the thread that owns it. `shared` is a heap allocation owned by the queue pair, so
+// moving the queue pair between threads moves its only users along.
 unsafe impl Send for SpdkQueuePair {}
 
 /// Called by SPDK from `spdk_nvme_qpair_process_completions`, on the polling thread.
@@ -367,8 +434,9 @@ unsafe extern "C" fn on_complete(arg: *mut c_void, cpl: *const ffi::spdk_nvme_cp
         len,
         shared,
     } = *pending;
-    // SAFETY: `shared` points into the queue pair's boxed state, alive while it has commands in
-    // flight (its Drop waits for them), and only this thread touches it during the callback.
+    // SAFETY: `shared` is the queue pair's allocation, freed only after the SPDK queue pair
+    // (whose freeing runs the last callbacks); callbacks run on the polling thread, inside
+    // process_completions or free_io_qpair, when no other reference to it is live.
     let shared = unsafe { &mut *shared };
     if let Some(b) = bounce {
         if cmd.opcode == Opcode::Read
@@ -384,9 +452,16 @@ unsafe extern "C" fn on_complete(arg: *mut c_void, cpl: *const ffi::spdk_nvme_cp
         shared.bounce.push(b);
     }
     shared.done.push_back(cmd.complete(status));
+    shared.completed += 1;
 }
 
 impl SpdkQueuePair {
+    fn shared(&mut self) -> &mut Shared {
+        // SAFETY: `shared` came from Box::into_raw and lives until Drop; callbacks (the only
+        // other users) run only inside the SPDK calls made below, never while this borrow lives.
+        unsafe { &mut *self.shared }
+    }
+
     /// Hands one command to SPDK; gives it back if SPDK has no room for it now.
     fn submit(&mut self, cmd: IoCmd) -> Result<(), IoCmd> {
         let ns = self.ns.ns.as_ptr();
@@ -394,7 +469,7 @@ impl SpdkQueuePair {
         let len = cmd.blocks as usize * self.ns.info.block_size as usize;
         let moves_data = matches!(cmd.opcode, Opcode::Read | Opcode::Write);
         let bounce = if moves_data {
-            match self.state.bounce.pop().or_else(Bounce::new) {
+            match self.shared().bounce.pop().or_else(Bounce::new) {
                 Some(b) => Some(b),
                 None => return Err(cmd),
             }
@@ -412,16 +487,16 @@ impl SpdkQueuePair {
             .as_ref()
             .map_or(std::ptr::null_mut(), |b| b.0.as_ptr().cast::<c_void>());
         let (opcode, lba, blocks) = (cmd.opcode, cmd.lba, cmd.blocks);
-        let range = ffi::spdk_nvme_dsm_range {
-            attributes: 0,
-            length: blocks,
-            starting_lba: lba,
-        };
+        // SAFETY: a DSM range is plain data; zero attributes are "none" (bindgen may give the
+        // attributes field a union type, so only the two fields we set are named).
+        let mut range: ffi::spdk_nvme_dsm_range = unsafe { std::mem::zeroed() };
+        range.length = blocks;
+        range.starting_lba = lba;
         let pending = Box::into_raw(Box::new(Pending {
             cmd,
             bounce,
             len,
-            shared: &mut *self.state,
+            shared: self.shared,
         }));
         let arg = pending.cast::<c_void>();
         let cb: ffi::spdk_nvme_cmd_cb = Some(on_complete);
@@ -460,12 +535,12 @@ impl SpdkQueuePair {
         let pending = unsafe { Box::from_raw(pending) };
         let Pending { cmd, bounce, .. } = *pending;
         if let Some(b) = bounce {
-            self.state.bounce.push(b);
+            self.shared().bounce.push(b);
         }
         if rc == -libc::ENOMEM {
             return Err(cmd);
         }
-        self.state
+        self.shared()
             .done
             .push_back(cmd.complete(Status::INTERNAL_ERROR));
         Ok(())
@@ -499,18 +574,20 @@ impl QueuePairBackend for SpdkQueuePair {
         }
         if self.in_flight > 0 {
             // SAFETY: the queue pair is live and used only by this thread; 0 = reap all.
-            let reaped =
-                unsafe { ffi::spdk_nvme_qpair_process_completions(self.qpair.as_ptr(), 0) };
-            if reaped < 0 {
+            let rc = unsafe { ffi::spdk_nvme_qpair_process_completions(self.qpair.as_ptr(), 0) };
+            if rc < 0 {
                 return Err(Box::new(NvmeError::QueuePairFailed {
                     uri: self.ns.info.uri.clone(),
-                    reason: format!("spdk_nvme_qpair_process_completions: {reaped}"),
+                    reason: format!("spdk_nvme_qpair_process_completions: {rc}"),
                 }));
             }
-            self.in_flight = self.in_flight.saturating_sub(reaped as usize);
+            let completed = std::mem::take(&mut self.shared().completed);
+            self.in_flight = self.in_flight.saturating_sub(completed);
         }
-        let n = max.min(self.state.done.len());
-        out.extend(self.state.done.drain(..n));
+        self.ns.ctrlr.poll_admin();
+        let shared = self.shared();
+        let n = max.min(shared.done.len());
+        out.extend(shared.done.drain(..n));
         Ok(n)
     }
 }
@@ -518,10 +595,13 @@ impl QueuePairBackend for SpdkQueuePair {
 impl Drop for SpdkQueuePair {
     fn drop(&mut self) {
         // SAFETY: freeing the queue pair aborts what is still in flight, calling on_complete for
-        // each while `state` is still alive; nothing uses the handle afterwards.
+        // each while `shared` is still alive; nothing uses the handle afterwards.
         unsafe {
             ffi::spdk_nvme_ctrlr_free_io_qpair(self.qpair.as_ptr());
         }
+        // SAFETY: from Box::into_raw in create_queue_pair; the SPDK queue pair is gone, so no
+        // callback can reach it any more.
+        drop(unsafe { Box::from_raw(self.shared) });
     }
 }
 
@@ -535,7 +615,10 @@ mod tests {
         assert_eq!(t.trid, "trtype=PCIe traddr=0000:01:00.0");
         assert_eq!((t.ns, t.class), (2, DeviceClass::Ssd));
         assert!(parse("u", "trtype=PCIe").is_err());
-        assert!(parse("u", "traddr=0000:01:00.0 ns=0").is_err());
-        assert!(parse("u", "traddr=0000:01:00.0 junk").is_err());
+        assert!(parse("u", "traddr=0000:01:00.0").is_err());
+        let upper = parse("u", "trtype:PCIe traddr:0000:01:00.0 NS=3").unwrap();
+        assert_eq!(upper.ns, 3);
+        assert!(parse("u", "trtype=PCIe traddr=0000:01:00.0 ns=0").is_err());
+        assert!(parse("u", "trtype=PCIe traddr=0000:01:00.0 junk").is_err());
     }
 }
