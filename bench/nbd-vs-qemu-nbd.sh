@@ -25,12 +25,14 @@ bin="$(build_release)"
 # class=ssd: a virtio disk reports itself rotational, which would give the store an HDD's
 # tuning (deferred writes, a throttle sized for ~100 I/Os in flight) on a disk that does
 # ~100k random writes a second. Set the class the disk really is, as an operator would.
-# IDLE_SPIN_US (environment) sets the reactors' busy-poll time before they sleep.
+# IDLE_SPIN_US and PREFER_DEFERRED_SIZE (environment) tune the store for experiments: the
+# reactors' busy-poll time before they sleep, and the largest overwrite journaled in the kv.
 cat > "$dir/store.toml" <<EOF
 [devices]
 slow = "uring:$dir/store.img?size=$(( $(numfmt --from=iec "$size") * 2 ))&class=${class:-ssd}"
 [store]
 idle_spin_us = ${IDLE_SPIN_US:-200}
+${PREFER_DEFERRED_SIZE:+prefer_deferred_size = \"$PREFER_DEFERRED_SIZE\"}
 EOF
 store="--config=$dir/store.toml"
 rm -f "$dir/store.img" "$dir/raw.img"
