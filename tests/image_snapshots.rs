@@ -668,3 +668,34 @@ fn power_cuts_leave_images_at_an_acknowledged_state() {
          them (each time whole writes, in order)"
     );
 }
+
+/// A shrink cut short leaves PENDING objects: a later change of one must still preserve it for
+/// the snapshot that saw it (PENDING no longer says whether it changed since).
+#[test]
+fn a_shrink_cut_short_still_preserves_for_snapshots() {
+    let store = store();
+    image::create(&store, "s", 100 << 12, 12, features::DEFAULT).unwrap();
+    let mut img = Image::open(&store, "s").unwrap();
+    for i in 0..100u64 {
+        img.write_async(i << 12, &[0xab; 4096], |r| r.unwrap())
+            .unwrap();
+    }
+    img.flush().unwrap();
+    img.snap_create("s").unwrap();
+    let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        img.resize(2 << 12, |done, _| {
+            assert!(done == 0, "cut short after the first batch");
+        })
+    }));
+    assert!(cut.is_err());
+    img.write(90 << 12, &[0xcd; 4096]).unwrap();
+    let view = img.snapshot("s").unwrap();
+    assert_eq!(view.read(90 << 12, 4096).unwrap(), vec![0xab; 4096]);
+    // Finishing the shrink keeps what the snapshot needs too.
+    img.resize(2 << 12, |_, _| {}).unwrap();
+    let view = img.snapshot("s").unwrap();
+    assert_eq!(view.read(80 << 12, 4096).unwrap(), vec![0xab; 4096]);
+    assert_eq!(view.read(90 << 12, 4096).unwrap(), vec![0xab; 4096]);
+    drop(img);
+    store.umount().unwrap();
+}

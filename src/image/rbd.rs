@@ -722,6 +722,9 @@ impl Image {
             match load_map(&self.store, &self.coll, MAP_OBJECT, self.info.objects()) {
                 Ok(map) => self.map = Some(map),
                 // Every object may exist from now on, until `rebuild_object_map`.
+                // Only the owner may say so in the header: another client may have read the
+                // map mid-change (a shrink truncating it) and hold a stale header.
+                Err(ImageError::MapCorrupt { .. }) if self.lock.is_some() && !self.owner => {}
                 Err(e @ ImageError::MapCorrupt { .. }) => self.invalidate_map(&e.to_string())?,
                 Err(e) => return Err(e),
             }
@@ -984,8 +987,12 @@ impl Image {
         let Some(latest) = self.snaps.last() else {
             return Ok(false);
         };
-        if let Some(m) = map {
-            return Ok(m.get(index) == ObjectState::ExistsClean);
+        match map.map(|m| m.get(index)) {
+            Some(ObjectState::ExistsClean) => return Ok(true),
+            // PENDING (a shrink cut short) no longer says whether the object changed since the
+            // snapshot: ask the store, as without a map.
+            Some(ObjectState::Pending) | None => {}
+            Some(_) => return Ok(false),
         }
         let objects = latest.size.div_ceil(self.info.object_size());
         let snap_map = load_map(
@@ -1816,6 +1823,12 @@ impl Image {
             return Err(ImageError::invalid(
                 "diff needs the fast-diff feature (it answers from the object maps)",
             ));
+        }
+        // A client that does not own the lock may have missed snapshots the owner took.
+        if self.lock.is_some() && !self.owner {
+            let meta = Meta::load(&self.store, &self.coll)?;
+            self.snaps = meta.snaps;
+            self.snap_seq = meta.seq;
         }
         let from_pos = from
             .map(|n| {
