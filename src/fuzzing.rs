@@ -717,6 +717,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 size: 1 << 30,
                 created_ns: 9,
                 parent_overlap: 0,
+                removing: false,
             };
             let parent = ParentLink {
                 image: "golden".into(),

@@ -58,6 +58,39 @@ fn rusage(who: libc::c_int) -> CpuUsage {
     }
 }
 
+/// Sends what the socket takes at once of `bufs` (in order, as one message), without blocking:
+/// MSG_DONTWAIT applies to this call only, so the socket stays blocking for its other users.
+/// How many bytes went; 0 when the send buffer is full.
+pub fn send_without_blocking(
+    socket: &std::net::TcpStream,
+    bufs: &[std::io::IoSlice<'_>],
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: msghdr is plain old data; all-zero (no name, no control data) is a valid value.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is guaranteed ABI-compatible with iovec on Unix; the kernel only reads them.
+    message.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    message.msg_iovlen = bufs.len() as _;
+    // SAFETY: the descriptor is open for the borrow of `socket`; `message` points at `bufs`,
+    // which outlive the call and are only read. MSG_NOSIGNAL: a closed peer is an EPIPE error,
+    // not a signal that kills an embedding process.
+    let sent = unsafe {
+        libc::sendmsg(
+            socket.as_raw_fd(),
+            &message,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if sent >= 0 {
+        return Ok(sent as usize);
+    }
+    let error = std::io::Error::last_os_error();
+    match error.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(0),
+        _ => Err(error),
+    }
+}
+
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn on_interrupt(_signal: libc::c_int) {

@@ -699,3 +699,128 @@ fn a_shrink_cut_short_still_preserves_for_snapshots() {
     drop(img);
     store.umount().unwrap();
 }
+
+/// A queued write that changes an object's state in the map (here: preserving it for a
+/// snapshot) and then fails must not let a write queued right behind it trust the map's new word:
+/// that write would overwrite, unpreserved, what the snapshot still reads.
+#[test]
+fn a_failed_queued_write_does_not_let_the_next_skip_preserving() {
+    use bluepoll::nvme::{EioRule, EioTrigger, FaultOps};
+    let device = Device::open("fault:cache=off+mem:512M").unwrap();
+    let control = device.fault_control().unwrap();
+    let devices = StoreDevices::only(device);
+    // No data cache: the partial write below must read the old block from the device.
+    let config = StoreConfig {
+        pin: false,
+        cpus: vec![0],
+        cache_bytes: 0,
+        ..StoreConfig::default()
+    };
+    Store::mkfs_on(&devices, &config).unwrap();
+    let store = Store::mount_on(devices, config).unwrap();
+    image::create(&store, "p", 16 << 12, 12, features::DEFAULT).unwrap();
+    let mut img = Image::open(&store, "p").unwrap();
+    img.write(0, &[0x11; 4096]).unwrap();
+    img.snap_create("s").unwrap();
+    // Reads of object 0's data block fail.
+    let extent = store
+        .object_extents("img.p", &format!("data.{:016x}", 0))
+        .unwrap()[0];
+    let block = store.main_device().info().block_size as u64;
+    control.arm(EioRule {
+        ops: FaultOps::Read,
+        trigger: EioTrigger::Lbas {
+            first: extent.device_offset / block,
+            last: (extent.device_offset + 4095) / block,
+        },
+    });
+    let failed = Arc::new(AtomicBool::new(false));
+    let f = Arc::clone(&failed);
+    // Needs the old block (a read, which fails): rejected with nothing applied.
+    img.write_async(100, &[0x22; 512], move |r| {
+        f.store(r.is_err(), Ordering::SeqCst)
+    })
+    .unwrap();
+    // A whole block: no read; queued before the first one's failure is known.
+    img.write_async(0, &[0x33; 4096], |r| r.unwrap()).unwrap();
+    assert!(
+        img.flush().is_err(),
+        "the first write's failure is reported"
+    );
+    control.disarm_all();
+    assert!(
+        failed.load(Ordering::SeqCst),
+        "the injected read error fired"
+    );
+    assert!(img.read(0, 4096).unwrap() == vec![0x33; 4096]);
+    let view = img.snapshot("s").unwrap();
+    assert!(
+        view.read(0, 4096).unwrap() == vec![0x11; 4096],
+        "the snapshot reads what it saw, not the write made after it"
+    );
+    drop(img);
+    store.umount().unwrap();
+}
+
+/// A snapshot removal cut short (a crash, here a panic after the first batch) has removed some
+/// of the snapshot's copies: the snapshot must not read as taken any more (it would read the
+/// head where a copy went), nor be cloned; `snap rm` again finishes it, across a remount too.
+#[test]
+fn a_removal_cut_short_leaves_the_snapshot_refused_until_finished() {
+    let (devices, config) = devices_and_config();
+    let store = Store::mount_on(devices.clone(), config.clone()).unwrap();
+    let objects = 200u64;
+    image::create(&store, "r", objects << 12, 12, features::DEFAULT).unwrap();
+    let mut img = Image::open(&store, "r").unwrap();
+    for i in 0..objects {
+        img.write_async(i << 12, &[0x11; 4096], |r| r.unwrap())
+            .unwrap();
+    }
+    img.flush().unwrap();
+    img.snap_create("s").unwrap();
+    for i in 0..objects {
+        img.write_async(i << 12, &[0x22; 4096], |r| r.unwrap())
+            .unwrap();
+    }
+    img.flush().unwrap();
+    let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        img.snap_remove("s", |done, total| {
+            assert!(done >= total, "cut short after the first batch");
+        })
+    }));
+    assert!(cut.is_err(), "the removal was cut short");
+    let refused = |img: &Image| match img.snapshot("s") {
+        Err(e) => assert!(e.to_string().contains("being removed"), "{e}"),
+        Ok(view) => panic!(
+            "a half-removed snapshot opened; its last object reads {:?}",
+            &view.read((objects - 1) << 12, 4).unwrap()
+        ),
+    };
+    refused(&img);
+    let clone = image::clone_image(&store, "r", "s", "c", features::DEFAULT);
+    assert!(clone.is_err(), "no clone of a half-removed snapshot");
+    drop(img);
+    store.umount().unwrap();
+
+    let store = Store::mount_on(devices, config).unwrap();
+    let mut img = Image::open(&store, "r").unwrap();
+    assert!(img.snapshots()[0].removing, "the mark survives a remount");
+    refused(&img);
+    img.snap_remove("s", |_, _| {}).unwrap();
+    assert!(img.snapshots().is_empty());
+    let copies = store
+        .list_objects("img.r", None, 10_000)
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.contains('@'))
+        .count();
+    assert_eq!(copies, 0, "every copy went");
+    assert!(
+        img.read(0, objects << 12)
+            .unwrap()
+            .iter()
+            .all(|&b| b == 0x22)
+    );
+    drop(img);
+    store.umount().unwrap();
+}

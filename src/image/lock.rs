@@ -120,6 +120,15 @@ pub(crate) fn cell(fsid: Uuid, image: &str) -> Arc<LockCell> {
     Arc::clone(table.entry((fsid, image.to_string())).or_default())
 }
 
+/// Serialises, in the process (one process mounts a store, so every client is here), linking a
+/// clone to a snapshot and a snapshot removal's check for such links: without it, a clone could
+/// link to a snapshot whose removal has just found no clone.
+pub(crate) fn catalog(fsid: Uuid) -> Arc<Mutex<()>> {
+    static CATALOGS: OnceLock<Mutex<HashMap<Uuid, Arc<Mutex<()>>>>> = OnceLock::new();
+    let mut table = lock(CATALOGS.get_or_init(Default::default));
+    Arc::clone(table.entry(fsid).or_default())
+}
+
 /// What [`LockCell::try_acquire`] found.
 pub(crate) enum Acquire {
     Acquired,
@@ -127,6 +136,11 @@ pub(crate) enum Acquire {
 }
 
 impl LockCell {
+    /// Whether another client waits for the lock or an operation waits for its owner.
+    pub fn has_request(&self) -> bool {
+        lock(&self.state).has_request()
+    }
+
     fn broadcast(state: &mut LockState, event: LockEvent) {
         state.watchers.retain(|w| w.send(event.clone()).is_ok());
     }
@@ -326,6 +340,60 @@ impl InFlight {
     /// Whether a write failed since the last call.
     pub fn take_failure(&self) -> bool {
         self.failed.swap(false, Ordering::SeqCst)
+    }
+}
+
+impl InFlight {
+    /// Writes queued and not yet finished.
+    pub fn count(&self) -> u64 {
+        *lock(&self.count)
+    }
+}
+
+/// Objects whose map change rides on a queued write that has not finished. Until it has, the
+/// map's word on them is only a promise: should the write fail, the object is not what the map
+/// says (not preserved for the snapshot, not copied up from the parent), so a later change of
+/// such an object waits for the write's outcome before it trusts the map.
+#[derive(Default)]
+pub(crate) struct Transitions {
+    objects: Mutex<HashMap<u64, u32>>,
+    settled: Condvar,
+}
+
+impl Transitions {
+    pub fn begin(&self, objects: &[u64]) {
+        let mut map = lock(&self.objects);
+        for &o in objects {
+            *map.entry(o).or_default() += 1;
+        }
+    }
+
+    pub fn end(&self, objects: &[u64]) {
+        let mut map = lock(&self.objects);
+        for o in objects {
+            if let Some(n) = map.get_mut(o) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(o);
+                }
+            }
+        }
+        drop(map);
+        self.settled.notify_all();
+    }
+
+    /// Whether any of `objects` has a change in flight.
+    pub fn any(&self, objects: impl IntoIterator<Item = u64>) -> bool {
+        let map = lock(&self.objects);
+        !map.is_empty() && objects.into_iter().any(|o| map.contains_key(&o))
+    }
+
+    /// Returns once none of `objects` has a change in flight.
+    pub fn wait_settled(&self, objects: &[u64]) {
+        let mut map = lock(&self.objects);
+        while objects.iter().any(|o| map.contains_key(o)) {
+            map = self.settled.wait(map).unwrap_or_else(|p| p.into_inner());
+        }
     }
 }
 

@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 use super::error::ImageError;
 use super::lock::{
     Acquire, FlushWaiter, InFlight, LockCell, LockEvent, LockRequest, LockWaiter, MaintenanceOp,
-    OpUpdate,
+    OpUpdate, Transitions,
 };
 use super::object_map::{MAP_BLOCK, ObjectMap, ObjectState};
 use super::snapshot::{
-    CHILD_KEY_PREFIX, DiffExtent, PARENT_KEY, ParentLink, SNAP_KEY_PREFIX, SNAP_SEQ_KEY, SnapInfo,
-    changed_objects, child_key, decode_seq, encode_child, encode_seq, extents_of, preserved_object,
-    snap_key, snap_map_object,
+    CHILD_KEY_PREFIX, DiffExtent, PARENT_KEY, ParentLink, REMOVING_KEY_PREFIX, SNAP_KEY_PREFIX,
+    SNAP_SEQ_KEY, SnapInfo, changed_objects, child_key, decode_seq, encode_child, encode_seq,
+    extents_of, preserved_object, removing_key, snap_key, snap_map_object,
 };
 use crate::store::{StoreError, StoreHandle, Transaction};
 
@@ -208,6 +208,7 @@ pub struct Image {
     lock: Option<Arc<LockCell>>,
     owner: bool,
     in_flight: Arc<InFlight>,
+    transitions: Arc<Transitions>,
     lock_timeout: Duration,
 }
 
@@ -382,6 +383,20 @@ pub fn clone_image(
         flags: 0,
         created_ns: now_ns(),
     };
+    // Nothing may remove the snapshot between the check and the link.
+    let catalog = super::lock::catalog(store.fsid());
+    let _linking = crate::sync::lock(&catalog);
+    let now = Meta::load(store, &collection_of(parent))?;
+    match now.snaps.iter().find(|x| x.id == s.id) {
+        None => {
+            return Err(ImageError::NoSuchSnapshot {
+                image: parent.into(),
+                snap: snap.into(),
+            });
+        }
+        Some(x) if x.removing => return Err(being_removed(parent, snap)),
+        Some(_) => {}
+    }
     // The parent's record of its child goes first: a crash in between leaves a record `snap rm`
     // recognises as stale, never a clone its parent does not know.
     let mut t = Transaction::new(collection_of(parent));
@@ -493,6 +508,7 @@ impl Meta {
             parent: None,
             children: Vec::new(),
         };
+        let mut removing = Vec::new();
         for (key, value) in &omap {
             if key.as_slice() == SNAP_SEQ_KEY {
                 meta.seq = decode_seq(value)?;
@@ -500,6 +516,17 @@ impl Meta {
                 meta.parent = Some(ParentLink::decode(value)?);
             } else if key.starts_with(SNAP_KEY_PREFIX.as_bytes()) {
                 meta.snaps.push(SnapInfo::decode(value)?);
+            } else if let Some(rest) = key.strip_prefix(REMOVING_KEY_PREFIX.as_bytes()) {
+                let id = decode_seq(value)?;
+                if rest != format!("{id:016x}").as_bytes() {
+                    return Err(ImageError::HeaderCorrupt {
+                        reason: format!(
+                            "removal mark {} names snapshot {id}",
+                            String::from_utf8_lossy(key)
+                        ),
+                    });
+                }
+                removing.push(id);
             } else if let Some(rest) = key.strip_prefix(CHILD_KEY_PREFIX.as_bytes()) {
                 let text = String::from_utf8_lossy(rest);
                 if let Some((id, child)) = text.split_once('.')
@@ -510,8 +537,18 @@ impl Meta {
             }
         }
         meta.snaps.sort_by_key(|s| s.id);
+        for s in meta.snaps.iter_mut() {
+            s.removing = removing.contains(&s.id);
+        }
         Ok(meta)
     }
+}
+
+fn being_removed(image: &str, snap: &str) -> ImageError {
+    ImageError::invalid(format!(
+        "snapshot '{image}@{snap}' is being removed (a removal began, perhaps cut short): \
+         run 'snap rm' again to finish it"
+    ))
 }
 
 /// Object `index` of the image in `coll` as snapshot `snap` saw it — the first copy preserved
@@ -590,6 +627,9 @@ impl SnapView {
                 image: image.into(),
                 snap: format!("#{id}"),
             })?;
+        if snap.removing {
+            return Err(being_removed(image, &snap.name));
+        }
         let map = load_map(
             store,
             &coll,
@@ -636,6 +676,16 @@ impl SnapView {
         }
         let mut out = vec![0u8; len as usize];
         self.read_into(offset, &mut out)?;
+        // A removal that began meanwhile may have taken copies this read needed (it would then
+        // have read the head instead): its mark is committed before the first copy goes, so
+        // checking for it after the read tells.
+        let keys = vec![removing_key(self.snap.id), snap_key(self.snap.id)];
+        let found = self
+            .store
+            .omap_get_values(&self.coll, HEADER_OBJECT, &keys)?;
+        if found.len() != 1 || !found.contains_key(&keys[1]) {
+            return Err(being_removed(&self.image, &self.snap.name));
+        }
         Ok(out)
     }
 
@@ -684,6 +734,7 @@ impl Image {
             lock,
             owner: false,
             in_flight: Arc::new(InFlight::default()),
+            transitions: Arc::new(Transitions::default()),
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
         };
         image.refresh()?;
@@ -736,6 +787,16 @@ impl Image {
         &self.name
     }
 
+    /// The store the image lives in.
+    pub fn store(&self) -> &StoreHandle {
+        &self.store
+    }
+
+    /// The store shard (and reactor) that serves the image's objects.
+    pub fn shard(&self) -> usize {
+        self.store.shard_of(&self.coll)
+    }
+
     pub fn info(&self) -> ImageInfo {
         self.info
     }
@@ -753,14 +814,18 @@ impl Image {
         self.parent.as_ref().map(|p| &p.link)
     }
 
+    /// Snapshot `name`, unless it is missing or being removed.
     fn snap(&self, name: &str) -> Result<&SnapInfo, ImageError> {
-        self.snaps
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| ImageError::NoSuchSnapshot {
+        let snap = self.snaps.iter().find(|s| s.name == name).ok_or_else(|| {
+            ImageError::NoSuchSnapshot {
                 image: self.name.clone(),
                 snap: name.into(),
-            })
+            }
+        })?;
+        if snap.removing {
+            return Err(being_removed(&self.name, name));
+        }
+        Ok(snap)
     }
 
     /// The image as snapshot `name` saw it.
@@ -972,12 +1037,46 @@ impl Image {
 
     // ---- changes ---------------------------------------------------------------------------
 
-    /// Before a request changes the image: the lock (taken over from its owner if need be),
-    /// and the map's standing after a failed queued write.
-    fn prepare_change(&mut self) -> Result<(), ImageError> {
+    /// Before a request changes `offset..offset + len`: the lock (taken over from its owner if
+    /// need be), the outcome of queued writes that changed the map's word on its objects, and
+    /// the map's standing after a failed one.
+    fn prepare_change(&mut self, offset: u64, len: u64) -> Result<(), ImageError> {
         self.serve_lock_requests()?;
         self.acquire_lock()?;
+        let objects: Vec<u64> = self.pieces(offset, len).iter().map(|p| p.0).collect();
+        self.transitions.wait_settled(&objects);
         self.settle_suspicion()
+    }
+
+    /// Whether `read_async` of this image runs without blocking, as on a store reactor: its
+    /// reads go to the store alone (a clone reads from its parent at once).
+    pub fn reads_without_blocking(&self) -> bool {
+        self.parent.is_none()
+    }
+
+    /// Whether `write_async` of `offset..offset + len` runs without blocking, as on a store
+    /// reactor: this client owns the lock and nobody asks for it, the map is trusted and says
+    /// what each object needs (no store lookups, no copy-up), no earlier write's outcome is
+    /// awaited, and the writes in flight are few (past that, a blocking caller waits on the
+    /// store's throttle).
+    pub fn writes_without_blocking(&self, offset: u64, len: u64) -> bool {
+        const MAX_WRITES_IN_FLIGHT: u64 = 256;
+        let lock_ready = match &self.lock {
+            None => true,
+            Some(cell) => self.owner && !cell.has_request(),
+        };
+        let Some(map) = self.object_map() else {
+            return false;
+        };
+        let pieces = self.pieces(offset, len);
+        lock_ready
+            && self.parent.is_none()
+            && !self.map_suspect.load(Ordering::Relaxed)
+            && self.in_flight.count() < MAX_WRITES_IN_FLIGHT
+            && pieces
+                .iter()
+                .all(|&(index, ..)| map.get(index) != ObjectState::Pending)
+            && !self.transitions.any(pieces.iter().map(|p| p.0))
     }
 
     /// Whether object `index` must be preserved for the newest snapshot before it changes:
@@ -1093,7 +1192,7 @@ impl Image {
         done: impl FnOnce(Result<(), ImageError>) + Send + 'static,
     ) -> Result<(), ImageError> {
         self.check_range(offset, data.len() as u64)?;
-        self.prepare_change()?;
+        self.prepare_change(offset, data.len() as u64)?;
         let (mut t, mut map) = self.write_transaction(offset, data)?;
         if let Some(m) = map.as_mut() {
             let blocks = write_map_blocks(&mut t, m, MAP_OBJECT);
@@ -1102,18 +1201,34 @@ impl Image {
                 self.stats.map_blocks_written += blocks;
             }
         }
+        // The objects whose state in the map this write changes: until it finishes, later
+        // changes of them wait for its outcome (`prepare_change`).
+        let changing: Vec<u64> = match (&map, self.map.as_ref()) {
+            (Some(after), Some(before)) => self
+                .pieces(offset, data.len() as u64)
+                .iter()
+                .map(|p| p.0)
+                .filter(|&i| before.get(i) != after.get(i))
+                .collect(),
+            _ => Vec::new(),
+        };
         let suspect = Arc::clone(&self.map_suspect);
         let in_flight = Arc::clone(&self.in_flight);
+        let transitions = Arc::clone(&self.transitions);
         in_flight.start();
+        transitions.begin(&changing);
+        let settled = changing.clone();
         let queued = self.store.queue_transaction(t, move |r| {
             if r.is_err() {
                 suspect.store(true, Ordering::Relaxed);
             }
+            transitions.end(&settled);
             let ok = r.is_ok();
             done(r.map_err(ImageError::from));
             in_flight.finish(ok);
         });
         if let Err(e) = queued {
+            self.transitions.end(&changing);
             self.in_flight.finish(true);
             return Err(e.into());
         }
@@ -1133,7 +1248,7 @@ impl Image {
 
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ImageError> {
         self.check_range(offset, data.len() as u64)?;
-        self.prepare_change()?;
+        self.prepare_change(offset, data.len() as u64)?;
         let (t, map) = self.write_transaction(offset, data)?;
         self.commit(t, map)
     }
@@ -1157,7 +1272,7 @@ impl Image {
     /// emptied rather than removed (so it hides the parent).
     pub fn discard(&mut self, offset: u64, len: u64) -> Result<(), ImageError> {
         self.check_range(offset, len)?;
-        self.prepare_change()?;
+        self.prepare_change(offset, len)?;
         let object_size = self.info.object_size();
         let mut t = Transaction::new(&self.coll);
         let mut map = self.map.clone();
@@ -1562,6 +1677,7 @@ impl Image {
             size: self.info.size,
             created_ns: now_ns(),
             parent_overlap: self.overlap(),
+            removing: false,
         };
         let mut t = Transaction::new(&self.coll);
         let snap_object = snap_map_object(id);
@@ -1602,6 +1718,9 @@ impl Image {
                 snap: name.into(),
             })?;
         let snap = self.snaps[pos].clone();
+        // No clone may link to it while its clones are counted and its removal is marked.
+        let catalog = super::lock::catalog(self.store.fsid());
+        let linking = crate::sync::lock(&catalog);
         // Clones of it block the removal; records of clones that are gone (or were never
         // finished) are dropped with it.
         let meta = Meta::load(&self.store, &self.coll)?;
@@ -1624,6 +1743,15 @@ impl Image {
                 live.join(", ")
             )));
         }
+        // From the mark on, the snapshot is refused to readers, clones, rollback and diff: its
+        // copies go one batch at a time, and a crash part-way must not leave it readable.
+        if !snap.removing {
+            let mut t = Transaction::new(&self.coll);
+            t.omap_setkey(HEADER_OBJECT, &removing_key(snap.id), &encode_seq(snap.id));
+            self.store.apply(t)?;
+            self.snaps[pos].removing = true;
+        }
+        drop(linking);
         let snap_map = self.snap_map(&snap)?;
         let prev = pos.checked_sub(1).map(|p| self.snaps[p].clone());
         let prev_map = prev.as_ref().map(|p| self.snap_map(p)).transpose()?;
@@ -1687,7 +1815,7 @@ impl Image {
             }
         }
         t.remove(&snap_map_object(snap.id));
-        let mut keys = vec![snap_key(snap.id)];
+        let mut keys = vec![snap_key(snap.id), removing_key(snap.id)];
         keys.extend(stale);
         t.omap_rmkeys(HEADER_OBJECT, keys);
         self.commit(t, head)?;

@@ -24,6 +24,7 @@ pub(crate) const SNAP_SEQ_KEY: &[u8] = b"snap_seq";
 pub(crate) const SNAP_KEY_PREFIX: &str = "snap.";
 pub(crate) const PARENT_KEY: &[u8] = b"parent";
 pub(crate) const CHILD_KEY_PREFIX: &str = "child.";
+pub(crate) const REMOVING_KEY_PREFIX: &str = "removing.";
 
 /// A snapshot of an image.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +37,9 @@ pub struct SnapInfo {
     /// For a clone: how far its parent showed through when the snapshot was taken (0 for
     /// images that are not clones).
     pub parent_overlap: u64,
+    /// A removal has begun (its mark is committed before the first copy goes): the snapshot no
+    /// longer reads as taken and is refused to everything but another `snap rm`.
+    pub removing: bool,
 }
 
 /// The parent of a clone: image `image` at its snapshot `snap`; only the first `overlap` bytes
@@ -49,6 +53,11 @@ pub struct ParentLink {
 
 pub(crate) fn snap_key(id: u64) -> Vec<u8> {
     format!("{SNAP_KEY_PREFIX}{id:016x}").into_bytes()
+}
+
+/// The mark of snapshot `id`'s removal in progress.
+pub(crate) fn removing_key(id: u64) -> Vec<u8> {
+    format!("{REMOVING_KEY_PREFIX}{id:016x}").into_bytes()
 }
 
 pub(crate) fn child_key(snap: u64, child: &str) -> Vec<u8> {
@@ -166,6 +175,7 @@ impl SnapInfo {
             created_ns: f.u64()?,
             parent_overlap: f.u64()?,
             name: f.name()?,
+            removing: false,
         };
         f.end()?;
         Ok(info)
@@ -293,6 +303,7 @@ mod tests {
             size: 1 << 30,
             created_ns: 99,
             parent_overlap: 5 << 20,
+            removing: false,
         };
         let b = s.encode();
         assert_eq!(SnapInfo::decode(&b).unwrap(), s);

@@ -10,11 +10,13 @@
 //! The connections of one export share its open image, and a flush on one covers the writes of
 //! all (NBD_FLAG_CAN_MULTI_CONN).
 //!
-//! One thread per connection reads requests, and reads and writes go to the store at once,
-//! answered from its callbacks by a reply thread, so the client's queue depth reaches the store
-//! (whose kv-sync thread then commits many writes per sync). A request the server cannot take
-//! (out of range, too long, unknown) gets an error reply and the connection goes on; a stream
-//! out of step (a bad request magic) is closed.
+//! After the handshake (on a thread of its own), a connection is polled by the store reactor
+//! that runs its image's shard: reads and writes that cannot block start there, and replies
+//! leave from there, so a request crosses no thread between the socket and the store and the
+//! client's queue depth reaches the store (whose kv-sync thread then commits many writes per
+//! sync). The rest goes, in order, to the connection's thread (see [`transmit`]). A request the
+//! server cannot take (out of range, too long, unknown) gets an error reply and the connection
+//! goes on; a stream out of step (a bad request magic) is closed.
 //!
 //! For images with the exclusive lock, a thread per export serves the lock requests of other
 //! clients of the image (hand the lock over, run a resize or snapshot) while the server owns
@@ -60,9 +62,8 @@ fn protocol(reason: impl Into<String>) -> NbdError {
     }
 }
 
-/// Buffers of a connection's request reader and reply writer.
+/// The buffer a connection reads its requests through.
 const REQUEST_BUFFER: usize = 256 << 10;
-const REPLY_BUFFER: usize = 256 << 10;
 
 /// Longest option a client may send (names, info requests): anything longer is not one.
 const MAX_OPTION: u32 = 64 << 10;
@@ -178,7 +179,7 @@ impl NbdServer {
                     std::thread::Builder::new()
                         .name(format!("nbd-{peer}"))
                         .spawn(move || {
-                            if let Err(e) = serve(stream, &exports, &stats) {
+                            if let Err(e) = serve(stream, &exports, stats) {
                                 eprintln!("bluepoll nbd: {peer}: {e}");
                             }
                         })
@@ -210,7 +211,7 @@ fn be_u32(b: &[u8]) -> u32 {
 fn serve(
     mut s: TcpStream,
     exports: &BTreeMap<String, Arc<Mutex<Image>>>,
-    stats: &ServerStats,
+    stats: Arc<ServerStats>,
 ) -> Result<(), NbdError> {
     s.set_nonblocking(false)
         .map_err(io("configuring the socket"))?;
@@ -229,7 +230,7 @@ fn serve(
     let Some(image) = negotiate(&mut s, exports, no_zeroes)? else {
         return Ok(());
     };
-    transmit(&mut s, &image, stats)
+    transmit(s, image, stats)
 }
 
 /// The option haggling; the export chosen, or None when the client aborted.
@@ -312,146 +313,525 @@ fn negotiate(
     }
 }
 
-/// An answer on its way to the client.
-struct Reply {
-    cookie: u64,
-    error: u32,
-    data: Option<Vec<u8>>,
+/// A connection's way back to its client. A reply is sent by whichever thread finishes the
+/// request — a store reactor, for reads — straight into the socket when the socket takes it at
+/// once (no hand-off, no thread to wake); when the socket's buffer is full, it and every later
+/// reply wait, in order, for the connection's writer thread, which may block.
+struct Replies {
+    socket: TcpStream,
+    state: Mutex<ReplyState>,
+    changed: std::sync::Condvar,
 }
 
-/// Requests until NBD_CMD_DISC or the client closes. Reads and writes go to the store at once
-/// and are answered from its callbacks, in whatever order they finish (replies carry the
-/// request's cookie), so a client's queue depth reaches the store; one thread writes all
-/// replies. A write is answered once it is durable.
-fn transmit(s: &mut TcpStream, image: &Mutex<Image>, stats: &ServerStats) -> Result<(), NbdError> {
-    let socket = s.try_clone().map_err(io("cloning the socket"))?;
-    let (tx, rx) = std::sync::mpsc::channel::<Reply>();
-    let writer = std::thread::Builder::new()
-        .name("nbd-replies".into())
-        .spawn(move || -> Result<(), NbdError> {
-            // Replies that are ready together leave in one write.
-            let mut out = std::io::BufWriter::with_capacity(REPLY_BUFFER, socket);
-            while let Ok(first) = rx.recv() {
-                let mut next = Some(first);
-                while let Some(r) = next {
-                    out.write_all(&simple_reply(r.error, r.cookie))
-                        .map_err(io("writing to the client"))?;
-                    if let Some(data) = r.data {
-                        out.write_all(&data).map_err(io("writing to the client"))?;
-                    }
-                    next = rx.try_recv().ok();
-                }
-                out.flush().map_err(io("writing to the client"))?;
-            }
-            Ok(())
+#[derive(Default)]
+struct ReplyState {
+    /// Bytes the writer thread owes the client; while it writes (`writer_busy`), replies queue
+    /// here rather than overtake it.
+    backlog: Vec<u8>,
+    writer_busy: bool,
+    /// Requests accepted and not yet answered.
+    owed: u64,
+    /// No more requests will come (the reader has finished).
+    reader_done: bool,
+    /// The socket failed: the client is gone and replies are dropped.
+    failed: Option<std::io::Error>,
+    /// The reactor thread that polls the connection: replies finished there gather in
+    /// `gathered` and leave together when its poller next runs (one system call, and one TCP
+    /// push, for every reply a pass of the reactor finished).
+    gatherer: Option<std::thread::ThreadId>,
+    gathered: Vec<u8>,
+}
+
+/// The right to answer one request: answering consumes it, and one dropped unanswered (its
+/// callback never ran) still counts the request as done, so the connection can end.
+struct ReplyTicket {
+    replies: Arc<Replies>,
+    cookie: u64,
+    answered: bool,
+}
+
+impl Replies {
+    fn new(socket: TcpStream) -> Arc<Replies> {
+        Arc::new(Replies {
+            socket,
+            state: Mutex::new(ReplyState::default()),
+            changed: std::sync::Condvar::new(),
         })
-        .map_err(io("starting the reply thread"))?;
-    // Requests that arrive together are read with one system call.
-    let mut requests = std::io::BufReader::with_capacity(REQUEST_BUFFER, s);
-    let read = read_requests(&mut requests, image, stats, &tx);
-    drop(tx);
-    // Every reply still owed is sent (the callbacks hold the last senders) before the end.
+    }
+
+    fn ticket(self: &Arc<Replies>, cookie: u64) -> ReplyTicket {
+        lock(&self.state).owed += 1;
+        ReplyTicket {
+            replies: Arc::clone(self),
+            cookie,
+            answered: false,
+        }
+    }
+
+    fn send(&self, error: u32, cookie: u64, data: &[u8]) {
+        let head = simple_reply(error, cookie);
+        let mut state = lock(&self.state);
+        state.owed -= 1;
+        if state.failed.is_none() {
+            if state
+                .gatherer
+                .is_some_and(|t| t == std::thread::current().id())
+            {
+                state.gathered.extend_from_slice(&head);
+                state.gathered.extend_from_slice(data);
+            } else {
+                Self::send_or_queue(&self.socket, &mut state, &[&head, data]);
+            }
+        }
+        self.wake_writer_if_needed(state);
+    }
+
+    /// Sends `parts` at once as far as the socket takes them; the rest (and everything while
+    /// the writer thread has bytes queued, so nothing overtakes them) goes to the backlog.
+    fn send_or_queue(socket: &TcpStream, state: &mut ReplyState, parts: &[&[u8]]) {
+        let mut sent = 0;
+        if !state.writer_busy {
+            let bufs: Vec<std::io::IoSlice<'_>> =
+                parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
+            match crate::sys::send_without_blocking(socket, &bufs) {
+                Ok(n) => sent = n,
+                Err(e) => {
+                    state.failed = Some(e);
+                    return;
+                }
+            }
+        }
+        for part in parts {
+            let skip = sent.min(part.len());
+            sent -= skip;
+            if skip < part.len() {
+                state.backlog.extend_from_slice(&part[skip..]);
+                state.writer_busy = true;
+            }
+        }
+    }
+
+    /// The writer thread sleeps until it has bytes to write or the connection can end; waking
+    /// it for every reply would cost a context switch each.
+    fn wake_writer_if_needed(&self, state: std::sync::MutexGuard<'_, ReplyState>) {
+        let wake = state.writer_busy || (state.reader_done && state.owed == 0);
+        drop(state);
+        if wake {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Gathers the replies the calling (reactor) thread finishes from now on, until
+    /// `stop_gathering`.
+    fn gather_on_this_thread(&self) {
+        lock(&self.state).gatherer = Some(std::thread::current().id());
+    }
+
+    /// Sends the gathered replies.
+    fn send_gathered(&self) {
+        let mut state = lock(&self.state);
+        if state.gathered.is_empty() {
+            return;
+        }
+        let gathered = std::mem::take(&mut state.gathered);
+        if state.failed.is_none() {
+            Self::send_or_queue(&self.socket, &mut state, &[&gathered]);
+        }
+        // Keep the buffer: the next pass gathers into it again.
+        state.gathered = gathered;
+        state.gathered.clear();
+        self.wake_writer_if_needed(state);
+    }
+
+    fn stop_gathering(&self) {
+        self.send_gathered();
+        lock(&self.state).gatherer = None;
+    }
+
+    /// The writer thread: writes what the socket could not take at once, until the reader has
+    /// finished and every request is answered. The socket's error, if it failed.
+    fn write_backlog(&self) -> Result<(), NbdError> {
+        let mut state = lock(&self.state);
+        loop {
+            if !state.backlog.is_empty() && state.failed.is_none() {
+                let bytes = std::mem::take(&mut state.backlog);
+                drop(state);
+                let written = self.send_all(&bytes);
+                state = lock(&self.state);
+                if let Err(e) = written {
+                    state.failed = Some(e);
+                }
+                continue;
+            }
+            state.writer_busy = false;
+            if state.reader_done && state.owed == 0 {
+                return match state.failed.take() {
+                    Some(e) => Err(io("writing to the client")(e)),
+                    None => Ok(()),
+                };
+            }
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Sends all of `bytes`, waiting while the client does not read (the socket does not
+    /// block: the reactor polls it).
+    fn send_all(&self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            match crate::sys::send_without_blocking(&self.socket, &[std::io::IoSlice::new(bytes)])?
+            {
+                0 => std::thread::sleep(Duration::from_micros(100)),
+                n => bytes = &bytes[n..],
+            }
+        }
+        Ok(())
+    }
+
+    fn reader_done(&self) {
+        lock(&self.state).reader_done = true;
+        self.changed.notify_all();
+    }
+}
+
+impl ReplyTicket {
+    fn answer(mut self, error: u32, data: &[u8]) {
+        self.answered = true;
+        self.replies.send(error, self.cookie, data);
+    }
+}
+
+impl Drop for ReplyTicket {
+    fn drop(&mut self) {
+        if !self.answered {
+            let mut state = lock(&self.replies.state);
+            state.owed -= 1;
+            let last = state.reader_done && state.owed == 0;
+            drop(state);
+            if last {
+                self.replies.changed.notify_all();
+            }
+        }
+    }
+}
+
+/// A request and, for a write, its data.
+struct Incoming {
+    request: Request,
+    payload: Option<Vec<u8>>,
+}
+
+/// Requests the reactor hands the connection's thread before it stops reading the socket (the
+/// backpressure: a writer the store throttles stops the client).
+const MAX_FORWARDED: u64 = 64;
+/// Requests the reactor starts per pass, so one connection's burst cannot overfill the reactor's
+/// own mailbox (each read or write is at least one message to the store's shard).
+const MAX_REQUESTS_PER_POLL: usize = 32;
+/// Bytes the reactor reads from the socket per pass.
+const MAX_READ_PER_POLL: usize = 1 << 20;
+
+/// Requests until NBD_CMD_DISC or the client closes, read on the store reactor that runs the
+/// image's shard (Seastar's way: the socket is polled by the core that serves it, so a read
+/// costs no thread hop from the socket to the store and none back). Reads, and writes the image
+/// can take without blocking, start there at once; everything else (flush, trim, write-zeroes,
+/// writes that must wait for the lock or a store lookup, requests arriving while earlier ones
+/// wait) goes, in order, to this thread, which may block. Replies leave from wherever the
+/// request finishes, in whatever order (they carry the request's cookie).
+fn transmit(
+    s: TcpStream,
+    image: Arc<Mutex<Image>>,
+    stats: Arc<ServerStats>,
+) -> Result<(), NbdError> {
+    let replies = Replies::new(s.try_clone().map_err(io("cloning the socket"))?);
+    let writer = {
+        let replies = Arc::clone(&replies);
+        std::thread::Builder::new()
+            .name("nbd-replies".into())
+            .spawn(move || replies.write_backlog())
+            .map_err(io("starting the reply thread"))?
+    };
+    s.set_nonblocking(true)
+        .map_err(io("configuring the socket"))?;
+    let (slow, requests) = std::sync::mpsc::channel::<Incoming>();
+    let forwarded = Arc::new(AtomicU64::new(0));
+    let outcome = Arc::new(Mutex::new(None));
+    let (reactors, shard) = {
+        let img = lock(&image);
+        (img.store().reactor_handle(), img.shard())
+    };
+    let poller = RequestPoller {
+        socket: s,
+        input: Vec::new(),
+        scratch: vec![0u8; REQUEST_BUFFER],
+        image: Arc::clone(&image),
+        stats: Arc::clone(&stats),
+        replies: Arc::clone(&replies),
+        slow: Some(slow),
+        forwarded: Arc::clone(&forwarded),
+        outcome: Arc::clone(&outcome),
+        gathering: false,
+    };
+    let started = reactors
+        .send(shard, move |cx| cx.add_poller(poller))
+        .map_err(|e| {
+            protocol(format!(
+                "the store's reactor {shard} took no connection: {e}"
+            ))
+        });
+    // The connection's thread: what the reactor hands over, until it stops reading.
+    if started.is_ok() {
+        for incoming in requests {
+            execute(incoming, &image, &stats, &replies);
+            forwarded.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    replies.reader_done();
+    // Every reply still owed is sent before the end.
     let written = writer
         .join()
         .unwrap_or_else(|_| Err(protocol("the reply thread panicked")));
+    let read = match lock(&outcome).take() {
+        Some(e) => Err(e),
+        None => started,
+    };
     read.and(written)
 }
 
-fn read_requests(
-    s: &mut std::io::BufReader<&mut TcpStream>,
-    image: &Mutex<Image>,
-    stats: &ServerStats,
-    tx: &std::sync::mpsc::Sender<Reply>,
-) -> Result<(), NbdError> {
-    let mut head = [0u8; Request::LEN];
-    loop {
-        match s.read_exact(&mut head) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(io("reading a request")(e)),
+/// The reactor's side of a connection: reads requests from the socket without blocking and
+/// starts them.
+struct RequestPoller {
+    socket: TcpStream,
+    /// Bytes read and not yet taken as requests.
+    input: Vec<u8>,
+    scratch: Vec<u8>,
+    image: Arc<Mutex<Image>>,
+    stats: Arc<ServerStats>,
+    replies: Arc<Replies>,
+    /// To the connection's thread; None once the connection has ended.
+    slow: Option<std::sync::mpsc::Sender<Incoming>>,
+    forwarded: Arc<AtomicU64>,
+    outcome: Arc<Mutex<Option<NbdError>>>,
+    /// Whether replies finished on this reactor are gathered (from the first pass on).
+    gathering: bool,
+}
+
+/// What reading the socket found.
+enum Received {
+    Some,
+    Nothing,
+    Closed,
+}
+
+impl crate::reactor::Poller for RequestPoller {
+    fn poll(&mut self, _cx: &mut crate::reactor::Context<'_>) -> crate::reactor::Poll {
+        use crate::reactor::Poll;
+        if self.slow.is_none() {
+            return Poll::Done;
         }
-        let r = Request::decode(&head)
-            .map_err(|BadRequest::Magic(m)| protocol(format!("request magic {m:#010x}")))?;
-        stats.requests.fetch_add(1, Ordering::Relaxed);
-        if r.kind == CMD_DISC {
-            return Ok(());
+        if !self.gathering {
+            self.replies.gather_on_this_thread();
+            self.gathering = true;
         }
-        // A write's payload follows its header whatever happens to it.
-        let payload = if r.kind == CMD_WRITE {
-            if r.length > MAX_PAYLOAD {
-                return Err(protocol(format!("a write of {} bytes", r.length)));
+        // What the store finished since the last pass goes out first, in one send.
+        self.replies.send_gathered();
+        let received = match self.receive() {
+            Ok(r) => r,
+            Err(e) => return self.finish(Some(e)),
+        };
+        let mut started = 0;
+        let mut taken = 0;
+        let mut ended = None;
+        while started < MAX_REQUESTS_PER_POLL
+            && self.forwarded.load(Ordering::Relaxed) < MAX_FORWARDED
+        {
+            let rest = &self.input[taken..];
+            let Some(head) = rest.first_chunk::<{ Request::LEN }>() else {
+                break;
+            };
+            let r = match Request::decode(head) {
+                Ok(r) => r,
+                Err(BadRequest::Magic(m)) => {
+                    ended = Some(Some(protocol(format!("request magic {m:#010x}"))));
+                    break;
+                }
+            };
+            // A write's data follows its header whatever happens to it.
+            let mut need = Request::LEN;
+            if r.kind == CMD_WRITE {
+                if r.length > MAX_PAYLOAD {
+                    ended = Some(Some(protocol(format!("a write of {} bytes", r.length))));
+                    break;
+                }
+                need += r.length as usize;
             }
-            let mut data = vec![0u8; r.length as usize];
-            s.read_exact(&mut data)
-                .map_err(io("reading from the client"))?;
-            Some(data)
+            if rest.len() < need {
+                break;
+            }
+            let payload = (r.kind == CMD_WRITE).then(|| rest[Request::LEN..need].to_vec());
+            taken += need;
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            if r.kind == CMD_DISC {
+                ended = Some(None);
+                break;
+            }
+            started += 1;
+            if !self.dispatch(Incoming {
+                request: r,
+                payload,
+            }) {
+                ended = Some(None);
+                break;
+            }
+        }
+        self.input.drain(..taken);
+        if let Some(error) = ended {
+            return self.finish(error);
+        }
+        if matches!(received, Received::Closed) {
+            // Whatever is left is a request cut short by the close.
+            return self.finish(None);
+        }
+        if started > 0 || matches!(received, Received::Some) {
+            Poll::Busy
         } else {
-            None
-        };
-        let reply = {
-            let (tx, cookie) = (tx.clone(), r.cookie);
-            // A closed reply thread means the connection is gone; nothing is left to tell.
-            move |error: u32, data: Option<Vec<u8>>| {
-                let _ = tx.send(Reply {
-                    cookie,
-                    error,
-                    data,
-                });
-            }
-        };
-        let size = lock(image).info().size;
-        let in_range = r
-            .offset
-            .checked_add(r.length as u64)
-            .is_some_and(|end| end <= size);
-        let queued = match r.kind {
-            CMD_READ if in_range && r.length <= MAX_PAYLOAD => {
-                lock(image).read_async(r.offset, r.length as u64, move |result| match result {
-                    Ok(data) => reply(0, Some(data)),
-                    Err(e) => reply(wire_error(e.errno()), None),
-                })
-            }
-            CMD_WRITE if in_range && r.flags & CMD_FLAG_FUA != 0 => {
-                let data = payload.unwrap_or_default();
-                lock(image).write_async(r.offset, &data, move |result| match result {
-                    Ok(()) => reply(0, None),
-                    Err(e) => reply(wire_error(e.errno()), None),
-                })
-            }
-            CMD_WRITE if in_range => {
-                // Answered once queued; a failure surfaces at the next flush.
-                let data = payload.unwrap_or_default();
-                let queued = lock(image).write_async(r.offset, &data, |_| {});
-                if queued.is_ok() {
-                    reply(0, None);
+            Poll::Idle
+        }
+    }
+}
+
+impl RequestPoller {
+    /// Appends what the socket has (up to MAX_READ_PER_POLL) to `input`.
+    fn receive(&mut self) -> Result<Received, NbdError> {
+        let mut got = 0;
+        while got < MAX_READ_PER_POLL {
+            match self.socket.read(&mut self.scratch) {
+                Ok(0) => return Ok(Received::Closed),
+                Ok(n) => {
+                    self.input.extend_from_slice(&self.scratch[..n]);
+                    got += n;
                 }
-                queued
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io("reading a request")(e)),
             }
-            CMD_FLUSH => {
-                let waiter = lock(image).flush_waiter();
-                reply(if waiter.wait() { 0 } else { EIO }, None);
-                Ok(())
+        }
+        Ok(if got > 0 {
+            Received::Some
+        } else {
+            Received::Nothing
+        })
+    }
+
+    /// Starts a request here when it cannot block, else hands it to the connection's thread;
+    /// false when that thread is gone.
+    fn dispatch(&mut self, incoming: Incoming) -> bool {
+        let r = &incoming.request;
+        // Requests handed over earlier go first: nothing overtakes them.
+        if self.forwarded.load(Ordering::Relaxed) == 0
+            && matches!(r.kind, CMD_READ | CMD_WRITE)
+            && let Ok(mut img) = self.image.try_lock()
+        {
+            let len = r.length as u64;
+            let fits = r.length <= MAX_PAYLOAD
+                && r.offset
+                    .checked_add(len)
+                    .is_some_and(|end| end <= img.info().size);
+            let here = fits
+                && match r.kind {
+                    CMD_READ => img.reads_without_blocking(),
+                    _ => img.writes_without_blocking(r.offset, len),
+                };
+            if here {
+                start_io(incoming, &mut img, &self.stats, &self.replies);
+                return true;
             }
-            _ => {
-                // The rest (and every refusal) is answered here and now.
-                let result = handle(&r, payload, image);
-                if result.is_err() {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                }
-                match result {
-                    Ok(data) => reply(0, data),
-                    Err(error) => reply(error, None),
-                }
-                Ok(())
-            }
+        }
+        let Some(slow) = &self.slow else {
+            return false;
         };
-        if let Err(e) = queued {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-            let _ = tx.send(Reply {
-                cookie: r.cookie,
-                error: wire_error(e.errno()),
-                data: None,
-            });
+        self.forwarded.fetch_add(1, Ordering::Relaxed);
+        if slow.send(incoming).is_err() {
+            self.forwarded.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Ends the connection's reading (the thread finishes what it was handed, then ends it).
+    fn finish(&mut self, error: Option<NbdError>) -> crate::reactor::Poll {
+        if let Some(e) = error {
+            lock(&self.outcome).get_or_insert(e);
+        }
+        self.slow = None;
+        // Replies finished on this thread from now on go out as they finish.
+        self.replies.stop_gathering();
+        crate::reactor::Poll::Done
+    }
+}
+
+/// Starts a read or a write (in range) on `img`; it is answered when it finishes — a write
+/// without FUA once it is queued (a failure then surfaces at the next flush).
+fn start_io(incoming: Incoming, img: &mut Image, stats: &ServerStats, replies: &Arc<Replies>) {
+    let Incoming {
+        request: r,
+        payload,
+    } = incoming;
+    let ticket = replies.ticket(r.cookie);
+    let queued = match r.kind {
+        CMD_READ => img.read_async(r.offset, r.length as u64, move |result| match result {
+            Ok(data) => ticket.answer(0, &data),
+            Err(e) => ticket.answer(wire_error(e.errno()), &[]),
+        }),
+        _ if r.flags & CMD_FLAG_FUA != 0 => {
+            let data = payload.unwrap_or_default();
+            img.write_async(r.offset, &data, move |result| match result {
+                Ok(()) => ticket.answer(0, &[]),
+                Err(e) => ticket.answer(wire_error(e.errno()), &[]),
+            })
+        }
+        _ => {
+            let data = payload.unwrap_or_default();
+            let queued = img.write_async(r.offset, &data, |_| {});
+            if queued.is_ok() {
+                ticket.answer(0, &[]);
+            }
+            queued
+        }
+    };
+    if let Err(e) = queued {
+        stats.errors.fetch_add(1, Ordering::Relaxed);
+        replies.ticket(r.cookie).answer(wire_error(e.errno()), &[]);
+    }
+}
+
+/// One request on the connection's thread (which may block).
+fn execute(incoming: Incoming, image: &Mutex<Image>, stats: &ServerStats, replies: &Arc<Replies>) {
+    let r = &incoming.request;
+    let size = lock(image).info().size;
+    let in_range = r
+        .offset
+        .checked_add(r.length as u64)
+        .is_some_and(|end| end <= size);
+    match r.kind {
+        CMD_READ if in_range && r.length <= MAX_PAYLOAD => {
+            start_io(incoming, &mut lock(image), stats, replies)
+        }
+        CMD_WRITE if in_range => start_io(incoming, &mut lock(image), stats, replies),
+        CMD_FLUSH => {
+            let waiter = lock(image).flush_waiter();
+            let ticket = replies.ticket(r.cookie);
+            ticket.answer(if waiter.wait() { 0 } else { EIO }, &[]);
+        }
+        _ => {
+            // The rest (and every refusal) is answered here and now.
+            let ticket = replies.ticket(r.cookie);
+            let result = handle(r, incoming.payload, image);
+            if result.is_err() {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            match result {
+                Ok(data) => ticket.answer(0, data.as_deref().unwrap_or_default()),
+                Err(error) => ticket.answer(error, &[]),
+            }
         }
     }
 }
