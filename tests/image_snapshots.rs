@@ -824,3 +824,68 @@ fn a_removal_cut_short_leaves_the_snapshot_refused_until_finished() {
     drop(img);
     store.umount().unwrap();
 }
+
+/// A clone of a snapshot racing that snapshot's removal: exactly one of them wins, never a clone
+/// linked to a removed snapshot (whose copies are gone).
+#[test]
+fn a_clone_and_the_removal_of_its_snapshot_race_to_one_outcome() {
+    let store = store();
+    image::create(&store, "base", 64 << 12, 12, features::DEFAULT).unwrap();
+    let mut img = Image::open(&store, "base").unwrap();
+    for i in 0..64u64 {
+        img.write_async(i << 12, &[7; 4096], |r| r.unwrap())
+            .unwrap();
+    }
+    img.flush().unwrap();
+    let (mut clones_won, mut removals_won) = (0, 0);
+    for round in 0..30 {
+        let snap = format!("s{round}");
+        img.snap_create(&snap).unwrap();
+        // Every object changes, so the snapshot holds 64 copies for its removal to take.
+        for i in 0..64u64 {
+            img.write_async(i << 12, &[round as u8; 4096], |r| r.unwrap())
+                .unwrap();
+        }
+        img.flush().unwrap();
+        let child = format!("c{round}");
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let cloner = {
+            let (handle, snap, child) = (store.handle(), snap.clone(), child.clone());
+            let start = Arc::clone(&start);
+            std::thread::spawn(move || {
+                start.wait();
+                image::clone_image(&handle, "base", &snap, &child, features::DEFAULT)
+            })
+        };
+        // The removal starts a little later each round, so the two sweep across each other.
+        start.wait();
+        std::thread::sleep(Duration::from_micros(10 * round));
+        let removed = img.snap_remove(&snap, |_, _| {});
+        let cloned = cloner.join().unwrap();
+        match (cloned.is_ok(), removed.is_ok()) {
+            (true, true) => panic!("round {round}: a clone links to a removed snapshot"),
+            (false, false) => panic!("round {round}: both failed: {cloned:?} {removed:?}"),
+            (true, false) => {
+                clones_won += 1;
+                let mut c = Image::open(&store, &child).unwrap();
+                assert!(c.read(0, 64 << 12).unwrap().iter().all(|&b| b == 7));
+                drop(c);
+                image::remove(&store, &child).unwrap();
+                img.snap_remove(&snap, |_, _| {}).unwrap();
+            }
+            (false, true) => {
+                removals_won += 1;
+                assert!(!image::list(&store).unwrap().contains(&child));
+            }
+        }
+        // The next round's snapshot must see what this one's did not.
+        for i in 0..64u64 {
+            img.write_async(i << 12, &[7; 4096], |r| r.unwrap())
+                .unwrap();
+        }
+        img.flush().unwrap();
+    }
+    eprintln!("clone vs removal: clones won {clones_won}, removals won {removals_won}");
+    drop(img);
+    store.umount().unwrap();
+}

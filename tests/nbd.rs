@@ -37,6 +37,11 @@ impl Drop for Served {
 
 /// A store with the images `(name, size)`, exported on a free loopback port.
 fn serve(images: &[(&str, u64)]) -> Served {
+    serve_with_objects_of(images, 20)
+}
+
+/// `serve`, with objects of 2^`order` bytes.
+fn serve_with_objects_of(images: &[(&str, u64)], order: u8) -> Served {
     let devices = StoreDevices::only(Device::open("mem:1G").unwrap());
     let config = StoreConfig {
         pin: false,
@@ -46,7 +51,7 @@ fn serve(images: &[(&str, u64)]) -> Served {
     Store::mkfs_on(&devices, &config).unwrap();
     let store = Store::mount_on(devices, config).unwrap();
     for (name, size) in images {
-        image::create(&store, name, *size, 20, features::DEFAULT).unwrap();
+        image::create(&store, name, *size, order, features::DEFAULT).unwrap();
     }
     let server = NbdServer::bind("127.0.0.1:0", &store, &[]).unwrap();
     let (addr, stop) = (server.local_addr(), server.stopper());
@@ -428,4 +433,70 @@ fn fio_nbd_engine_verifies_clean() {
     assert_eq!(job["write"]["io_bytes"], 32u64 << 20, "{text}");
     // The verify pass read everything back.
     assert_eq!(job["read"]["io_bytes"], 32u64 << 20, "{text}");
+}
+
+/// A client that pipelines many requests — more than the server starts in one pass, one a read
+/// of 8192 objects (too many for the reactor's mailbox, so the connection's thread does it) —
+/// and then closes its side gets every one answered before the server closes.
+#[test]
+fn pipelined_requests_are_all_answered_even_after_the_client_closes() {
+    let served = serve_with_objects_of(&[("small", 64 << 20)], 12);
+    let mut c = Client::connect(served.addr);
+    assert_eq!(c.go("small"), 64 << 20);
+    c.s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let writes = 100u64;
+    let mut batch = Vec::new();
+    for i in 0..writes {
+        let r = Request {
+            flags: 0,
+            kind: CMD_WRITE,
+            cookie: i + 1,
+            offset: i * 4096,
+            length: 4096,
+        };
+        batch.extend_from_slice(&r.encode());
+        batch.extend_from_slice(&[i as u8 + 1; 4096]);
+    }
+    let read_cookie = writes + 1;
+    let read_len = 32u32 << 20;
+    let r = Request {
+        flags: 0,
+        kind: CMD_READ,
+        cookie: read_cookie,
+        offset: 0,
+        length: read_len,
+    };
+    batch.extend_from_slice(&r.encode());
+    c.s.write_all(&batch).unwrap();
+    c.s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answered = std::collections::BTreeSet::new();
+    let mut read = Vec::new();
+    for _ in 0..=writes {
+        let mut head = [0u8; 16];
+        c.s.read_exact(&mut head)
+            .unwrap_or_else(|e| panic!("{} of {} answered: {e}", answered.len(), writes + 1));
+        assert_eq!(u32_of(&head[..4]), SIMPLE_REPLY_MAGIC);
+        assert_eq!(u32_of(&head[4..8]), 0, "no error");
+        let cookie = u64::from_be_bytes(head[8..16].try_into().unwrap());
+        assert!(answered.insert(cookie), "cookie {cookie} answered twice");
+        if cookie == read_cookie {
+            read = vec![0u8; read_len as usize];
+            c.s.read_exact(&mut read).unwrap();
+        }
+    }
+    assert_eq!(answered.len() as u64, writes + 1);
+    // The read went after every write (nothing overtakes a request handed to the thread).
+    for i in 0..writes as usize {
+        assert!(
+            read[i * 4096..(i + 1) * 4096]
+                .iter()
+                .all(|&b| b == i as u8 + 1),
+            "block {i}"
+        );
+    }
+    assert!(read[writes as usize * 4096..].iter().all(|&b| b == 0));
+    let mut rest = Vec::new();
+    c.s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "the server closes after the last reply");
 }

@@ -1193,6 +1193,36 @@ impl Image {
     ) -> Result<(), ImageError> {
         self.check_range(offset, data.len() as u64)?;
         self.prepare_change(offset, data.len() as u64)?;
+        self.queue_write(offset, data, done)
+    }
+
+    /// `write_async` for a caller that must not block, such as a store reactor: it serves no
+    /// lock request (handing the lock over waits for the writes in flight, which the reactor
+    /// itself finishes) and refuses (WouldBlock) unless [`Self::writes_without_blocking`] holds.
+    /// Callbacks of this image's writes run on the reactor, so between that check and this call,
+    /// under the same hold of the image, nothing it checked can change.
+    pub fn write_async_now(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        done: impl FnOnce(Result<(), ImageError>) + Send + 'static,
+    ) -> Result<(), ImageError> {
+        self.check_range(offset, data.len() as u64)?;
+        if !self.writes_without_blocking(offset, data.len() as u64) {
+            return Err(StoreError::WouldBlock {
+                call: "write_async_now",
+            }
+            .into());
+        }
+        self.queue_write(offset, data, done)
+    }
+
+    fn queue_write(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        done: impl FnOnce(Result<(), ImageError>) + Send + 'static,
+    ) -> Result<(), ImageError> {
         let (mut t, mut map) = self.write_transaction(offset, data)?;
         if let Some(m) = map.as_mut() {
             let blocks = write_map_blocks(&mut t, m, MAP_OBJECT);

@@ -464,7 +464,7 @@ impl Replies {
                 continue;
             }
             state.writer_busy = false;
-            if state.reader_done && state.owed == 0 {
+            if state.reader_done && state.owed == 0 && state.gathered.is_empty() {
                 return match state.failed.take() {
                     Some(e) => Err(io("writing to the client")(e)),
                     None => Ok(()),
@@ -523,11 +523,18 @@ struct Incoming {
 /// Requests the reactor hands the connection's thread before it stops reading the socket (the
 /// backpressure: a writer the store throttles stops the client).
 const MAX_FORWARDED: u64 = 64;
-/// Requests the reactor starts per pass, so one connection's burst cannot overfill the reactor's
-/// own mailbox (each read or write is at least one message to the store's shard).
+/// Requests the reactor starts per pass.
 const MAX_REQUESTS_PER_POLL: usize = 32;
+/// Messages to the store (one per object a read touches, one per write) a connection may post
+/// per pass: the reactor posts them to its own mailbox (1024 deep by default), which only it
+/// empties, so it must never fill it. A read touching more objects goes to the connection's
+/// thread.
+const MAX_MESSAGES_PER_POLL: usize = 64;
 /// Bytes the reactor reads from the socket per pass.
 const MAX_READ_PER_POLL: usize = 1 << 20;
+/// Bytes of requests a connection holds unread before it stops reading the socket (more only
+/// while one write's data needs more).
+const MAX_INPUT: usize = 4 << 20;
 
 /// Requests until NBD_CMD_DISC or the client closes, read on the store reactor that runs the
 /// image's shard (Seastar's way: the socket is polled by the core that serves it, so a read
@@ -552,6 +559,8 @@ fn transmit(
     s.set_nonblocking(true)
         .map_err(io("configuring the socket"))?;
     let (slow, requests) = std::sync::mpsc::channel::<Incoming>();
+    // Disconnected once the poller is gone (dropped on its reactor).
+    let (alive, poller_gone) = std::sync::mpsc::channel::<()>();
     let forwarded = Arc::new(AtomicU64::new(0));
     let outcome = Arc::new(Mutex::new(None));
     let (reactors, shard) = {
@@ -569,14 +578,25 @@ fn transmit(
         forwarded: Arc::clone(&forwarded),
         outcome: Arc::clone(&outcome),
         gathering: false,
+        closed: false,
+        needed: 0,
+        _alive: alive,
     };
-    let started = reactors
-        .send(shard, move |cx| cx.add_poller(poller))
-        .map_err(|e| {
-            protocol(format!(
-                "the store's reactor {shard} took no connection: {e}"
-            ))
-        });
+    let mut message: crate::reactor::Message = Box::new(move |cx| cx.add_poller(poller));
+    let started = loop {
+        match reactors.send_boxed(shard, message) {
+            Ok(()) => break Ok(()),
+            Err((crate::reactor::ReactorError::MailboxFull { .. }, m)) => {
+                message = m;
+                std::thread::yield_now();
+            }
+            Err((e, _)) => {
+                break Err(protocol(format!(
+                    "the store's reactor {shard} took no connection: {e}"
+                )));
+            }
+        }
+    };
     // The connection's thread: what the reactor hands over, until it stops reading.
     if started.is_ok() {
         for incoming in requests {
@@ -584,6 +604,10 @@ fn transmit(
             forwarded.fetch_sub(1, Ordering::Relaxed);
         }
     }
+    // The poller lets go of the image on its reactor before this thread does (the last handle's
+    // drop waits for writes only the reactor finishes).
+    let _ = poller_gone.recv();
+    replies.stop_gathering();
     replies.reader_done();
     // Every reply still owed is sent before the end.
     let written = writer
@@ -612,6 +636,13 @@ struct RequestPoller {
     outcome: Arc<Mutex<Option<NbdError>>>,
     /// Whether replies finished on this reactor are gathered (from the first pass on).
     gathering: bool,
+    /// The client closed its side: what it sent before is still served.
+    closed: bool,
+    /// Bytes the first request not yet taken needs in `input` (0: none waiting).
+    needed: usize,
+    /// Dropped with the poller, after `image` (fields drop in order): tells the connection's
+    /// thread this handle of the image is gone.
+    _alive: std::sync::mpsc::Sender<()>,
 }
 
 /// What reading the socket found.
@@ -633,18 +664,30 @@ impl crate::reactor::Poller for RequestPoller {
         }
         // What the store finished since the last pass goes out first, in one send.
         self.replies.send_gathered();
-        let received = match self.receive() {
-            Ok(r) => r,
-            Err(e) => return self.finish(Some(e)),
-        };
-        let mut started = 0;
-        let mut taken = 0;
+        // Backpressure: while the connection's thread holds many requests, or much is read and
+        // not taken, the socket is left alone and TCP holds the client back.
+        let mut received = false;
+        if !self.closed
+            && self.forwarded.load(Ordering::Relaxed) < MAX_FORWARDED
+            && self.input.len() < MAX_INPUT.max(self.needed)
+        {
+            match self.receive() {
+                Ok(Received::Some) => received = true,
+                Ok(Received::Nothing) => {}
+                Ok(Received::Closed) => self.closed = true,
+                Err(e) => return self.finish(Some(e)),
+            }
+        }
+        let (mut started, mut taken, mut budget) = (0, 0, MAX_MESSAGES_PER_POLL);
         let mut ended = None;
+        self.needed = 0;
+        let image = Arc::clone(&self.image);
         while started < MAX_REQUESTS_PER_POLL
             && self.forwarded.load(Ordering::Relaxed) < MAX_FORWARDED
         {
             let rest = &self.input[taken..];
             let Some(head) = rest.first_chunk::<{ Request::LEN }>() else {
+                self.needed = Request::LEN;
                 break;
             };
             let r = match Request::decode(head) {
@@ -664,7 +707,25 @@ impl crate::reactor::Poller for RequestPoller {
                 need += r.length as usize;
             }
             if rest.len() < need {
+                self.needed = need;
                 break;
+            }
+            // Here, on the reactor, if it cannot block and the pass's message budget allows
+            // (else it waits for the next pass); requests handed to the thread earlier go
+            // first, so nothing overtakes them.
+            let mut here = None;
+            if self.forwarded.load(Ordering::Relaxed) == 0
+                && matches!(r.kind, CMD_READ | CMD_WRITE)
+                && let Ok(img) = image.try_lock()
+            {
+                match reactor_cost(&r, &img) {
+                    Some(cost) if cost > budget => break,
+                    Some(cost) => {
+                        budget -= cost;
+                        here = Some(img);
+                    }
+                    None => {}
+                }
             }
             let payload = (r.kind == CMD_WRITE).then(|| rest[Request::LEN..need].to_vec());
             taken += need;
@@ -674,28 +735,56 @@ impl crate::reactor::Poller for RequestPoller {
                 break;
             }
             started += 1;
-            if !self.dispatch(Incoming {
+            let incoming = Incoming {
                 request: r,
                 payload,
-            }) {
-                ended = Some(None);
-                break;
+            };
+            match here {
+                Some(mut img) => start_io(incoming, &mut img, &self.stats, &self.replies, true),
+                None => {
+                    if !self.forward(incoming) {
+                        ended = Some(None);
+                        break;
+                    }
+                }
             }
         }
         self.input.drain(..taken);
         if let Some(error) = ended {
             return self.finish(error);
         }
-        if matches!(received, Received::Closed) {
-            // Whatever is left is a request cut short by the close.
+        if self.closed && self.needed > 0 {
+            // Only a request cut short by the close (or nothing) is left.
             return self.finish(None);
         }
-        if started > 0 || matches!(received, Received::Some) {
+        if started > 0 || received || self.closed {
             Poll::Busy
         } else {
             Poll::Idle
         }
     }
+}
+
+/// What starting `r` on the reactor costs in store messages, or None when it must not start
+/// there (it could block, it is out of range, or it would post too many messages).
+fn reactor_cost(r: &Request, img: &Image) -> Option<usize> {
+    let len = r.length as u64;
+    let end = r.offset.checked_add(len)?;
+    if r.length > MAX_PAYLOAD || end > img.info().size {
+        return None;
+    }
+    let cost = match r.kind {
+        CMD_READ if img.reads_without_blocking() => {
+            let object_size = img.info().object_size();
+            match len {
+                0 => 0,
+                _ => ((end - 1) / object_size - r.offset / object_size + 1) as usize,
+            }
+        }
+        CMD_WRITE if img.writes_without_blocking(r.offset, len) => 1,
+        _ => return None,
+    };
+    (cost <= MAX_MESSAGES_PER_POLL).then_some(cost)
 }
 
 impl RequestPoller {
@@ -721,30 +810,8 @@ impl RequestPoller {
         })
     }
 
-    /// Starts a request here when it cannot block, else hands it to the connection's thread;
-    /// false when that thread is gone.
-    fn dispatch(&mut self, incoming: Incoming) -> bool {
-        let r = &incoming.request;
-        // Requests handed over earlier go first: nothing overtakes them.
-        if self.forwarded.load(Ordering::Relaxed) == 0
-            && matches!(r.kind, CMD_READ | CMD_WRITE)
-            && let Ok(mut img) = self.image.try_lock()
-        {
-            let len = r.length as u64;
-            let fits = r.length <= MAX_PAYLOAD
-                && r.offset
-                    .checked_add(len)
-                    .is_some_and(|end| end <= img.info().size);
-            let here = fits
-                && match r.kind {
-                    CMD_READ => img.reads_without_blocking(),
-                    _ => img.writes_without_blocking(r.offset, len),
-                };
-            if here {
-                start_io(incoming, &mut img, &self.stats, &self.replies);
-                return true;
-            }
-        }
+    /// Hands a request to the connection's thread; false when that thread is gone.
+    fn forward(&mut self, incoming: Incoming) -> bool {
         let Some(slow) = &self.slow else {
             return false;
         };
@@ -761,16 +828,24 @@ impl RequestPoller {
         if let Some(e) = error {
             lock(&self.outcome).get_or_insert(e);
         }
-        self.slow = None;
-        // Replies finished on this thread from now on go out as they finish.
+        // Replies finished on this thread from now on go out as they finish; those gathered
+        // go now, before the connection's thread may see the end and stop the writer.
         self.replies.stop_gathering();
+        self.slow = None;
         crate::reactor::Poll::Done
     }
 }
 
 /// Starts a read or a write (in range) on `img`; it is answered when it finishes — a write
 /// without FUA once it is queued (a failure then surfaces at the next flush).
-fn start_io(incoming: Incoming, img: &mut Image, stats: &ServerStats, replies: &Arc<Replies>) {
+/// `now`: on a reactor, after `reactor_cost` found it cannot block (no lock request is served).
+fn start_io(
+    incoming: Incoming,
+    img: &mut Image,
+    stats: &ServerStats,
+    replies: &Arc<Replies>,
+    now: bool,
+) {
     let Incoming {
         request: r,
         payload,
@@ -783,14 +858,21 @@ fn start_io(incoming: Incoming, img: &mut Image, stats: &ServerStats, replies: &
         }),
         _ if r.flags & CMD_FLAG_FUA != 0 => {
             let data = payload.unwrap_or_default();
-            img.write_async(r.offset, &data, move |result| match result {
+            let done = move |result: Result<(), ImageError>| match result {
                 Ok(()) => ticket.answer(0, &[]),
                 Err(e) => ticket.answer(wire_error(e.errno()), &[]),
-            })
+            };
+            match now {
+                true => img.write_async_now(r.offset, &data, done),
+                false => img.write_async(r.offset, &data, done),
+            }
         }
         _ => {
             let data = payload.unwrap_or_default();
-            let queued = img.write_async(r.offset, &data, |_| {});
+            let queued = match now {
+                true => img.write_async_now(r.offset, &data, |_| {}),
+                false => img.write_async(r.offset, &data, |_| {}),
+            };
             if queued.is_ok() {
                 ticket.answer(0, &[]);
             }
@@ -813,9 +895,9 @@ fn execute(incoming: Incoming, image: &Mutex<Image>, stats: &ServerStats, replie
         .is_some_and(|end| end <= size);
     match r.kind {
         CMD_READ if in_range && r.length <= MAX_PAYLOAD => {
-            start_io(incoming, &mut lock(image), stats, replies)
+            start_io(incoming, &mut lock(image), stats, replies, false)
         }
-        CMD_WRITE if in_range => start_io(incoming, &mut lock(image), stats, replies),
+        CMD_WRITE if in_range => start_io(incoming, &mut lock(image), stats, replies, false),
         CMD_FLUSH => {
             let waiter = lock(image).flush_waiter();
             let ticket = replies.ticket(r.cookie);
