@@ -14,7 +14,9 @@ if [ "${1:-}" = "--long" ]; then
     bin="$CARGO_TARGET_DIR/release/bluepoll"
     bounds=(--long="$seconds")
 else
-    cargo build --locked --bin bluepoll
+    # The binary `cargo test` builds for the integration tests: `cargo build --bin` resolves
+    # features without the dev-dependencies, which would build RocksDB a second time.
+    cargo test --locked --no-run --quiet
     bin="$CARGO_TARGET_DIR/debug/bluepoll"
     bounds=()
 fi
