@@ -889,3 +889,43 @@ fn a_clone_and_the_removal_of_its_snapshot_race_to_one_outcome() {
     drop(img);
     store.umount().unwrap();
 }
+
+/// A clone read asynchronously by a client that does not own its lock (so its map is not
+/// trusted and every object may exist): the objects it never wrote are missing from the store
+/// and come from the parent's snapshot, though the store answers on its reactor, where the
+/// parent cannot be read with blocking calls.
+#[test]
+fn a_clone_without_a_trusted_map_reads_missing_objects_from_the_parent_asynchronously() {
+    let store = store();
+    let mut rng = Rng::new(11);
+    image::create(&store, "golden", 256 << 10, 14, features::DEFAULT).unwrap();
+    let mut parent = Image::open(&store, "golden").unwrap();
+    let base = random_bytes(&mut rng, 256 << 10);
+    parent.write(0, &base).unwrap();
+    parent.snap_create("v1").unwrap();
+    drop(parent);
+    image::clone_image(&store, "golden", "v1", "vm1", features::DEFAULT).unwrap();
+    let mut owner = Image::open(&store, "vm1").unwrap();
+    let mut model = base.clone();
+    owner.write(20_000, b"clone was here").unwrap();
+    model[20_000..20_014].copy_from_slice(b"clone was here");
+    let mut reader = Image::open(&store, "vm1").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    reader
+        .read_async(0, 256 << 10, move |r| tx.send(r).unwrap())
+        .unwrap();
+    let read = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the read is answered")
+        .unwrap_or_else(|e| panic!("the clone's read failed: {e}"));
+    assert!(
+        read == model,
+        "the clone reads its parent's snapshot and its own write"
+    );
+    assert!(
+        reader.stats().object_reads >= 16,
+        "every object was asked of the store"
+    );
+    drop((owner, reader));
+    store.umount().unwrap();
+}

@@ -215,7 +215,8 @@ pub struct Image {
 /// The parent a clone reads the objects it has not written from.
 struct ParentView {
     link: ParentLink,
-    view: Box<SnapView>,
+    /// Shared with the callbacks of asynchronous reads that find an object missing.
+    view: Arc<SnapView>,
 }
 
 /// An image as a snapshot of it saw it: read-only.
@@ -241,6 +242,24 @@ struct Gather {
 type OnImageRead = Box<dyn FnOnce(Result<Vec<u8>, ImageError>) + Send>;
 
 impl Gather {
+    /// One piece of the read is in (`bytes` go at `at`; shorter than asked, the rest stays
+    /// zeros); the last one answers.
+    fn piece(gather: &Mutex<Gather>, at: usize, bytes: Result<Vec<u8>, ImageError>) {
+        let mut state = crate::sync::lock(gather);
+        match bytes {
+            Ok(bytes) => state.out[at..at + bytes.len()].copy_from_slice(&bytes),
+            Err(e) => {
+                state.error.get_or_insert(e);
+            }
+        }
+        state.left -= 1;
+        let last = state.left == 0;
+        drop(state);
+        if last {
+            Gather::finish(gather);
+        }
+    }
+
     fn finish(gather: &Mutex<Gather>) {
         let mut state = crate::sync::lock(gather);
         let result = match state.error.take() {
@@ -593,7 +612,7 @@ impl ParentView {
         let view = SnapView::open_id(store, &link.image, link.snap, depth + 1)?;
         Ok(ParentView {
             link,
-            view: Box::new(view),
+            view: Arc::new(view),
         })
     }
 
@@ -950,8 +969,10 @@ impl Image {
         Ok(())
     }
 
-    /// Starts a read; `done` gets the bytes on a store reactor (it must not block). Reads see
-    /// every request queued before them. What a clone reads from its parent is read at once.
+    /// Starts a read; `done` gets the bytes on a store reactor (it must not block), or on a
+    /// thread of its own when a clone with an untrusted map finds an object missing and reads
+    /// the parent for it. Reads see every request queued before them. What a clone reads from
+    /// its parent by its map is read at once.
     pub fn read_async(
         &mut self,
         offset: u64,
@@ -980,55 +1001,44 @@ impl Image {
             Gather::finish(&gather);
             return Ok(());
         }
-        // A clone's object that turns out not to exist is read from the parent on the reactor:
-        // rare (the map said it may exist), and only for images without a trusted map.
-        let parent = self.parent.as_ref().map(|p| {
-            (
-                Arc::new(SnapView::open_id(
-                    &self.store,
-                    &p.link.image,
-                    p.link.snap,
-                    1,
-                )),
-                self.overlap(),
-            )
-        });
+        // A clone's object that turns out not to exist (the map said it may: it is not trusted)
+        // is read from the parent — with blocking calls, which the reactor running the
+        // callback cannot make, so on a thread of its own: rare, and never with a trusted map.
+        let parent = self
+            .parent
+            .as_ref()
+            .map(|p| (Arc::clone(&p.view), self.overlap()));
         for (index, within, n, at) in wanted {
             let g = Arc::clone(&gather);
             let parent = parent.clone();
             self.store
                 .read_async(&self.coll, &data_object(index), within, n, move |r| {
-                    let mut state = crate::sync::lock(&g);
+                    let offset = index * object_size + within;
                     match r {
-                        Ok(bytes) => state.out[at..at + bytes.len()].copy_from_slice(&bytes),
-                        Err(e) if e.is_not_found() => {
-                            if let Some((view, overlap)) = &parent {
-                                let offset = index * object_size + within;
-                                let piece = &mut state.out[at..at + n as usize];
-                                let result = match view.as_ref() {
-                                    Ok(v) if offset < *overlap => {
-                                        let k = ((*overlap - offset) as usize).min(piece.len());
-                                        v.read_into(offset, &mut piece[..k])
-                                    }
-                                    Ok(_) => Ok(()),
-                                    Err(e) => Err(ImageError::Conflict {
-                                        reason: format!("parent: {e}"),
-                                    }),
+                        Ok(bytes) => {
+                            Gather::piece(&g, at, Ok(bytes));
+                        }
+                        Err(e) if e.is_not_found() => match parent {
+                            Some((view, overlap)) if offset < overlap => {
+                                let on_thread = Arc::clone(&g);
+                                let read_from_parent = move || {
+                                    let k = ((overlap - offset) as usize).min(n as usize);
+                                    let mut bytes = vec![0u8; k];
+                                    let read = view.read_into(offset, &mut bytes).map(|()| bytes);
+                                    Gather::piece(&on_thread, at, read);
                                 };
-                                if let Err(e) = result {
-                                    state.error.get_or_insert(e);
+                                if let Err(e) = std::thread::Builder::new()
+                                    .name("clone-parent-read".into())
+                                    .spawn(read_from_parent)
+                                {
+                                    let reason = format!("no thread to read the parent: {e}");
+                                    Gather::piece(&g, at, Err(ImageError::Conflict { reason }));
                                 }
                             }
-                        }
-                        Err(e) => {
-                            state.error.get_or_insert(e.into());
-                        }
-                    }
-                    state.left -= 1;
-                    let last = state.left == 0;
-                    drop(state);
-                    if last {
-                        Gather::finish(&g);
+                            // Past the overlap, or not a clone: zeros, as `out` holds.
+                            _ => Gather::piece(&g, at, Ok(Vec::new())),
+                        },
+                        Err(e) => Gather::piece(&g, at, Err(e.into())),
                     }
                 })?;
         }
