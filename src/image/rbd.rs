@@ -1015,9 +1015,7 @@ impl Image {
                 .read_async(&self.coll, &data_object(index), within, n, move |r| {
                     let offset = index * object_size + within;
                     match r {
-                        Ok(bytes) => {
-                            Gather::piece(&g, at, Ok(bytes));
-                        }
+                        Ok(bytes) => Gather::piece(&g, at, Ok(bytes)),
                         Err(e) if e.is_not_found() => match parent {
                             Some((view, overlap)) if offset < overlap => {
                                 let on_thread = Arc::clone(&g);
@@ -1078,15 +1076,24 @@ impl Image {
         let Some(map) = self.object_map() else {
             return false;
         };
-        let pieces = self.pieces(offset, len);
+        let objects = self.objects_of(offset, len);
         lock_ready
             && self.parent.is_none()
             && !self.map_suspect.load(Ordering::Relaxed)
             && self.in_flight.count() < MAX_WRITES_IN_FLIGHT
-            && pieces
-                .iter()
-                .all(|&(index, ..)| map.get(index) != ObjectState::Pending)
-            && !self.transitions.any(pieces.iter().map(|p| p.0))
+            && objects
+                .clone()
+                .all(|index| map.get(index) != ObjectState::Pending)
+            && !self.transitions.any(objects)
+    }
+
+    /// The indices of the objects `offset..offset + len` touches (none when `len` is 0).
+    pub fn objects_of(&self, offset: u64, len: u64) -> std::ops::Range<u64> {
+        let object_size = self.info.object_size();
+        match len {
+            0 => 0..0,
+            _ => offset / object_size..(offset + len - 1) / object_size + 1,
+        }
     }
 
     /// Whether object `index` must be preserved for the newest snapshot before it changes:

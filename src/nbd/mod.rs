@@ -775,11 +775,8 @@ fn reactor_cost(r: &Request, img: &Image) -> Option<usize> {
     }
     let cost = match r.kind {
         CMD_READ if img.reads_without_blocking() => {
-            let object_size = img.info().object_size();
-            match len {
-                0 => 0,
-                _ => ((end - 1) / object_size - r.offset / object_size + 1) as usize,
-            }
+            let objects = img.objects_of(r.offset, len);
+            (objects.end - objects.start) as usize
         }
         CMD_WRITE if img.writes_without_blocking(r.offset, len) => 1,
         _ => return None,
