@@ -80,7 +80,11 @@ enospc     in this process: a store filled to the last byte through the API (ENO
            trace of the failed write, the store stays up), 300 metadata transactions on the
            full store (RocksDB and BlueFS keep committing), then room made by deleting objects
            or by growing the main device and `expand`, more writes, remount, every object
-           checked, deep fsck. Default 20 runs.
+           checked, deep fsck. Then an image of twice a store's capacity filled as the NBD
+           server fills it (writes answered when taken or when durable, reads and flushes
+           between): each write taken or refused with ENOSPC at once, every flush succeeds,
+           after remount every acknowledged unit reads back, the object map exact, fast-diff
+           complete, deep fsck clean. Default 20 runs.
 corruption in this process: a store with a history, then one bit flipped in object data, the
            store label, a BlueFS superblock slot, the older half of the BlueFS log or a live
            RocksDB table; the damage must be reported (mount refused with the reason, EIO
@@ -1078,10 +1082,184 @@ fn enospc_run(seed: u64, _dir: &Path) -> Result<(bool, String, CheckOutcome)> {
     }
     store.umount()?;
     outcome.fsck_errors = fsck(&devices, &config, true, false)?.errors;
+    let image_part = enospc_image_run(seed, &mut outcome)?;
     Ok((
         true,
-        format!("full at {} objects ({full}); {how}", objects.len()),
+        format!(
+            "full at {} objects ({full}); {how}; {image_part}",
+            objects.len()
+        ),
         outcome,
+    ))
+}
+
+/// The image half of the enospc drill: an image of twice the store's capacity filled the way
+/// the NBD server fills it — writes answered once the store has taken them (`write_cached`)
+/// mixed with writes answered when durable, overwrites among them, a read of an acknowledged
+/// unit after every batch, a flush every 8 batches. Every write must be taken or refused with
+/// ENOSPC at once (never taken and lost), every flush must succeed, every read return the
+/// newest acknowledged bytes; after a remount each unit reads as its newest acknowledged
+/// version, the object map is valid and says "may exist" exactly for the objects that exist,
+/// fast-diff covers every written unit, and a deep fsck is clean.
+fn enospc_image_run(seed: u64, outcome: &mut CheckOutcome) -> Result<String> {
+    use bluepoll::image::{self, Image, ImageError, features};
+
+    const UNIT: u64 = 128 << 10;
+    const BATCH: usize = 16;
+    let unit_bytes = |unit: u64, version: u32| -> Vec<u8> {
+        let mut data = vec![0u8; UNIT as usize];
+        if version > 0 {
+            Rng::new(unit << 32 | version as u64).fill_bytes(&mut data);
+        }
+        data
+    };
+    let devices = StoreDevices::only(Device::open("mem:192M")?);
+    let config = StoreConfig {
+        pin: false,
+        cpus: vec![0],
+        ..StoreConfig::default()
+    };
+    Store::mkfs_on(&devices, &config)?;
+    let store = Store::mount_on(devices.clone(), config.clone())?;
+    let capacity = store.statfs().free;
+    let units = (2 * capacity).div_ceil(UNIT).next_multiple_of(32);
+    image::create(&store, "vol", units * UNIT, 22, features::DEFAULT)?;
+    let mut img = Image::open(&store, "vol")?;
+    let mut rng = Rng::new(seed ^ 0x1a6e);
+    let mut acked: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut versions: BTreeMap<u64, u32> = BTreeMap::new();
+    let (mut taken, mut refused, mut next, mut batches) = (0u64, 0u64, 0u64, 0u64);
+    while next < units {
+        let (tx, rx) = mpsc::channel::<(u64, u32, Result<(), ImageError>)>();
+        let mut in_batch = std::collections::BTreeSet::new();
+        while in_batch.len() < BATCH && next < units {
+            let unit = if rng.below(8) == 0 && !acked.is_empty() {
+                *acked
+                    .keys()
+                    .nth(rng.below(acked.len() as u64) as usize)
+                    .expect("index below len")
+            } else {
+                next += 1;
+                next - 1
+            };
+            if !in_batch.insert(unit) {
+                continue;
+            }
+            let version = versions.get(&unit).copied().unwrap_or(0) + 1;
+            versions.insert(unit, version);
+            let tx = tx.clone();
+            let answer = move |r| {
+                let _ = tx.send((unit, version, r));
+            };
+            let data = unit_bytes(unit, version);
+            let queued = match rng.below(4) {
+                0 => img.write_async(unit * UNIT, &data, answer),
+                _ => img.write_cached(unit * UNIT, &data, answer),
+            };
+            if let Err(e) = queued {
+                if !e.to_string().contains("space") && e.errno() != libc::ENOSPC {
+                    bail!("image write of unit {unit} not queued: {e}");
+                }
+                refused += 1;
+                in_batch.remove(&unit);
+            }
+        }
+        drop(tx);
+        for (unit, version, result) in rx.iter() {
+            match result {
+                Ok(()) => {
+                    taken += 1;
+                    acked.insert(unit, version);
+                }
+                Err(e) if e.errno() == libc::ENOSPC => refused += 1,
+                Err(e) => bail!("image write of unit {unit}: {e} (only ENOSPC is expected)"),
+            }
+        }
+        batches += 1;
+        if !acked.is_empty() {
+            let pick = rng.below(acked.len() as u64) as usize;
+            let (&unit, &version) = acked.iter().nth(pick).expect("index below len");
+            if img.read(unit * UNIT, UNIT)? != unit_bytes(unit, version) {
+                outcome.corrupt += 1;
+                outcome.problems.push(format!(
+                    "image unit {unit}: a read did not return acknowledged version {version}"
+                ));
+            }
+        }
+        if batches % 8 == 0
+            && let Err(e) = img.flush()
+        {
+            outcome.lost += 1;
+            outcome.problems.push(format!("image flush failed: {e}"));
+        }
+    }
+    if let Err(e) = img.flush() {
+        outcome.lost += 1;
+        outcome
+            .problems
+            .push(format!("final image flush failed: {e}"));
+    }
+    if refused == 0 {
+        bail!("an image of twice the store's capacity never filled it");
+    }
+    drop(img);
+    store.umount()?;
+    outcome
+        .fsck_errors
+        .extend(fsck(&devices, &config, true, false)?.errors);
+    let store = Store::mount_on(devices, config)?;
+    let mut img = Image::open(&store, "vol")?;
+    img.acquire_lock()?;
+    if img.info().map_invalid() {
+        outcome.corrupt += 1;
+        outcome
+            .problems
+            .push("image: the object map was marked invalid".into());
+    }
+    for unit in 0..units {
+        let version = acked.get(&unit).copied().unwrap_or(0);
+        outcome.objects += 1;
+        if img.read(unit * UNIT, UNIT)? != unit_bytes(unit, version) {
+            outcome.lost += 1;
+            outcome.problems.push(format!(
+                "image unit {unit}: after remount not its acknowledged version {version}"
+            ));
+        }
+    }
+    let map = img
+        .object_map()
+        .context("the image has no trusted map")?
+        .clone();
+    for i in 0..img.info().objects() {
+        let exists = store.exists("img.vol", &format!("data.{i:016x}"))?;
+        if map.get(i).may_exist() != exists {
+            outcome.corrupt += 1;
+            outcome.problems.push(format!(
+                "image object {i}: map says {:?}, exists={exists}",
+                map.get(i)
+            ));
+        }
+    }
+    let diff = img.diff(None, None)?;
+    for &unit in acked.keys() {
+        let (start, end) = (unit * UNIT, (unit + 1) * UNIT);
+        if !diff
+            .extents
+            .iter()
+            .any(|e| e.exists && e.offset <= start && e.offset + e.len >= end)
+        {
+            outcome.corrupt += 1;
+            outcome
+                .problems
+                .push(format!("image unit {unit}: fast-diff misses it"));
+        }
+    }
+    drop(img);
+    store.umount()?;
+    Ok(format!(
+        "image of {} MiB on {} MiB free: {taken} writes taken, {refused} refused with ENOSPC",
+        (units * UNIT) >> 20,
+        capacity >> 20
     ))
 }
 

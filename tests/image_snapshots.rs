@@ -743,10 +743,9 @@ fn a_failed_queued_write_does_not_let_the_next_skip_preserving() {
     .unwrap();
     // A whole block: no read; queued before the first one's failure is known.
     img.write_async(0, &[0x33; 4096], |r| r.unwrap()).unwrap();
-    assert!(
-        img.flush().is_err(),
-        "the first write's failure is reported"
-    );
+    // The first write was refused with nothing applied and its callback told so; a flush
+    // covers only the writes the store took.
+    img.flush().unwrap();
     control.disarm_all();
     assert!(
         failed.load(Ordering::SeqCst),

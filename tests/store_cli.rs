@@ -367,3 +367,43 @@ fn expand_grows_the_store_onto_a_larger_main_device() {
     fails(&["expand", &shrunk], "shrank");
     fails(&["store", "ls", &shrunk], "shrank");
 }
+
+/// `bench --ioengine=store` with reads and writes mixed, asked to write twice what the store
+/// holds: the job ends with ENOSPC as its error (as fio ends a job at its first error), not a
+/// crash or a hang; the store mounts again and a deep fsck is clean.
+#[test]
+fn a_store_bench_that_overfills_ends_with_enospc_and_leaves_a_clean_store() {
+    let dir = scratch_dir();
+    let path = dir.path().join("main.img");
+    let filename = format!("--filename=uring:{}?size=256M", path.display());
+    let out = bluepoll(&[
+        "bench",
+        "--name=overfill",
+        "--ioengine=store",
+        &filename,
+        "--rw=randrw",
+        "--rwmixread=30",
+        "--bs=64k",
+        "--size=512M",
+        "--nrfiles=128",
+        "--iodepth=16",
+        "--norandommap",
+        "--store_layout=0",
+    ]);
+    let (stdout, stderr) = (out.stdout_text(), out.stderr_text());
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        !stderr.contains("laying out"),
+        "the run, not a layout, fills the store: {stderr}"
+    );
+    assert!(
+        stdout.contains("err=28") || stdout.contains("err= 28"),
+        "the job's error is ENOSPC:\n{stdout}\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let fsck = ok(
+        &["fsck", "--deep"],
+        &format!("--slow=uring:{}", path.display()),
+    );
+    assert!(fsck.contains("fsck: clean"), "{fsck}");
+}

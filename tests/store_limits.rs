@@ -334,3 +334,196 @@ fn a_failed_commit_frees_nothing_the_committed_metadata_still_uses() {
     let deep = bluepoll::store::fsck(&devices, &cfg, true, false).unwrap();
     assert!(deep.is_clean(), "{:?}", deep.errors);
 }
+
+/// A store filled through `queue_transaction` (as `bench --ioengine=store` fills it: many
+/// writes in flight, answered by callbacks) to twice its capacity, with reads interleaved and
+/// overwrites among the writes: each write commits or fails with ENOSPC, nothing of a failed
+/// one is ever read, every read returns the newest committed bytes; after a remount every
+/// committed write reads back and a deep fsck is clean.
+#[test]
+fn a_store_filled_twice_over_with_reads_between_serves_only_committed_bytes() {
+    const PIECE: u64 = 64 << 10;
+    const PIECES_PER_OBJECT: u64 = 64;
+    let bytes = |piece: u64, version: u32| -> Vec<u8> {
+        let mut data = vec![0u8; PIECE as usize];
+        if version > 0 {
+            Rng::new(piece << 32 | version as u64).fill_bytes(&mut data);
+        }
+        data
+    };
+    let devices = StoreDevices::only(Device::open("mem:192M").unwrap());
+    let config = config(vec![0]);
+    let store = make(&devices, &config);
+    let mut t = Transaction::new("fill");
+    t.create_collection();
+    store.apply(t).unwrap();
+    let capacity = store.statfs().free;
+    let pieces = (2 * capacity).div_ceil(PIECE);
+    let name = |piece: u64| format!("o{:06}", piece / PIECES_PER_OBJECT);
+    let mut rng = Rng::new(19);
+    let mut committed: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut versions: BTreeMap<u64, u32> = BTreeMap::new();
+    let (mut taken, mut refused, mut next) = (0u64, 0u64, 0u64);
+    while next < pieces {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut batch = std::collections::BTreeSet::new();
+        while batch.len() < 32 && next < pieces {
+            let piece = if rng.below(8) == 0 && !committed.is_empty() {
+                *committed
+                    .keys()
+                    .nth(rng.below(committed.len() as u64) as usize)
+                    .unwrap()
+            } else {
+                next += 1;
+                next - 1
+            };
+            if !batch.insert(piece) {
+                continue;
+            }
+            let version = versions.get(&piece).copied().unwrap_or(0) + 1;
+            versions.insert(piece, version);
+            let mut t = Transaction::new("fill");
+            t.write(
+                &name(piece),
+                (piece % PIECES_PER_OBJECT) * PIECE,
+                bytes(piece, version),
+            );
+            let sender = tx.clone();
+            store
+                .queue_transaction(t, move |r| sender.send((piece, version, r)).unwrap())
+                .unwrap();
+            // A read of a committed piece in flight with the writes.
+            if let Some((&p, &v)) = committed
+                .iter()
+                .nth(rng.below(committed.len().max(1) as u64) as usize)
+                && !batch.contains(&p)
+            {
+                let tx = tx.clone();
+                store
+                    .read_async(
+                        "fill",
+                        &name(p),
+                        (p % PIECES_PER_OBJECT) * PIECE,
+                        PIECE,
+                        move |r| {
+                            let ok = r.is_ok_and(|d| d == bytes(p, v));
+                            tx.send((
+                                p,
+                                0,
+                                if ok {
+                                    Ok(())
+                                } else {
+                                    Err(bluepoll::store::StoreError::Corrupt {
+                                        reason: format!(
+                                            "piece {p}: a read did not return committed version {v}"
+                                        ),
+                                    })
+                                },
+                            ))
+                            .unwrap();
+                        },
+                    )
+                    .unwrap();
+            }
+        }
+        drop(tx);
+        for (piece, version, result) in rx.iter() {
+            match (version, result) {
+                (0, Ok(())) => {}
+                (0, Err(e)) => panic!("{e}"),
+                (_, Ok(())) => {
+                    taken += 1;
+                    committed.insert(piece, version);
+                }
+                (_, Err(e)) if e.is_no_space() => refused += 1,
+                (_, Err(e)) => panic!("piece {piece}: {e} (only ENOSPC is expected)"),
+            }
+        }
+        assert!(store.failure().is_none(), "{:?}", store.failure());
+    }
+    eprintln!("capacity {capacity}: {taken} writes of {PIECE} committed, {refused} refused");
+    assert!(refused > 0, "the store never filled");
+    assert!(taken * PIECE >= capacity / 2, "only {taken} writes fitted");
+    store.umount().unwrap();
+    let report = bluepoll::store::fsck(&devices, &config, true, false).unwrap();
+    assert!(report.errors.is_empty(), "deep fsck: {:?}", report.errors);
+    let store = Store::mount_on(devices, config).unwrap();
+    for piece in 0..pieces {
+        let version = committed.get(&piece).copied().unwrap_or(0);
+        let got = match store.read(
+            "fill",
+            &name(piece),
+            (piece % PIECES_PER_OBJECT) * PIECE,
+            PIECE,
+        ) {
+            Ok(mut d) => {
+                d.resize(PIECE as usize, 0);
+                d
+            }
+            Err(e) if e.is_not_found() => vec![0; PIECE as usize],
+            Err(e) => panic!("piece {piece}: {e}"),
+        };
+        assert!(
+            got == bytes(piece, version),
+            "piece {piece}: not its committed version {version}"
+        );
+    }
+    store.umount().unwrap();
+}
+
+/// A transaction taken at PREPARE whose data write then fails stops the store; what memory
+/// shows of it was never stored, so reads of the objects it changed fail (EROFS) instead of
+/// returning its bytes, while objects it did not touch still read; after a remount the
+/// object reads as committed before.
+#[test]
+fn reads_never_return_the_bytes_of_a_transaction_that_failed_after_prepare() {
+    use bluepoll::nvme::{EioRule, EioTrigger, FaultOps};
+    let device = Device::open("fault:cache=off+mem:256M").unwrap();
+    let control = device.fault_control().unwrap();
+    let devices = StoreDevices::only(device);
+    let cfg = config(vec![0]);
+    let store = make(&devices, &cfg);
+    let mut t = Transaction::new("c");
+    t.create_collection();
+    t.write("kept", 0, vec![1u8; 65536]);
+    t.write("changed", 0, vec![2u8; 65536]);
+    store.apply(t).unwrap();
+    control.arm(EioRule {
+        ops: FaultOps::Write,
+        trigger: EioTrigger::Nth(1),
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let prepared = tx.clone();
+    let mut t = Transaction::new("c");
+    t.write("changed", 0, vec![3u8; 65536]);
+    store
+        .queue_transaction_staged(
+            t,
+            move |r| prepared.send(("prepared", r.is_ok())).unwrap(),
+            move |r| tx.send(("committed", r.is_ok())).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(rx.recv().unwrap(), ("prepared", true), "PREPARE took it");
+    assert_eq!(
+        rx.recv().unwrap(),
+        ("committed", false),
+        "its data write failed"
+    );
+    assert!(
+        store.failure().is_some(),
+        "a failed data write stops the store"
+    );
+    match store.read("c", "changed", 0, 65536) {
+        Ok(bytes) => assert!(
+            bytes != vec![3u8; 65536],
+            "a read returned the bytes of a transaction that was never stored"
+        ),
+        Err(e) => assert_eq!(e.errno(), libc::EROFS, "{e}"),
+    }
+    assert_eq!(store.read("c", "kept", 0, 4).unwrap(), vec![1u8; 4]);
+    control.disarm_all();
+    let _ = store.umount();
+    let store = Store::mount_on(devices, cfg).unwrap();
+    assert_eq!(store.read("c", "changed", 0, 4).unwrap(), vec![2u8; 4]);
+    store.umount().unwrap();
+}

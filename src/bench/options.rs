@@ -138,6 +138,10 @@ pub struct JobSpec {
     pub store_config: Option<String>,
     /// `store_mkfs`: make a new store on `filename` before the run (default on).
     pub store_mkfs: bool,
+    /// `store_layout`: whether ioengine=store writes each object in full before the run (0: the
+    /// run starts on an empty collection; reads of unwritten space are holes, as in a new
+    /// sparse file, and writes take new space — how a store is filled with reads between).
+    pub store_layout: bool,
     /// `store_deferred_size=SIZE`: the store's prefer_deferred_size.
     pub store_deferred_size: Option<u64>,
     /// fio's `rate_iops`: at most this many I/Os per second per job (0: no cap; ioengine=store).
@@ -193,6 +197,7 @@ impl JobSpec {
             nrfiles: 1,
             store_config: None,
             store_mkfs: true,
+            store_layout: true,
             store_deferred_size: None,
             rate_iops: 0,
             directory: None,
@@ -322,6 +327,7 @@ fn is_flag(key: &str) -> bool {
             | "thread"
             | "bluefs_mkfs"
             | "store_mkfs"
+            | "store_layout"
             | "image_layout"
     )
 }
@@ -425,6 +431,7 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         "nrfiles" => spec.nrfiles = at_least_one(&value, 1 << 24).map_err(invalid)? as u32,
         "store_config" => spec.store_config = Some(value.clone()),
         "store_mkfs" => spec.store_mkfs = parse_bool(&value).map_err(invalid)?,
+        "store_layout" => spec.store_layout = parse_bool(&value).map_err(invalid)?,
         "store_deferred_size" => {
             spec.store_deferred_size = Some(parse_size(&value).map_err(invalid)?)
         }

@@ -8,7 +8,9 @@
 //! (writes) or reads in flight through the store's callback API. Each clone has its own
 //! collection (named so it lives on the clone's reactor) of `nrfiles` objects of
 //! `size / nrfiles` bytes, written in full before the first phase (fio's layout), so writes are
-//! overwrites of existing objects.
+//! overwrites of existing objects — unless `store_layout=0`: then the objects start absent,
+//! reads of unwritten space are holes, and writes take new space (a store filled with reads
+//! between ends its job at ENOSPC, as fio ends a job at its first error).
 //!
 //! Latency is from queueing the transaction (or read) to its commit callback (or data), as the
 //! job sees it. The summary adds the store's counters and the time spent in each TransContext
@@ -125,6 +127,9 @@ pub fn lay_out(handle: &StoreHandle, spec: &JobSpec, coll: &str, seed: u64) -> R
         let mut t = Transaction::new(coll);
         t.create_collection();
         handle.apply(t).with_context(context)?;
+    }
+    if !spec.store_layout {
+        return Ok(());
     }
     let mut chunk = vec![0u8; LAYOUT_CHUNK.min(object_size) as usize];
     Rng::new(seed ^ 0x1a70).fill_bytes(&mut chunk);
@@ -387,11 +392,15 @@ impl StoreJob {
                     let _ = queue.push((slot, r.err().map(|e| (e.errno(), e.to_string()))));
                 })
             } else {
+                // Without the layout, unwritten space is a hole: a missing object or one that
+                // ends before the read reads short, as a new sparse file would.
+                let holes = !self.plan.spec.store_layout;
                 self.plan
                     .store
                     .read_async(&self.coll, obj, offset, bs, move |r| {
                         let outcome = match r {
-                            Ok(d) if d.len() as u64 == bs => None,
+                            Ok(d) if d.len() as u64 == bs || holes => None,
+                            Err(e) if holes && e.is_not_found() => None,
                             Ok(d) => Some((libc::EIO, format!("short read: {} bytes", d.len()))),
                             Err(e) => Some((e.errno(), e.to_string())),
                         };

@@ -49,6 +49,13 @@ pub enum ImageError {
     #[error("a queued write to image '{name}' failed")]
     WriteFailed { name: String },
 
+    /// A write acknowledged from the write cache failed afterwards: every flush fails and no
+    /// write is taken until the image is opened again (after the store is remounted).
+    #[error(
+        "image {name}: acknowledged writes were lost ({reason}); remount the store and reopen the image"
+    )]
+    WritesLost { name: String, reason: String },
+
     /// The image changed under a read in a way a retry did not settle.
     #[error("conflict: {reason}")]
     Conflict { reason: String },
@@ -75,7 +82,9 @@ impl ImageError {
             ImageError::NoSuchImage { .. } | ImageError::NoSuchSnapshot { .. } => libc::ENOENT,
             ImageError::LockBusy { .. } => libc::EBUSY,
             ImageError::Conflict { .. } => libc::EAGAIN,
-            ImageError::Proxied { .. } | ImageError::WriteFailed { .. } => libc::EIO,
+            ImageError::Proxied { .. }
+            | ImageError::WriteFailed { .. }
+            | ImageError::WritesLost { .. } => libc::EIO,
             ImageError::Exists { .. } => libc::EEXIST,
             ImageError::InvalidArgument { .. } | ImageError::OutOfRange { .. } => libc::EINVAL,
             ImageError::Beyond { .. } => libc::ENOSPC,

@@ -15,6 +15,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::object_map::ObjectState;
 use crate::bluefs::Uuid;
 use crate::sync::lock;
 
@@ -306,12 +307,68 @@ impl LockWaiter {
 }
 
 /// Writes queued on the store and not yet answered: a lock is handed over, and a flush
-/// answered, only once they are. Remembers a failure until a flush reports it.
+/// answered, only once they are. Remembers a failure until a flush reports it, and a lost
+/// write (one acknowledged from the write cache that then failed) for good.
 #[derive(Default)]
 pub(crate) struct InFlight {
     count: Mutex<u64>,
     drained: Condvar,
     failed: std::sync::atomic::AtomicBool,
+    lost: Mutex<Option<String>>,
+}
+
+impl InFlight {
+    /// A write already acknowledged as accepted failed: every flush from now on fails, on every
+    /// connection and for every later client of this open image, since none of them can tell
+    /// which of their writes it was. (Only a store failure can do this, and a failed store
+    /// accepts no change until remount, which reopens the image.)
+    pub fn lost(&self, why: String) {
+        lock(&self.lost).get_or_insert(why);
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    /// Why acknowledged writes were lost, if they were.
+    pub fn lost_reason(&self) -> Option<String> {
+        lock(&self.lost).clone()
+    }
+}
+
+/// An object's map state before and after a write: (object, before, after).
+pub(crate) type StateChange = (u64, ObjectState, ObjectState);
+
+/// What a write the store refused had changed in the map: the states it set, and the map
+/// blocks its transaction carried.
+pub(crate) struct RefusedWrite {
+    pub states: Vec<StateChange>,
+    pub blocks: Vec<u64>,
+}
+
+/// Map changes of queued writes the store refused at PREPARE (nothing of them applied): the
+/// image puts the objects' states back before its next change, and rewrites the map blocks
+/// the refused transaction carried (a later write may have carried the refused state in the
+/// same block).
+#[derive(Default)]
+pub(crate) struct MapUndo {
+    pending: std::sync::atomic::AtomicBool,
+    undo: Mutex<Vec<RefusedWrite>>,
+}
+
+impl MapUndo {
+    pub fn push(&self, refused: RefusedWrite) {
+        lock(&self.undo).push(refused);
+        self.pending.store(true, Ordering::SeqCst);
+    }
+
+    pub fn pending(&self) -> bool {
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    /// Everything pushed so far, oldest first.
+    pub fn take(&self) -> Vec<RefusedWrite> {
+        let mut undo = lock(&self.undo);
+        self.pending.store(false, Ordering::SeqCst);
+        std::mem::take(&mut *undo)
+    }
 }
 
 impl InFlight {
@@ -408,6 +465,12 @@ impl FlushWaiter {
     /// writes queued since the last flush failed.
     pub fn wait(&self) -> bool {
         self.in_flight.wait_drained();
-        !self.in_flight.take_failure()
+        let failed = self.in_flight.take_failure();
+        !failed && self.in_flight.lost_reason().is_none()
+    }
+
+    /// Why acknowledged writes of this image were lost (every flush fails from then on).
+    pub fn lost_reason(&self) -> Option<String> {
+        self.in_flight.lost_reason()
     }
 }

@@ -154,6 +154,18 @@ impl ObjectMap {
         }
     }
 
+    /// Whether some block changed since the last `take_dirty`.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Block `block` counts as changed (a write that carried it failed).
+    pub fn mark_block_dirty(&mut self, block: u64) {
+        if block < self.blocks() {
+            self.dirty.insert(block);
+        }
+    }
+
     /// Every block counts as changed (the next `take_dirty` writes the map out whole).
     pub fn mark_all_dirty(&mut self) {
         self.dirty.extend(0..self.blocks());

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use super::error::ImageError;
 use super::lock::{
     Acquire, FlushWaiter, InFlight, LockCell, LockEvent, LockRequest, LockWaiter, MaintenanceOp,
-    OpUpdate, Transitions,
+    MapUndo, OpUpdate, RefusedWrite, StateChange, Transitions,
 };
 use super::object_map::{MAP_BLOCK, ObjectMap, ObjectState};
 use super::snapshot::{
@@ -196,8 +196,11 @@ pub struct Image {
     /// The head map as last loaded or kept; trusted only while this client owns the lock.
     /// None for a shared image, or while the map is invalid.
     map: Option<ObjectMap>,
-    /// Set from a store reactor when a queued write failed.
+    /// Set from a store reactor when a queued write failed after PREPARE (its transaction
+    /// was applied in memory; only a store failure does this).
     map_suspect: Arc<AtomicBool>,
+    /// Map changes of queued writes the store refused at PREPARE, to put back.
+    map_undo: Arc<MapUndo>,
     stats: ImageStats,
     /// Oldest first.
     snaps: Vec<SnapInfo>,
@@ -479,13 +482,25 @@ pub fn remove(store: &StoreHandle, name: &str) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// Queues the blocks of `map` changed since the last call into `t` (as `object`); how many.
-fn write_map_blocks(t: &mut Transaction, map: &mut ObjectMap, object: &str) -> u64 {
+/// Queues the blocks of `map` changed since the last call into `t` (as `object`); returns
+/// their indices.
+fn write_map_blocks(t: &mut Transaction, map: &mut ObjectMap, object: &str) -> Vec<u64> {
     let dirty = map.take_dirty();
-    for (index, block) in &dirty {
-        t.write(object, index * MAP_BLOCK as u64, block.clone());
+    let mut written = Vec::with_capacity(dirty.len());
+    for (index, block) in dirty {
+        t.write(object, index * MAP_BLOCK as u64, block);
+        written.push(index);
     }
-    dirty.len() as u64
+    written
+}
+
+/// When a write is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WriteAck {
+    /// Once durable.
+    Durable,
+    /// Once the store has taken it (a volatile write cache; a flush makes it durable).
+    Accepted,
 }
 
 fn load_header(store: &StoreHandle, coll: &str, name: &str) -> Result<ImageInfo, ImageError> {
@@ -745,6 +760,7 @@ impl Image {
             info,
             map: None,
             map_suspect: Arc::new(AtomicBool::new(false)),
+            map_undo: Arc::new(MapUndo::default()),
             stats: ImageStats::default(),
             snaps: Vec::new(),
             snap_seq: 0,
@@ -953,7 +969,7 @@ impl Image {
     fn commit(&mut self, mut t: Transaction, map: Option<ObjectMap>) -> Result<(), ImageError> {
         let mut map = map;
         if let Some(m) = map.as_mut() {
-            let blocks = write_map_blocks(&mut t, m, MAP_OBJECT);
+            let blocks = write_map_blocks(&mut t, m, MAP_OBJECT).len() as u64;
             if blocks > 0 {
                 self.stats.map_updates += 1;
                 self.stats.map_blocks_written += blocks;
@@ -1080,6 +1096,7 @@ impl Image {
         lock_ready
             && self.parent.is_none()
             && !self.map_suspect.load(Ordering::Relaxed)
+            && !self.map_undo.pending()
             && self.in_flight.count() < MAX_WRITES_IN_FLIGHT
             && objects
                 .clone()
@@ -1174,9 +1191,10 @@ impl Image {
         let mut changed = current
             .as_ref()
             .filter(|m| {
-                pieces
-                    .iter()
-                    .any(|&(index, ..)| m.get(index) != ObjectState::Exists)
+                m.has_dirty()
+                    || pieces
+                        .iter()
+                        .any(|&(index, ..)| m.get(index) != ObjectState::Exists)
             })
             .cloned();
         let mut build = || -> Result<(), ImageError> {
@@ -1199,9 +1217,9 @@ impl Image {
         Ok((t, changed))
     }
 
-    /// Queues a write; `done` runs on a store reactor once it is durable (it must not block).
-    /// The map changes at once, so later requests see it; should the write fail, the map is
-    /// marked suspect and invalidated at the next request.
+    /// Queues a write; `done` runs on a store reactor once it is durable (it must not block),
+    /// or with the error that kept it from being stored: `NoSpace` (nothing of it applied,
+    /// the map as before) when the store cannot hold it.
     pub fn write_async(
         &mut self,
         offset: u64,
@@ -1210,7 +1228,24 @@ impl Image {
     ) -> Result<(), ImageError> {
         self.check_range(offset, data.len() as u64)?;
         self.prepare_change(offset, data.len() as u64)?;
-        self.queue_write(offset, data, done)
+        self.queue_write(offset, data, WriteAck::Durable, done)
+    }
+
+    /// Queues a write for a volatile write cache (NBD without FUA): `accepted` runs on a store
+    /// reactor once the store has taken it — its space allocated, every later read seeing it —
+    /// or with the error that refused it (`NoSpace`, nothing applied). It is durable once a
+    /// later [`flush`](Self::flush) succeeds. Should it fail after it was accepted (only a
+    /// device or metadata failure, which stops the store), every flush of this open image
+    /// fails from then on.
+    pub fn write_cached(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        accepted: impl FnOnce(Result<(), ImageError>) + Send + 'static,
+    ) -> Result<(), ImageError> {
+        self.check_range(offset, data.len() as u64)?;
+        self.prepare_change(offset, data.len() as u64)?;
+        self.queue_write(offset, data, WriteAck::Accepted, accepted)
     }
 
     /// `write_async` for a caller that must not block, such as a store reactor: it serves no
@@ -1224,58 +1259,122 @@ impl Image {
         data: &[u8],
         done: impl FnOnce(Result<(), ImageError>) + Send + 'static,
     ) -> Result<(), ImageError> {
-        self.check_range(offset, data.len() as u64)?;
-        if !self.writes_without_blocking(offset, data.len() as u64) {
+        self.check_write_now(offset, data.len() as u64)?;
+        self.queue_write(offset, data, WriteAck::Durable, done)
+    }
+
+    /// [`write_cached`](Self::write_cached) under the rules of
+    /// [`write_async_now`](Self::write_async_now).
+    pub fn write_cached_now(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        accepted: impl FnOnce(Result<(), ImageError>) + Send + 'static,
+    ) -> Result<(), ImageError> {
+        self.check_write_now(offset, data.len() as u64)?;
+        self.queue_write(offset, data, WriteAck::Accepted, accepted)
+    }
+
+    fn check_write_now(&self, offset: u64, len: u64) -> Result<(), ImageError> {
+        self.check_range(offset, len)?;
+        if !self.writes_without_blocking(offset, len) {
             return Err(StoreError::WouldBlock {
                 call: "write_async_now",
             }
             .into());
         }
-        self.queue_write(offset, data, done)
+        Ok(())
     }
 
     fn queue_write(
         &mut self,
         offset: u64,
         data: &[u8],
-        done: impl FnOnce(Result<(), ImageError>) + Send + 'static,
+        ack: WriteAck,
+        answer: impl FnOnce(Result<(), ImageError>) + Send + 'static,
     ) -> Result<(), ImageError> {
+        if let Some(why) = self.in_flight.lost_reason() {
+            return Err(ImageError::WritesLost {
+                name: self.name.clone(),
+                reason: why,
+            });
+        }
         let (mut t, mut map) = self.write_transaction(offset, data)?;
+        let mut blocks_written = Vec::new();
         if let Some(m) = map.as_mut() {
-            let blocks = write_map_blocks(&mut t, m, MAP_OBJECT);
-            if blocks > 0 {
+            blocks_written = write_map_blocks(&mut t, m, MAP_OBJECT);
+            if !blocks_written.is_empty() {
                 self.stats.map_updates += 1;
-                self.stats.map_blocks_written += blocks;
+                self.stats.map_blocks_written += blocks_written.len() as u64;
             }
         }
         // The objects whose state in the map this write changes: until it finishes, later
-        // changes of them wait for its outcome (`prepare_change`).
-        let changing: Vec<u64> = match (&map, self.map.as_ref()) {
+        // changes of them wait for its outcome (`prepare_change`); if the store refuses it,
+        // their states are put back.
+        let changing: Vec<StateChange> = match (&map, self.map.as_ref()) {
             (Some(after), Some(before)) => self
-                .pieces(offset, data.len() as u64)
-                .iter()
-                .map(|p| p.0)
+                .objects_of(offset, data.len() as u64)
                 .filter(|&i| before.get(i) != after.get(i))
+                .map(|i| (i, before.get(i), after.get(i)))
                 .collect(),
             _ => Vec::new(),
         };
+        let settled: Vec<u64> = changing.iter().map(|c| c.0).collect();
         let suspect = Arc::clone(&self.map_suspect);
         let in_flight = Arc::clone(&self.in_flight);
         let transitions = Arc::clone(&self.transitions);
+        let undo = Arc::clone(&self.map_undo);
         in_flight.start();
-        transitions.begin(&changing);
-        let settled = changing.clone();
-        let queued = self.store.queue_transaction(t, move |r| {
-            if r.is_err() {
-                suspect.store(true, Ordering::Relaxed);
-            }
-            transitions.end(&settled);
-            let ok = r.is_ok();
-            done(r.map_err(ImageError::from));
-            in_flight.finish(ok);
-        });
+        transitions.begin(&settled);
+        let begun = settled.clone();
+        // PREPARE's outcome, read by the commit callback (both run on the shard's reactor,
+        // this one first).
+        let prepared = Arc::new(AtomicBool::new(false));
+        let prepared_seen = Arc::clone(&prepared);
+        let (accepted, done) = match ack {
+            WriteAck::Accepted => (Some(answer), None),
+            WriteAck::Durable => (None, Some(answer)),
+        };
+        let image = self.name.clone();
+        let queued = self.store.queue_transaction_staged(
+            t,
+            move |r| {
+                match &r {
+                    Ok(()) => prepared.store(true, Ordering::Relaxed),
+                    Err(_) => undo.push(RefusedWrite {
+                        states: changing,
+                        blocks: blocks_written,
+                    }),
+                }
+                if let Some(accepted) = accepted {
+                    accepted(r.map_err(ImageError::from));
+                }
+            },
+            move |r| {
+                // A write refused at PREPARE never happened (its caller is told, on the write
+                // itself), so no flush covers it. One that failed after PREPARE was applied in
+                // memory and then lost with the store: the map cannot be trusted, and no flush
+                // of this image may succeed again.
+                let lost = match &r {
+                    Err(e) if prepared_seen.load(Ordering::Relaxed) => {
+                        suspect.store(true, Ordering::Relaxed);
+                        in_flight.lost(format!(
+                            "image {image}: a write failed after the store took it: {e}"
+                        ));
+                        true
+                    }
+                    _ => false,
+                };
+                transitions.end(&settled);
+                if let Some(done) = done {
+                    done(r.map_err(ImageError::from));
+                }
+                in_flight.finish(!lost);
+            },
+        );
         if let Err(e) = queued {
-            self.transitions.end(&changing);
+            self.transitions.end(&begun);
+            // Not queued: the map stays as it was, its own changed blocks still to be written.
             self.in_flight.finish(true);
             return Err(e.into());
         }
@@ -1285,10 +1384,66 @@ impl Image {
         Ok(())
     }
 
-    /// A queued write failed after its map change was taken: stop trusting the map.
+    /// Writes out map blocks left to rewrite by writes the store refused (a later write may
+    /// have carried a refused write's state in a shared block). Queued like a write, so a
+    /// flush that follows covers it; without a trusted map, or when nothing is left, nothing.
+    pub fn write_back_map(&mut self) -> Result<(), ImageError> {
+        if self.lock.is_some() && !self.owner {
+            return Ok(());
+        }
+        self.settle_suspicion()?;
+        let Some(current) = self.map.as_ref().filter(|m| m.has_dirty()) else {
+            return Ok(());
+        };
+        let mut map = current.clone();
+        let mut t = Transaction::new(&self.coll);
+        let blocks = write_map_blocks(&mut t, &mut map, MAP_OBJECT);
+        self.stats.map_updates += 1;
+        self.stats.map_blocks_written += blocks.len() as u64;
+        let undo = Arc::clone(&self.map_undo);
+        let in_flight = Arc::clone(&self.in_flight);
+        in_flight.start();
+        let queued = self.store.queue_transaction_staged(
+            t,
+            move |r| {
+                if r.is_err() {
+                    undo.push(RefusedWrite {
+                        states: Vec::new(),
+                        blocks,
+                    });
+                }
+            },
+            move |_| in_flight.finish(true),
+        );
+        if let Err(e) = queued {
+            self.in_flight.finish(true);
+            return Err(e.into());
+        }
+        self.map = Some(map);
+        Ok(())
+    }
+
+    /// Settles the outcomes of queued writes: map changes of refused ones are put back (and
+    /// their blocks rewritten with the next map change); after a write failed past PREPARE
+    /// (the store stopped), the map is no longer trusted.
     fn settle_suspicion(&mut self) -> Result<(), ImageError> {
+        if self.map_undo.pending() {
+            let undo = self.map_undo.take();
+            if let Some(m) = self.map.as_mut() {
+                for refused in undo {
+                    for (index, before, after) in refused.states {
+                        if m.get(index) == after {
+                            m.set(index, before)?;
+                        }
+                    }
+                    for b in refused.blocks {
+                        m.mark_block_dirty(b);
+                    }
+                }
+            }
+        }
         if self.map_suspect.swap(false, Ordering::Relaxed) && self.map.is_some() {
-            self.invalidate_map("a write failed after its map update was queued")?;
+            self.invalidate_map("a write failed after the store had taken it")?;
         }
         Ok(())
     }
@@ -1363,11 +1518,19 @@ impl Image {
         self.discard(offset, len)
     }
 
-    /// Waits until every write queued so far is durable; an error if one of the writes
-    /// queued since the last flush failed (as fsync reports a lost write-back).
+    /// Waits until every write queued so far is durable; an error if a write the store had
+    /// taken was lost (then every later flush fails too). A write the store refused (ENOSPC
+    /// at PREPARE, nothing of it applied) was reported to its own callback and is not covered.
     pub fn flush(&mut self) -> Result<(), ImageError> {
-        if self.flush_waiter().wait() {
+        self.write_back_map()?;
+        let waiter = self.flush_waiter();
+        if waiter.wait() {
             Ok(())
+        } else if let Some(reason) = waiter.lost_reason() {
+            Err(ImageError::WritesLost {
+                name: self.name.clone(),
+                reason,
+            })
         } else {
             Err(ImageError::WriteFailed {
                 name: self.name.clone(),

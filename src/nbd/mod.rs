@@ -834,7 +834,7 @@ impl RequestPoller {
 }
 
 /// Starts a read or a write (in range) on `img`; it is answered when it finishes — a write
-/// without FUA once it is queued (a failure then surfaces at the next flush).
+/// without FUA once the store has taken it (a later failure then fails every flush).
 /// `now`: on a reactor, after `reactor_cost` found it cannot block (no lock request is served).
 fn start_io(
     incoming: Incoming,
@@ -865,15 +865,17 @@ fn start_io(
             }
         }
         _ => {
+            // Answered once the store has taken it (space allocated, visible to every later
+            // read): a full store refuses it here, on the request itself, with ENOSPC.
             let data = payload.unwrap_or_default();
-            let queued = match now {
-                true => img.write_async_now(r.offset, &data, |_| {}),
-                false => img.write_async(r.offset, &data, |_| {}),
+            let accepted = move |result: Result<(), ImageError>| match result {
+                Ok(()) => ticket.answer(0, &[]),
+                Err(e) => ticket.answer(wire_error(e.errno()), &[]),
             };
-            if queued.is_ok() {
-                ticket.answer(0, &[]);
+            match now {
+                true => img.write_cached_now(r.offset, &data, accepted),
+                false => img.write_cached(r.offset, &data, accepted),
             }
-            queued
         }
     };
     if let Err(e) = queued {
@@ -896,7 +898,14 @@ fn execute(incoming: Incoming, image: &Mutex<Image>, stats: &ServerStats, replie
         }
         CMD_WRITE if in_range => start_io(incoming, &mut lock(image), stats, replies, false),
         CMD_FLUSH => {
-            let waiter = lock(image).flush_waiter();
+            let waiter = {
+                let mut img = lock(image);
+                // Map blocks a refused write left stale go out before the flush answers.
+                if let Err(e) = img.write_back_map() {
+                    eprintln!("bluepoll nbd: writing back the object map: {e}");
+                }
+                img.flush_waiter()
+            };
             let ticket = replies.ticket(r.cookie);
             ticket.answer(if waiter.wait() { 0 } else { EIO }, &[]);
         }

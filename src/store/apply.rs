@@ -158,6 +158,15 @@ impl Shard {
                 return Err(e);
             }
         }
+        // Past the full ratio only transactions that free as much as they take go through.
+        let taken: u64 = t.allocated.iter().map(|r| r.1).sum();
+        let freed: u64 = t.released.iter().map(|r| r.1).sum();
+        if taken > 0
+            && let Err(e) = self.shared.space.check_growth(taken.saturating_sub(freed))
+        {
+            let _ = self.shared.space.release(&t.allocated);
+            return Err(e);
+        }
         Ok(self.commit_prepare(t, coll))
     }
 

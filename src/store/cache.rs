@@ -62,6 +62,9 @@ pub(crate) struct CachedOnode {
     /// Bumped by every change of the object's data; a read only caches what it read if the
     /// number is the same when it completes.
     pub data_seq: u64,
+    /// A transaction that changed this object failed after PREPARE (the store has stopped):
+    /// what memory shows of it was never stored, so it is not served any more.
+    pub lost_changes: bool,
     tick: u64,
     charged: usize,
 }
@@ -285,6 +288,7 @@ impl OnodeCache {
             onode,
             buffers: BufferSpace::default(),
             data_seq: 0,
+            lost_changes: false,
             tick: 0,
             charged: 0,
         }));

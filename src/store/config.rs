@@ -70,6 +70,11 @@ pub struct StoreConfig {
     /// Main-device bytes the store leaves free for BlueFS to grow into (None: 1/32 of the
     /// device, between 16 MiB and 4 GiB). Object writes that would eat into it get NoSpace.
     pub bluefs_reserve: Option<u64>,
+    /// Share of the main device in use past which the store warns (once per crossing).
+    pub nearfull_ratio: f64,
+    /// Share of the main device in use past which transactions that would use more space
+    /// (allocate more than they free) get NoSpace; overwrites and deletes still go through.
+    pub full_ratio: f64,
     /// Commands in flight per shard on the main device.
     pub queue_depth: u32,
     /// How long an idle reactor spins before yielding its CPU (then sleeping): lowest latency
@@ -102,6 +107,8 @@ impl Default for StoreConfig {
             cache_bytes: 256 << 20,
             db_size: None,
             bluefs_reserve: None,
+            nearfull_ratio: 0.85,
+            full_ratio: 0.95,
             queue_depth: 512,
             idle_spin: Duration::from_micros(200),
             bluefs: BlueFsConfig::default(),
@@ -154,6 +161,15 @@ impl StoreConfig {
                 )))
             }
         };
+        if !(self.nearfull_ratio > 0.0
+            && self.nearfull_ratio <= self.full_ratio
+            && self.full_ratio <= 1.0)
+        {
+            return Err(invalid(format!(
+                "nearfull_ratio = {} and full_ratio = {} must satisfy 0 < nearfull_ratio ≤ full_ratio ≤ 1",
+                self.nearfull_ratio, self.full_ratio
+            )));
+        }
         pow2("csum_block", self.csum_block, 4096)?;
         pow2("min_alloc_size", self.min_alloc_size, self.csum_block)?;
         pow2(
@@ -262,6 +278,8 @@ impl StoreConfig {
                 "cache_bytes" => self.cache_bytes = size()?,
                 "db_size" => self.db_size = Some(size()?),
                 "bluefs_reserve" => self.bluefs_reserve = Some(size()?),
+                "nearfull_ratio" => self.nearfull_ratio = ratio_value(k, value)?,
+                "full_ratio" => self.full_ratio = ratio_value(k, value)?,
                 "queue_depth" => {
                     self.queue_depth = u32::try_from(size()?)
                         .map_err(|_| invalid("store.queue_depth must fit in 32 bits"))?;
@@ -303,6 +321,23 @@ fn bool_value(key: &str, value: &toml::Value) -> Result<bool> {
     value
         .as_bool()
         .ok_or_else(|| invalid(format!("store.{key} must be true or false")))
+}
+
+fn ratio_value(key: &str, value: &toml::Value) -> Result<f64> {
+    let r = match value {
+        toml::Value::Float(f) => *f,
+        toml::Value::Integer(n) => *n as f64,
+        _ => {
+            return Err(invalid(format!(
+                "store.{key} must be a number between 0 and 1"
+            )));
+        }
+    };
+    if r.is_finite() && r > 0.0 && r <= 1.0 {
+        Ok(r)
+    } else {
+        Err(invalid(format!("store.{key} = {r} must be in (0, 1]")))
+    }
 }
 
 /// `[0, 1]` or `"0-3"` / `"0,2"`.

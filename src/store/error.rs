@@ -41,6 +41,18 @@ pub enum StoreError {
         reserve: u64,
     },
 
+    /// The transaction would use more space while the main device is past the full ratio
+    /// (overwrites that free as much as they take, and deletes, still go through).
+    #[error(
+        "store full: {used} of {total} bytes in use, past the full ratio {ratio} ({limit} bytes); only overwrites and deletes are taken"
+    )]
+    Full {
+        used: u64,
+        total: u64,
+        limit: u64,
+        ratio: f64,
+    },
+
     /// A device command on an object's data failed.
     #[error(
         "I/O error on '{coll}/{obj}': {op} of {len} bytes at object offset {offset} (device byte {phys}): {status}"
@@ -119,7 +131,7 @@ impl StoreError {
             StoreError::CollectionExists { .. } | StoreError::ObjectExists { .. } => libc::EEXIST,
             StoreError::CollectionNotEmpty { .. } => libc::ENOTEMPTY,
             StoreError::NoSuchAttr { .. } => libc::ENODATA,
-            StoreError::NoSpace { .. } => libc::ENOSPC,
+            StoreError::NoSpace { .. } | StoreError::Full { .. } => libc::ENOSPC,
             StoreError::InvalidArgument { .. } | StoreError::Config { .. } => libc::EINVAL,
             StoreError::Failed { .. } => libc::EROFS,
             StoreError::WouldBlock { .. } => libc::EDEADLK,
@@ -137,6 +149,104 @@ impl StoreError {
 
     pub fn is_not_found(&self) -> bool {
         self.errno() == libc::ENOENT
+    }
+
+    /// A copy for a second callback that reports the same outcome. The variants PREPARE
+    /// returns are copied exactly; an error wrapped from a lower layer (not clonable) becomes
+    /// `Failed` with its text.
+    pub(crate) fn duplicate(&self) -> StoreError {
+        use StoreError as E;
+        match self {
+            E::NoSuchCollection { coll } => E::NoSuchCollection { coll: coll.clone() },
+            E::CollectionExists { coll } => E::CollectionExists { coll: coll.clone() },
+            E::CollectionNotEmpty { coll } => E::CollectionNotEmpty { coll: coll.clone() },
+            E::NoSuchObject { coll, obj } => E::NoSuchObject {
+                coll: coll.clone(),
+                obj: obj.clone(),
+            },
+            E::ObjectExists { coll, obj } => E::ObjectExists {
+                coll: coll.clone(),
+                obj: obj.clone(),
+            },
+            E::NoSuchAttr { coll, obj, name } => E::NoSuchAttr {
+                coll: coll.clone(),
+                obj: obj.clone(),
+                name: name.clone(),
+            },
+            &E::NoSpace {
+                wanted,
+                free,
+                reserve,
+            } => E::NoSpace {
+                wanted,
+                free,
+                reserve,
+            },
+            &E::Full {
+                used,
+                total,
+                limit,
+                ratio,
+            } => E::Full {
+                used,
+                total,
+                limit,
+                ratio,
+            },
+            E::Io {
+                coll,
+                obj,
+                op,
+                offset,
+                len,
+                phys,
+                status,
+            } => E::Io {
+                coll: coll.clone(),
+                obj: obj.clone(),
+                op,
+                offset: *offset,
+                len: *len,
+                phys: *phys,
+                status: *status,
+            },
+            E::ChecksumMismatch {
+                coll,
+                obj,
+                offset,
+                phys,
+                expected,
+                actual,
+            } => E::ChecksumMismatch {
+                coll: coll.clone(),
+                obj: obj.clone(),
+                offset: *offset,
+                phys: *phys,
+                expected: *expected,
+                actual: *actual,
+            },
+            E::InvalidArgument { reason } => E::InvalidArgument {
+                reason: reason.clone(),
+            },
+            E::Config { reason } => E::Config {
+                reason: reason.clone(),
+            },
+            E::Corrupt { reason } => E::Corrupt {
+                reason: reason.clone(),
+            },
+            E::WrongDevice { device, reason } => E::WrongDevice {
+                device,
+                reason: reason.clone(),
+            },
+            E::Failed { reason } => E::Failed {
+                reason: reason.clone(),
+            },
+            E::WouldBlock { call } => E::WouldBlock { call },
+            E::Unmounting => E::Unmounting,
+            other => E::Failed {
+                reason: other.to_string(),
+            },
+        }
     }
 
     pub(crate) fn invalid(reason: impl Into<String>) -> StoreError {

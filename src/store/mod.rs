@@ -55,6 +55,7 @@ pub use fsck::{FsckReport, fsck};
 pub use oneshot::Commit;
 pub use perf::{Histogram, KvSyncPerf, ShardPerf};
 pub use read::{ObjectExtent, ObjectStat, OnRead};
+pub use space::Fullness;
 pub use transaction::{Op, Transaction};
 pub use txc::{OnCommit, TxcState};
 
@@ -366,6 +367,37 @@ impl StoreHandle {
         txn: Transaction,
         on_commit: impl FnOnce(Result<()>) + Send + 'static,
     ) -> Result<()> {
+        self.queue(txn, None, self.shared.shielded("commit", on_commit))
+    }
+
+    /// [`queue_transaction`](Self::queue_transaction) with a second callback, `on_prepared`,
+    /// run once on the collection's reactor when PREPARE ends, before `on_commit`:
+    /// - `Ok`: the transaction's space is allocated and every later read sees it. Only a device
+    ///   or metadata failure can still stop it from committing, and such a failure stops the
+    ///   whole store (no further change is accepted until remount), so this is the point at
+    ///   which a write cache may acknowledge a write.
+    /// - `Err`: it was refused (`NoSpace` when the store cannot hold it, or a bad request) with
+    ///   nothing of it applied; `on_commit` then gets the same error.
+    pub fn queue_transaction_staged(
+        &self,
+        txn: Transaction,
+        on_prepared: impl FnOnce(Result<()>) + Send + 'static,
+        on_commit: impl FnOnce(Result<()>) + Send + 'static,
+    ) -> Result<()> {
+        let on_prepared = self.shared.shielded("prepare", on_prepared);
+        self.queue(
+            txn,
+            Some(on_prepared),
+            self.shared.shielded("commit", on_commit),
+        )
+    }
+
+    fn queue(
+        &self,
+        txn: Transaction,
+        on_prepared: Option<txc::OnCommit>,
+        on_commit: txc::OnCommit,
+    ) -> Result<()> {
         self.check_open()?;
         let ios = txn
             .ops()
@@ -384,9 +416,8 @@ impl StoreHandle {
         let queued_at = Instant::now();
         let (coll, ops) = txn.into_parts();
         let target = coll.clone();
-        let on_commit = self.shared.shielded("commit", on_commit);
         let sent = self.on_shard(&target, move |s| {
-            s.queue_transaction(coll, ops, cost, queued_at, on_commit);
+            s.queue_transaction(coll, ops, cost, queued_at, on_prepared, on_commit);
         });
         if sent.is_err() {
             self.shared.throttle.put(cost);
@@ -587,6 +618,7 @@ impl StoreHandle {
             total: self.shared.space.size(),
             free: free.saturating_sub(reserve),
             reserve,
+            fullness: self.shared.space.fullness(),
             bluefs_main_bytes: bluefs.devices[crate::bluefs::DeviceId::Slow.index()]
                 .as_ref()
                 .map_or(0, |d| d.by_kind.iter().sum::<u64>() + d.log),
@@ -632,6 +664,7 @@ impl StoreHandle {
                 "total": statfs.total,
                 "free": statfs.free,
                 "bluefs_reserve": statfs.reserve,
+                "fullness": format!("{:?}", statfs.fullness).to_lowercase(),
                 "bluefs_main_bytes": statfs.bluefs_main_bytes,
             },
             "main_device": {
@@ -764,11 +797,13 @@ pub(crate) fn open_bluefs(devices: &StoreDevices, config: &StoreConfig) -> Resul
         })?
     };
     let reserve = config.bluefs_reserve_for(label.device_size);
-    let space = Arc::new(StoreSpace::new(
+    let space = Arc::new(StoreSpace::with_ratios(
         label.device_size,
         label.min_alloc_size as u64,
         label.data_start,
         reserve,
+        config.nearfull_ratio,
+        config.full_ratio,
     ));
     let mounted = BlueFs::mount(
         Devices {
@@ -1220,6 +1255,8 @@ pub struct Statfs {
     /// What objects may still take (the BlueFS reserve excluded).
     pub free: u64,
     pub reserve: u64,
+    /// Where usage stands against the nearfull and full ratios and the failsafe reserve.
+    pub fullness: Fullness,
     /// Main-device bytes BlueFS holds.
     pub bluefs_main_bytes: u64,
 }

@@ -66,6 +66,8 @@ impl Histogram {
 pub struct ShardPerf {
     pub txcs: u64,
     pub txc_errors: u64,
+    /// Transactions refused at PREPARE for want of space (counted in `txc_errors` too).
+    pub txc_enospc: u64,
     pub ops: u64,
     pub cow_writes: u64,
     pub cow_bytes: u64,
@@ -97,6 +99,7 @@ impl ShardPerf {
     pub fn merge(&mut self, o: &ShardPerf) {
         self.txcs += o.txcs;
         self.txc_errors += o.txc_errors;
+        self.txc_enospc += o.txc_enospc;
         self.ops += o.ops;
         self.cow_writes += o.cow_writes;
         self.cow_bytes += o.cow_bytes;
@@ -131,6 +134,7 @@ impl ShardPerf {
         json!({
             "txcs": self.txcs,
             "txc_errors": self.txc_errors,
+            "txc_enospc": self.txc_enospc,
             "ops": self.ops,
             "cow_writes": self.cow_writes,
             "cow_bytes": self.cow_bytes,

@@ -349,11 +349,18 @@ impl Shard {
         ops: Vec<super::transaction::Op>,
         cost: u64,
         queued_at: Instant,
+        on_prepared: Option<OnCommit>,
         on_commit: OnCommit,
     ) {
+        let refuse = |e: StoreError, on_prepared: Option<OnCommit>, on_commit: OnCommit| {
+            if let Some(cb) = on_prepared {
+                cb(Err(e.duplicate()));
+            }
+            on_commit(Err(e));
+        };
         if let Some(reason) = self.shared.failure() {
             self.shared.throttle.put(cost);
-            on_commit(Err(StoreError::Failed { reason }));
+            refuse(StoreError::Failed { reason }, on_prepared, on_commit);
             return;
         }
         let id = self.next_txc;
@@ -364,12 +371,19 @@ impl Shard {
             Ok(prepared) => {
                 self.perf.txcs += 1;
                 self.perf.ops += nops;
+                // Before the transaction goes on its way, so `on_commit` can never come first.
+                if let Some(cb) = on_prepared {
+                    cb(Ok(()));
+                }
                 self.start_txc(id, coll, prepared, cost, queued_at, now, on_commit);
             }
             Err(e) => {
                 self.perf.txc_errors += 1;
+                if e.is_no_space() {
+                    self.perf.txc_enospc += 1;
+                }
                 self.shared.throttle.put(cost);
-                on_commit(Err(e));
+                refuse(e, on_prepared, on_commit);
             }
         }
     }
@@ -551,6 +565,12 @@ impl Shard {
                         .commit_latency
                         .record(now.saturating_duration_since(txc.queued_at).as_nanos() as u64);
                     self.shared.throttle.put(txc.cost);
+                    if !ok {
+                        // Memory shows this transaction; the kv does not hold it.
+                        for o in &txc.onodes {
+                            o.borrow_mut().lost_changes = true;
+                        }
+                    }
                     // Committed: the kv holds what the cache and overlays show.
                     let omaps = std::mem::take(&mut txc.omaps);
                     txc.onodes.clear();
@@ -940,6 +960,14 @@ impl Shard {
     pub fn onode(&mut self, cid: CollId, name: &str) -> Result<OnodeRef> {
         if let Some(e) = self.cache.get(cid, name) {
             self.perf.onode_hits += 1;
+            if e.borrow().lost_changes {
+                return Err(StoreError::Failed {
+                    reason: format!(
+                        "object '{name}' has changes in memory that were never stored ({}); remount to read what was",
+                        self.shared.failure().unwrap_or_default()
+                    ),
+                });
+            }
             return Ok(e);
         }
         self.perf.onode_loads += 1;

@@ -37,10 +37,39 @@ pub(crate) struct StoreSpace {
     refs: Mutex<HashMap<u64, u32>>,
     /// Whether `refs` has any entry, so the common case (no clones) takes no lock.
     any_refs: std::sync::atomic::AtomicBool,
+    /// Bytes in use past which a warning is given, and past which growth is refused.
+    nearfull: u64,
+    full: u64,
+    full_ratio: f64,
+    /// Whether usage is past `nearfull` (the warning is given on each crossing).
+    warned: std::sync::atomic::AtomicBool,
+}
+
+/// Free bytes beyond the BlueFS reserve below which the store counts as at its failsafe.
+const FAILSAFE_SLACK: u64 = 1 << 20;
+
+/// How full the main device is, as the ratios see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fullness {
+    Ok,
+    /// Past the nearfull ratio: a warning, nothing refused.
+    Nearfull,
+    /// Past the full ratio: transactions that would use more space are refused.
+    Full,
+    /// Less than 1 MiB is left beyond the BlueFS reserve, which object data never takes (the
+    /// failsafe; RocksDB can still commit deletes).
+    Failsafe,
 }
 
 impl StoreSpace {
-    pub fn new(device_size: u64, unit: u64, data_start: u64, reserve: u64) -> StoreSpace {
+    pub fn with_ratios(
+        device_size: u64,
+        unit: u64,
+        data_start: u64,
+        reserve: u64,
+        nearfull_ratio: f64,
+        full_ratio: f64,
+    ) -> StoreSpace {
         StoreSpace {
             alloc: Mutex::new(ExtentAllocator::new(
                 DeviceId::Slow,
@@ -52,7 +81,52 @@ impl StoreSpace {
             reserve,
             refs: Mutex::new(HashMap::new()),
             any_refs: std::sync::atomic::AtomicBool::new(false),
+            // Of the space after the store's own areas (what objects and BlueFS share).
+            nearfull: data_start + ((device_size - data_start) as f64 * nearfull_ratio) as u64,
+            full: data_start + ((device_size - data_start) as f64 * full_ratio) as u64,
+            full_ratio,
+            warned: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    pub fn fullness(&self) -> Fullness {
+        let a = lock(&self.alloc);
+        let free = a.free_bytes();
+        let used = a.size() - free;
+        if free < self.reserve + FAILSAFE_SLACK.max(self.unit) {
+            Fullness::Failsafe
+        } else if used > self.full {
+            Fullness::Full
+        } else if used > self.nearfull {
+            Fullness::Nearfull
+        } else {
+            Fullness::Ok
+        }
+    }
+
+    /// After a transaction took `grown` bytes more than it frees: refused past the full ratio
+    /// (its allocation is already counted in use). Warns once when usage crosses nearfull.
+    pub fn check_growth(&self, grown: u64) -> Result<(), StoreError> {
+        let (used, total) = {
+            let a = lock(&self.alloc);
+            (a.size() - a.free_bytes(), a.size())
+        };
+        let near = used > self.nearfull;
+        if near != self.warned.swap(near, std::sync::atomic::Ordering::Relaxed) && near {
+            eprintln!(
+                "bluepoll store: nearfull: {used} of {total} bytes of the main device in use (full at {})",
+                self.full
+            );
+        }
+        if grown > 0 && used > self.full {
+            return Err(StoreError::Full {
+                used: used - grown,
+                total,
+                limit: self.full,
+                ratio: self.full_ratio,
+            });
+        }
+        Ok(())
     }
 
     pub fn reserve(&self) -> u64 {
@@ -292,7 +366,14 @@ mod tests {
 
     #[test]
     fn the_reserve_is_kept_from_object_data_but_not_from_bluefs() {
-        let space = std::sync::Arc::new(StoreSpace::new(1 << 20, 4096, 65536, 256 << 10));
+        let space = std::sync::Arc::new(StoreSpace::with_ratios(
+            1 << 20,
+            4096,
+            65536,
+            256 << 10,
+            1.0,
+            1.0,
+        ));
         let free = space.free_bytes();
         assert!(matches!(
             space.allocate(free - (128 << 10)),

@@ -119,3 +119,4 @@ pub fn sparse_image(dir: &Path, name: &str, bytes: u64) -> PathBuf {
         .expect("image file can be made");
     path
 }
+pub mod nbd_client;
