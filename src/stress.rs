@@ -509,6 +509,9 @@ fn settle(
 #[derive(Debug, Default)]
 pub struct CheckOutcome {
     pub objects: u64,
+    /// Writes (transactions, image writes) the run saw acknowledged before its fault: what the
+    /// check holds the store to.
+    pub acknowledged: u64,
     /// Objects silently older than acknowledged.
     pub lost: u64,
     /// Objects silently wrong: bytes or state that no history explains.
@@ -554,6 +557,7 @@ pub fn check(
     let store = Store::mount_on(devices.clone(), config.clone()).context("mounting the store")?;
     let mut outcome = CheckOutcome::default();
     let mut resolved = String::new();
+    let mut found_at: BTreeMap<u64, u64> = BTreeMap::new();
     for (&obj, h) in &log.objects {
         outcome.objects += 1;
         let (coll, name) = (collection_of(obj), object_name(obj));
@@ -569,6 +573,15 @@ pub fn check(
                 }
             },
             Err(e) if e.is_not_found() => 0,
+            Err(e) if e.errno() == libc::ENODATA => {
+                // Every write sets `seq` in its own transaction: an object without it holds
+                // part of a transaction.
+                outcome.corrupt += 1;
+                outcome.problems.push(format!(
+                    "{name}: exists without its seq attribute (a transaction landed in part)"
+                ));
+                continue;
+            }
             Err(e) => {
                 outcome.unreadable += 1;
                 outcome.problems.push(format!("{name}: {e}"));
@@ -598,19 +611,18 @@ pub fn check(
             continue;
         }
         let want = expected(h, found);
-        let got = if found == 0 && want.is_empty() {
-            Vec::new()
-        } else {
-            let read = store
-                .stat(&coll, &name)
-                .and_then(|st| store.read(&coll, &name, 0, st.size.max(want.len() as u64)));
-            match read {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    outcome.unreadable += 1;
-                    outcome.problems.push(format!("{name}: {e}"));
-                    continue;
-                }
+        // Always looked at, even when nothing should be there: a first transaction that landed
+        // in part (its data, not its `seq`) must show as bytes where there should be none.
+        let read = store
+            .stat(&coll, &name)
+            .and_then(|st| store.read(&coll, &name, 0, st.size.max(want.len() as u64)));
+        let got = match read {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_not_found() && found == 0 => Vec::new(),
+            Err(e) => {
+                outcome.unreadable += 1;
+                outcome.problems.push(format!("{name}: {e}"));
+                continue;
             }
         };
         if got != want {
@@ -627,7 +639,9 @@ pub fn check(
         if h.writes.last().is_some_and(|w| w.seq > found) {
             resolved.push_str(&format!("R {obj} {found}\n"));
         }
+        found_at.insert(obj, found);
     }
+    check_prefixes(&log, &found_at, &mut outcome);
     store.umount()?;
     let report = fsck(devices, config, true, false)?;
     outcome.fsck_errors = report.errors;
@@ -637,6 +651,36 @@ pub fn check(
         out.sync_data()?;
     }
     Ok(outcome)
+}
+
+/// A collection's transactions commit in the order they were queued (SEQ order: one thread
+/// queues them all), so what survives of it is a prefix: once any object of a collection is
+/// found at SEQ s, every write to that collection queued before s (and not rejected) must be
+/// there too. `found_at`: the SEQ each object was found at.
+fn check_prefixes(log: &Log, found_at: &BTreeMap<u64, u64>, outcome: &mut CheckOutcome) {
+    let mut newest: BTreeMap<u64, u64> = BTreeMap::new();
+    for (&obj, &found) in found_at {
+        let c = newest.entry(obj % COLLECTIONS).or_default();
+        *c = (*c).max(found);
+    }
+    for (&obj, &found) in found_at {
+        let newest = newest[&(obj % COLLECTIONS)];
+        let owed = log.objects[&obj]
+            .writes
+            .iter()
+            .map(|w| w.seq)
+            .filter(|&seq| seq <= newest)
+            .max()
+            .unwrap_or(0);
+        if found < owed {
+            outcome.lost += 1;
+            outcome.problems.push(format!(
+                "{}: at seq {found}, but seq {newest} of its collection survived and this \
+                 object's seq {owed} was queued before it",
+                object_name(obj)
+            ));
+        }
+    }
 }
 
 /// `bluepoll drill ...`.
@@ -711,6 +755,10 @@ struct Tally {
     faults: u64,
     lost: u64,
     corrupt: u64,
+    objects: u64,
+    acknowledged: u64,
+    /// Runs whose check looked at no object (a fault before any load): they prove nothing.
+    empty: u64,
     failures: Vec<String>,
 }
 
@@ -718,6 +766,9 @@ impl Tally {
     fn add(&mut self, run: u64, what: &str, faulted: bool, outcome: &CheckOutcome) {
         self.runs += 1;
         self.faults += u64::from(faulted);
+        self.objects += outcome.objects;
+        self.acknowledged += outcome.acknowledged;
+        self.empty += u64::from(outcome.objects == 0);
         self.lost += outcome.lost;
         self.corrupt += outcome.corrupt + outcome.unreadable + outcome.fsck_errors.len() as u64;
         if !outcome.clean() {
@@ -736,6 +787,11 @@ impl Tally {
         } else {
             String::new()
         };
+        // What the runs held the store to, before the summary line (which stays last).
+        println!(
+            "{name}: checked {} objects, {} acknowledged writes, {} runs checked nothing",
+            self.objects, self.acknowledged, self.empty
+        );
         println!(
             "{name}: {} runs, {} faults, {} lost, {} corrupt{panics}",
             self.runs, self.faults, self.lost, self.corrupt
@@ -883,7 +939,8 @@ fn power_cut_run(seed: u64, dir: &Path) -> Result<(bool, String, CheckOutcome)> 
         lost_writes += cut.writes_lost;
         torn += cut.writes_torn;
     }
-    let outcome = check(&devices, &config, &o.log)?;
+    let mut outcome = check(&devices, &config, &o.log)?;
+    outcome.acknowledged = end.acked;
     Ok((
         true,
         format!(
@@ -921,6 +978,7 @@ fn eio_run(seed: u64, dir: &Path) -> Result<(bool, String, CheckOutcome)> {
         c.disarm_all();
     }
     let mut outcome = check(&devices, &config, &o.log)?;
+    outcome.acknowledged = end.acked;
     if outcome.clean() {
         read_under_errors(&devices, &config, &o, &controls[0], &mut outcome)?;
     }
@@ -1052,7 +1110,10 @@ fn enospc_run(seed: u64, _dir: &Path) -> Result<(bool, String, CheckOutcome)> {
     store.umount()?;
     let devices = grown(if seed % 2 == 0 { 256 << 20 } else { 384 << 20 })?;
     let store = Store::mount_on(devices.clone(), config.clone())?;
-    let mut outcome = CheckOutcome::default();
+    let mut outcome = CheckOutcome {
+        acknowledged: objects.len() as u64,
+        ..CheckOutcome::default()
+    };
     for (name, &(data_seed, len)) in &objects {
         outcome.objects += 1;
         match store.read(coll, name, 0, len + 1) {
@@ -1216,6 +1277,7 @@ fn enospc_image_run(seed: u64, outcome: &mut CheckOutcome) -> Result<String> {
             .problems
             .push("image: the object map was marked invalid".into());
     }
+    outcome.acknowledged += taken;
     for unit in 0..units {
         let version = acked.get(&unit).copied().unwrap_or(0);
         outcome.objects += 1;
@@ -1286,7 +1348,8 @@ fn corruption_run(seed: u64, dir: &Path) -> Result<(bool, String, CheckOutcome)>
     if let Some(failure) = end.failure {
         bail!("the load failed with no fault injected: {failure}");
     }
-    let target = (seed / 7 % CORRUPTION_TARGETS.len() as u64) as usize;
+    // Consecutive runs have consecutive seeds: every target is hit once in every five runs.
+    let target = (seed % CORRUPTION_TARGETS.len() as u64) as usize;
     let store = Store::mount_on(devices.clone(), config.clone())?;
     let spot = corruption_spot(&store, &devices, target, &mut rng);
     store.umount()?;
@@ -1307,13 +1370,24 @@ fn corruption_run(seed: u64, dir: &Path) -> Result<(bool, String, CheckOutcome)>
     );
     let mut outcome = match check(&devices, &config, &o.log) {
         Ok(outcome) => outcome,
-        // Refusing to mount, with the reason, is the damage reported.
+        // Refusing to mount, with the reason, is the damage reported — if the reason is the
+        // damage (a checksum or a structure found broken), not some other failure.
         Err(e) => {
-            return Ok((
-                true,
-                format!("{what}: mount refused: {e:#}"),
-                CheckOutcome::default(),
-            ));
+            let reason = format!("{e:#}");
+            let names_damage = ["checksum", "corrupt", "damaged", "Corruption"]
+                .iter()
+                .any(|w| reason.contains(w));
+            let mut outcome = CheckOutcome {
+                acknowledged: end.acked,
+                ..CheckOutcome::default()
+            };
+            if !names_damage {
+                outcome.corrupt = 1;
+                outcome
+                    .problems
+                    .push(format!("mount failed without naming the damage: {reason}"));
+            }
+            return Ok((true, format!("{what}: mount refused: {reason}"), outcome));
         }
     };
     // Errors that name the damage are the right answer here; silence with wrong data is not.
@@ -1327,6 +1401,7 @@ fn corruption_run(seed: u64, dir: &Path) -> Result<(bool, String, CheckOutcome)>
     };
     outcome.unreadable = 0;
     outcome.fsck_errors.clear();
+    outcome.acknowledged = end.acked;
     Ok((true, format!("{what}: {reported}"), outcome))
 }
 

@@ -29,6 +29,39 @@ fn store() -> Store {
     Store::mount_on(devices, config).unwrap()
 }
 
+/// The outcomes of async writes, gathered for the test: a callback that panicked would only be
+/// caught and counted by the store, so the callbacks record here and the test checks, after the
+/// flush that waited for them, that every one ran and none failed.
+#[derive(Clone, Default)]
+struct Answers {
+    issued: Arc<AtomicU64>,
+    answered: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+}
+
+impl Answers {
+    fn expect_ok(&self) -> impl FnOnce(Result<(), ImageError>) + Send + 'static {
+        self.issued.fetch_add(1, Ordering::SeqCst);
+        let (answered, failures) = (Arc::clone(&self.answered), Arc::clone(&self.failures));
+        move |r| {
+            if let Err(e) = r {
+                failures.lock().unwrap().push(e.to_string());
+            }
+            answered.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn check(&self) {
+        let failures = self.failures.lock().unwrap();
+        assert!(failures.is_empty(), "async writes failed: {failures:?}");
+        assert_eq!(
+            self.answered.load(Ordering::SeqCst),
+            self.issued.load(Ordering::SeqCst),
+            "async writes left unanswered by a flush"
+        );
+    }
+}
+
 fn random_bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
     let mut b = vec![0u8; n];
     rng.fill_bytes(&mut b);
@@ -258,6 +291,7 @@ fn clones_copy_up_on_first_write_and_flatten_cuts_the_link() {
 /// the maps alone (no data object read) and names exactly the objects written since.
 #[test]
 fn diff_of_a_1_tib_thin_image_reads_no_data_object() {
+    let answers = Answers::default();
     let store = store();
     image::create(&store, "thin", 1 << 40, 22, features::DEFAULT).unwrap();
     let mut img = Image::open(&store, "thin").unwrap();
@@ -269,10 +303,11 @@ fn diff_of_a_1_tib_thin_image_reads_no_data_object() {
             set.insert(rng.below(objects));
         }
         for &o in &set {
-            img.write_async(o << 22, &[1u8; 4096], |r| r.unwrap())
+            img.write_async(o << 22, &[1u8; 4096], answers.expect_ok())
                 .unwrap();
         }
         img.flush().unwrap();
+        answers.check();
         set
     };
     let first = write_percent(&mut img);
@@ -417,15 +452,18 @@ fn the_lock_changes_hands_with_writes_in_flight_and_loses_none() {
 
 #[test]
 fn a_resize_and_a_snapshot_asked_of_the_owner_run_there_with_progress() {
+    let answers = Answers::default();
     let store = store();
     image::create(&store, "vm", 32 << 20, 16, features::DEFAULT).unwrap();
     let owner = Arc::new(Mutex::new(Image::open(&store, "vm").unwrap()));
     {
         let mut o = owner.lock().unwrap();
         for i in 0..300u64 {
-            o.write_async(i << 16, &[7u8; 512], |r| r.unwrap()).unwrap();
+            o.write_async(i << 16, &[7u8; 512], answers.expect_ok())
+                .unwrap();
         }
         o.flush().unwrap();
+        answers.check();
     }
     let stop = Arc::new(AtomicBool::new(false));
     let server = lock_server(Arc::clone(&owner), Arc::clone(&stop));
@@ -567,7 +605,8 @@ fn power_cuts_leave_images_at_an_acknowledged_state() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(40);
-    let (mut in_flight_at_cut, mut cut_short) = (0, 0);
+    let (mut in_flight_at_cut, mut cut_short, mut acknowledged_at_cut) = (0, 0, 0u64);
+    let (mut torn, mut lost) = (0u64, 0u64);
     for seed in 0..runs {
         let mut rng = Rng::new(seed ^ 0x1a6e);
         let device =
@@ -612,16 +651,29 @@ fn power_cuts_leave_images_at_an_acknowledged_state() {
             }
         }
         // Then writes in flight when the power goes: the candidates are each prefix of them.
+        // Some are answered when durable (`write_async`), some when taken (`write_cached`, the
+        // NBD write cache); a durable answer before the cut makes that write, and every one
+        // before it, part of every acceptable state.
         let mut candidates = vec![head.clone()];
-        for _ in 0..rng.below(40) {
+        let (acks, acked) = std::sync::mpsc::channel::<(usize, bool)>();
+        for k in 1..=rng.below(40) as usize {
             let off = rng.below(size);
             let len = 1 + rng.below((size - off).min(40_000));
             let data = random_bytes(&mut rng, len as usize);
-            img.write_async(off, &data, |_| {}).unwrap();
+            let ack = acks.clone();
+            if rng.below(3) == 0 {
+                img.write_cached(off, &data, |_| {}).unwrap();
+            } else {
+                img.write_async(off, &data, move |r| {
+                    let _ = ack.send((k, r.is_ok()));
+                })
+                .unwrap();
+            }
             let mut next = candidates.last().unwrap().clone();
             next[off as usize..(off + len) as usize].copy_from_slice(&data);
             candidates.push(next);
         }
+        drop(acks);
         in_flight_at_cut += candidates.len() as u64 - 1;
         std::thread::sleep(Duration::from_micros(rng.below(400)));
         // From now on nothing reaches the media; then the power goes.
@@ -632,17 +684,29 @@ fn power_cuts_leave_images_at_an_acknowledged_state() {
         drop(img);
         let _ = store.umount();
         control.disarm_all();
-        control.power_cut().unwrap();
+        let report = control.power_cut().unwrap();
+        torn += report.writes_torn;
+        lost += report.writes_lost;
+        // Every callback has run (the store is unmounted): the newest write answered durable.
+        let durable = acked
+            .iter()
+            .filter(|&(_, ok)| ok)
+            .map(|(k, _)| k)
+            .max()
+            .unwrap_or(0);
+        acknowledged_at_cut += durable as u64;
 
         let store = Store::mount_on(devices.clone(), config.clone())
             .unwrap_or_else(|e| panic!("seed {seed}: mount after the cut: {e}"));
         let mut img = Image::open(&store, "vm").unwrap();
         let found = img.read(0, size).unwrap();
+        let state = candidates.iter().rposition(|c| *c == found);
         assert!(
-            candidates.contains(&found),
-            "seed {seed}: the image after the cut is none of the {} states between its \
-             acknowledged requests and those in flight",
-            candidates.len()
+            state.is_some_and(|k| k >= durable),
+            "seed {seed}: the image after the cut is none of the states from its acknowledged \
+             requests (writes answered durable: up to {durable} of {}) to those in flight (found: \
+             state {state:?})",
+            candidates.len() - 1
         );
         cut_short += u64::from(candidates.last() != Some(&found));
         check_map_agrees(&store, &img, &format!("seed {seed}"));
@@ -659,28 +723,43 @@ fn power_cuts_leave_images_at_an_acknowledged_state() {
         let report = bluepoll::store::fsck(&devices, &config, true, false).unwrap();
         assert!(report.is_clean(), "seed {seed}: fsck: {:?}", report.errors);
     }
+    println!(
+        "{runs} power cuts, {in_flight_at_cut} writes in flight, {acknowledged_at_cut} of them (up to \
+         the newest each run) \
+         answered durable before the cut, {cut_short} cuts lost some of them (each time whole \
+         writes, in order); the cuts tore {torn} and lost {lost} unflushed device writes"
+    );
+    // The test proves nothing unless the cuts really met writes in flight, acknowledged ones
+    // among them, and lost or tore some.
+    assert!(runs > 0, "BLUEPOLL_IMAGE_CRASH_RUNS=0 runs nothing");
     assert!(
         in_flight_at_cut > runs,
         "the cuts should find writes in flight ({in_flight_at_cut} over {runs} runs)"
     );
-    println!(
-        "{runs} power cuts, {in_flight_at_cut} writes in flight, {cut_short} cuts lost some of \
-         them (each time whole writes, in order)"
-    );
+    if runs >= 20 {
+        assert!(
+            acknowledged_at_cut > 0,
+            "no write was answered before a cut"
+        );
+        assert!(cut_short > 0, "no cut lost a write in flight");
+        assert!(torn + lost > 0, "no cut tore or lost a device write");
+    }
 }
 
 /// A shrink cut short leaves PENDING objects: a later change of one must still preserve it for
 /// the snapshot that saw it (PENDING no longer says whether it changed since).
 #[test]
 fn a_shrink_cut_short_still_preserves_for_snapshots() {
+    let answers = Answers::default();
     let store = store();
     image::create(&store, "s", 100 << 12, 12, features::DEFAULT).unwrap();
     let mut img = Image::open(&store, "s").unwrap();
     for i in 0..100u64 {
-        img.write_async(i << 12, &[0xab; 4096], |r| r.unwrap())
+        img.write_async(i << 12, &[0xab; 4096], answers.expect_ok())
             .unwrap();
     }
     img.flush().unwrap();
+    answers.check();
     img.snap_create("s").unwrap();
     let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         img.resize(2 << 12, |done, _| {
@@ -705,6 +784,7 @@ fn a_shrink_cut_short_still_preserves_for_snapshots() {
 /// that write would overwrite, unpreserved, what the snapshot still reads.
 #[test]
 fn a_failed_queued_write_does_not_let_the_next_skip_preserving() {
+    let answers = Answers::default();
     use bluepoll::nvme::{EioRule, EioTrigger, FaultOps};
     let device = Device::open("fault:cache=off+mem:512M").unwrap();
     let control = device.fault_control().unwrap();
@@ -742,10 +822,12 @@ fn a_failed_queued_write_does_not_let_the_next_skip_preserving() {
     })
     .unwrap();
     // A whole block: no read; queued before the first one's failure is known.
-    img.write_async(0, &[0x33; 4096], |r| r.unwrap()).unwrap();
+    img.write_async(0, &[0x33; 4096], answers.expect_ok())
+        .unwrap();
     // The first write was refused with nothing applied and its callback told so; a flush
     // covers only the writes the store took.
     img.flush().unwrap();
+    answers.check();
     control.disarm_all();
     assert!(
         failed.load(Ordering::SeqCst),
@@ -766,22 +848,25 @@ fn a_failed_queued_write_does_not_let_the_next_skip_preserving() {
 /// head where a copy went), nor be cloned; `snap rm` again finishes it, across a remount too.
 #[test]
 fn a_removal_cut_short_leaves_the_snapshot_refused_until_finished() {
+    let answers = Answers::default();
     let (devices, config) = devices_and_config();
     let store = Store::mount_on(devices.clone(), config.clone()).unwrap();
     let objects = 200u64;
     image::create(&store, "r", objects << 12, 12, features::DEFAULT).unwrap();
     let mut img = Image::open(&store, "r").unwrap();
     for i in 0..objects {
-        img.write_async(i << 12, &[0x11; 4096], |r| r.unwrap())
+        img.write_async(i << 12, &[0x11; 4096], answers.expect_ok())
             .unwrap();
     }
     img.flush().unwrap();
+    answers.check();
     img.snap_create("s").unwrap();
     for i in 0..objects {
-        img.write_async(i << 12, &[0x22; 4096], |r| r.unwrap())
+        img.write_async(i << 12, &[0x22; 4096], answers.expect_ok())
             .unwrap();
     }
     img.flush().unwrap();
+    answers.check();
     let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         img.snap_remove("s", |done, total| {
             assert!(done >= total, "cut short after the first batch");
@@ -828,24 +913,27 @@ fn a_removal_cut_short_leaves_the_snapshot_refused_until_finished() {
 /// linked to a removed snapshot (whose copies are gone).
 #[test]
 fn a_clone_and_the_removal_of_its_snapshot_race_to_one_outcome() {
+    let answers = Answers::default();
     let store = store();
     image::create(&store, "base", 64 << 12, 12, features::DEFAULT).unwrap();
     let mut img = Image::open(&store, "base").unwrap();
     for i in 0..64u64 {
-        img.write_async(i << 12, &[7; 4096], |r| r.unwrap())
+        img.write_async(i << 12, &[7; 4096], answers.expect_ok())
             .unwrap();
     }
     img.flush().unwrap();
+    answers.check();
     let (mut clones_won, mut removals_won) = (0, 0);
     for round in 0..30 {
         let snap = format!("s{round}");
         img.snap_create(&snap).unwrap();
         // Every object changes, so the snapshot holds 64 copies for its removal to take.
         for i in 0..64u64 {
-            img.write_async(i << 12, &[round as u8; 4096], |r| r.unwrap())
+            img.write_async(i << 12, &[round as u8; 4096], answers.expect_ok())
                 .unwrap();
         }
         img.flush().unwrap();
+        answers.check();
         let child = format!("c{round}");
         let start = Arc::new(std::sync::Barrier::new(2));
         let cloner = {
@@ -879,10 +967,11 @@ fn a_clone_and_the_removal_of_its_snapshot_race_to_one_outcome() {
         }
         // The next round's snapshot must see what this one's did not.
         for i in 0..64u64 {
-            img.write_async(i << 12, &[7; 4096], |r| r.unwrap())
+            img.write_async(i << 12, &[7; 4096], answers.expect_ok())
                 .unwrap();
         }
         img.flush().unwrap();
+        answers.check();
     }
     eprintln!("clone vs removal: clones won {clones_won}, removals won {removals_won}");
     drop(img);

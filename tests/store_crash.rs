@@ -317,7 +317,9 @@ struct Progress {
 }
 
 /// One run; returns whether anything was in flight at the cut.
-fn crash_run(seed: u64) -> bool {
+/// One run: whether transactions were in flight at the cut, and how many unflushed device
+/// writes the cut lost or tore.
+fn crash_run(seed: u64) -> (bool, u64) {
     let l = layout(seed);
     Store::mkfs_on(&l.devices, &l.config).unwrap();
     let store = Store::mount_on(l.devices.clone(), l.config.clone()).unwrap();
@@ -387,9 +389,11 @@ fn crash_run(seed: u64) -> bool {
         });
     }
     let _ = store.umount();
+    let mut damaged = 0;
     for c in &l.controls {
         c.disarm_all();
-        c.power_cut().unwrap();
+        let cut = c.power_cut().unwrap();
+        damaged += cut.writes_lost + cut.writes_torn;
     }
     let store = Store::mount_on(l.devices.clone(), l.config.clone())
         .unwrap_or_else(|e| panic!("seed {seed}: mount after the power cut failed: {e}"));
@@ -431,7 +435,7 @@ fn crash_run(seed: u64) -> bool {
         "seed {seed}: fsck after the power cut: {:?}",
         report.errors
     );
-    in_flight_at_cut
+    (in_flight_at_cut, damaged)
 }
 
 #[test]
@@ -444,25 +448,36 @@ fn power_cuts_lose_no_committed_transaction_and_tear_none() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    assert!(runs > 0, "BLUEPOLL_STORE_CRASH_RUNS=0 runs nothing");
     let threads = 2;
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             std::thread::spawn(move || {
-                let mut busy = 0;
+                let (mut busy, mut damaged) = (0, 0);
                 for seed in (first..first + runs).filter(|s| s % threads == t) {
-                    busy += u64::from(crash_run(seed));
+                    let (in_flight, cut) = crash_run(seed);
+                    busy += u64::from(in_flight);
+                    damaged += cut;
                 }
-                busy
+                (busy, damaged)
             })
         })
         .collect();
-    let busy: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    let (busy, damaged) = handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     assert!(
         busy * 3 >= runs,
         "only {busy} of {runs} cuts found transactions in flight: the cut comes too late"
     );
+    // The cuts must really have lost or torn device writes, or the test proves nothing.
+    assert!(
+        runs < 20 || damaged > 0,
+        "{runs} power cuts lost or tore no device write"
+    );
     eprintln!(
-        "store crash test: {runs} runs, {runs} power cuts ({busy} with transactions in flight), \
-         0 lost, 0 torn, fsck clean"
+        "store crash test: {runs} runs, {runs} power cuts ({busy} with transactions in flight, \
+         {damaged} unflushed device writes lost or torn), 0 lost, 0 torn, fsck clean"
     );
 }

@@ -668,6 +668,16 @@ fn verify_tables(instances: &[Instance]) -> HashMap<(String, u64), Option<Arc<Ge
         .into_iter()
         .map(|(key, (start, end))| {
             let table = Generations::new(start, end - start, key.1).map(Arc::new);
+            if let Some(t) = table.as_ref().filter(|t| t.stride() > 1) {
+                eprintln!(
+                    "verify: {}: more than {} units of {} bytes; lost writes are tracked on one \
+                     unit in {} (every unit still gets its header and crc checked)",
+                    key.0,
+                    Generations::MAX_UNITS,
+                    key.1,
+                    t.stride()
+                );
+            }
             (key, table)
         })
         .collect()

@@ -142,7 +142,7 @@ pub fn check(
         return Err(VerifyFailure::WrongOffset { found });
     }
     let generation = u64_at(block, OFF_GENERATION);
-    if expected_generation != 0 && generation != expected_generation {
+    if expected_generation != 0 && fold(generation) != fold(expected_generation) {
         return Err(VerifyFailure::Stale {
             found: generation,
             expected: expected_generation,
@@ -163,11 +163,23 @@ pub fn check(
 pub struct Generations {
     pub unit: u64,
     pub first_offset: u64,
+    /// One unit in `stride` is tracked (1 unless the range has more than `MAX_UNITS` units).
+    stride: u64,
     table: Box<[AtomicU32]>,
 }
 
 /// Set in a table entry while a command holds the unit.
 const BUSY: u32 = 1 << 31;
+
+/// A generation as the table keeps it, in 31 bits and never 0 for a written unit (0 means "not
+/// written in this run"): generations past 2^31 − 1 wrap to 1, not to 0, so a stale unit is
+/// still told from a fresh one after any number of writes.
+pub fn fold(generation: u64) -> u64 {
+    match generation {
+        0 => 0,
+        g => (g - 1) % (BUSY as u64 - 1) + 1,
+    }
+}
 
 /// What [`Generations::claim`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,28 +193,38 @@ pub enum Claim {
 }
 
 impl Generations {
-    /// Most units we track; beyond this only the header and crc are checked.
+    /// Most units the table holds (256 MiB of it); a larger range is sampled: one unit in
+    /// [`stride`](Self::stride) is tracked, the others get the header and crc checks only.
     pub const MAX_UNITS: u64 = 1 << 26;
 
-    /// A table over `bytes` from `first_offset`, or None if that is more than `MAX_UNITS` units.
+    /// A table over `bytes` from `first_offset`, or None if that is not one whole unit.
     pub fn new(first_offset: u64, bytes: u64, unit: u64) -> Option<Generations> {
         let units = bytes / unit;
-        if units == 0 || units > Self::MAX_UNITS {
+        if units == 0 {
             return None;
         }
+        let stride = units.div_ceil(Self::MAX_UNITS);
         Some(Generations {
             unit,
             first_offset,
-            table: (0..units).map(|_| AtomicU32::new(0)).collect(),
+            stride,
+            table: (0..units.div_ceil(stride))
+                .map(|_| AtomicU32::new(0))
+                .collect(),
         })
+    }
+
+    /// Tracked units are one in this many (1: every unit).
+    pub fn stride(&self) -> u64 {
+        self.stride
     }
 
     fn slot(&self, device_offset: u64) -> Option<&AtomicU32> {
         let rel = device_offset.checked_sub(self.first_offset)?;
-        if rel % self.unit != 0 {
+        if rel % self.unit != 0 || (rel / self.unit) % self.stride != 0 {
             return None;
         }
-        self.table.get((rel / self.unit) as usize)
+        self.table.get((rel / self.unit / self.stride) as usize)
     }
 
     pub fn claim(&self, device_offset: u64) -> Claim {
@@ -223,7 +245,7 @@ impl Generations {
     /// failed write).
     pub fn release(&self, device_offset: u64, generation: u64) {
         if let Some(slot) = self.slot(device_offset) {
-            slot.store((generation as u32) & !BUSY, Ordering::Release);
+            slot.store(fold(generation) as u32, Ordering::Release);
         }
     }
 
@@ -325,7 +347,44 @@ mod tests {
         g.release(8192, 5);
         assert_eq!(g.claim(0), Claim::Untracked, "outside the range");
         assert_eq!(g.claim(8193), Claim::Untracked, "not aligned to units");
-        assert!(Generations::new(0, 1 << 50, 4096).is_none());
+        assert!(Generations::new(0, 100, 4096).is_none(), "less than a unit");
+    }
+
+    /// A range of more units than the table holds is sampled, not left unchecked: a lost
+    /// overwrite of a tracked unit is still found.
+    #[test]
+    fn a_huge_range_is_sampled() {
+        let unit = 4096;
+        let g = Generations::new(0, (Generations::MAX_UNITS * 3 + 5) * unit, unit).unwrap();
+        assert_eq!(g.stride(), 4);
+        let far = (Generations::MAX_UNITS * 3) * unit;
+        assert_eq!(g.claim(far), Claim::Claimed(0));
+        g.release(far, 7);
+        assert_eq!(g.get(far), 7);
+        assert_eq!(g.claim(far + unit), Claim::Untracked, "between samples");
+        let mut block = vec![0u8; unit as usize];
+        fill(&mut block, far, 6);
+        assert!(matches!(
+            check(&block, far, g.get(far)),
+            Err(VerifyFailure::Stale { .. })
+        ));
+    }
+
+    /// Generations never fold to 0 ("unknown"), so a lost overwrite is found at any count.
+    #[test]
+    fn generations_past_31_bits_are_still_checked() {
+        let g = Generations::new(0, 4096 * 4, 4096).unwrap();
+        let wrapped = (1u64 << 31) - 1;
+        g.release(0, wrapped);
+        assert_ne!(g.get(0), 0, "a written unit must not look unwritten");
+        let mut block = vec![0u8; 4096];
+        fill(&mut block, 0, wrapped - 1);
+        assert!(matches!(
+            check(&block, 0, g.get(0)),
+            Err(VerifyFailure::Stale { .. })
+        ));
+        fill(&mut block, 0, wrapped);
+        assert!(check(&block, 0, g.get(0)).is_ok());
     }
 
     #[test]

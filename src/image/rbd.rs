@@ -1366,10 +1366,18 @@ impl Image {
                     _ => false,
                 };
                 transitions.end(&settled);
-                if let Some(done) = done {
-                    done(r.map_err(ImageError::from));
-                }
+                // A caller's callback that panics must not leave the write counted in flight
+                // (every later flush would wait for it forever): finish, then let the store
+                // report the panic.
+                let answered = done.map(|done| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        done(r.map_err(ImageError::from))
+                    }))
+                });
                 in_flight.finish(!lost);
+                if let Some(Err(panic)) = answered {
+                    std::panic::resume_unwind(panic);
+                }
             },
         );
         if let Err(e) = queued {

@@ -839,10 +839,19 @@ mod tests {
 
     #[test]
     fn conforms_over_mem() {
-        check_backend("sim:nvme+mem:4M", true);
-        check_backend("sim:ssd,channels=2+mem:1M?block_size=512", true);
-        check_backend("sim:hdd,rpm=60000,seek_ms=0.05+mem:4M", true);
-        check_backend("sim:nvme+fault:mem:4M", true);
+        assert_eq!(check_backend("sim:nvme+mem:4M", true), Vec::<&str>::new());
+        assert_eq!(
+            check_backend("sim:ssd,channels=2+mem:1M?block_size=512", true),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            check_backend("sim:hdd,rpm=60000,seek_ms=0.05+mem:4M", true),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            check_backend("sim:nvme+fault:mem:4M", true),
+            Vec::<&str>::new()
+        );
         check_queue_depth_limits("sim:hdd+mem:1M");
     }
 

@@ -1663,7 +1663,7 @@ mod tests {
         require_uring!();
         let dir = test_dir();
         let uri = uri_for(&dir.path().join("ns"), "?size=4M");
-        check_backend(&uri, true);
+        assert_eq!(check_backend(&uri, true), Vec::<&str>::new());
         check_queue_depth_limits(&uri);
         let info = Device::open(&uri).unwrap().info().clone();
         assert_eq!(info.block_size, 4096);
@@ -1679,7 +1679,7 @@ mod tests {
         require_uring!();
         let dir = test_dir();
         let uri = uri_for(&dir.path().join("ns"), "?size=4M&flush=inline");
-        check_backend(&uri, true);
+        assert_eq!(check_backend(&uri, true), Vec::<&str>::new());
         let dev = Device::open(&uri).unwrap();
         let mut qp = dev.queue_pair(4).unwrap();
         let before = *qp.stats();
@@ -1704,7 +1704,7 @@ mod tests {
         require_uring!();
         let dir = test_dir();
         let uri = uri_for(&dir.path().join("ns"), "?size=4M&direct=0");
-        check_backend(&uri, true);
+        assert_eq!(check_backend(&uri, true), Vec::<&str>::new());
         check_queue_depth_limits(&uri);
         let info = Device::open(&uri).unwrap().info().clone();
         assert_eq!(info.buffer_alignment, BUFFERED_BUFFER_ALIGNMENT);
@@ -1721,7 +1721,7 @@ mod tests {
                 assert_eq!(dev.info().block_size, 512);
                 assert_eq!(dev.info().capacity_blocks, 8192);
                 drop(dev);
-                check_backend(&uri, true);
+                assert_eq!(check_backend(&uri, true), Vec::<&str>::new());
             }
             Err(e) => {
                 let message = e.to_string();
@@ -1729,12 +1729,15 @@ mod tests {
                 skip(&format!("512-byte blocks with O_DIRECT: {message}"));
             }
         }
-        check_backend(
-            &uri_for(
-                &dir.path().join("buffered"),
-                "?size=1M&block_size=512&direct=0",
+        assert_eq!(
+            check_backend(
+                &uri_for(
+                    &dir.path().join("buffered"),
+                    "?size=1M&block_size=512&direct=0",
+                ),
+                true,
             ),
-            true,
+            Vec::<&str>::new()
         );
     }
 
@@ -2079,7 +2082,10 @@ mod tests {
             Ok(dev) => {
                 assert!(dev.info().model.contains("IOPOLL"), "{}", dev.info().model);
                 drop(dev);
-                check_backend(&uri_for(&path, "?poll=on"), true);
+                assert_eq!(
+                    check_backend(&uri_for(&path, "?poll=on"), true),
+                    Vec::<&str>::new()
+                );
             }
             Err(e) => {
                 assert!(matches!(e, NvmeError::Unsupported { .. }), "{e:?}");
@@ -2195,7 +2201,7 @@ mod tests {
             Ok(dev) => {
                 assert!(dev.info().model.contains("SQPOLL"), "{}", dev.info().model);
                 drop(dev);
-                check_backend(&uri, true);
+                assert_eq!(check_backend(&uri, true), Vec::<&str>::new());
                 // Let the SQ thread fall asleep, then check a submission still wakes it.
                 let dev = Device::open(&uri).unwrap();
                 let mut qp = dev.queue_pair(4).unwrap();
@@ -2370,8 +2376,11 @@ mod tests {
         let info = Device::open(&uri).unwrap().info().clone();
         assert!(info.model.contains("block device"), "{}", info.model);
         let _ = writeln!(std::io::stderr(), "scratch device: {info:?}");
-        check_backend(&uri, true);
-        check_backend(&uri_for(&path, "?size=16M&direct=0"), true);
+        assert_eq!(check_backend(&uri, true), Vec::<&str>::new());
+        assert_eq!(
+            check_backend(&uri_for(&path, "?size=16M&direct=0"), true),
+            Vec::<&str>::new()
+        );
         // Held exclusively while open.
         let dev = Device::open(&uri).unwrap();
         let message = Device::open(&uri).unwrap_err().to_string();
