@@ -153,11 +153,65 @@ fn dispatch(args: &[String]) -> Result<i32> {
     }
 }
 
+/// `bluepoll selftest conformance URI --destructive [--offset=SIZE] [--size=SIZE]`: the suite
+/// every backend passes in the tests (src/nvme/conformance.rs), on a slice of the device (by
+/// default its last 4 MiB), which it overwrites. One `ok` or `FAIL` line, and the checks the
+/// device's advertised features made it skip.
+fn conformance(target: &str, options: &[String]) -> Result<i32> {
+    let (mut destructive, mut offset, mut size) = (false, None, 4u64 << 20);
+    for option in options {
+        let (key, value) = option.split_once('=').unwrap_or((option, ""));
+        let bytes =
+            || bluepoll::units::parse_size(value).map_err(|e| anyhow::anyhow!("{key}: {e}"));
+        match key {
+            "--destructive" => destructive = true,
+            "--offset" => offset = Some(bytes()?),
+            "--size" => size = bytes()?,
+            _ => bail!(
+                "unknown option '{option}' (conformance takes --destructive, --offset, --size)"
+            ),
+        }
+    }
+    let device = bluepoll::nvme::Device::open(target)?;
+    let capacity = device.info().capacity_bytes();
+    let offset = offset.unwrap_or(capacity.saturating_sub(size));
+    if !destructive {
+        bail!(
+            "the conformance checks overwrite {size} bytes of {target} at {offset}; pass --destructive to run them"
+        );
+    }
+    let slice = device.slice(offset, size)?;
+    // `null:` completes reads without data: its read-back checks are skipped (and said so).
+    let moves_data = !target.starts_with("null:");
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        bluepoll::nvme::conformance::check_backend_on(&slice, moves_data)
+    }));
+    match outcome {
+        Ok(skipped) if skipped.is_empty() => {
+            println!("ok   conformance ({size} bytes at {offset})");
+            Ok(0)
+        }
+        Ok(skipped) => {
+            println!(
+                "ok   conformance ({size} bytes at {offset}); skipped: {}",
+                skipped.join(", ")
+            );
+            Ok(0)
+        }
+        // The panic's message is on stderr already.
+        Err(_) => {
+            println!("FAIL conformance ({size} bytes at {offset})");
+            Ok(1)
+        }
+    }
+}
+
 /// `bluepoll selftest ...`: the NVMe driver's checks (see src/nvme/pcie/selftest.rs).
 fn selftest(args: &[String]) -> Result<i32> {
     use bluepoll::nvme::pcie::selftest::{self as st, Outcome};
     const USAGE: &str = "usage: bluepoll selftest device URI --destructive [--serial=S] \
 [--capacity=SIZE] [--block-size=N] [--strict]
+       bluepoll selftest conformance URI --destructive [--offset=SIZE] [--size=SIZE]
        bluepoll selftest prepare-image FILE | check-image FILE | rogue-dma URI";
     let Some((step, rest)) = args.split_first() else {
         bail!("{USAGE}")
@@ -177,6 +231,7 @@ fn selftest(args: &[String]) -> Result<i32> {
             println!("{}", st::rogue_dma(target)?);
             return Ok(0);
         }
+        "conformance" => return conformance(target, options),
         "device" => {
             let mut expect = st::Expectations::default();
             let (mut destructive, mut strict) = (false, false);

@@ -537,3 +537,31 @@ fn a_small_verifying_job_on_a_huge_device_is_tracked() {
         "the verify pass reads back exactly what was written"
     );
 }
+
+/// `bluepoll selftest conformance` runs the backend suite on a slice of any device (the QEMU
+/// guest runs it on `pcie:`): it passes on RAM, says which checks `null:` skips, and refuses to
+/// overwrite anything without --destructive.
+#[test]
+fn selftest_conformance_runs_the_backend_suite_on_any_device() {
+    let out = bluepoll(&["selftest", "conformance", "mem:64M", "--destructive"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    assert!(
+        out.stdout_text().starts_with("ok   conformance"),
+        "{}",
+        out.stdout_text()
+    );
+    let out = bluepoll(&["selftest", "conformance", "null:64M", "--destructive"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    assert!(
+        out.stdout_text().contains("skipped: data read back"),
+        "{}",
+        out.stdout_text()
+    );
+    let out = bluepoll(&["selftest", "conformance", "mem:64M"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr_text().contains("--destructive"),
+        "{}",
+        out.stderr_text()
+    );
+}

@@ -73,6 +73,8 @@ fn driver_passes_against_qemus_nvme_controller() {
         "ok   doorbell batching",
         "ok   two queue pairs, random verify",
         "ok   image: split at MDTS",
+        "ok   conformance",
+        "== conformance: ok",
         "PASS:",
     ] {
         assert!(

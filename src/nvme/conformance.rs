@@ -1,10 +1,13 @@
-//! Behaviour every backend must show, run against each one by URI (tests only).
+//! Behaviour every backend must show, run against each one by URI: by the tests for the
+//! backends a test can open, and by `bluepoll selftest conformance` in the QEMU guest for the
+//! userspace NVMe driver (`pcie:`). A failed check panics with what it saw (the test harness,
+//! or the selftest command, reports it).
 //!
 //! `moves_data` is false for `null:`, which completes reads without filling the buffer.
 
 use super::*;
 
-pub(crate) fn pattern(seed: u64, buf: &mut [u8]) {
+pub fn pattern(seed: u64, buf: &mut [u8]) {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     for chunk in buf.chunks_mut(8) {
         x ^= x << 13;
@@ -20,9 +23,16 @@ fn ok(c: &Completion) {
 }
 
 /// Writes `blocks` blocks at `lba` filled from `seed`, then reads them back and compares.
-fn roundtrip(dev: &Device, qp: &mut QueuePair, lba: u64, blocks: u32, seed: u64, moves_data: bool) {
-    let bs = dev.info().block_size as usize;
-    let mut buf = DmaBuf::new(blocks as usize * bs).unwrap();
+fn roundtrip(
+    qp: &mut QueuePair,
+    pool: &DmaPool,
+    bs: usize,
+    lba: u64,
+    blocks: u32,
+    seed: u64,
+    moves_data: bool,
+) {
+    let mut buf = pool.alloc().unwrap();
     pattern(seed, &mut buf[..blocks as usize * bs]);
     let expected = buf[..blocks as usize * bs].to_vec();
     let done = qp.execute(IoCmd::write(lba, blocks, buf, 1)).unwrap();
@@ -43,28 +53,41 @@ fn roundtrip(dev: &Device, qp: &mut QueuePair, lba: u64, blocks: u32, seed: u64,
 /// advertise the command, or does not promise what the check reads back), so a caller can hold
 /// a backend to the checks it must pass rather than have them skipped quietly.
 #[must_use = "assert which checks were skipped"]
-pub(crate) fn check_backend(uri: &str, moves_data: bool) -> Vec<&'static str> {
+pub fn check_backend(uri: &str, moves_data: bool) -> Vec<&'static str> {
     check_backend_on(&Device::open(uri).unwrap(), moves_data)
 }
 
 /// The suite over an open device (for devices no URI opens, such as slices); the checks
 /// skipped.
 #[must_use = "assert which checks were skipped"]
-pub(crate) fn check_backend_on(dev: &Device, moves_data: bool) -> Vec<&'static str> {
+pub fn check_backend_on(dev: &Device, moves_data: bool) -> Vec<&'static str> {
     let mut skipped = Vec::new();
     let dev = dev.clone();
     let info = dev.info().clone();
     let bs = info.block_size as u64;
     let mut qp = dev.queue_pair(16).unwrap();
+    // Data moves through buffers registered with the queue pair, as a device that DMAs only
+    // to memory mapped for it (`pcie:`) requires; 8 blocks is the largest transfer below.
+    let data = DmaPool::new(8 * bs as usize, 16).unwrap();
+    let _ = qp.register_pool(&data).unwrap();
 
     // Round trips: first, last, multi-block.
-    roundtrip(&dev, &mut qp, 0, 1, 1, moves_data);
-    roundtrip(&dev, &mut qp, info.capacity_blocks - 1, 1, 2, moves_data);
-    roundtrip(&dev, &mut qp, 3, 8, 3, moves_data);
+    let b = bs as usize;
+    roundtrip(&mut qp, &data, b, 0, 1, 1, moves_data);
+    roundtrip(
+        &mut qp,
+        &data,
+        b,
+        info.capacity_blocks - 1,
+        1,
+        2,
+        moves_data,
+    );
+    roundtrip(&mut qp, &data, b, 3, 8, 3, moves_data);
 
     // Error completions: out of range, past the end, zero blocks, no buffer, short buffer,
     // misaligned buffer, oversized transfer.
-    let buf = || DmaBuf::new(bs as usize * 2).unwrap();
+    let buf = || data.alloc().unwrap();
     let cases: Vec<(IoCmd, Status)> = vec![
         (
             IoCmd::read(info.capacity_blocks, 1, buf(), 10),
@@ -133,7 +156,7 @@ pub(crate) fn check_backend_on(dev: &Device, moves_data: bool) -> Vec<&'static s
         ok(&qp.execute(IoCmd::write_zeroes(3, 2, 21)).unwrap());
         if moves_data {
             let c = qp
-                .execute(IoCmd::read(3, 3, DmaBuf::new(3 * bs as usize).unwrap(), 22))
+                .execute(IoCmd::read(3, 3, data.alloc().unwrap(), 22))
                 .unwrap();
             ok(&c);
             let data = c.buf.unwrap();
@@ -161,7 +184,7 @@ pub(crate) fn check_backend_on(dev: &Device, moves_data: bool) -> Vec<&'static s
         ok(&qp.execute(IoCmd::trim(6, 2, 23)).unwrap());
         if moves_data && info.trim_reads_zeroes {
             let c = qp
-                .execute(IoCmd::read(6, 2, DmaBuf::new(2 * bs as usize).unwrap(), 24))
+                .execute(IoCmd::read(6, 2, data.alloc().unwrap(), 24))
                 .unwrap();
             ok(&c);
             assert!(c.buf.unwrap()[..2 * bs as usize].iter().all(|&b| b == 0));
@@ -216,7 +239,7 @@ pub(crate) fn check_backend_on(dev: &Device, moves_data: bool) -> Vec<&'static s
     skipped
 }
 
-pub(crate) fn check_queue_depth_limits(uri: &str) {
+pub fn check_queue_depth_limits(uri: &str) {
     let dev = Device::open(uri).unwrap();
     assert!(matches!(
         dev.queue_pair(0),
@@ -257,11 +280,13 @@ fn mem_is_thin_and_spans_chunks() {
     // 1 TiB costs nothing until written; a write across a 1 MiB chunk boundary reads back whole.
     let dev = Device::open("mem:1T").unwrap();
     let mut qp = dev.queue_pair(4).unwrap();
+    let pool = DmaPool::new(256 * 4096, 2).unwrap();
     let lba = (1 << 20) / 4096 - 1;
-    roundtrip(&dev, &mut qp, lba, 4, 9, true);
+    roundtrip(&mut qp, &pool, 4096, lba, 4, 9, true);
     roundtrip(
-        &dev,
         &mut qp,
+        &pool,
+        4096,
         dev.info().capacity_blocks - 300,
         256,
         10,

@@ -22,8 +22,7 @@ mod spdk;
 pub mod uri;
 mod uring;
 
-#[cfg(test)]
-pub(crate) mod conformance;
+pub mod conformance;
 
 pub use command::{Completion, IoCmd, Opcode, Status};
 pub use device::{
