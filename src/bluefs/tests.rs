@@ -917,6 +917,9 @@ pub(crate) fn fail_flush_at(devices: &Devices, cut_at: u64) -> Vec<crate::nvme::
     controls
 }
 
+/// The crash workload's long-lived writer, which syncs only now and then.
+const UNSYNCED_FILE: &str = "b.log/unsynced.log";
+
 /// Runs a seeded workload on fault devices whose `cut_at`-th flush fails, cuts power there,
 /// remounts and checks that the files are exactly as before or after the interrupted step.
 /// Returns whether the cut happened (the workload may end first), and how many unflushed device
@@ -931,12 +934,36 @@ fn crash_run(seed: u64, cut_at: u64, with_wal: bool) -> (bool, u64) {
     let fs = fresh(&devices, &config);
     fs.mkdir("a").unwrap();
     fs.mkdir("b.log").unwrap();
+    // Beside the steps, a long-lived writer (a WAL) appends without syncing now and then and
+    // syncs later: a cut must leave it every synced byte and then a prefix of the rest, whatever
+    // the other steps' commits did meanwhile. It is not part of the model.
+    let mut wal = fs.create(UNSYNCED_FILE).unwrap();
+    wal.fsync().unwrap();
+    let (mut wal_synced, mut wal_written) = (Vec::new(), Vec::new());
+    let mut wal_rng = Rng::new(seed ^ 0x5a1);
     let controls = fail_flush_at(&devices, cut_at);
     let mut rng = Rng::new(seed);
     let mut model = Model::new();
     let mut cut = false;
     let mut interrupted: Vec<Model> = Vec::new();
     for step in 0..200 {
+        let wal_step = match wal_rng.below(8) {
+            0..=1 => {
+                let data = pattern(step ^ 0x77, 1 + wal_rng.below(3000) as usize);
+                wal_written.extend_from_slice(&data);
+                wal.append(&data).map(|()| false)
+            }
+            2 => wal.fsync().map(|()| true),
+            _ => Ok(false),
+        };
+        match wal_step {
+            Ok(true) => wal_synced.clone_from(&wal_written),
+            Ok(false) => {}
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
         let before_step = rng.clone();
         match crash_step(&fs, &mut rng, &model, step) {
             Ok(next) => model = next,
@@ -948,6 +975,7 @@ fn crash_run(seed: u64, cut_at: u64, with_wal: bool) -> (bool, u64) {
             }
         }
     }
+    std::mem::forget(wal); // a power cut: nobody closes anything
     drop(fs);
     let mut damaged = 0;
     for c in &controls {
@@ -957,7 +985,17 @@ fn crash_run(seed: u64, cut_at: u64, with_wal: bool) -> (bool, u64) {
     }
     let mounted = BlueFs::mount(devices, config, None)
         .unwrap_or_else(|e| panic!("seed {seed} cut {cut_at}: mount failed: {e}"));
-    let found = snapshot(&mounted.fs);
+    let mut found = snapshot(&mounted.fs);
+    let wal_found = found.remove(UNSYNCED_FILE).unwrap_or_default();
+    assert!(
+        wal_found.len() >= wal_synced.len() && wal_written.starts_with(&wal_found),
+        "seed {seed} cut {cut_at}: the unsynced writer's file has {} bytes ({} synced, {} \
+         written; first difference at {:?})",
+        wal_found.len(),
+        wal_synced.len(),
+        wal_written.len(),
+        wal_written.iter().zip(&wal_found).position(|(a, b)| a != b)
+    );
     let ok = found == model || interrupted.iter().any(|after| &found == after);
     assert!(
         ok,
