@@ -323,6 +323,7 @@ fn is_flag(key: &str) -> bool {
             | "stonewall"
             | "wait_for_previous"
             | "direct"
+            | "buffered"
             | "do_verify"
             | "thread"
             | "bluefs_mkfs"
@@ -331,6 +332,41 @@ fn is_flag(key: &str) -> bool {
             | "image_layout"
     )
 }
+
+/// fio engines that do not drive a block device or file (network, RDMA, HTTP, RBD, SCSI
+/// generic, HDFS, DAX, …): refused with a message naming the engine.
+const NO_MEANING_ENGINES: &[&str] = &[
+    "net",
+    "netsplice",
+    "rdma",
+    "http",
+    "rbd",
+    "sg",
+    "libhdfs",
+    "dev-dax",
+    "filecreate",
+    "filestat",
+    "filedelete",
+    "dircreate",
+    "dirstat",
+    "dirdelete",
+    "cpuio",
+    "e4defrag",
+    "falloc",
+    "ftruncate",
+    "gfapi",
+    "gfapi_async",
+    "guasi",
+    "libcufile",
+    "libiscsi",
+    "nbd",
+    "nfs",
+    "rados",
+    "splice",
+    "windowsaio",
+    "xnvme",
+    "exec",
+];
 
 /// Applies one option to a job.
 fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
@@ -401,10 +437,22 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         "ioengine" => {
             spec.ioengine = match value.as_str() {
                 "dev" => IoEngine::Dev,
+                // fio's engines for the kernel's block and file paths: here the same device
+                // through bluepoll's queue pairs, which is what a job file written for them
+                // asks to measure.
+                "libaio" | "io_uring" | "psync" | "sync" | "pvsync" | "pvsync2" | "vsync"
+                | "posixaio" | "mmap" => IoEngine::Dev,
                 "bluefs" => IoEngine::Bluefs,
                 "store" => IoEngine::Store,
                 "kstore" => IoEngine::Kstore,
                 "image" => IoEngine::Image,
+                other if NO_MEANING_ENGINES.contains(&other) => {
+                    return Err(invalid(format!(
+                        "fio's {other} engine has no meaning for bluepoll, which drives block \
+                         devices through its own queue pairs (use dev, or libaio/io_uring/psync \
+                         for the same)"
+                    )));
+                }
                 _ => {
                     return Err(invalid(
                         "bluepoll's engines are: dev (queue pairs on the device in filename), \
@@ -441,6 +489,8 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         "image_order" => spec.image_order = at_least_one(&value, 26).map_err(invalid)? as u8,
         "image_layout" => spec.image_layout = parse_bool(&value).map_err(invalid)?,
         "direct" => spec.direct = parse_bool(&value).map_err(invalid)?,
+        // fio's `buffered` is the opposite of `direct`.
+        "buffered" => spec.direct = !parse_bool(&value).map_err(invalid)?,
         "thread" => {}
         "percentile_list" => {
             let mut list = Vec::new();
@@ -691,7 +741,17 @@ pub(crate) fn resolve(
     overrides: &[RawOption],
 ) -> Result<JobSpec, OptionError> {
     let mut spec = JobSpec::new(&raw.name);
-    for option in globals.iter().chain(own).chain(overrides) {
+    // A value the command line overrides is not even checked: a job file written for fio
+    // (`ioengine=libaio`, a path for filename) runs when the command line says what to use.
+    let overridden = |o: &RawOption| {
+        overrides
+            .iter()
+            .any(|c| normalise(&c.key) == normalise(&o.key))
+    };
+    for option in globals.iter().chain(own).filter(|o| !overridden(o)) {
+        apply(&mut spec, option)?;
+    }
+    for option in overrides {
         apply(&mut spec, option)?;
     }
     let text = |o: &RawOption| {
@@ -739,6 +799,38 @@ mod tests {
                 json: true
             }
         );
+    }
+
+    /// A job file written for fio's kernel engines runs as is on a bluepoll device given on the
+    /// command line: its `ioengine` means "this device", and its `filename` (a path here) is
+    /// not even checked when the command line overrides it.
+    #[test]
+    fn a_job_file_for_fios_kernel_engines_runs_with_the_device_on_the_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fio.job");
+        std::fs::write(
+            &path,
+            "[global]\nioengine=libaio\ndirect=1\nfilename=\n[a]\nrw=randread\n\
+             [b]\nioengine=psync\nrw=write\n",
+        )
+        .unwrap();
+        let file = path.display().to_string();
+        let inv = parse_invocation(&args(&[&file, "--filename=mem:64M"])).unwrap();
+        assert_eq!(inv.jobs.len(), 2);
+        for job in &inv.jobs {
+            assert_eq!(job.ioengine, IoEngine::Dev, "{}", job.name);
+            assert_eq!(job.filename.as_deref(), Some("mem:64M"));
+        }
+        // Without the override, the file's empty filename is an error naming the option.
+        let e = parse_invocation(&args(&[&file])).unwrap_err().to_string();
+        assert!(e.contains("filename"), "{e}");
+        // Engines that drive no block device are refused by name.
+        for engine in ["rdma", "net", "http", "sg"] {
+            let e = parse_invocation(&args(&[&format!("--ioengine={engine}")]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("fio's {engine} engine")), "{e}");
+        }
     }
 
     #[test]
