@@ -1335,7 +1335,6 @@ impl Image {
             WriteAck::Accepted => (Some(answer), None),
             WriteAck::Durable => (None, Some(answer)),
         };
-        let image = self.name.clone();
         let queued = self.store.queue_transaction_staged(
             t,
             move |r| {
@@ -1358,9 +1357,7 @@ impl Image {
                 let lost = match &r {
                     Err(e) if prepared_seen.load(Ordering::Relaxed) => {
                         suspect.store(true, Ordering::Relaxed);
-                        in_flight.lost(format!(
-                            "image {image}: a write failed after the store took it: {e}"
-                        ));
+                        in_flight.lost(format!("a write failed after the store took it: {e}"));
                         true
                     }
                     _ => false,

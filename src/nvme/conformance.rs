@@ -57,6 +57,12 @@ pub fn check_backend(uri: &str, moves_data: bool) -> Vec<&'static str> {
     check_backend_on(&Device::open(uri).unwrap(), moves_data)
 }
 
+/// Runs the suite on `uri` and insists it skipped nothing (a backend that supports every
+/// command and moves data).
+pub fn check_backend_fully(uri: &str) {
+    assert_eq!(check_backend(uri, true), Vec::<&str>::new(), "{uri}");
+}
+
 /// The suite over an open device (for devices no URI opens, such as slices); the checks
 /// skipped.
 #[must_use = "assert which checks were skipped"]
@@ -254,11 +260,8 @@ pub fn check_queue_depth_limits(uri: &str) {
 
 #[test]
 fn mem_backend_conforms() {
-    assert_eq!(check_backend("mem:4M", true), Vec::<&str>::new());
-    assert_eq!(
-        check_backend("mem:1M?block_size=512", true),
-        Vec::<&str>::new()
-    );
+    check_backend_fully("mem:4M");
+    check_backend_fully("mem:1M?block_size=512");
     check_queue_depth_limits("mem:1M");
 }
 

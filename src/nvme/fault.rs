@@ -1779,7 +1779,7 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     use super::*;
-    use crate::nvme::conformance::{check_backend, check_queue_depth_limits, pattern};
+    use crate::nvme::conformance::{check_backend_fully, check_queue_depth_limits, pattern};
 
     const BS: usize = 4096;
 
@@ -1968,19 +1968,10 @@ mod tests {
 
     #[test]
     fn conforms_with_cache_on_and_off() {
-        assert_eq!(check_backend("fault:mem:4M", true), Vec::<&str>::new());
-        assert_eq!(
-            check_backend("fault:cache=off+mem:4M", true),
-            Vec::<&str>::new()
-        );
-        assert_eq!(
-            check_backend("fault:seed=3+mem:1M?block_size=512", true),
-            Vec::<&str>::new()
-        );
-        assert_eq!(
-            check_backend("fault:cache=off+fault:mem:4M", true),
-            Vec::<&str>::new()
-        );
+        check_backend_fully("fault:mem:4M");
+        check_backend_fully("fault:cache=off+mem:4M");
+        check_backend_fully("fault:seed=3+mem:1M?block_size=512");
+        check_backend_fully("fault:cache=off+fault:mem:4M");
         check_queue_depth_limits("fault:mem:1M");
     }
 

@@ -831,7 +831,7 @@ impl QueuePairBackend for SimQueuePair {
 mod tests {
     use super::*;
     use crate::nvme::DmaBuf;
-    use crate::nvme::conformance::{check_backend, check_queue_depth_limits};
+    use crate::nvme::conformance::{check_backend_fully, check_queue_depth_limits};
     use crate::rand::Rng;
 
     const MS: u64 = 1_000_000;
@@ -839,19 +839,10 @@ mod tests {
 
     #[test]
     fn conforms_over_mem() {
-        assert_eq!(check_backend("sim:nvme+mem:4M", true), Vec::<&str>::new());
-        assert_eq!(
-            check_backend("sim:ssd,channels=2+mem:1M?block_size=512", true),
-            Vec::<&str>::new()
-        );
-        assert_eq!(
-            check_backend("sim:hdd,rpm=60000,seek_ms=0.05+mem:4M", true),
-            Vec::<&str>::new()
-        );
-        assert_eq!(
-            check_backend("sim:nvme+fault:mem:4M", true),
-            Vec::<&str>::new()
-        );
+        check_backend_fully("sim:nvme+mem:4M");
+        check_backend_fully("sim:ssd,channels=2+mem:1M?block_size=512");
+        check_backend_fully("sim:hdd,rpm=60000,seek_ms=0.05+mem:4M");
+        check_backend_fully("sim:nvme+fault:mem:4M");
         check_queue_depth_limits("sim:hdd+mem:1M");
     }
 

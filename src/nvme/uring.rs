@@ -1593,7 +1593,7 @@ mod tests {
     use std::io::Write as _;
 
     use super::*;
-    use crate::nvme::conformance::{check_backend, check_queue_depth_limits, pattern};
+    use crate::nvme::conformance::{check_backend_fully, check_queue_depth_limits, pattern};
     use crate::nvme::{Device, DmaBuf, QueuePair};
 
     /// Where test files go: `$BLUEPOLL_TEST_DIR`, else target/test-files (a real disk, unlike a
@@ -1663,7 +1663,7 @@ mod tests {
         require_uring!();
         let dir = test_dir();
         let uri = uri_for(&dir.path().join("ns"), "?size=4M");
-        assert_eq!(check_backend(&uri, true), Vec::<&str>::new());
+        check_backend_fully(&uri);
         check_queue_depth_limits(&uri);
         let info = Device::open(&uri).unwrap().info().clone();
         assert_eq!(info.block_size, 4096);
@@ -1679,7 +1679,7 @@ mod tests {
         require_uring!();
         let dir = test_dir();
         let uri = uri_for(&dir.path().join("ns"), "?size=4M&flush=inline");
-        assert_eq!(check_backend(&uri, true), Vec::<&str>::new());
+        check_backend_fully(&uri);
         let dev = Device::open(&uri).unwrap();
         let mut qp = dev.queue_pair(4).unwrap();
         let before = *qp.stats();
@@ -1704,7 +1704,7 @@ mod tests {
         require_uring!();
         let dir = test_dir();
         let uri = uri_for(&dir.path().join("ns"), "?size=4M&direct=0");
-        assert_eq!(check_backend(&uri, true), Vec::<&str>::new());
+        check_backend_fully(&uri);
         check_queue_depth_limits(&uri);
         let info = Device::open(&uri).unwrap().info().clone();
         assert_eq!(info.buffer_alignment, BUFFERED_BUFFER_ALIGNMENT);
@@ -1721,7 +1721,7 @@ mod tests {
                 assert_eq!(dev.info().block_size, 512);
                 assert_eq!(dev.info().capacity_blocks, 8192);
                 drop(dev);
-                assert_eq!(check_backend(&uri, true), Vec::<&str>::new());
+                check_backend_fully(&uri);
             }
             Err(e) => {
                 let message = e.to_string();
@@ -1729,16 +1729,10 @@ mod tests {
                 skip(&format!("512-byte blocks with O_DIRECT: {message}"));
             }
         }
-        assert_eq!(
-            check_backend(
-                &uri_for(
-                    &dir.path().join("buffered"),
-                    "?size=1M&block_size=512&direct=0",
-                ),
-                true,
-            ),
-            Vec::<&str>::new()
-        );
+        check_backend_fully(&uri_for(
+            &dir.path().join("buffered"),
+            "?size=1M&block_size=512&direct=0",
+        ));
     }
 
     #[test]
@@ -2082,10 +2076,7 @@ mod tests {
             Ok(dev) => {
                 assert!(dev.info().model.contains("IOPOLL"), "{}", dev.info().model);
                 drop(dev);
-                assert_eq!(
-                    check_backend(&uri_for(&path, "?poll=on"), true),
-                    Vec::<&str>::new()
-                );
+                check_backend_fully(&uri_for(&path, "?poll=on"));
             }
             Err(e) => {
                 assert!(matches!(e, NvmeError::Unsupported { .. }), "{e:?}");
@@ -2201,7 +2192,7 @@ mod tests {
             Ok(dev) => {
                 assert!(dev.info().model.contains("SQPOLL"), "{}", dev.info().model);
                 drop(dev);
-                assert_eq!(check_backend(&uri, true), Vec::<&str>::new());
+                check_backend_fully(&uri);
                 // Let the SQ thread fall asleep, then check a submission still wakes it.
                 let dev = Device::open(&uri).unwrap();
                 let mut qp = dev.queue_pair(4).unwrap();
@@ -2376,11 +2367,8 @@ mod tests {
         let info = Device::open(&uri).unwrap().info().clone();
         assert!(info.model.contains("block device"), "{}", info.model);
         let _ = writeln!(std::io::stderr(), "scratch device: {info:?}");
-        assert_eq!(check_backend(&uri, true), Vec::<&str>::new());
-        assert_eq!(
-            check_backend(&uri_for(&path, "?size=16M&direct=0"), true),
-            Vec::<&str>::new()
-        );
+        check_backend_fully(&uri);
+        check_backend_fully(&uri_for(&path, "?size=16M&direct=0"));
         // Held exclusively while open.
         let dev = Device::open(&uri).unwrap();
         let message = Device::open(&uri).unwrap_err().to_string();

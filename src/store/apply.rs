@@ -158,11 +158,12 @@ impl Shard {
                 return Err(e);
             }
         }
-        // Past the full ratio only transactions that free as much as they take go through.
+        // Past the full ratio only transactions that free as much as they take go through;
+        // those (overwrites, deletes) do not look at the allocator again.
         let taken: u64 = t.allocated.iter().map(|r| r.1).sum();
         let freed: u64 = t.released.iter().map(|r| r.1).sum();
-        if taken > 0
-            && let Err(e) = self.shared.space.check_growth(taken.saturating_sub(freed))
+        if taken > freed
+            && let Err(e) = self.shared.space.check_growth(taken - freed)
         {
             let _ = self.shared.space.release(&t.allocated);
             return Err(e);

@@ -104,8 +104,9 @@ impl StoreSpace {
         }
     }
 
-    /// After a transaction took `grown` bytes more than it frees: refused past the full ratio
-    /// (its allocation is already counted in use). Warns once when usage crosses nearfull.
+    /// After a transaction took `grown` (> 0) bytes more than it frees: refused past the full
+    /// ratio (its allocation is already counted in use). Warns once when usage crosses
+    /// nearfull.
     pub fn check_growth(&self, grown: u64) -> Result<(), StoreError> {
         let (used, total) = {
             let a = lock(&self.alloc);
@@ -118,7 +119,7 @@ impl StoreSpace {
                 self.full
             );
         }
-        if grown > 0 && used > self.full {
+        if used > self.full {
             return Err(StoreError::Full {
                 used: used - grown,
                 total,
