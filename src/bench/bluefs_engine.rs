@@ -478,6 +478,7 @@ pub fn run(job: FsJob) -> JobResult {
         dir_runtime_ns: [
             if writes { 0 } else { run_ns },
             if writes { run_ns } else { 0 },
+            0,
         ],
         runtime_ns: finish_ns.saturating_sub(measure_start_ns),
         samples: meter.samples,

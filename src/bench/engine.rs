@@ -30,7 +30,10 @@ use crate::sys::{Clock, CpuUsage, thread_cpu_usage};
 
 pub const READ: usize = 0;
 pub const WRITE: usize = 1;
-pub const DIR_NAMES: [&str; 2] = ["read", "write"];
+pub const TRIM: usize = 2;
+/// Directions measured apart, as fio does: read, write, trim.
+pub const DIRS: usize = 3;
+pub const DIR_NAMES: [&str; DIRS] = ["read", "write", "trim"];
 
 /// Most error messages kept per job; the counts are always exact.
 const MAX_MESSAGES: usize = 10;
@@ -53,8 +56,8 @@ enum SyncState {
 /// What the main thread can watch while a job runs.
 #[derive(Debug, Default)]
 pub struct JobProgress {
-    pub ios: [AtomicU64; 2],
-    pub bytes: [AtomicU64; 2],
+    pub ios: [AtomicU64; DIRS],
+    pub bytes: [AtomicU64; DIRS],
     pub finished: AtomicBool,
 }
 
@@ -102,9 +105,9 @@ pub struct JobResult {
     pub device_uri: String,
     pub reactor: usize,
     pub cpu: usize,
-    pub dirs: [DirStats; 2],
+    pub dirs: [DirStats; DIRS],
     /// Time each direction was active, ns (a write job's verify pass counts as read time).
-    pub dir_runtime_ns: [u64; 2],
+    pub dir_runtime_ns: [u64; DIRS],
     pub runtime_ns: u64,
     pub samples: Vec<Sample>,
     pub cpu_usage: CpuUsage,
@@ -152,6 +155,7 @@ impl JobResult {
             dir_runtime_ns: [
                 if spec.rw.reads() { run_ns } else { 0 },
                 if spec.rw.writes() { run_ns } else { 0 },
+                if spec.rw.trims() { run_ns } else { 0 },
             ],
             runtime_ns: run.finish_ns.saturating_sub(run.meter.measure_start_ns),
             samples: run.meter.samples,
@@ -562,6 +566,7 @@ impl JobRun {
         match self.mode {
             RwMode::Read | RwMode::RandRead => READ,
             RwMode::Write | RwMode::RandWrite => WRITE,
+            RwMode::Trim | RwMode::RandTrim | RwMode::TrimWrite | RwMode::RandTrimWrite => TRIM,
             RwMode::ReadWrite | RwMode::RandRw => {
                 if self.rng.below(100) < self.rwmixread {
                     READ
@@ -805,7 +810,7 @@ impl JobRun {
 
     fn publish(&self) {
         let p = &self.plan.progress;
-        for d in 0..2 {
+        for d in 0..DIRS {
             p.ios[d].store(self.meter.ios[d], Ordering::Relaxed);
             p.bytes[d].store(self.meter.bytes[d], Ordering::Relaxed);
         }
@@ -830,6 +835,7 @@ impl JobRun {
             dir_runtime_ns: [
                 if self.mode.reads() { run_ns } else { 0 } + verify_ns,
                 if self.mode.writes() { run_ns } else { 0 },
+                if self.mode.trims() { run_ns } else { 0 },
             ],
             runtime_ns: self.finish_ns.saturating_sub(self.meter.measure_start_ns),
             samples: self.meter.samples.clone(),

@@ -176,7 +176,13 @@ pub fn run(job: ImageJob) -> Result<JobResult> {
             let offset = offsets.next(&mut rng) * bs;
             let dir = match spec.rw {
                 RwMode::Read | RwMode::RandRead => READ,
-                RwMode::Write | RwMode::RandWrite => WRITE,
+                // Trims are refused for this engine when the job is planned.
+                RwMode::Write
+                | RwMode::RandWrite
+                | RwMode::Trim
+                | RwMode::RandTrim
+                | RwMode::TrimWrite
+                | RwMode::RandTrimWrite => WRITE,
                 _ if rng.below(100) < spec.rwmixread as u64 => READ,
                 _ => WRITE,
             };
@@ -238,7 +244,7 @@ pub fn run(job: ImageJob) -> Result<JobResult> {
             }
             next = rx.try_recv().ok();
         }
-        for d in 0..2 {
+        for d in 0..super::engine::DIRS {
             progress.ios[d].store(meter.ios[d], Ordering::Relaxed);
             progress.bytes[d].store(meter.bytes[d], Ordering::Relaxed);
         }

@@ -192,7 +192,13 @@ pub fn run(job: KstoreJob) -> Result<JobResult> {
             let (object, offset) = (unit / units_per_object, (unit % units_per_object) * bs);
             let dir = match spec.rw {
                 RwMode::Read | RwMode::RandRead => READ,
-                RwMode::Write | RwMode::RandWrite => WRITE,
+                // Trims are refused for this engine when the job is planned.
+                RwMode::Write
+                | RwMode::RandWrite
+                | RwMode::Trim
+                | RwMode::RandTrim
+                | RwMode::TrimWrite
+                | RwMode::RandTrimWrite => WRITE,
                 _ if rng.below(100) < spec.rwmixread as u64 => READ,
                 _ => WRITE,
             };
@@ -230,7 +236,7 @@ pub fn run(job: KstoreJob) -> Result<JobResult> {
             if let Some(b) = &mut budget {
                 *b = b.saturating_sub((reads + writes.len() as u64) * bs);
             }
-            for d in 0..2 {
+            for d in 0..super::engine::DIRS {
                 progress.ios[d].store(meter.ios[d], Ordering::Relaxed);
                 progress.bytes[d].store(meter.bytes[d], Ordering::Relaxed);
             }

@@ -18,7 +18,7 @@ pub fn write_logs(r: &JobResult) -> Result<()> {
     let series = |value: &dyn Fn(&super::stats::DirSample, u64) -> String| {
         let mut out = String::new();
         for s in &r.samples {
-            for d in (0..2).filter(|&d| active(d)) {
+            for d in (0..super::engine::DIRS).filter(|&d| active(d)) {
                 let _ = writeln!(
                     out,
                     "{}, {}, {d}, 0, 0",
@@ -49,7 +49,7 @@ pub fn write_logs(r: &JobResult) -> Result<()> {
         )?;
         let mut pct = String::new();
         for s in &r.samples {
-            for d in (0..2).filter(|&d| active(d)) {
+            for d in (0..super::engine::DIRS).filter(|&d| active(d)) {
                 let x = &s.dirs[d];
                 let _ = writeln!(
                     pct,

@@ -24,47 +24,89 @@ pub const DEFAULT_JOB: &str = include_str!("../../bench/jobs/quick.fio");
 pub enum RwMode {
     Read,
     Write,
+    Trim,
     RandRead,
     RandWrite,
+    RandTrim,
     /// Sequential mix (`rw`, `readwrite`).
     ReadWrite,
     RandRw,
+    /// Each block trimmed, then written (fio's `trimwrite`; `randtrimwrite` at random offsets).
+    TrimWrite,
+    RandTrimWrite,
 }
 
 impl RwMode {
+    const ALL: [RwMode; 10] = [
+        RwMode::Read,
+        RwMode::Write,
+        RwMode::Trim,
+        RwMode::RandRead,
+        RwMode::RandWrite,
+        RwMode::RandTrim,
+        RwMode::ReadWrite,
+        RwMode::RandRw,
+        RwMode::TrimWrite,
+        RwMode::RandTrimWrite,
+    ];
+
     fn parse(text: &str) -> Option<RwMode> {
-        Some(match text {
-            "read" => RwMode::Read,
-            "write" => RwMode::Write,
-            "randread" => RwMode::RandRead,
-            "randwrite" => RwMode::RandWrite,
-            "rw" | "readwrite" => RwMode::ReadWrite,
-            "randrw" => RwMode::RandRw,
-            _ => return None,
-        })
+        match text {
+            "readwrite" => Some(RwMode::ReadWrite),
+            _ => RwMode::ALL.into_iter().find(|m| m.name() == text),
+        }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             RwMode::Read => "read",
             RwMode::Write => "write",
+            RwMode::Trim => "trim",
             RwMode::RandRead => "randread",
             RwMode::RandWrite => "randwrite",
+            RwMode::RandTrim => "randtrim",
             RwMode::ReadWrite => "rw",
             RwMode::RandRw => "randrw",
+            RwMode::TrimWrite => "trimwrite",
+            RwMode::RandTrimWrite => "randtrimwrite",
         }
     }
 
     pub fn is_random(self) -> bool {
-        matches!(self, RwMode::RandRead | RwMode::RandWrite | RwMode::RandRw)
+        matches!(
+            self,
+            RwMode::RandRead
+                | RwMode::RandWrite
+                | RwMode::RandRw
+                | RwMode::RandTrim
+                | RwMode::RandTrimWrite
+        )
     }
 
     pub fn reads(self) -> bool {
-        !matches!(self, RwMode::Write | RwMode::RandWrite)
+        matches!(
+            self,
+            RwMode::Read | RwMode::RandRead | RwMode::ReadWrite | RwMode::RandRw
+        )
     }
 
     pub fn writes(self) -> bool {
-        !matches!(self, RwMode::Read | RwMode::RandRead)
+        matches!(
+            self,
+            RwMode::Write
+                | RwMode::RandWrite
+                | RwMode::ReadWrite
+                | RwMode::RandRw
+                | RwMode::TrimWrite
+                | RwMode::RandTrimWrite
+        )
+    }
+
+    pub fn trims(self) -> bool {
+        matches!(
+            self,
+            RwMode::Trim | RwMode::RandTrim | RwMode::TrimWrite | RwMode::RandTrimWrite
+        )
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use super::engine::{DIR_NAMES, JobResult, READ, WRITE};
+use super::engine::{DIR_NAMES, JobResult, READ, TRIM, WRITE};
 use super::stats::LatencyStat;
 
 const WIDTH: f64 = 960.0;
@@ -16,7 +16,7 @@ const LEFT: f64 = 90.0;
 const RIGHT: f64 = 30.0;
 const TOP: f64 = 64.0;
 const GAP: f64 = 70.0;
-const COLOURS: [&str; 2] = ["#1f77b4", "#d95f02"];
+const COLOURS: [&str; super::engine::DIRS] = ["#1f77b4", "#d95f02", "#7570b3"];
 
 struct Panel {
     x0: f64,
@@ -211,10 +211,10 @@ pub fn render(results: &[JobResult]) -> String {
 
     // Series per direction, summed over jobs by sample index.
     let max_samples = results.iter().map(|r| r.samples.len()).max().unwrap_or(0);
-    let mut iops: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
-    let mut pct: [[Vec<(f64, f64)>; 3]; 2] = Default::default();
+    let mut iops: [Vec<(f64, f64)>; super::engine::DIRS] = Default::default();
+    let mut pct: [[Vec<(f64, f64)>; 3]; super::engine::DIRS] = Default::default();
     for i in 0..max_samples {
-        for d in [READ, WRITE] {
+        for d in [READ, WRITE, TRIM] {
             let mut total = 0.0;
             let mut t = 0.0f64;
             let mut worst = [0u64; 3];
@@ -259,7 +259,7 @@ pub fn render(results: &[JobResult]) -> String {
         let f = k as f64 / 5.0;
         tick_x(&mut svg, &p, f, &format!("{:.1}", t_max * f));
     }
-    for d in [READ, WRITE] {
+    for d in [READ, WRITE, TRIM] {
         let pts: Vec<(f64, f64)> = iops[d]
             .iter()
             .map(|(t, v)| (p.x(t / t_max), p.y(v / iops_max)))
@@ -292,7 +292,7 @@ pub fn render(results: &[JobResult]) -> String {
     let dashes = ["", "6,3", "2,3"];
     let labels = ["p50", "p99", "p99.9"];
     let mut row = 0;
-    for d in [READ, WRITE] {
+    for d in [READ, WRITE, TRIM] {
         for k in 0..3 {
             let pts: Vec<(f64, f64)> = pct[d][k]
                 .iter()
@@ -324,7 +324,7 @@ pub fn render(results: &[JobResult]) -> String {
     );
     let mut merged = [LatencyStat::default(), LatencyStat::default()];
     for r in results {
-        for d in [READ, WRITE] {
+        for d in [READ, WRITE, TRIM] {
             merged[d].merge(&r.dirs[d].clat);
         }
     }
@@ -349,7 +349,7 @@ pub fn render(results: &[JobResult]) -> String {
     {
         tick_x(&mut svg, &p, k as f64 / NINES, label);
     }
-    for d in [READ, WRITE] {
+    for d in [READ, WRITE, TRIM] {
         let s = &merged[d];
         if s.n == 0 {
             continue;

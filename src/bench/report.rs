@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-use super::engine::{DIR_NAMES, JobResult, READ, WRITE};
+use super::engine::{DIR_NAMES, DIRS, JobResult, READ, TRIM, WRITE};
 use super::options::IoEngine;
 use super::stats::{DirStats, LatencyStat, Spread};
 use crate::nvme::QueuePairStats;
@@ -46,7 +46,7 @@ impl Entry {
 pub fn merge(results: &[JobResult]) -> JobResult {
     let mut merged = results[0].clone();
     for r in &results[1..] {
-        for d in 0..2 {
+        for d in 0..super::engine::DIRS {
             merged.dirs[d].merge(&r.dirs[d]);
             merged.dir_runtime_ns[d] = merged.dir_runtime_ns[d].max(r.dir_runtime_ns[d]);
         }
@@ -72,7 +72,7 @@ pub fn merge(results: &[JobResult]) -> JobResult {
         for (i, s) in r.samples.iter().enumerate() {
             match merged.samples.get_mut(i) {
                 Some(m) => {
-                    for d in 0..2 {
+                    for d in 0..super::engine::DIRS {
                         let (a, b) = (m.dirs[d], s.dirs[d]);
                         let n = (a.ios + b.ios).max(1) as f64;
                         let weighted = |x: f64, y: f64| (x * a.ios as f64 + y * b.ios as f64) / n;
@@ -193,17 +193,6 @@ fn dir_json(r: &JobResult, dir: usize, group_bw: f64) -> Value {
     })
 }
 
-fn empty_dir_json() -> Value {
-    let zero = LatencyStat::default();
-    json!({
-        "io_bytes": 0, "io_kbytes": 0, "bw_bytes": 0, "bw": 0, "iops": 0.0, "runtime": 0,
-        "total_ios": 0, "short_ios": 0, "drop_ios": 0,
-        "slat_ns": lat_json(&zero, None), "clat_ns": lat_json(&zero, None), "lat_ns": lat_json(&zero, None),
-        "bw_min": 0, "bw_max": 0, "bw_agg": 0.0, "bw_mean": 0.0, "bw_dev": 0.0, "bw_samples": 0,
-        "iops_min": 0, "iops_max": 0, "iops_mean": 0.0, "iops_stddev": 0.0, "iops_samples": 0,
-    })
-}
-
 fn percent_map(keys: &[&str], counts: &[u64; 7]) -> Value {
     let total: u64 = counts.iter().sum();
     let mut m = Map::new();
@@ -263,6 +252,7 @@ fn latency_distribution(r: &JobResult) -> Vec<(&'static str, &'static str, f64)>
     let mut all = LatencyStat::default();
     all.merge(&r.dirs[READ].lat);
     all.merge(&r.dirs[WRITE].lat);
+    all.merge(&r.dirs[TRIM].lat);
     let total = all.n;
     let mut lower = 0u64;
     LATENCY_BUCKETS
@@ -283,7 +273,7 @@ fn latency_distribution(r: &JobResult) -> Vec<(&'static str, &'static str, f64)>
         .collect()
 }
 
-fn job_json(entry: &Entry, group_bw: [f64; 2], elapsed_s: u64, extra: Value) -> Value {
+fn job_json(entry: &Entry, group_bw: [f64; DIRS], elapsed_s: u64, extra: Value) -> Value {
     let r = &entry.result;
     let mut job = Map::new();
     job.insert("jobname".into(), json!(r.spec.name));
@@ -300,7 +290,7 @@ fn job_json(entry: &Entry, group_bw: [f64; 2], elapsed_s: u64, extra: Value) -> 
     job.insert("job options".into(), Value::Object(options));
     job.insert("read".into(), dir_json(r, READ, group_bw[READ]));
     job.insert("write".into(), dir_json(r, WRITE, group_bw[WRITE]));
-    job.insert("trim".into(), empty_dir_json());
+    job.insert("trim".into(), dir_json(r, TRIM, group_bw[TRIM]));
     job.insert(
         "sync".into(),
         json!({
@@ -380,15 +370,16 @@ pub struct RunSummary<'a> {
     pub stores: &'a [(String, Value, String)],
 }
 
-fn group_bandwidths(entries: &[Entry]) -> Vec<(usize, [f64; 2])> {
-    let mut groups: Vec<(usize, [f64; 2])> = Vec::new();
+fn group_bandwidths(entries: &[Entry]) -> Vec<(usize, [f64; DIRS])> {
+    let mut groups: Vec<(usize, [f64; DIRS])> = Vec::new();
     for e in entries {
         let r = &e.result;
-        let bw = [0, 1].map(|d| per_second(r.dirs[d].bytes, r.dir_runtime_ns[d]));
+        let bw = std::array::from_fn(|d| per_second(r.dirs[d].bytes, r.dir_runtime_ns[d]));
         match groups.iter_mut().find(|(g, _)| *g == r.group) {
             Some((_, sum)) => {
-                sum[0] += bw[0];
-                sum[1] += bw[1];
+                for (total, b) in sum.iter_mut().zip(bw) {
+                    *total += b;
+                }
             }
             None => groups.push((r.group, bw)),
         }
@@ -409,7 +400,7 @@ pub fn json_report(entries: &[Entry], summary: &RunSummary<'_>) -> Value {
             let group_bw = groups
                 .iter()
                 .find(|(g, _)| *g == r.group)
-                .map_or([0.0; 2], |(_, b)| *b);
+                .map_or([0.0; DIRS], |(_, b)| *b);
             let on_thread = matches!(
                 r.spec.ioengine,
                 IoEngine::Bluefs | IoEngine::Kstore | IoEngine::Image
@@ -608,7 +599,7 @@ pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
         let group_bw = groups
             .iter()
             .find(|(g, _)| *g == r.group)
-            .map_or([0.0; 2], |(_, b)| *b);
+            .map_or([0.0; DIRS], |(_, b)| *b);
         let _ = writeln!(
             out,
             "{}: (groupid={}, jobs={}): err={:>2}: pid={}: {}",
@@ -621,6 +612,7 @@ pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
         );
         dir_text(&mut out, r, READ, group_bw[READ]);
         dir_text(&mut out, r, WRITE, group_bw[WRITE]);
+        dir_text(&mut out, r, TRIM, group_bw[TRIM]);
         if r.syncs.n > 0 {
             // fio's block for fsync=N jobs.
             let _ = writeln!(out, "  fsync/fdatasync/sync_file_range:");
@@ -721,7 +713,7 @@ pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
     }
     for (group, _) in &groups {
         let _ = writeln!(out, "Run status group {group} (all jobs):");
-        for dir in [READ, WRITE] {
+        for dir in [READ, WRITE, TRIM] {
             let members: Vec<&JobResult> = entries
                 .iter()
                 .map(|e| &e.result)

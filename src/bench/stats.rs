@@ -7,7 +7,7 @@
 
 use hdrhistogram::Histogram;
 
-use super::engine::{READ, WRITE};
+use super::engine::DIRS;
 
 /// Latencies above this (100 s) are recorded as this; a storage benchmark has bigger problems
 /// by then.
@@ -225,7 +225,7 @@ pub struct Sample {
     pub end_ms: u64,
     /// Exact length of the interval (rates use it; whole milliseconds would distort short ones).
     pub duration_ns: u64,
-    pub dirs: [DirSample; 2],
+    pub dirs: [DirSample; DIRS],
 }
 
 /// fio's distribution buckets: "IO depths" 1,2,4,8,16,32,>=64.
@@ -290,16 +290,16 @@ impl Spread {
 /// What a running job measures, for both engines: per-interval stats that become samples (logs,
 /// plots, bw/iops spreads) and fold into the totals, plus progress counts and sync latencies.
 pub(crate) struct Meter {
-    pub interval: [DirStats; 2],
-    pub total: [DirStats; 2],
+    pub interval: [DirStats; DIRS],
+    pub total: [DirStats; DIRS],
     pub syncs: LatencyStat,
     pub samples: Vec<Sample>,
     pub sample_every_ns: u64,
     pub measure_start_ns: u64,
     pub last_sample_ns: u64,
     pub next_sample_ns: u64,
-    pub ios: [u64; 2],
-    pub bytes: [u64; 2],
+    pub ios: [u64; DIRS],
+    pub bytes: [u64; DIRS],
 }
 
 impl Meter {
@@ -313,8 +313,8 @@ impl Meter {
             measure_start_ns: 0,
             last_sample_ns: 0,
             next_sample_ns: 0,
-            ios: [0; 2],
-            bytes: [0; 2],
+            ios: [0; DIRS],
+            bytes: [0; DIRS],
         }
     }
 
@@ -347,21 +347,19 @@ impl Meter {
     /// Closes the current interval: a sample (unless a fragment shorter than half an interval),
     /// folded into the totals.
     pub fn take_sample(&mut self, now_ns: u64) {
-        self.interval[READ].settle();
-        self.interval[WRITE].settle();
+        for stats in &mut self.interval {
+            stats.settle();
+        }
         let duration_ns = now_ns.saturating_sub(self.last_sample_ns);
         // A closing fragment shorter than half an interval would distort bw/iops spreads.
         if duration_ns * 2 >= self.sample_every_ns {
             self.samples.push(Sample {
                 end_ms: (now_ns - self.measure_start_ns) / 1_000_000,
                 duration_ns,
-                dirs: [
-                    DirSample::of(&self.interval[READ]),
-                    DirSample::of(&self.interval[WRITE]),
-                ],
+                dirs: std::array::from_fn(|d| DirSample::of(&self.interval[d])),
             });
         }
-        for d in 0..2 {
+        for d in 0..DIRS {
             self.total[d].merge(&self.interval[d]);
             self.interval[d].reset();
         }

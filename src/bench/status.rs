@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::engine::{JobProgress, READ, WRITE};
+use super::engine::{DIRS, JobProgress};
 use super::options::RwMode;
 use crate::units::{format_bytes, format_count};
 
@@ -16,7 +16,11 @@ pub fn stdout_is_terminal() -> bool {
 
 pub struct StatusLine {
     enabled: bool,
-    last: Option<(Instant, [u64; 2], [u64; 2])>,
+    last: Option<(
+        Instant,
+        [u64; super::engine::DIRS],
+        [u64; super::engine::DIRS],
+    )>,
     width: usize,
 }
 
@@ -42,14 +46,9 @@ impl StatusLine {
         }
         let now = Instant::now();
         let sum = |f: &dyn Fn(&JobProgress) -> u64| progress.iter().map(|p| f(p)).sum::<u64>();
-        let ios = [
-            sum(&|p| p.ios[READ].load(Ordering::Relaxed)),
-            sum(&|p| p.ios[WRITE].load(Ordering::Relaxed)),
-        ];
-        let bytes = [
-            sum(&|p| p.bytes[READ].load(Ordering::Relaxed)),
-            sum(&|p| p.bytes[WRITE].load(Ordering::Relaxed)),
-        ];
+        let ios: [u64; DIRS] = std::array::from_fn(|d| sum(&|p| p.ios[d].load(Ordering::Relaxed)));
+        let bytes: [u64; DIRS] =
+            std::array::from_fn(|d| sum(&|p| p.bytes[d].load(Ordering::Relaxed)));
         let Some((then, last_ios, last_bytes)) = self.last.replace((now, ios, bytes)) else {
             return;
         };
@@ -69,6 +68,10 @@ impl StatusLine {
                 RwMode::RandWrite => 'w',
                 RwMode::ReadWrite => 'M',
                 RwMode::RandRw => 'm',
+                RwMode::Trim => 'D',
+                RwMode::RandTrim => 'd',
+                RwMode::TrimWrite => 'F',
+                RwMode::RandTrimWrite => 'f',
             })
             .collect();
         let (percent, eta) = match planned {
@@ -79,8 +82,8 @@ impl StatusLine {
             _ => ("-.-%".to_string(), 0),
         };
         let mut line = format!("Jobs: {running} (f={running}): [{letters}][{percent}]");
-        let tags = ["r", "w"];
-        let bw: Vec<String> = (0..2)
+        let tags = ["r", "w", "t"];
+        let bw: Vec<String> = (0..super::engine::DIRS)
             .filter(|&d| ios[d] > 0)
             .map(|d| {
                 format!(
@@ -90,7 +93,7 @@ impl StatusLine {
                 )
             })
             .collect();
-        let iops: Vec<String> = (0..2)
+        let iops: Vec<String> = (0..super::engine::DIRS)
             .filter(|&d| ios[d] > 0)
             .map(|d| {
                 format!(

@@ -348,7 +348,13 @@ impl StoreJob {
     fn choose_dir(&mut self) -> usize {
         match self.plan.spec.rw {
             RwMode::Read | RwMode::RandRead => READ,
-            RwMode::Write | RwMode::RandWrite => WRITE,
+            // Trims are refused for this engine when the job is planned.
+            RwMode::Write
+            | RwMode::RandWrite
+            | RwMode::Trim
+            | RwMode::RandTrim
+            | RwMode::TrimWrite
+            | RwMode::RandTrimWrite => WRITE,
             RwMode::ReadWrite | RwMode::RandRw => {
                 if self.rng.below(100) < self.plan.spec.rwmixread as u64 {
                     READ
@@ -442,6 +448,7 @@ impl StoreJob {
             dir_runtime_ns: [
                 if spec.rw.reads() { run_ns } else { 0 },
                 if spec.rw.writes() { run_ns } else { 0 },
+                0,
             ],
             runtime_ns: now.saturating_sub(self.meter.measure_start_ns),
             samples: self.meter.samples.clone(),
@@ -460,7 +467,7 @@ impl StoreJob {
 
     fn publish(&self) {
         let p = &self.plan.progress;
-        for d in 0..2 {
+        for d in 0..super::engine::DIRS {
             p.ios[d].store(self.meter.ios[d], Ordering::Relaxed);
             p.bytes[d].store(self.meter.bytes[d], Ordering::Relaxed);
         }
