@@ -316,7 +316,7 @@ pub fn run(job: FsJob) -> JobResult {
     };
 
     let clock = Clock::start();
-    let mut meter = Meter::new(spec.log_avg_msec * 1_000_000);
+    let mut meter = Meter::new(spec.sample_every_ns());
     let ramp_ns = spec.ramp_time.as_nanos() as u64;
     let mut measuring = false;
     let mut deadline_ns = None;
@@ -495,6 +495,7 @@ pub fn run(job: FsJob) -> JobResult {
             s
         },
         errno: errors.errno,
+        io_log: Vec::new(),
     }
 }
 

@@ -121,6 +121,8 @@ pub struct JobResult {
     pub syncs: LatencyStat,
     /// The errno that ended the job, when the engine knows one (0: EIO/EILSEQ from the counts).
     pub errno: i32,
+    /// One record per I/O when the job's logs want them (`log_avg_msec=0`), in completion order.
+    pub io_log: Vec<super::stats::IoRecord>,
 }
 
 /// How a job that ran on a thread of its own (ioengine=kstore, image) ended.
@@ -168,6 +170,7 @@ impl JobResult {
             messages: run.messages,
             syncs: Default::default(),
             errno: if run.errors > 0 { libc::EIO } else { 0 },
+            io_log: Vec::new(),
         }
     }
 }
@@ -339,7 +342,7 @@ impl JobRun {
                 WrittenUnits::default()
             },
             finish_ns: 0,
-            meter: Meter::new(spec.log_avg_msec * 1_000_000),
+            meter: Meter::new(spec.sample_every_ns()),
             depth_dist: [0; 7],
             submit_dist: [0; 7],
             complete_dist: [0; 7],
@@ -852,6 +855,7 @@ impl JobRun {
                 s
             },
             errno: 0,
+            io_log: Vec::new(),
         }
     }
 }

@@ -138,7 +138,7 @@ pub fn run(job: ImageJob) -> Result<JobResult> {
     Rng::new(seed ^ 0x0b1e_55ed).fill_bytes(&mut data);
     let (tx, rx) = mpsc::channel::<Done>();
     let clock = Clock::start();
-    let mut meter = Meter::new(spec.log_avg_msec * 1_000_000);
+    let mut meter = Meter::new(spec.sample_every_ns());
     let ramp_ns = spec.ramp_time.as_nanos() as u64;
     let (mut measuring, mut deadline, mut budget) = (false, None, None);
     let mut cpu_start = thread_cpu_usage();

@@ -152,7 +152,7 @@ pub fn run(job: KstoreJob) -> Result<JobResult> {
     sync.set_sync(true);
 
     let clock = Clock::start();
-    let mut meter = Meter::new(spec.log_avg_msec * 1_000_000);
+    let mut meter = Meter::new(spec.sample_every_ns());
     let ramp_ns = spec.ramp_time.as_nanos() as u64;
     let mut measuring = false;
     let mut deadline = None;

@@ -205,9 +205,24 @@ pub struct JobSpec {
     pub verify: VerifyMode,
     pub do_verify: bool,
     pub stonewall: bool,
+    /// fio's log options: the prefix of each log's files; empty = the job's name (fio writes
+    /// `JOBNAME_bw.N.log` when the option has no value).
     pub write_lat_log: Option<String>,
     pub write_iops_log: Option<String>,
+    pub write_bw_log: Option<String>,
+    pub write_hist_log: Option<String>,
+    /// Milliseconds per averaged log entry; 0 = one entry per I/O (fio's default for logs).
     pub log_avg_msec: u64,
+    /// `log_hist_msec`: milliseconds per histogram log entry.
+    pub log_hist_msec: u64,
+    /// `per_job_logs`: one log file per job (`PREFIX_bw.N.log`) or one shared (`PREFIX_bw.log`).
+    pub per_job_logs: bool,
+    /// `log_offset`: per-I/O log lines carry the offset of the I/O.
+    pub log_offset: bool,
+    /// `log_prio`: per-I/O log lines carry the I/O priority (always 0 here: no priorities).
+    pub log_prio: bool,
+    /// `log_max_value`: averaged entries hold the interval's maximum rather than its mean.
+    pub log_max_value: bool,
     /// CPUs the job may run on (fio's `cpus_allowed`); the run's reactors come from these.
     pub cpus_allowed: Option<Vec<usize>>,
     /// The options as written in the job's own section (for fio's "job options" in JSON).
@@ -217,6 +232,23 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
+    /// The interval of the samples behind bw/iops spreads, averaged logs and plots: `log_avg_msec`,
+    /// or a second where that is 0 (then logs get one line per I/O as well).
+    pub fn sample_every_ns(&self) -> u64 {
+        match self.log_avg_msec {
+            0 => 1_000_000_000,
+            ms => ms * 1_000_000,
+        }
+    }
+
+    /// Whether the engine keeps one record per I/O for the logs (fio's `log_avg_msec=0`).
+    pub fn logs_every_io(&self) -> bool {
+        self.log_avg_msec == 0
+            && (self.write_lat_log.is_some()
+                || self.write_iops_log.is_some()
+                || self.write_bw_log.is_some())
+    }
+
     fn new(name: &str) -> JobSpec {
         JobSpec {
             name: name.to_string(),
@@ -257,7 +289,14 @@ impl JobSpec {
             stonewall: false,
             write_lat_log: None,
             write_iops_log: None,
-            log_avg_msec: 1000,
+            write_bw_log: None,
+            write_hist_log: None,
+            log_avg_msec: 0,
+            log_hist_msec: 0,
+            per_job_logs: true,
+            log_offset: false,
+            log_prio: false,
+            log_max_value: false,
             cpus_allowed: None,
             job_options: Vec::new(),
             global_options: Vec::new(),
@@ -416,6 +455,8 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
     let value = match (&option.value, is_flag(&key)) {
         (Some(v), _) => v.clone(),
         (None, true) => "1".to_string(),
+        // A log option without a value names its files after the job, as fio does.
+        (None, false) if key.starts_with("write_") && key.ends_with("_log") => String::new(),
         (None, false) => {
             return Err(OptionError::MissingValue {
                 origin: option.origin.clone(),
@@ -567,15 +608,14 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         }
         "write_lat_log" => spec.write_lat_log = Some(value.clone()),
         "write_iops_log" => spec.write_iops_log = Some(value.clone()),
-        "log_avg_msec" => {
-            let n = parse_u64(&value).map_err(invalid)?;
-            if n == 0 {
-                return Err(invalid(
-                    "must be at least 1 (bluepoll always averages)".into(),
-                ));
-            }
-            spec.log_avg_msec = n;
-        }
+        "write_bw_log" => spec.write_bw_log = Some(value.clone()),
+        "write_hist_log" => spec.write_hist_log = Some(value.clone()),
+        "log_avg_msec" => spec.log_avg_msec = parse_u64(&value).map_err(invalid)?,
+        "log_hist_msec" => spec.log_hist_msec = parse_u64(&value).map_err(invalid)?,
+        "per_job_logs" => spec.per_job_logs = parse_bool(&value).map_err(invalid)?,
+        "log_offset" => spec.log_offset = parse_bool(&value).map_err(invalid)?,
+        "log_prio" => spec.log_prio = parse_bool(&value).map_err(invalid)?,
+        "log_max_value" => spec.log_max_value = parse_bool(&value).map_err(invalid)?,
         "cpus_allowed" => spec.cpus_allowed = Some(parse_cpu_list(&value).map_err(invalid)?),
         _ => {
             return Err(OptionError::Unknown {

@@ -228,6 +228,20 @@ pub struct Sample {
     pub dirs: [DirSample; DIRS],
 }
 
+/// One I/O as per-I/O logs see it (`log_avg_msec=0`), kept by the engines that record them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoRecord {
+    /// Completion time, ns since the measured run began.
+    pub end_ns: u64,
+    /// 0 read, 1 write, 2 trim.
+    pub dir: u8,
+    pub bytes: u32,
+    pub offset: u64,
+    pub slat_ns: u64,
+    pub clat_ns: u64,
+    pub lat_ns: u64,
+}
+
 /// fio's distribution buckets: "IO depths" 1,2,4,8,16,32,>=64.
 pub fn depth_bucket(depth: u32) -> usize {
     match depth {

@@ -275,7 +275,7 @@ impl StoreJob {
             done: Arc::new(ArrayQueue::new(depth.max(1))),
             offsets,
             rng: Rng::new(plan.seed ^ 0x5eed),
-            meter: Meter::new(spec.log_avg_msec * 1_000_000),
+            meter: Meter::new(spec.sample_every_ns()),
             ramp_end_ns: 0,
             deadline_ns: None,
             budget: None,
@@ -461,6 +461,7 @@ impl StoreJob {
             messages: self.messages.clone(),
             syncs: Default::default(),
             errno: self.errno,
+            io_log: Vec::new(),
         };
         let _ = self.plan.results.send(Ok(result));
     }
