@@ -11,6 +11,7 @@ pub mod bluefs_engine;
 pub mod compare;
 pub mod engine;
 pub mod image_engine;
+pub mod iolog;
 pub mod jobfile;
 pub mod kstore_engine;
 pub mod kv_bench;
