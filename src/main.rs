@@ -57,10 +57,12 @@ job options (fio's names and meanings):
   nrfiles (objects per job) store_config=FILE store_mkfs store_deferred_size rate_iops
   kstore_stripe
   direct percentile_list group_reporting randrepeat randseed norandommap verify=crc32c
-  do_verify stonewall write_lat_log write_iops_log log_avg_msec cpus_allowed thread
+  do_verify stonewall write_lat_log write_bw_log write_iops_log write_hist_log log_avg_msec
+  log_hist_msec log_max_value log_offset log_prio per_job_logs cpus_allowed thread
 
 run options:
-  --output-format=normal|json|normal,json   --output=FILE   --cpus=LIST (e.g. 0,1 or 0-3)
+  --output-format=normal|json|json+|terse (comma-separated)   --minimal   --terse-version=3
+  --output=FILE   --cpus=LIST (e.g. 0,1 or 0-3)
   --plot=FILE.svg   --eta=auto|always|never   --layout=0 (do not pre-fill fresh mem: devices)";
 
 fn main() {

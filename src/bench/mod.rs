@@ -3,9 +3,9 @@
 //! Jobs come from fio job files and command-line options ([`options`]); `stonewall` splits them
 //! into phases that run one after another. In a phase, `ioengine=dev` jobs are spread round-robin
 //! over the reactors; each reactor runs one [`engine`] shard with its jobs. `ioengine=bluefs` jobs
-//! each run on a thread of their own ([`bluefs_engine`]). Results print as fio's text summary
-//! and/or fio-shaped JSON ([`report`]); latency logs ([`latlog`]) and an SVG ([`plot`]) are
-//! optional.
+//! each run on a thread of their own ([`bluefs_engine`]). Results print as fio's text summary,
+//! fio-shaped JSON / json+ and/or fio's terse line ([`report`]); fio's log files ([`latlog`])
+//! and an SVG ([`plot`]) are optional.
 
 pub mod bluefs_engine;
 pub mod compare;
@@ -18,6 +18,7 @@ pub mod kv_bench;
 pub mod latlog;
 pub mod offsets;
 pub mod options;
+pub mod plat;
 pub mod plot;
 pub mod report;
 pub mod stats;
@@ -534,14 +535,19 @@ pub fn run(args: &[String]) -> Result<Outcome> {
         stores: &store_summaries,
     };
     let entries = report::entries(&results);
+    // fio's order: terse, JSON, normal.
+    let format = run.output_format;
     let mut text = String::new();
-    if run.output_format.normal {
-        text.push_str(&report::text_report(&entries, &summary));
+    if format.terse {
+        text.push_str(&report::terse_report(&entries));
     }
-    if run.output_format.json {
-        let json = serde_json::to_string_pretty(&report::json_report(&entries, &summary))?;
-        text.push_str(&json);
+    if format.json {
+        let doc = report::json_report(&entries, &summary, format.json_plus);
+        text.push_str(&serde_json::to_string_pretty(&doc)?);
         text.push('\n');
+    }
+    if format.normal {
+        text.push_str(&report::text_report(&entries, &summary));
     }
     match &run.output {
         Some(path) => std::fs::write(path, &text)
@@ -552,9 +558,7 @@ pub fn run(args: &[String]) -> Result<Outcome> {
             stdout.flush()?;
         }
     }
-    for r in &results {
-        latlog::write_logs(r)?;
-    }
+    latlog::write_logs(&results)?;
     if let Some(path) = &run.plot {
         let svg = plot::render(&results);
         std::fs::write(path, svg).with_context(|| format!("cannot write plot '{path}'"))?;

@@ -627,11 +627,25 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
     Ok(())
 }
 
-/// How results are printed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How results are printed (fio's `--output-format` list; printed in fio's order: terse, JSON,
+/// normal).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OutputFormat {
     pub normal: bool,
     pub json: bool,
+    /// `json+`: the JSON plus each latency's histogram in fio's buckets (`bins`); sets `json`.
+    pub json_plus: bool,
+    /// `terse` / `--minimal`: fio's semicolon-separated line per job (terse version 3).
+    pub terse: bool,
+}
+
+impl OutputFormat {
+    pub const NORMAL: OutputFormat = OutputFormat {
+        normal: true,
+        json: false,
+        json_plus: false,
+        terse: false,
+    };
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -657,10 +671,7 @@ pub struct RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
-            output_format: OutputFormat {
-                normal: true,
-                json: false,
-            },
+            output_format: OutputFormat::NORMAL,
             output: None,
             cpus: None,
             plot: None,
@@ -693,18 +704,48 @@ fn apply_run_option(
     match key {
         "output_format" => {
             let v = need(value)?;
-            let mut format = OutputFormat {
-                normal: false,
-                json: false,
-            };
+            let mut format = OutputFormat::default();
             for part in v.split(',') {
                 match part.trim() {
                     "normal" => format.normal = true,
                     "json" => format.json = true,
-                    _ => return Err(invalid(&v, "supported: normal, json (comma-separated)")),
+                    "json+" => {
+                        format.json = true;
+                        format.json_plus = true;
+                    }
+                    // fio's other names for terse.
+                    "terse" | "minimal" | "csv" => format.terse = true,
+                    _ => {
+                        return Err(invalid(
+                            &v,
+                            "supported: normal, json, json+, terse (comma-separated)",
+                        ));
+                    }
                 }
             }
             run.output_format = format;
+        }
+        // fio's flags: --minimal prints the terse line alone, --append-terse adds it.
+        "minimal" | "append_terse" => {
+            if let Some(v) = value {
+                return Err(invalid(v, "takes no value"));
+            }
+            if key == "minimal" {
+                run.output_format = OutputFormat {
+                    terse: true,
+                    ..OutputFormat::default()
+                };
+            } else {
+                run.output_format.terse = true;
+            }
+        }
+        "terse_version" => {
+            let v = need(value)?;
+            // Versions 2, 4 and 5 differ in fields (trim, bw/iops samples, no fio version);
+            // tools written for fio's default read version 3.
+            if v.trim() != "3" {
+                return Err(invalid(&v, "only terse version 3 is supported"));
+            }
         }
         "output" => run.output = Some(need(value)?),
         "cpus" => {
@@ -877,8 +918,8 @@ mod tests {
         assert_eq!(
             inv.run.output_format,
             OutputFormat {
-                normal: false,
-                json: true
+                json: true,
+                ..OutputFormat::default()
             }
         );
     }

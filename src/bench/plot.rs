@@ -322,7 +322,7 @@ pub fn render(results: &[JobResult]) -> String {
         "percentile",
         "latency",
     );
-    let mut merged = [LatencyStat::default(), LatencyStat::default()];
+    let mut merged: [LatencyStat; super::engine::DIRS] = Default::default();
     for r in results {
         for d in [READ, WRITE, TRIM] {
             merged[d].merge(&r.dirs[d].clat);

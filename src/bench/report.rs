@@ -1,8 +1,14 @@
-//! Results as fio prints them: the text summary and `--output-format=json`.
+//! Results as fio prints them: the text summary, `--output-format=json` / `json+`, and the
+//! terse line (`terse`, `--minimal`).
 //!
 //! The JSON has fio 3.33's shape and key order (top level `fio version`, `jobs[]`; per job
 //! `read`/`write`/`trim`/`sync` with `iops`, `bw`, `clat_ns.percentile["99.000000"]`, …) so tools
 //! written for fio read it. What fio has no field for goes under one extra key, `bluepoll`.
+//! `json+` adds, where fio does, each latency histogram as `bins` in fio's buckets ([`plat`]),
+//! which `fio_jsonplus_clat2csv` turns into CSV. The terse line is fio's version 3, field for
+//! field (HOWTO "Terse output"), so scripts that split fio's `--minimal` output read it.
+//!
+//! [`plat`]: super::plat
 
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,6 +17,7 @@ use serde_json::{Map, Value, json};
 
 use super::engine::{DIR_NAMES, DIRS, JobResult, READ, TRIM, WRITE};
 use super::options::IoEngine;
+use super::plat;
 use super::stats::{DirStats, LatencyStat, Spread};
 use crate::nvme::QueuePairStats;
 use crate::reactor::ReactorStats;
@@ -79,6 +86,9 @@ pub fn merge(results: &[JobResult]) -> JobResult {
                         m.dirs[d].slat_mean = weighted(a.slat_mean, b.slat_mean);
                         m.dirs[d].clat_mean = weighted(a.clat_mean, b.clat_mean);
                         m.dirs[d].lat_mean = weighted(a.lat_mean, b.lat_mean);
+                        m.dirs[d].slat_max = a.slat_max.max(b.slat_max);
+                        m.dirs[d].clat_max = a.clat_max.max(b.clat_max);
+                        m.dirs[d].lat_max = a.lat_max.max(b.lat_max);
                         m.dirs[d].clat_p50 = a.clat_p50.max(b.clat_p50);
                         m.dirs[d].clat_p99 = a.clat_p99.max(b.clat_p99);
                         m.dirs[d].clat_p999 = a.clat_p999.max(b.clat_p999);
@@ -135,7 +145,14 @@ fn spreads(r: &JobResult, dir: usize) -> (Spread, Spread) {
 // ---------------------------------------------------------------------------------------------
 // JSON
 
-fn lat_json(s: &LatencyStat, percentiles: Option<&[f64]>) -> Value {
+/// fio writes at most this many percentiles (`FIO_IO_U_LIST_MAX_LEN`); terse lines have as many
+/// percentile fields.
+const MAX_PERCENTILES: usize = 20;
+
+/// One latency's JSON; with `percentiles` (fio writes them for clat and sync) and `bins` (json+),
+/// its histogram in fio's buckets as well. Neither appears without samples, as in fio (and
+/// `fio_jsonplus_clat2csv` fails on an empty `bins`).
+fn lat_json(s: &LatencyStat, percentiles: Option<&[f64]>, bins: bool) -> Value {
     let mut m = Map::new();
     m.insert("min".into(), json!(s.min()));
     m.insert("max".into(), json!(s.max));
@@ -144,10 +161,17 @@ fn lat_json(s: &LatencyStat, percentiles: Option<&[f64]>) -> Value {
     m.insert("N".into(), json!(s.n));
     if let Some(list) = percentiles.filter(|_| s.n > 0) {
         let mut p = Map::new();
-        for &q in list {
+        for &q in list.iter().take(MAX_PERCENTILES) {
             p.insert(format!("{q:.6}"), json!(s.percentile(q)));
         }
         m.insert("percentile".into(), Value::Object(p));
+        if bins {
+            let b: Map<String, Value> = plat::bins(s)
+                .into_iter()
+                .map(|(ns, n)| (ns.to_string(), json!(n)))
+                .collect();
+            m.insert("bins".into(), Value::Object(b));
+        }
     }
     Value::Object(m)
 }
@@ -156,7 +180,7 @@ fn round6(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
 }
 
-fn dir_json(r: &JobResult, dir: usize, group_bw: f64) -> Value {
+fn dir_json(r: &JobResult, dir: usize, group_bw: f64, bins: bool) -> Value {
     let d = &r.dirs[dir];
     let runtime_ns = r.dir_runtime_ns[dir];
     let bw_bytes = per_second(d.bytes, runtime_ns);
@@ -176,9 +200,9 @@ fn dir_json(r: &JobResult, dir: usize, group_bw: f64) -> Value {
         "total_ios": d.ios,
         "short_ios": 0,
         "drop_ios": 0,
-        "slat_ns": lat_json(&d.slat, None),
-        "clat_ns": lat_json(&d.clat, Some(&r.spec.percentile_list)),
-        "lat_ns": lat_json(&d.lat, None),
+        "slat_ns": lat_json(&d.slat, None, bins),
+        "clat_ns": lat_json(&d.clat, Some(&r.spec.percentile_list), bins),
+        "lat_ns": lat_json(&d.lat, None, bins),
         "bw_min": bw.min.round() as u64,
         "bw_max": bw.max.round() as u64,
         "bw_agg": round6(agg),
@@ -197,18 +221,26 @@ fn percent_map(keys: &[&str], counts: &[u64; 7]) -> Value {
     let total: u64 = counts.iter().sum();
     let mut m = Map::new();
     for (k, &c) in keys.iter().zip(counts) {
-        m.insert((*k).into(), json!(pct(c, total)));
+        m.insert((*k).into(), json!(round6(depth_pct(c, total))));
     }
     Value::Object(m)
 }
 
-/// Percentage as fio shows shares: anything non-zero is at least 0.01.
+/// Percentage as fio shows latency shares: anything non-zero is at least 0.01.
 fn pct(part: u64, total: u64) -> f64 {
     if total == 0 || part == 0 {
         return 0.0;
     }
     let p = part as f64 * 100.0 / total as f64;
     round6(p.max(0.01))
+}
+
+/// Percentage as fio shows depth and batch shares (`stat_calc_dist`): non-zero is at least 0.1.
+fn depth_pct(part: u64, total: u64) -> f64 {
+    if total == 0 || part == 0 {
+        return 0.0;
+    }
+    (part as f64 * 100.0 / total as f64).max(0.1)
 }
 
 /// Bucket upper bounds of fio's latency distribution, in ns, with the JSON map and key.
@@ -247,33 +279,47 @@ const LATENCY_BUCKETS: [(&str, &str, u64); 32] = [
     ("latency_ms", ">=2000", u64::MAX),
 ];
 
-/// Share of completions in each latency bucket (from `lat`, both directions together).
+/// Completions in each latency bucket, every direction together, counted as fio does
+/// (`io_u_mark_latency`): by completion latency (clat), each in the first bucket whose bound is
+/// above it — bucket "4" (ns) holds 2 and 3 ns, bucket "2" (µs) holds 1000–1999 ns.
+fn latency_counts(r: &JobResult) -> [u64; LATENCY_BUCKETS.len()] {
+    let mut counts = [0; LATENCY_BUCKETS.len()];
+    for d in 0..DIRS {
+        for (ns, n) in plat::recorded(&r.dirs[d].clat) {
+            let bucket = LATENCY_BUCKETS
+                .iter()
+                .position(|&(_, _, upper)| ns < upper)
+                .unwrap_or(LATENCY_BUCKETS.len() - 1);
+            counts[bucket] += n;
+        }
+    }
+    counts
+}
+
+/// The number fio divides latency bucket counts by: every I/O issued (at least the counted).
+fn latency_total(r: &JobResult, counts: &[u64]) -> u64 {
+    let ios: u64 = r.dirs.iter().map(|d| d.ios).sum();
+    ios.max(counts.iter().sum())
+}
+
+/// Share of completions in each latency bucket: (JSON map, key, percent).
 fn latency_distribution(r: &JobResult) -> Vec<(&'static str, &'static str, f64)> {
-    let mut all = LatencyStat::default();
-    all.merge(&r.dirs[READ].lat);
-    all.merge(&r.dirs[WRITE].lat);
-    all.merge(&r.dirs[TRIM].lat);
-    let total = all.n;
-    let mut lower = 0u64;
+    let counts = latency_counts(r);
+    let total = latency_total(r, &counts);
     LATENCY_BUCKETS
         .iter()
-        .map(|&(map, key, upper)| {
-            let count: u64 = all
-                .hist
-                .iter_recorded()
-                .filter(|v| {
-                    let x = v.value_iterated_to();
-                    x > lower && x <= upper || (lower == 0 && x == 0)
-                })
-                .map(|v| v.count_at_value())
-                .sum();
-            lower = upper;
-            (map, key, pct(count, total))
-        })
+        .zip(counts)
+        .map(|(&(map, key, _), n)| (map, key, pct(n, total)))
         .collect()
 }
 
-fn job_json(entry: &Entry, group_bw: [f64; DIRS], elapsed_s: u64, extra: Value) -> Value {
+fn job_json(
+    entry: &Entry,
+    group_bw: [f64; DIRS],
+    elapsed_s: u64,
+    extra: Value,
+    bins: bool,
+) -> Value {
     let r = &entry.result;
     let mut job = Map::new();
     job.insert("jobname".into(), json!(r.spec.name));
@@ -288,27 +334,21 @@ fn job_json(entry: &Entry, group_bw: [f64; DIRS], elapsed_s: u64, extra: Value) 
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
     job.insert("job options".into(), Value::Object(options));
-    job.insert("read".into(), dir_json(r, READ, group_bw[READ]));
-    job.insert("write".into(), dir_json(r, WRITE, group_bw[WRITE]));
-    job.insert("trim".into(), dir_json(r, TRIM, group_bw[TRIM]));
+    job.insert("read".into(), dir_json(r, READ, group_bw[READ], bins));
+    job.insert("write".into(), dir_json(r, WRITE, group_bw[WRITE], bins));
+    job.insert("trim".into(), dir_json(r, TRIM, group_bw[TRIM], bins));
     job.insert(
         "sync".into(),
         json!({
             "total_ios": r.syncs.n,
-            "lat_ns": lat_json(&r.syncs, Some(&r.spec.percentile_list)),
+            "lat_ns": lat_json(&r.syncs, Some(&r.spec.percentile_list), bins),
         }),
     );
     let runtime_ms = r.runtime_ns / 1_000_000;
-    let cpu_pct = |d: std::time::Duration| {
-        if r.runtime_ns == 0 {
-            0.0
-        } else {
-            round6(d.as_nanos() as f64 * 100.0 / (r.runtime_ns as f64 * entry.jobs as f64))
-        }
-    };
+    let (usr, sys) = cpu_shares(entry);
     job.insert("job_runtime".into(), json!(runtime_ms));
-    job.insert("usr_cpu".into(), json!(cpu_pct(r.cpu_usage.user)));
-    job.insert("sys_cpu".into(), json!(cpu_pct(r.cpu_usage.system)));
+    job.insert("usr_cpu".into(), json!(round6(usr)));
+    job.insert("sys_cpu".into(), json!(round6(sys)));
     job.insert("ctx".into(), json!(r.cpu_usage.context_switches));
     job.insert("majf".into(), json!(r.cpu_usage.major_faults));
     job.insert("minf".into(), json!(r.cpu_usage.minor_faults));
@@ -341,6 +381,19 @@ fn job_json(entry: &Entry, group_bw: [f64; DIRS], elapsed_s: u64, extra: Value) 
     job.insert("latency_window".into(), json!(0));
     job.insert("bluepoll".into(), extra);
     Value::Object(job)
+}
+
+/// User and system CPU time as percentages of the entry's run time (per job of a group).
+fn cpu_shares(entry: &Entry) -> (f64, f64) {
+    let r = &entry.result;
+    let share = |d: std::time::Duration| {
+        if r.runtime_ns == 0 {
+            0.0
+        } else {
+            d.as_nanos() as f64 * 100.0 / (r.runtime_ns as f64 * entry.jobs as f64)
+        }
+    };
+    (share(r.cpu_usage.user), share(r.cpu_usage.system))
 }
 
 fn qp_json(stats: &QueuePairStats) -> Value {
@@ -387,7 +440,8 @@ fn group_bandwidths(entries: &[Entry]) -> Vec<(usize, [f64; DIRS])> {
     groups
 }
 
-pub fn json_report(entries: &[Entry], summary: &RunSummary<'_>) -> Value {
+/// The JSON report; `bins` makes it fio's json+ (latency histograms in fio's buckets).
+pub fn json_report(entries: &[Entry], summary: &RunSummary<'_>, bins: bool) -> Value {
     let since_epoch = summary
         .started
         .duration_since(UNIX_EPOCH)
@@ -416,7 +470,7 @@ pub fn json_report(entries: &[Entry], summary: &RunSummary<'_>) -> Value {
                 "verify_errors": r.verify_errors,
                 "messages": r.messages,
             });
-            job_json(e, group_bw, summary.elapsed_s, extra)
+            job_json(e, group_bw, summary.elapsed_s, extra, bins)
         })
         .collect();
     let globals: Map<String, Value> = summary
@@ -456,6 +510,119 @@ pub fn json_report(entries: &[Entry], summary: &RunSummary<'_>) -> Value {
             "stores": summary.stores.iter().map(|(uri, perf, _)| json!({"devices": uri, "perf": perf})).collect::<Vec<_>>(),
         },
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Terse
+
+/// Fields of a terse version 3 line: 5 of the job, 41 per direction (read, write — version 3
+/// has no trim), 5 of CPU, 7 of I/O depths, 10 of µs and 12 of ms latency shares. Kernel disk
+/// utilisation fields would follow, but bluepoll's devices are no kernel disks (fio's null
+/// engine writes none either).
+pub const TERSE_V3_FIELDS: usize = 5 + 2 * TERSE_DIR_FIELDS + 5 + 7 + 10 + 12;
+/// Per direction: KiB, KiB/s, IOPS, runtime; slat, clat (4 each); 20 percentiles; lat (4); bw (5).
+const TERSE_DIR_FIELDS: usize = 4 + 4 + 4 + MAX_PERCENTILES + 4 + 5;
+
+/// fio's terse (`--minimal`) output: one line per report entry, version 3.
+pub fn terse_report(entries: &[Entry]) -> String {
+    let groups = group_bandwidths(entries);
+    let mut out = String::new();
+    for e in entries {
+        let group_bw = groups
+            .iter()
+            .find(|(g, _)| *g == e.result.group)
+            .map_or([0.0; DIRS], |(_, b)| *b);
+        out.push_str(&terse_fields(e, group_bw).join(";"));
+        out.push('\n');
+    }
+    out
+}
+
+fn terse_fields(e: &Entry, group_bw: [f64; DIRS]) -> Vec<String> {
+    let r = &e.result;
+    let mut f = vec![
+        "3".to_string(),
+        format!("bluepoll-{}", env!("CARGO_PKG_VERSION")),
+        r.spec.name.clone(),
+        r.group.to_string(),
+        e.error_code().to_string(),
+    ];
+    for dir in [READ, WRITE] {
+        terse_dir(&mut f, r, dir, group_bw[dir]);
+    }
+    let (usr, sys) = cpu_shares(e);
+    f.push(format!("{usr:.6}%"));
+    f.push(format!("{sys:.6}%"));
+    f.push(r.cpu_usage.context_switches.to_string());
+    f.push(r.cpu_usage.major_faults.to_string());
+    f.push(r.cpu_usage.minor_faults.to_string());
+    let depths: u64 = r.depth_dist.iter().sum();
+    for &n in &r.depth_dist {
+        f.push(format!("{:.1}%", depth_pct(n, depths)));
+    }
+    // Version 3 predates the ns buckets: fio adds their share to the first µs bucket.
+    let counts = latency_counts(r);
+    let total = latency_total(r, &counts);
+    let ns_share = if total == 0 {
+        0.0
+    } else {
+        counts[..10].iter().sum::<u64>() as f64 * 100.0 / total as f64
+    };
+    for (i, &n) in counts[10..].iter().enumerate() {
+        let share = pct(n, total) + if i == 0 { ns_share } else { 0.0 };
+        f.push(format!("{share:.2}%"));
+    }
+    f
+}
+
+/// One direction's 41 terse fields. Latencies are µs (whole for min/max, six decimals for mean
+/// and stddev); bandwidth KiB/s; IOPS whole, as fio's integer arithmetic leaves them.
+fn terse_dir(f: &mut Vec<String>, r: &JobResult, dir: usize, group_bw: f64) {
+    let d = &r.dirs[dir];
+    let runtime_ns = r.dir_runtime_ns[dir];
+    let per_s = |x: u64| {
+        if runtime_ns == 0 {
+            0
+        } else {
+            (x as u128 * 1_000_000_000 / runtime_ns as u128) as u64
+        }
+    };
+    f.push((d.bytes >> 10).to_string());
+    f.push((per_s(d.bytes) / 1024).to_string());
+    f.push(per_s(d.ios).to_string());
+    f.push((runtime_ns / 1_000_000).to_string());
+    let lat = |f: &mut Vec<String>, s: &LatencyStat| {
+        f.push((s.min() / 1000).to_string());
+        f.push((s.max / 1000).to_string());
+        f.push(format!("{:.6}", s.mean() / 1000.0));
+        f.push(format!("{:.6}", s.stddev() / 1000.0));
+    };
+    lat(f, &d.slat);
+    lat(f, &d.clat);
+    let list = &r.spec.percentile_list;
+    for i in 0..MAX_PERCENTILES {
+        f.push(match list.get(i) {
+            Some(&p) => format!("{p:.6}%={}", d.clat.percentile(p) / 1000),
+            None => "0%=0".to_string(),
+        });
+    }
+    lat(f, &d.lat);
+    let (bw, _) = spreads(r, dir);
+    if bw.samples == 0 {
+        f.extend(["0", "0", "0.000000%", "0.000000", "0.000000"].map(String::from));
+    } else {
+        // The mean's share of the group's bandwidth, at most 100 (fio's p_of_agg).
+        let agg = if group_bw > 0.0 {
+            (bw.mean * 100.0 / (group_bw / 1024.0)).min(100.0)
+        } else {
+            100.0
+        };
+        f.push(format!("{:.0}", bw.min));
+        f.push(format!("{:.0}", bw.max));
+        f.push(format!("{agg:.6}%"));
+        f.push(format!("{:.6}", bw.mean));
+        f.push(format!("{:.6}", bw.stddev));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -634,21 +801,11 @@ pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
                 let _ = writeln!(out, "  lat ({unit})   : {}", cells.join(", "));
             }
         }
-        let pct = |d: std::time::Duration| {
-            if r.runtime_ns == 0 {
-                0.0
-            } else {
-                d.as_nanos() as f64 * 100.0 / (r.runtime_ns as f64 * e.jobs as f64)
-            }
-        };
+        let (usr, sys) = cpu_shares(e);
         let _ = writeln!(
             out,
-            "  cpu          : usr={:.2}%, sys={:.2}%, ctx={}, majf={}, minf={}",
-            pct(r.cpu_usage.user),
-            pct(r.cpu_usage.system),
-            r.cpu_usage.context_switches,
-            r.cpu_usage.major_faults,
-            r.cpu_usage.minor_faults
+            "  cpu          : usr={usr:.2}%, sys={sys:.2}%, ctx={}, majf={}, minf={}",
+            r.cpu_usage.context_switches, r.cpu_usage.major_faults, r.cpu_usage.minor_faults
         );
         let _ = writeln!(
             out,
@@ -672,8 +829,8 @@ pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
         );
         let _ = writeln!(
             out,
-            "     issued rwts: total={},{},0,0 short=0,0,0,0 dropped=0,0,0,0",
-            r.dirs[READ].ios, r.dirs[WRITE].ios
+            "     issued rwts: total={},{},{},0 short=0,0,0,0 dropped=0,0,0,0",
+            r.dirs[READ].ios, r.dirs[WRITE].ios, r.dirs[TRIM].ios
         );
         if r.spec.verify != super::options::VerifyMode::None || r.verify_errors > 0 {
             let _ = writeln!(out, "  verify       : crc32c, errors={}", r.verify_errors);
@@ -793,4 +950,266 @@ pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
         let _ = writeln!(out, "note: {note}");
     }
     out
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::sync::Arc;
+
+    use crate::bench::engine::{JobResult, ThreadRun};
+    use crate::bench::options::JobSpec;
+    use crate::bench::stats::Meter;
+
+    /// A finished job that did nothing yet: tests fill in what they measure.
+    pub(crate) fn empty_result(spec: Arc<JobSpec>) -> JobResult {
+        let run = ThreadRun {
+            device_uri: "mem:64M".into(),
+            meter: Meter::new(spec.sample_every_ns()),
+            run_end_ns: 0,
+            finish_ns: 0,
+            cpu_usage: Default::default(),
+            errors: 0,
+            messages: Vec::new(),
+        };
+        JobResult::from_thread(&spec, 0, 0, run)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::bench::options::{OutputFormat, parse_invocation};
+    use crate::bench::stats::{DirSample, Sample};
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A 2-second job: 1000 reads (clat 1–1000 µs) and 500 writes, one bw sample a second.
+    fn measured() -> JobResult {
+        let spec = parse_invocation(&args(&["--name=tj", "--rw=randrw"]))
+            .unwrap()
+            .jobs
+            .remove(0);
+        let mut r = test_support::empty_result(Arc::new(spec));
+        for i in 1..=1000u64 {
+            let d = &mut r.dirs[READ];
+            d.ios += 1;
+            d.bytes += 4096;
+            d.slat.record(200);
+            d.clat.record(i * 1000);
+            d.lat.record(i * 1000 + 200);
+            if i % 2 == 0 {
+                let w = &mut r.dirs[WRITE];
+                w.ios += 1;
+                w.bytes += 4096;
+                w.clat.record(50);
+                w.lat.record(50);
+            }
+        }
+        for d in &mut r.dirs {
+            d.settle();
+        }
+        r.dir_runtime_ns = [2_000_000_000, 2_000_000_000, 0];
+        r.runtime_ns = 2_000_000_000;
+        r.depth_dist = [0, 0, 0, 0, 1500, 0, 0];
+        let half = |ios: u64| DirSample {
+            ios,
+            bytes: ios * 4096,
+            ..DirSample::default()
+        };
+        r.samples = (1..=2)
+            .map(|s| Sample {
+                end_ms: s * 1000,
+                duration_ns: 1_000_000_000,
+                dirs: [half(500), half(250), DirSample::default()],
+            })
+            .collect();
+        r
+    }
+
+    fn summary_json(entries: &[Entry], bins: bool) -> Value {
+        let summary = RunSummary {
+            started: SystemTime::now(),
+            elapsed_s: 2,
+            global_options: &[],
+            reactors: &[],
+            queue_pairs: &[],
+            notes: &[],
+            stores: &[],
+        };
+        json_report(entries, &summary, bins)
+    }
+
+    #[test]
+    fn terse_line_has_fios_version_3_fields() {
+        let entries = entries(&[measured()]);
+        let text = terse_report(&entries);
+        assert!(text.ends_with('\n') && text.lines().count() == 1, "{text}");
+        let f: Vec<&str> = text.trim_end().split(';').collect();
+        assert_eq!(f.len(), TERSE_V3_FIELDS);
+        assert_eq!(TERSE_V3_FIELDS, 121, "fio 3.33's --minimal line");
+        assert_eq!(
+            &f[..5],
+            [
+                "3",
+                &format!("bluepoll-{}", env!("CARGO_PKG_VERSION")),
+                "tj",
+                "0",
+                "0"
+            ]
+        );
+        // Read: KiB, KiB/s, IOPS, runtime ms.
+        assert_eq!(&f[5..9], ["4000", "2000", "500", "2000"]);
+        // slat µs: min, max, mean, stddev.
+        assert_eq!(&f[9..13], ["0", "0", "0.200000", "0.000000"]);
+        assert_eq!(&f[13..15], ["1", "1000"]);
+        assert_eq!(f[15], "500.500000");
+        // fio's 17 default percentiles, then empty ones to 20.
+        assert_eq!(f[17], "1.000000%=10");
+        assert_eq!(f[23], "50.000000%=500");
+        assert!(f[29].starts_with("99.000000%=99"), "{}", f[29]);
+        assert_eq!(&f[34..37], ["0%=0"; 3]);
+        // lat min/max, then bw min, max, share of the group, mean, stddev.
+        assert_eq!(&f[37..39], ["1", "1000"]);
+        assert_eq!(
+            f[41..46],
+            ["2000", "2000", "100.000000%", "2000.000000", "0.000000"]
+        );
+        // Write starts at 46; its clat is 50 ns: 0 µs.
+        assert_eq!(&f[46..50], ["2000", "1000", "250", "2000"]);
+        assert_eq!(f[54], "0");
+        // CPU, then depths (all at 16), then latency shares: writes (50 ns) fold into ≤2 µs.
+        assert_eq!(f[87], "0.000000%");
+        assert_eq!(
+            &f[92..99],
+            ["0.0%", "0.0%", "0.0%", "0.0%", "100.0%", "0.0%", "0.0%"]
+        );
+        assert_eq!(f[99], "33.40%", "the 500 writes of 50 ns and the 1 µs read");
+        // 500–750 µs and 751–999 µs (the HDR bucket of 750 µs is named 749.95 µs).
+        assert_eq!(&f[107..109], ["16.73%", "16.60%"]);
+        assert_eq!(f[109], "0.07%", "the 1000 µs read is under 2 ms");
+        assert_eq!(f[120], "0.00%");
+        let shares: f64 = f[99..121]
+            .iter()
+            .map(|x| x.trim_end_matches('%').parse::<f64>().unwrap())
+            .sum();
+        assert!((shares - 100.0).abs() < 0.1, "{shares}");
+    }
+
+    #[test]
+    fn latency_buckets_split_as_fios() {
+        let mut r = measured();
+        r.dirs = Default::default();
+        for ns in [1u64, 2, 3, 999, 1000, 1999, 2000, 2_000_000, 5_000_000_000] {
+            r.dirs[READ].ios += 1;
+            r.dirs[READ].clat.record(ns);
+        }
+        r.dirs[READ].settle();
+        let counts = latency_counts(&r);
+        let key = |i: usize| (LATENCY_BUCKETS[i].0, LATENCY_BUCKETS[i].1);
+        let hit: Vec<_> = (0..counts.len())
+            .filter(|&i| counts[i] > 0)
+            .map(|i| (key(i), counts[i]))
+            .collect();
+        assert_eq!(
+            hit,
+            [
+                (("latency_ns", "2"), 1),
+                (("latency_ns", "4"), 2),
+                (("latency_ns", "1000"), 1),
+                (("latency_us", "2"), 2),
+                (("latency_us", "4"), 1),
+                (("latency_ms", "4"), 1),
+                (("latency_ms", ">=2000"), 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn json_plus_adds_bins_that_add_up() {
+        let entries = entries(&[measured()]);
+        let plain = summary_json(&entries, false);
+        assert!(plain["jobs"][0]["read"]["clat_ns"].get("bins").is_none());
+        let plus = summary_json(&entries, true);
+        let job = &plus["jobs"][0];
+        for dir in ["read", "write"] {
+            let bins = job[dir]["clat_ns"]["bins"].as_object().unwrap();
+            let sum: u64 = bins.values().map(|v| v.as_u64().unwrap()).sum();
+            assert_eq!(sum, job[dir]["total_ios"].as_u64().unwrap(), "{dir}");
+            for key in bins.keys() {
+                let ns: u64 = key.parse().unwrap();
+                assert_eq!(plat::value(plat::index(ns)), ns, "{key} is a bucket value");
+            }
+        }
+        // Only where fio writes percentiles, and never empty.
+        assert!(job["read"]["lat_ns"].get("bins").is_none());
+        assert!(job["trim"]["clat_ns"].get("bins").is_none());
+        assert!(job["sync"]["lat_ns"].get("bins").is_none());
+        // The 10 µs read is in fio's bucket 9984–10111 ns, named 10048.
+        assert_eq!(job["read"]["clat_ns"]["bins"]["10048"], 1);
+        // Without the bins (and the clock), json+ is the JSON.
+        let (mut plus, mut plain) = (plus.clone(), plain);
+        for dir in ["read", "write"] {
+            let clat = plus["jobs"][0][dir]["clat_ns"].as_object_mut().unwrap();
+            clat.remove("bins");
+        }
+        for v in [&mut plus, &mut plain] {
+            for k in ["timestamp", "timestamp_ms", "time"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+        }
+        assert_eq!(plus, plain);
+    }
+
+    #[test]
+    fn output_formats_parse_as_fios() {
+        let format = |list: &[&str]| parse_invocation(&args(list)).map(|i| i.run.output_format);
+        let f = |normal, json, json_plus, terse| OutputFormat {
+            normal,
+            json,
+            json_plus,
+            terse,
+        };
+        assert_eq!(format(&[]).unwrap(), f(true, false, false, false));
+        assert_eq!(
+            format(&["--output-format=normal,json+"]).unwrap(),
+            f(true, true, true, false)
+        );
+        assert_eq!(
+            format(&["--output-format=terse,json"]).unwrap(),
+            f(false, true, false, true)
+        );
+        assert_eq!(
+            format(&["--minimal"]).unwrap(),
+            f(false, false, false, true)
+        );
+        // The last of --minimal and --output-format wins; --append-terse adds terse.
+        assert_eq!(
+            format(&["--minimal", "--output-format=json"]).unwrap(),
+            f(false, true, false, false)
+        );
+        assert_eq!(
+            format(&["--output-format=json", "--append-terse"]).unwrap(),
+            f(false, true, false, true)
+        );
+        assert!(format(&["--terse-version=3", "--minimal"]).is_ok());
+        for bad in [
+            "--terse-version=2",
+            "--terse-version=5",
+            "--terse-version=x",
+        ] {
+            let e = format(&[bad]).unwrap_err().to_string();
+            assert!(
+                e.contains("'terse_version'") && e.contains("only terse version 3"),
+                "{e}"
+            );
+        }
+        let e = format(&["--minimal=1"]).unwrap_err().to_string();
+        assert!(e.contains("'minimal'"), "{e}");
+        let e = format(&["--output-format=json++"]).unwrap_err().to_string();
+        assert!(e.contains("json+"), "{e}");
+    }
 }
