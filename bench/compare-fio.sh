@@ -15,8 +15,10 @@
 #   --rounds=N      alternate fio and bluepoll N times (a table per round), to see the noise.
 #   --keep=DIR      keep the JSON results in DIR.
 #
-# Note: fio lets a job file's options win over the command line; bluepoll lets the command line
-# win. Only --ioengine/--filename/--direct are added here, so both read the same job.
+# Any job file runs, yours included: fio lets a job file's options win over the command line, so
+# fio gets a copy of each job file without its ioengine/filename/directory lines (what this script
+# sets: a job file written for /dev/nvme0n1 never touches it); bluepoll lets the command line win
+# and reads the file as it is. Everything else is read unchanged by both.
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
 ensure_packages fio
@@ -66,11 +68,22 @@ case "$engine" in
     *) echo "compare-fio.sh: unknown engine '$engine' (null, io_uring)" >&2; exit 2 ;;
 esac
 
+fio_job=()
+for j in "${job[@]}"; do
+    if [ -f "$j" ]; then
+        copy="$out/fio-$(basename "$j")"
+        grep -Ev '^[[:space:]]*(ioengine|filename|directory)[[:space:]]*=' "$j" > "$copy"
+        fio_job+=("$copy")
+    else
+        fio_job+=("$j")
+    fi
+done
+
 echo "job: ${job[*]}"
-echo "fio:      fio ${fio_args[*]} ${job[*]}"
+echo "fio:      fio ${fio_args[*]} ${fio_job[*]}"
 echo "bluepoll: bluepoll bench ${job[*]} ${bp_args[*]}"
 for round in $(seq 1 "$rounds"); do
-    fio "${fio_args[@]}" --output-format=json --output="$out/fio.$round.json" "${job[@]}"
+    fio "${fio_args[@]}" --output-format=json --output="$out/fio.$round.json" "${fio_job[@]}"
     "$bin" bench "${job[@]}" "${bp_args[@]}" --output-format=json --output="$out/bluepoll.$round.json" --eta=never
     [ "$rounds" -gt 1 ] && echo "-- round $round"
     "$bin" compare "$out/fio.$round.json" "$out/bluepoll.$round.json" --peer-label="${labels[0]}" --label="${labels[1]}"

@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use super::offsets::{OffsetGen, Rng};
-use super::options::{JobSpec, RwMode, VerifyMode};
+use super::offsets::Rng;
+use super::options::{JobSpec, RateProcess, VerifyMode};
+use super::pattern::{IoPattern, NextIo};
 use super::stats::{DirStats, LatencyStat, Meter, Sample, batch_bucket, depth_bucket};
 use super::verify::{self, Claim, Generations, WrittenUnits};
 use crate::nvme::{
@@ -37,6 +38,10 @@ pub const DIR_NAMES: [&str; DIRS] = ["read", "write", "trim"];
 
 /// Most error messages kept per job; the counts are always exact.
 const MAX_MESSAGES: usize = 10;
+
+/// How far off a job's next action must be for it to count as dormant (the reactor may then
+/// park for up to its idle policy's longest sleep, 1 ms by default).
+const DORMANT_NS: u64 = 5_000_000;
 
 /// The slot number in the tag of a job's Flush (`fsync=N`); real slots are numbered from 0.
 const SYNC_SLOT: u64 = 0xffff_ffff;
@@ -66,6 +71,16 @@ pub struct JobProgress {
 pub struct RunControl {
     /// Stop issuing, drain, report (Ctrl-C).
     pub stop: AtomicBool,
+    /// An `exitall` job with `exit_what=all` ended: later groups do not start.
+    pub exit_all: AtomicBool,
+}
+
+/// Jobs sharing a `flow_id`: fio's token-based flow control keeps each job's share of the
+/// group's I/Os near its share of the group's `flow` weights.
+#[derive(Debug, Default)]
+pub struct FlowGroup {
+    pub ios: AtomicU64,
+    pub weight: AtomicU64,
 }
 
 /// A job placed on a reactor, with its device range resolved.
@@ -80,11 +95,24 @@ pub struct JobPlan {
     pub block_size: u64,
     /// The device implements Flush (`fsync=N` is skipped where it does not).
     pub flush: bool,
-    /// First byte of the job's range and the number of `bs` units in it.
+    /// First byte of the job's range, its length, and the number of `bs` units in it.
     pub range_start: u64,
+    pub range_len: u64,
     pub units: u64,
+    /// `wait_for`: the job that must finish before this one starts (same group).
+    pub wait_for: Option<Arc<JobProgress>>,
+    /// Set when an `exitall` job of the group ends: every job of the group stops.
+    pub group_exit: Arc<AtomicBool>,
+    pub flow: Option<Arc<FlowGroup>>,
+    /// `read_iolog`: the I/Os to replay instead of generating them.
+    pub replay: Option<Arc<Vec<NextIo>>>,
+    /// `write_iolog`: where the job records every I/O it issues (fio's iolog v3).
+    pub iolog: Option<super::iolog::IologWriter>,
     pub seed: u64,
     pub generations: Option<Arc<Generations>>,
+    /// The verify tables of the job's device when the job writes or trims without verify
+    /// blocks: the units it changes are marked so verifying jobs do not check them.
+    pub foreign_tables: Vec<Arc<Generations>>,
     pub progress: Arc<JobProgress>,
 }
 
@@ -221,6 +249,7 @@ enum Phase {
 struct Slot {
     buf: Option<crate::nvme::DmaBuf>,
     offset: u64,
+    len: u64,
     dir: usize,
     in_flight: bool,
     /// A read of the verify pass: always checked.
@@ -238,6 +267,7 @@ struct Slot {
 struct Command {
     dir: usize,
     offset: u64,
+    len: u64,
     generation: u64,
     claimed: bool,
     verify_read: bool,
@@ -253,15 +283,48 @@ struct JobRun {
     iodepth: u32,
     /// Most commands queued per doorbell (resolved `iodepth_batch_submit`).
     batch: u32,
-    mode: RwMode,
-    rwmixread: u64,
+    mode: super::options::RwMode,
     verify: bool,
     slots: Vec<Slot>,
     free: Vec<u32>,
     in_flight: u32,
-    offsets: OffsetGen,
+    pattern: IoPattern,
+    /// The next I/O, drawn but held back (rate, flow, a busy unit).
+    held: Option<NextIo>,
+    replay_cursor: usize,
     rng: Rng,
     phase: Phase,
+    /// `startdelay`: when the job may start (clock ns).
+    start_at_ns: u64,
+    /// I/Os left before `number_ios` ends the job.
+    ios_left: Option<u64>,
+    /// Rate caps: the earliest time of the next I/O per direction, and ns per byte / per I/O.
+    rate_next_ns: [u64; DIRS],
+    rate_ns_per_byte: [f64; DIRS],
+    rate_ns_per_io: [f64; DIRS],
+    /// `rate_min`: bytes per direction in the current `rate_cycle`, and when it began.
+    rate_cycle_bytes: [u64; DIRS],
+    rate_cycle_start_ns: u64,
+    /// `thinktime`: blocks counted toward the next think, and the think in progress.
+    think_count: u64,
+    think_wanted: bool,
+    think_until_ns: Option<u64>,
+    iotime_start_ns: u64,
+    /// Issued I/Os counted in the flow group.
+    flow_ios: u64,
+    /// `latency_target`: the depth in force, and the window's completions and those over.
+    depth_limit: u32,
+    window_start_ns: u64,
+    window_ios: u64,
+    window_over: u64,
+    end_sync_sent: bool,
+    io_log: Vec<super::stats::IoRecord>,
+    log_every_io: bool,
+    /// Whether anything paces the job (thinktime, flow, rate caps), and whether each I/O has
+    /// bookkeeping beyond the counters (logs, flow, verify tables of others, think counts):
+    /// both false for a plain benchmark job, which then pays two branches for them.
+    paced: bool,
+    extras: bool,
     ramp_end_ns: u64,
     deadline_ns: Option<u64>,
     /// Bytes a size-bound job may still issue.
@@ -288,18 +351,19 @@ struct JobRun {
 }
 
 impl JobRun {
-    fn new(plan: JobPlan, qp: usize, slot_bufs: Vec<crate::nvme::DmaBuf>) -> JobRun {
+    fn new(
+        plan: JobPlan,
+        qp: usize,
+        slot_bufs: Vec<crate::nvme::DmaBuf>,
+        pattern: IoPattern,
+    ) -> JobRun {
         let spec = Arc::clone(&plan.spec);
-        let offsets = if spec.rw.is_random() {
-            OffsetGen::random(plan.units, plan.seed, !spec.norandommap)
-        } else {
-            OffsetGen::sequential(plan.units)
-        };
         let slots = slot_bufs
             .into_iter()
             .map(|buf| Slot {
                 buf: Some(buf),
                 offset: 0,
+                len: 0,
                 dir: READ,
                 in_flight: false,
                 verify_read: false,
@@ -322,14 +386,53 @@ impl JobRun {
                 n => n.min(spec.iodepth),
             },
             mode: spec.rw,
-            rwmixread: spec.rwmixread as u64,
             verify,
             slots,
             free,
             in_flight: 0,
-            offsets,
+            pattern,
+            held: None,
+            replay_cursor: 0,
             rng: Rng::new(plan.seed ^ 0x5eed),
             phase: Phase::Pending,
+            start_at_ns: 0,
+            ios_left: None,
+            rate_next_ns: [0; DIRS],
+            rate_ns_per_byte: std::array::from_fn(|d| match spec.rate[d] {
+                0 => 0.0,
+                r => 1e9 / r as f64,
+            }),
+            rate_ns_per_io: std::array::from_fn(|d| match spec.rate_iops_dirs[d] {
+                0 => 0.0,
+                r => 1e9 / r as f64,
+            }),
+            rate_cycle_bytes: [0; DIRS],
+            rate_cycle_start_ns: 0,
+            think_count: 0,
+            think_wanted: false,
+            think_until_ns: None,
+            iotime_start_ns: 0,
+            flow_ios: 0,
+            depth_limit: spec.iodepth,
+            window_start_ns: 0,
+            window_ios: 0,
+            window_over: 0,
+            end_sync_sent: false,
+            io_log: Vec::new(),
+            log_every_io: spec.logs_every_io(),
+            paced: !spec.thinktime.is_zero() || plan.flow.is_some() || spec.rate_limited(),
+            extras: spec.logs_every_io()
+                || plan.iolog.is_some()
+                || plan.flow.is_some()
+                || !plan.foreign_tables.is_empty()
+                || !spec.thinktime.is_zero()
+                || spec.latency_target.is_some()
+                || spec
+                    .rate_min
+                    .iter()
+                    .chain(&spec.rate_iops_min)
+                    .any(|&r| r > 0)
+                || spec.rw.trims(),
             ramp_end_ns: 0,
             deadline_ns: None,
             budget: None,
@@ -358,7 +461,56 @@ impl JobRun {
         }
     }
 
-    /// Starts the job at the shard's first poll: ramp first if asked, else measuring.
+    /// Sets when the job may start (`startdelay`, drawn within its range).
+    fn schedule(&mut self, now_ns: u64) {
+        let (lo, hi) = self.plan.spec.startdelay;
+        let spread = hi.saturating_sub(lo).as_nanos() as u64;
+        let delay = lo.as_nanos() as u64
+            + if spread > 0 {
+                self.rng.below(spread + 1)
+            } else {
+                0
+            };
+        self.start_at_ns = now_ns + delay;
+    }
+
+    /// Whether a pending job may start now: its delay is over and the job it waits for is done.
+    fn may_start(&self, now_ns: u64) -> bool {
+        now_ns >= self.start_at_ns
+            && self
+                .plan
+                .wait_for
+                .as_ref()
+                .is_none_or(|p| p.finished.load(Ordering::Acquire))
+    }
+
+    /// Whether the job has nothing to do for a while (more than [`DORMANT_NS`]): it waits to
+    /// start, or a rate cap holds its next I/O with none in flight. A shard of such jobs lets its
+    /// reactor rest (a 1 mbit/s client with a two-minute startdelay need not spin a CPU).
+    fn dormant(&self, now_ns: u64) -> bool {
+        match self.phase {
+            Phase::Done => true,
+            Phase::Pending => {
+                self.start_at_ns > now_ns + DORMANT_NS
+                    || self
+                        .plan
+                        .wait_for
+                        .as_ref()
+                        .is_some_and(|p| !p.finished.load(Ordering::Acquire))
+            }
+            Phase::Run => {
+                self.in_flight == 0
+                    && self.sync == SyncState::Idle
+                    && self
+                        .held
+                        .is_some_and(|io| self.rate_next_ns[io.dir] > now_ns + DORMANT_NS)
+                    && self.deadline_ns.is_none_or(|d| d > now_ns + DORMANT_NS)
+            }
+            _ => false,
+        }
+    }
+
+    /// Starts the job: ramp first if asked, else measuring.
     fn start(&mut self, now_ns: u64) {
         let ramp = self.plan.spec.ramp_time;
         if ramp.is_zero() {
@@ -376,11 +528,23 @@ impl JobRun {
         self.submit_dist = [0; 7];
         self.complete_dist = [0; 7];
         self.deadline_ns = spec.runtime.map(|r| now_ns + r.as_nanos() as u64);
-        self.budget = if spec.time_based {
+        self.budget = if spec.time_based || self.plan.replay.is_some() {
             None
         } else {
-            Some(self.plan.units * self.bs)
+            Some(
+                // With filesize giving the range, size is only the default amount of I/O.
+                spec.io_size
+                    .or(spec.filesize.and(spec.size))
+                    .unwrap_or(self.plan.range_len)
+                    .saturating_mul(spec.loops as u64),
+            )
         };
+        // As fio: number_ios ends a pass of the workload, which a time_based job starts again.
+        self.ios_left = (spec.number_ios > 0 && !spec.time_based).then_some(spec.number_ios);
+        self.rate_next_ns = [now_ns; DIRS];
+        self.rate_cycle_start_ns = now_ns;
+        self.iotime_start_ns = now_ns;
+        self.window_start_ns = now_ns;
         self.cpu_start = thread_cpu_usage();
         self.phase = Phase::Run;
     }
@@ -423,9 +587,10 @@ impl JobRun {
             return;
         }
         slot.in_flight = false;
-        let (dir, offset, generation, verify_read, claimed) = (
+        let (dir, offset, len, generation, verify_read, claimed) = (
             slot.dir,
             slot.offset,
+            slot.len,
             slot.generation,
             slot.verify_read,
             slot.claimed,
@@ -434,32 +599,106 @@ impl JobRun {
         slot.claimed = false;
         self.in_flight = self.in_flight.saturating_sub(1);
         self.reaped_this_poll += 1;
-        let mut buf = c.buf;
+        let buf = c.buf;
         if !c.status.is_success() {
             self.io_errors += 1;
             let message = format!(
-                "{} error at offset {offset} ({} bytes) on {}: {}",
-                DIR_NAMES[dir], self.bs, self.plan.device_uri, c.status
+                "{} error at offset {offset} ({len} bytes) on {}: {}",
+                DIR_NAMES[dir], self.plan.device_uri, c.status
             );
             self.note(message);
             if claimed && let Some(g) = &self.plan.generations {
                 // A failed write leaves the unit's contents unknown.
                 g.release(offset, if dir == WRITE { 0 } else { generation });
             }
-            // Like fio without continue_on_error: the first I/O error ends the job.
-            if matches!(self.phase, Phase::Ramp | Phase::Run | Phase::Verify) {
+            // Like fio: the first I/O error ends the job unless continue_on_error covers it.
+            let go_on = &self.plan.spec.continue_on_error;
+            let continues = if dir == READ { go_on.read } else { go_on.write };
+            if !continues && matches!(self.phase, Phase::Ramp | Phase::Run | Phase::Verify) {
                 self.phase = Phase::Drain;
             }
         } else {
+            let lat_ns = now_ns.saturating_sub(submit_ns);
             let stats = &mut self.meter.interval[dir];
             stats.ios += 1;
-            stats.bytes += self.bs;
+            stats.bytes += len;
             stats.slat.record(doorbell_ns.saturating_sub(submit_ns));
             stats.clat.record(now_ns.saturating_sub(doorbell_ns));
-            stats.lat.record(now_ns.saturating_sub(submit_ns));
+            stats.lat.record(lat_ns);
             self.meter.ios[dir] += 1;
-            self.meter.bytes[dir] += self.bs;
-            if self.verify {
+            self.meter.bytes[dir] += len;
+            if self.extras {
+                self.complete_extras(dir, offset, len, [submit_ns, doorbell_ns, now_ns]);
+            }
+        }
+        let command = Command {
+            dir,
+            offset,
+            len,
+            generation,
+            claimed,
+            verify_read,
+        };
+        self.finish_completion(index, buf, c.status.is_success(), command);
+    }
+
+    /// Per-I/O bookkeeping only some jobs have: per-I/O logs, the latency target's window, think
+    /// counts, marks in other jobs' verify tables.
+    #[cold]
+    #[inline(never)]
+    fn complete_extras(&mut self, dir: usize, offset: u64, len: u64, times: [u64; 3]) {
+        let [submit_ns, doorbell_ns, now_ns] = times;
+        let lat_ns = now_ns.saturating_sub(submit_ns);
+        self.rate_cycle_bytes[dir] += len;
+        {
+            if self.log_every_io && self.phase != Phase::Ramp {
+                self.io_log.push(super::stats::IoRecord {
+                    end_ns: now_ns.saturating_sub(self.meter.measure_start_ns),
+                    dir: dir as u8,
+                    bytes: len as u32,
+                    offset,
+                    slat_ns: doorbell_ns.saturating_sub(submit_ns),
+                    clat_ns: now_ns.saturating_sub(doorbell_ns),
+                    lat_ns,
+                });
+            }
+            if let Some(target) = self.plan.spec.latency_target {
+                self.window_ios += 1;
+                if lat_ns > target.as_nanos() as u64 {
+                    self.window_over += 1;
+                }
+            }
+            if !self.plan.spec.thinktime.is_zero() && !self.plan.spec.thinktime_issue {
+                self.count_think_block();
+            }
+            if dir != READ {
+                for table in &self.plan.foreign_tables {
+                    table.forget(offset, len);
+                }
+            }
+        }
+    }
+
+    /// A successful command's verify work (claims released, reads checked) and the slot's
+    /// return.
+    #[inline]
+    fn finish_completion(
+        &mut self,
+        index: usize,
+        mut buf: Option<crate::nvme::DmaBuf>,
+        ok: bool,
+        command: Command,
+    ) {
+        let Command {
+            dir,
+            offset,
+            len,
+            generation,
+            claimed,
+            verify_read,
+        } = command;
+        {
+            if self.verify && ok {
                 if claimed && let Some(g) = &self.plan.generations {
                     g.release(offset, generation);
                 }
@@ -467,20 +706,36 @@ impl JobRun {
                     (WRITE, _) => self
                         .written
                         .mark((offset - self.plan.range_start) / self.bs),
+                    (TRIM, _) => {}
                     (_, Some(data)) => {
                         let expected = generation;
                         // Mixed jobs check only what this run wrote; pure reads check everything.
-                        let must_check = verify_read || !self.mode.writes() || expected != 0;
+                        let foreign = self
+                            .plan
+                            .generations
+                            .as_ref()
+                            .is_some_and(|g| g.foreign(offset));
+                        let must_check =
+                            !foreign && (verify_read || !self.mode.writes() || expected != 0);
                         if must_check {
-                            if let Err(failure) =
-                                verify::check(&data[..self.bs as usize], offset, expected)
-                            {
+                            let unit = self.plan.spec.verify_unit(len) as usize;
+                            let failed = data[..len as usize].chunks(unit).enumerate().find_map(
+                                |(k, chunk)| {
+                                    verify::check(chunk, offset + (k * unit) as u64, expected).err()
+                                },
+                            );
+                            if let Some(failure) = failed {
                                 self.verify_errors += 1;
                                 let message = format!(
                                     "verify: {} offset {offset} ({} bytes): {failure}",
                                     self.plan.device_uri, self.bs
                                 );
                                 self.note(message);
+                                if self.plan.spec.verify_fatal
+                                    && !self.plan.spec.continue_on_error.verify
+                                {
+                                    self.phase = Phase::Drain;
+                                }
                             }
                         }
                     }
@@ -500,14 +755,46 @@ impl JobRun {
             self.complete_dist[batch_bucket(self.reaped_this_poll)] += 1;
             self.reaped_this_poll = 0;
         }
+        let stop = stop || self.plan.group_exit.load(Ordering::Relaxed);
+        if self.phase == Phase::Pending {
+            if stop {
+                self.finish(now_ns);
+                return;
+            }
+            if self.may_start(now_ns) {
+                self.start(now_ns);
+            }
+        }
         if self.phase == Phase::Ramp && (stop || now_ns >= self.ramp_end_ns) {
             self.begin_measuring(now_ns);
         }
         if self.phase == Phase::Run {
             let expired = self.deadline_ns.is_some_and(|d| now_ns >= d);
-            if stop || expired || self.budget == Some(0) {
+            let replayed = self
+                .plan
+                .replay
+                .as_ref()
+                .is_some_and(|r| self.replay_cursor >= r.len());
+            if stop || expired || self.budget == Some(0) || self.ios_left == Some(0) || replayed {
                 self.phase = Phase::Drain;
+            } else if self.extras {
+                self.check_rate_min(now_ns);
+                self.adjust_depth(now_ns);
             }
+        }
+        if self.phase == Phase::Drain
+            && self.plan.spec.end_fsync
+            && !self.end_sync_sent
+            && !stop
+            && self.in_flight == 0
+            && self.sync == SyncState::Idle
+            && self.mode.writes()
+            && self.plan.flush
+            && self.io_errors == 0
+        {
+            // end_fsync: one Flush once the writes are done, timed like fsync=N's.
+            self.end_sync_sent = true;
+            self.sync = SyncState::Wanted;
         }
         if self.phase == Phase::Verify && stop {
             self.phase = Phase::Drain;
@@ -544,6 +831,154 @@ impl JobRun {
         }
     }
 
+    /// `rate_min`/`rate_iops_min`: a direction that moved fewer bytes than asked over a whole
+    /// `rate_cycle` ends the job with an error, as fio's does.
+    fn check_rate_min(&mut self, now_ns: u64) {
+        let cycle = self.plan.spec.rate_cycle.as_nanos() as u64;
+        if cycle == 0 || now_ns < self.rate_cycle_start_ns + cycle {
+            return;
+        }
+        let spec = Arc::clone(&self.plan.spec);
+        let secs = (now_ns - self.rate_cycle_start_ns) as f64 / 1e9;
+        for (d, dir_name) in DIR_NAMES.iter().enumerate() {
+            let wanted = spec.rate_min[d] as f64
+                + spec.rate_iops_min[d] as f64 * self.pattern.max_len().min(self.bs) as f64;
+            let got = self.rate_cycle_bytes[d] as f64 / secs;
+            if wanted > 0.0 && got < wanted && self.in_direction(d) {
+                self.io_errors += 1;
+                let message = format!(
+                    "{dir_name} rate {got:.0} B/s fell below rate_min {wanted:.0} B/s over \
+                     {secs:.1} s"
+                );
+                self.note(message);
+                self.phase = Phase::Drain;
+            }
+        }
+        self.rate_cycle_bytes = [0; DIRS];
+        self.rate_cycle_start_ns = now_ns;
+    }
+
+    fn in_direction(&self, d: usize) -> bool {
+        [self.mode.reads(), self.mode.writes(), self.mode.trims()][d]
+    }
+
+    /// `latency_target`: at the end of each `latency_window`, a window whose completions met the
+    /// target at `latency_percentile` lets the depth grow by one, up to `iodepth`; one that did
+    /// not halves it. The depth settles at the deepest queue the device serves within target.
+    fn adjust_depth(&mut self, now_ns: u64) {
+        let spec = &self.plan.spec;
+        let Some(_) = spec.latency_target else {
+            return;
+        };
+        let window = spec.latency_window.as_nanos().max(1) as u64;
+        if now_ns < self.window_start_ns + window || self.window_ios == 0 {
+            return;
+        }
+        let within = 100.0 * (self.window_ios - self.window_over) as f64 / self.window_ios as f64;
+        self.depth_limit = if within >= spec.latency_percentile {
+            (self.depth_limit + 1).min(spec.iodepth)
+        } else {
+            (self.depth_limit / 2).max(1)
+        };
+        self.window_start_ns = now_ns;
+        self.window_ios = 0;
+        self.window_over = 0;
+    }
+
+    /// Counts one block toward `thinktime_blocks`; the think starts once enough are counted.
+    fn count_think_block(&mut self) {
+        self.think_count += 1;
+        if self.think_count >= self.plan.spec.thinktime_blocks {
+            self.think_count = 0;
+            self.think_wanted = true;
+        }
+    }
+
+    /// Whether thinking keeps the job from issuing now. With `thinktime_blocks_type=complete`
+    /// (the default) the job first waits for what it has in flight, as fio quiesces.
+    fn thinking(&mut self, now_ns: u64) -> bool {
+        let spec = &self.plan.spec;
+        if spec.thinktime.is_zero() {
+            return false;
+        }
+        if let Some(until) = self.think_until_ns {
+            if now_ns < until {
+                return true;
+            }
+            self.think_until_ns = None;
+            self.iotime_start_ns = now_ns;
+        }
+        let iotime = spec.thinktime_iotime.as_nanos() as u64;
+        if iotime > 0 && now_ns >= self.iotime_start_ns + iotime {
+            self.think_wanted = true;
+        }
+        if self.think_wanted {
+            if !spec.thinktime_issue && self.in_flight > 0 {
+                return true;
+            }
+            self.think_wanted = false;
+            self.think_until_ns = Some(now_ns + spec.thinktime.as_nanos() as u64);
+            return true;
+        }
+        false
+    }
+
+    /// Whether the flow group holds this job back: its share of the group's I/Os is above its
+    /// share of the group's weight.
+    fn flow_blocked(&self) -> bool {
+        let Some(group) = &self.plan.flow else {
+            return false;
+        };
+        let total = group.ios.load(Ordering::Relaxed);
+        let weight = group.weight.load(Ordering::Relaxed);
+        if total == 0 || weight == 0 {
+            return false;
+        }
+        let mine = self.plan.spec.flow.unsigned_abs();
+        self.flow_ios as f64 / total as f64 > mine as f64 / weight as f64
+    }
+
+    /// The next I/O of the job, from the replayed log or the pattern.
+    #[inline]
+    fn draw(&mut self) -> Option<NextIo> {
+        if self.held.is_some() {
+            return self.held.take();
+        }
+        match &self.plan.replay {
+            Some(log) => {
+                let io = log.get(self.replay_cursor).copied();
+                self.replay_cursor += 1;
+                io
+            }
+            None => Some(self.pattern.next_io()),
+        }
+    }
+
+    /// Rate caps: whether an I/O of `len` bytes in `dir` may go now; if so, books its slot.
+    fn rate_allows(&mut self, dir: usize, len: u64, now_ns: u64) -> bool {
+        let per_byte = self.rate_ns_per_byte[dir];
+        let per_io = self.rate_ns_per_io[dir];
+        if per_byte == 0.0 && per_io == 0.0 {
+            return true;
+        }
+        if now_ns < self.rate_next_ns[dir] {
+            return false;
+        }
+        let mean = (per_byte * len as f64).max(per_io);
+        let gap = match self.plan.spec.rate_process {
+            RateProcess::Linear => mean,
+            // Exponential gaps with the same mean: a Poisson arrival process.
+            RateProcess::Poisson => {
+                let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                -mean * (1.0 - u).ln()
+            }
+        };
+        // Never bank more than a second of credit after a stall.
+        let base = self.rate_next_ns[dir].max(now_ns.saturating_sub(1_000_000_000));
+        self.rate_next_ns[dir] = base + gap as u64;
+        true
+    }
+
     /// Queues up to one batch (`iodepth_batch_submit`) of commands; returns how many.
     fn issue_batch(
         &mut self,
@@ -562,21 +997,6 @@ impl JobRun {
                 pending.len() - queued
             }
             Phase::Pending | Phase::Drain | Phase::Done => 0,
-        }
-    }
-
-    fn choose_direction(&mut self) -> usize {
-        match self.mode {
-            RwMode::Read | RwMode::RandRead => READ,
-            RwMode::Write | RwMode::RandWrite => WRITE,
-            RwMode::Trim | RwMode::RandTrim | RwMode::TrimWrite | RwMode::RandTrimWrite => TRIM,
-            RwMode::ReadWrite | RwMode::RandRw => {
-                if self.rng.below(100) < self.rwmixread {
-                    READ
-                } else {
-                    WRITE
-                }
-            }
         }
     }
 
@@ -645,40 +1065,68 @@ impl JobRun {
             // 1 when the Flush was just queued, so its doorbell is rung this round.
             return pending.len() - queued;
         }
-        while self.in_flight < self.iodepth
+        while self.in_flight < self.depth_limit
             && self.budget != Some(0)
+            && self.ios_left != Some(0)
             && issued < self.batch as usize
         {
             let Some(&slot_index) = self.free.last() else {
                 break;
             };
-            let dir = self.choose_direction();
-            let mut reserved = None;
-            for _ in 0..8 {
-                let offset = self.plan.range_start + self.offsets.next(&mut self.rng) * self.bs;
-                if let Some((last, claimed)) = self.reserve(offset) {
-                    reserved = Some((offset, last, claimed));
-                    break;
-                }
+            if self.paced && (self.thinking(now_ns) || self.flow_blocked()) {
+                break;
             }
-            let Some((offset, last, claimed)) = reserved else {
+            let Some(io) = self.draw() else {
                 break;
             };
-            let generation = if dir == WRITE { last + 1 } else { last };
+            if self.paced && !self.rate_allows(io.dir, io.len, now_ns) {
+                self.held = Some(io);
+                break;
+            }
+            let NextIo { dir, offset, len } = io;
+            let Some((last, claimed)) = self.reserve(offset) else {
+                // Another command holds the unit (verify): try this I/O again next round.
+                self.held = Some(io);
+                break;
+            };
+            let generation = match dir {
+                WRITE => last + 1,
+                // A trimmed unit's contents are unknown to verify from now on.
+                TRIM => 0,
+                _ => last,
+            };
+            if self.extras && dir != READ {
+                for table in &self.plan.foreign_tables {
+                    table.forget(offset, len);
+                }
+                if dir == TRIM
+                    && let Some(g) = &self.plan.generations
+                {
+                    g.forget(offset, len);
+                }
+            }
             let command = Command {
                 dir,
                 offset,
+                len,
                 generation,
                 claimed,
                 verify_read: false,
             };
             if !self.submit(slot_index, command, now_ns, qp, pending, job_index) {
                 self.unreserve(offset, claimed, last);
+                self.held = Some(io);
                 break;
             }
             issued += 1;
+            if self.extras {
+                self.issue_extras(dir, offset, len, now_ns);
+            }
             if let Some(budget) = &mut self.budget {
-                *budget = budget.saturating_sub(self.bs);
+                *budget = budget.saturating_sub(len + self.pattern.skip_bytes());
+            }
+            if let Some(left) = &mut self.ios_left {
+                *left -= 1;
             }
             if dir == WRITE && self.plan.spec.fsync > 0 && self.plan.flush {
                 self.writes_since_sync += 1;
@@ -691,6 +1139,33 @@ impl JobRun {
         }
         self.account_batch(issued);
         issued
+    }
+
+    /// Per-I/O bookkeeping at issue only some jobs have: the trace, the flow group's count,
+    /// think counts by issue.
+    #[cold]
+    #[inline(never)]
+    fn issue_extras(&mut self, dir: usize, offset: u64, len: u64, now_ns: u64) {
+        if let Some(log) = &mut self.plan.iolog {
+            let action = [
+                super::iolog::Action::Read,
+                super::iolog::Action::Write,
+                super::iolog::Action::Trim,
+            ][dir];
+            let at = now_ns.saturating_sub(self.meter.measure_start_ns);
+            if let Err(e) = log.record(action, offset, len, at) {
+                self.plan.iolog = None;
+                self.io_errors += 1;
+                self.note(format!("write_iolog: {e}"));
+            }
+        }
+        if let Some(group) = &self.plan.flow {
+            self.flow_ios += 1;
+            group.ios.fetch_add(1, Ordering::Relaxed);
+        }
+        if !self.plan.spec.thinktime.is_zero() && self.plan.spec.thinktime_issue {
+            self.count_think_block();
+        }
     }
 
     /// The verify pass of a write job: read back every unit this run wrote, in order.
@@ -724,6 +1199,7 @@ impl JobRun {
             let command = Command {
                 dir: READ,
                 offset,
+                len: self.bs,
                 generation: last,
                 claimed,
                 verify_read: true,
@@ -761,37 +1237,53 @@ impl JobRun {
         let Command {
             dir,
             offset,
+            len,
             generation,
             claimed,
             verify_read,
         } = command;
-        let bs = self.bs as usize;
         let slot = &mut self.slots[slot_index as usize];
         let Some(mut buf) = slot.buf.take() else {
             return false;
         };
         if dir == WRITE && self.verify {
-            verify::fill(&mut buf[..bs], offset, generation);
+            let unit = self.plan.spec.verify_unit(len) as usize;
+            for (k, chunk) in buf[..len as usize].chunks_mut(unit).enumerate() {
+                verify::fill(chunk, offset + (k * unit) as u64, generation);
+            }
         }
         let tag = ((job_index as u64) << 32) | slot_index as u64;
+        let blocks = if len == self.bs {
+            self.blocks
+        } else {
+            (len >> self.block_shift) as u32
+        };
+        let (opcode, buf) = match dir {
+            READ => (Opcode::Read, Some(buf)),
+            WRITE => (Opcode::Write, Some(buf)),
+            // A trim moves no data: the buffer stays with the slot.
+            _ => {
+                slot.buf = Some(buf);
+                (Opcode::Trim, None)
+            }
+        };
         let cmd = IoCmd {
-            opcode: if dir == READ {
-                Opcode::Read
-            } else {
-                Opcode::Write
-            },
+            opcode,
             lba: offset >> self.block_shift,
-            blocks: self.blocks,
-            buf: Some(buf),
+            blocks,
+            buf,
             buf_offset: 0,
             tag,
         };
         if let Err(QueueFull(cmd)) = qp.submit(cmd) {
-            slot.buf = cmd.buf;
+            if cmd.buf.is_some() {
+                slot.buf = cmd.buf;
+            }
             return false;
         }
         slot.in_flight = true;
         slot.offset = offset;
+        slot.len = len;
         slot.dir = dir;
         slot.generation = generation;
         slot.claimed = claimed;
@@ -805,6 +1297,15 @@ impl JobRun {
     }
 
     fn finish(&mut self, now_ns: u64) {
+        if let Some(log) = self.plan.iolog.take()
+            && let Err(e) = log.finish()
+        {
+            self.io_errors += 1;
+            self.note(format!("write_iolog: {e}"));
+        }
+        if self.plan.spec.exitall {
+            self.plan.group_exit.store(true, Ordering::Relaxed);
+        }
         self.meter.take_sample(now_ns);
         self.cpu_used = thread_cpu_usage().since(&self.cpu_start);
         self.finish_ns = now_ns;
@@ -822,7 +1323,7 @@ impl JobRun {
         }
     }
 
-    fn result(&self, reactor: usize, cpu: usize) -> JobResult {
+    fn result(&mut self, reactor: usize, cpu: usize) -> JobResult {
         let run_ns = self.run_end_ns.saturating_sub(self.meter.measure_start_ns);
         let verify_ns = self
             .verify_start_ns
@@ -855,7 +1356,7 @@ impl JobRun {
                 s
             },
             errno: 0,
-            io_log: Vec::new(),
+            io_log: std::mem::take(&mut self.io_log),
         }
     }
 }
@@ -896,9 +1397,22 @@ impl Shard {
                 .map_err(|e| format!("cannot create a queue pair on {}: {e}", device.info().uri))?;
             qps.push(qp);
         }
-        let buf_size = jobs
+        let mut patterns = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            let pattern = IoPattern::new(&job.spec, job.range_start, job.range_len, job.seed)
+                .map_err(|e| format!("job '{}': {e}", job.spec.name))?;
+            patterns.push(pattern);
+        }
+        let buf_size = patterns
             .iter()
-            .map(|j| j.spec.bs as usize)
+            .zip(&jobs)
+            .map(|(p, j)| {
+                let replayed = j
+                    .replay
+                    .as_ref()
+                    .and_then(|r| r.iter().map(|io| io.len).max());
+                p.max_len().max(replayed.unwrap_or(0)) as usize
+            })
             .max()
             .unwrap_or(4096);
         let count: usize = jobs.iter().map(|j| j.spec.iodepth as usize).sum();
@@ -910,7 +1424,7 @@ impl Shard {
         }
         let mut runs = Vec::with_capacity(jobs.len());
         let mut fill = Rng::new(0x0b1e_55ed);
-        for job in jobs {
+        for (job, pattern) in jobs.into_iter().zip(patterns) {
             let mut bufs = Vec::with_capacity(job.spec.iodepth as usize);
             for _ in 0..job.spec.iodepth {
                 let mut buf = pool.alloc().map_err(|e| e.to_string())?;
@@ -921,7 +1435,7 @@ impl Shard {
                 bufs.push(buf);
             }
             let qp = job.device;
-            runs.push(JobRun::new(job, qp, bufs));
+            runs.push(JobRun::new(job, qp, bufs, pattern));
         }
         Ok(Shard {
             reactor: cx.index(),
@@ -972,10 +1486,11 @@ impl Shard {
     }
 
     fn report(&mut self) {
+        let (reactor, cpu) = (self.reactor, self.cpu);
         let jobs = self
             .jobs
-            .iter()
-            .map(|j| j.result(self.reactor, self.cpu))
+            .iter_mut()
+            .map(|j| j.result(reactor, cpu))
             .collect();
         let queue_pairs = self
             .qp_uris
@@ -999,7 +1514,7 @@ impl Poller for Shard {
             self.clock = Clock::start();
             self.started = true;
             for job in &mut self.jobs {
-                job.start(0);
+                job.schedule(0);
             }
         }
         let stop = self.control.stop.load(Ordering::Relaxed);
@@ -1074,12 +1589,27 @@ impl Poller for Shard {
         }
         let mut all_done = true;
         for job in &self.jobs {
+            if job.phase == Phase::Done
+                && job.plan.spec.exitall
+                && job.plan.spec.exit_what == super::options::ExitWhat::All
+            {
+                self.control.exit_all.store(true, Ordering::Relaxed);
+            }
             job.publish();
             all_done &= job.phase == Phase::Done;
         }
         if all_done {
             self.report();
             return Poll::Done;
+        }
+        // The last clock reading is recent enough to judge dormancy by; jobs with commands in
+        // flight are never dormant, so a busy shard stops at the first job.
+        if self
+            .jobs
+            .iter()
+            .all(|j| j.in_flight == 0 && j.dormant(submit_ns))
+        {
+            return Poll::Idle;
         }
         Poll::Busy
     }

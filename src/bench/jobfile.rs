@@ -47,74 +47,171 @@ pub struct JobFileError {
     pub message: String,
 }
 
-/// Parses the text of a job file; `path` only labels errors.
+/// Parses the text of a job file; `path` labels errors and anchors `include` paths.
 pub fn parse(path: &str, text: &str) -> Result<Vec<RawJob>, JobFileError> {
-    let mut jobs: Vec<RawJob> = Vec::new();
-    let mut globals: Vec<RawOption> = Vec::new();
-    // None before the first section; Some(None) inside [global]; Some(Some(i)) inside job i.
-    let mut section: Option<Option<usize>> = None;
-    for (index, raw_line) in text.lines().enumerate() {
-        let origin = Origin::File {
-            path: path.to_string(),
-            line: index + 1,
-        };
-        let line = strip_comment(raw_line).trim();
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix('[') {
-            let Some(name) = rest.strip_suffix(']') else {
-                return Err(JobFileError {
-                    origin,
-                    message: format!("unterminated section header '{line}'"),
-                });
+    let mut parser = Parser::default();
+    parser.feed(path, text, 0)?;
+    Ok(parser.jobs)
+}
+
+/// How deep `include` may nest (a file including itself is an error, not a hang).
+const MAX_INCLUDE_DEPTH: usize = 8;
+
+#[derive(Default)]
+struct Parser {
+    jobs: Vec<RawJob>,
+    globals: Vec<RawOption>,
+    /// None before the first section; Some(None) inside [global]; Some(Some(i)) inside job i.
+    section: Option<Option<usize>>,
+}
+
+impl Parser {
+    fn feed(&mut self, path: &str, text: &str, depth: usize) -> Result<(), JobFileError> {
+        for (index, raw_line) in text.lines().enumerate() {
+            let origin = Origin::File {
+                path: path.to_string(),
+                line: index + 1,
             };
-            let name = name.trim();
-            if name.is_empty() {
+            let stripped = strip_comment(raw_line).trim();
+            if stripped.is_empty() {
+                continue;
+            }
+            let line = expand(stripped);
+            let line = line.as_str();
+            if let Some(included) = line.strip_prefix("include ") {
+                self.include(path, included.trim(), origin, depth)?;
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix('[') {
+                let Some(name) = rest.strip_suffix(']') else {
+                    return Err(JobFileError {
+                        origin,
+                        message: format!("unterminated section header '{line}'"),
+                    });
+                };
+                let name = name.trim();
+                if name.is_empty() {
+                    return Err(JobFileError {
+                        origin,
+                        message: "empty section name".into(),
+                    });
+                }
+                if name == "global" {
+                    self.section = Some(None);
+                } else {
+                    self.jobs.push(RawJob {
+                        name: name.to_string(),
+                        globals: self.globals.clone(),
+                        options: Vec::new(),
+                    });
+                    self.section = Some(Some(self.jobs.len() - 1));
+                }
+                continue;
+            }
+            let (key, value) = match line.split_once('=') {
+                Some((k, v)) => (k.trim(), Some(v.trim().to_string())),
+                None => (line, None),
+            };
+            if key.is_empty() {
                 return Err(JobFileError {
                     origin,
-                    message: "empty section name".into(),
+                    message: format!("missing option name in '{line}'"),
                 });
             }
-            if name == "global" {
-                section = Some(None);
-            } else {
-                jobs.push(RawJob {
-                    name: name.to_string(),
-                    globals: globals.clone(),
-                    options: Vec::new(),
-                });
-                section = Some(Some(jobs.len() - 1));
+            let option = RawOption {
+                key: key.to_string(),
+                value,
+                origin: origin.clone(),
+            };
+            match self.section {
+                None => {
+                    return Err(JobFileError {
+                        origin,
+                        message: format!("option '{key}' appears before any [section]"),
+                    });
+                }
+                Some(None) => self.globals.push(option),
+                Some(Some(job)) => self.jobs[job].options.push(option),
             }
-            continue;
         }
-        let (key, value) = match line.split_once('=') {
-            Some((k, v)) => (k.trim(), Some(v.trim().to_string())),
-            None => (line, None),
-        };
-        if key.is_empty() {
+        Ok(())
+    }
+
+    /// fio's `include FILE`: the file's lines as if written here (relative to this file).
+    fn include(
+        &mut self,
+        from: &str,
+        included: &str,
+        origin: Origin,
+        depth: usize,
+    ) -> Result<(), JobFileError> {
+        if depth >= MAX_INCLUDE_DEPTH {
             return Err(JobFileError {
                 origin,
-                message: format!("missing option name in '{line}'"),
+                message: format!("include {included}: nested more than {MAX_INCLUDE_DEPTH} deep"),
             });
         }
-        let option = RawOption {
-            key: key.to_string(),
-            value,
-            origin: origin.clone(),
+        let target = match std::path::Path::new(from).parent() {
+            Some(dir) if !included.starts_with('/') => dir.join(included),
+            _ => std::path::PathBuf::from(included),
         };
-        match section {
-            None => {
-                return Err(JobFileError {
-                    origin,
-                    message: format!("option '{key}' appears before any [section]"),
-                });
-            }
-            Some(None) => globals.push(option),
-            Some(Some(job)) => jobs[job].options.push(option),
-        }
+        let text = std::fs::read_to_string(&target).map_err(|e| JobFileError {
+            origin: origin.clone(),
+            message: format!("include {}: {e}", target.display()),
+        })?;
+        self.feed(&target.display().to_string(), &text, depth + 1)
     }
-    Ok(jobs)
+}
+
+/// fio's substitutions in a job file line: `${VAR}` from the environment (empty when unset, as
+/// fio does), and fio's own `$ncpus`, `$pagesize` and `$mb_memory`.
+fn expand(line: &str) -> String {
+    if !line.contains('$') {
+        return line.to_string();
+    }
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at + 1..];
+        if let Some(braced) = tail.strip_prefix('{')
+            && let Some(end) = braced.find('}')
+        {
+            out.push_str(&std::env::var(&braced[..end]).unwrap_or_default());
+            rest = &braced[end + 1..];
+            continue;
+        }
+        let word_len = tail
+            .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .unwrap_or(tail.len());
+        let value = match &tail[..word_len] {
+            "ncpus" => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .to_string(),
+            "pagesize" => "4096".to_string(),
+            "mb_memory" => memory_mib().to_string(),
+            _ => {
+                out.push('$');
+                rest = tail;
+                continue;
+            }
+        };
+        out.push_str(&value);
+        rest = &tail[word_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// MemTotal in MiB (0 when /proc/meminfo cannot be read).
+fn memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib >> 10)
 }
 
 fn strip_comment(line: &str) -> &str {
@@ -174,6 +271,33 @@ mod tests {
         );
         let err = parse("x.fio", "[a]\n=3\n").unwrap_err();
         assert!(err.to_string().contains("missing option name"));
+    }
+
+    #[test]
+    fn variables_and_includes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("common.fio"),
+            "bs=8k\niodepth=${BLUEPOLL_TEST_UNSET_VAR}4\n",
+        )
+        .unwrap();
+        let main = dir.path().join("main.fio");
+        let text = "[a]\ninclude common.fio\nrw=$ncpus\n";
+        let jobs = parse(&main.display().to_string(), text).unwrap();
+        let values: Vec<_> = jobs[0]
+            .options
+            .iter()
+            .map(|o| (o.key.as_str(), o.value.clone().unwrap()))
+            .collect();
+        assert_eq!(values[0], ("bs", "8k".to_string()));
+        assert_eq!(
+            values[1],
+            ("iodepth", "4".to_string()),
+            "an unset variable is empty"
+        );
+        assert!(values[2].1.parse::<usize>().unwrap() >= 1);
+        let err = parse(&main.display().to_string(), "[a]\ninclude missing.fio\n").unwrap_err();
+        assert!(err.to_string().contains("include"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod kv_bench;
 pub mod latlog;
 pub mod offsets;
 pub mod options;
+pub mod pattern;
 pub mod plat;
 pub mod plot;
 pub mod report;
@@ -28,7 +29,7 @@ pub mod verify;
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -60,8 +61,159 @@ struct Instance {
     group: usize,
     device_uri: String,
     range_start: u64,
+    range_len: u64,
     units: u64,
     seed: u64,
+}
+
+/// URI schemes bluepoll's devices answer to; anything else in `filename` is a path.
+const DEVICE_SCHEMES: &[&str] = &[
+    "mem", "null", "uring", "pcie", "spdk", "fault", "sim", "slice", "ram",
+];
+
+/// Where a dev job's I/O goes before its URI is final: a device URI, or a path (fio's file or
+/// block device) that several jobs may share.
+enum Target {
+    Uri(String),
+    Path {
+        path: String,
+        /// Bytes the job needs from the file (None: sizes in %, or a block device).
+        needed: Option<u64>,
+        direct: bool,
+    },
+}
+
+/// The device a dev job runs on: its `filename` as a device URI; a bare path (fio's file or
+/// block device) through `uring:`, created at the job's size when missing, as fio creates files;
+/// `ioengine=null` on a `null:` device; without either, the shared default RAM device, or a file
+/// in `directory` named as fio names it (`JOB.CLONE.0`).
+fn device_target(spec: &JobSpec, clone: u32, default_uri: &str) -> Result<Target> {
+    // What the job's clones cover: the device a null engine or a new file is made with.
+    let wanted_bytes = || {
+        let clones = spec.numjobs.saturating_sub(1) as u64;
+        spec.offset
+            .saturating_add(spec.offset_increment.saturating_mul(clones))
+            .saturating_add(
+                spec.filesize
+                    .map(|f| f.1)
+                    .or(spec.size)
+                    .unwrap_or(DEFAULT_DEVICE_BYTES),
+            )
+    };
+    if spec.null_engine {
+        let mib = wanted_bytes().div_ceil(1 << 20).max(1);
+        return Ok(Target::Uri(format!("null:{mib}M")));
+    }
+    let path = match (&spec.filename, &spec.directory) {
+        (Some(f), _) => {
+            let scheme = f.split(':').next().unwrap_or("");
+            if f.contains(':') && DEVICE_SCHEMES.contains(&scheme) {
+                return Ok(Target::Uri(f.clone()));
+            }
+            if f.contains(':') {
+                bail!(
+                    "job '{}': filename={f}: lists of files (a:b) are not supported; give one \
+                     path or device URI",
+                    spec.name
+                );
+            }
+            match &spec.directory {
+                Some(dir) if !f.starts_with('/') => format!("{dir}/{f}"),
+                _ => f.clone(),
+            }
+        }
+        (None, Some(dir)) if spec.ioengine == IoEngine::Dev => {
+            format!("{dir}/{}.{clone}.0", spec.name)
+        }
+        _ => return Ok(Target::Uri(default_uri.to_string())),
+    };
+    let is_block_device = std::fs::metadata(&path)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
+    let percent = spec.size_percent.is_some() || spec.offset_percent.is_some();
+    Ok(Target::Path {
+        path,
+        needed: (!is_block_device && !percent).then(wanted_bytes),
+        direct: spec.direct,
+    })
+}
+
+/// The `uring:` URI of a path shared by jobs needing `needed` bytes: a regular file is created,
+/// or extended, only to what the jobs need, as fio does; sizes in % are of the file as it is.
+fn path_uri(path: &str, needed: Option<u64>, direct: bool) -> Result<String> {
+    let existing = std::fs::metadata(path).ok();
+    let mut params = Vec::new();
+    match needed {
+        Some(bytes) => {
+            let bytes = bytes.div_ceil(4096) * 4096;
+            if existing.as_ref().is_none_or(|m| m.len() < bytes) {
+                params.push(format!("size={bytes}"));
+            }
+        }
+        None if existing.is_none() => {
+            bail!("{path} does not exist, and a size in % needs one to measure");
+        }
+        None => {}
+    }
+    if !direct {
+        params.push("direct=0".to_string());
+    }
+    Ok(match params.is_empty() {
+        true => format!("uring:{path}"),
+        false => format!("uring:{path}?{}", params.join("&")),
+    })
+}
+
+/// Every dev job clone's device URI, keyed by (job index, clone): jobs sharing a path share one
+/// URI, sized for the largest of them.
+fn plan_device_uris(jobs: &[JobSpec], default_uri: &str) -> Result<HashMap<(usize, u32), String>> {
+    let mut targets = Vec::new();
+    let mut paths: HashMap<String, (Option<u64>, bool)> = HashMap::new();
+    for (index, spec) in jobs.iter().enumerate() {
+        if spec.ioengine != IoEngine::Dev {
+            continue;
+        }
+        for clone in 0..spec.numjobs {
+            let target = device_target(spec, clone, default_uri)?;
+            if let Target::Path {
+                path,
+                needed,
+                direct,
+            } = &target
+            {
+                let entry = paths.entry(path.clone()).or_insert((*needed, *direct));
+                entry.0 = match (entry.0, *needed) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                entry.1 &= *direct;
+            }
+            targets.push(((index, clone), target));
+        }
+    }
+    let mut uris = HashMap::new();
+    for (key, target) in targets {
+        let uri = match target {
+            Target::Uri(uri) => uri,
+            Target::Path { path, .. } => {
+                let (needed, direct) = paths[&path];
+                path_uri(&path, needed, direct)?
+            }
+        };
+        uris.insert(key, uri);
+    }
+    Ok(uris)
+}
+
+/// A RAM or null device named without a block size takes the smallest I/O its jobs issue (down
+/// to 512 bytes), as a file takes any I/O size: `bssplit=512/10:4k/90` runs on `mem:1G`.
+fn with_block_size(uri: &str, smallest_io: u64) -> String {
+    let ram = uri.starts_with("mem:") || uri.starts_with("null:");
+    if !ram || uri.contains("block_size=") || smallest_io >= 4096 {
+        return uri.to_string();
+    }
+    let block = (1u64 << smallest_io.trailing_zeros().min(12)).max(512);
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    format!("{uri}{sep}block_size={block}")
 }
 
 /// Phase members with their slot in the phase (which indexes their progress).
@@ -96,11 +248,8 @@ pub fn run(args: &[String]) -> Result<Outcome> {
     let default_uri = default_device_uri(&invocation.jobs);
     let mut notes = Vec::new();
     for spec in &invocation.jobs {
-        if spec.rate_iops > 0 && spec.ioengine != IoEngine::Store {
-            bail!(
-                "job '{}': rate_iops is supported with ioengine=store only",
-                spec.name
-            );
+        if spec.ioengine != IoEngine::Dev {
+            dev_only_options(spec)?;
         }
         match spec.ioengine {
             IoEngine::Dev => {}
@@ -119,38 +268,30 @@ pub fn run(args: &[String]) -> Result<Outcome> {
             }
         }
     }
+    let ignored = ignored_options(&invocation.jobs);
+    if !ignored.is_empty() {
+        notes.push(format!(
+            "accepted without effect (they cannot change what a bluepoll device measures; \
+             docs/bench.md): {}",
+            ignored.join(", ")
+        ));
+    }
     let mut devices: HashMap<String, Device> = HashMap::new();
     let mut filesystems: HashMap<String, BlueFs> = HashMap::new();
     let mut instances = Vec::new();
     let mut group = 0usize;
     let mut number = 0usize;
+    // The smallest I/O on each RAM device, so its block size can take it.
+    let mut smallest_io: HashMap<String, u64> = HashMap::new();
+    let planned_uris = plan_device_uris(&invocation.jobs, &default_uri)?;
+    for ((index, _), uri) in &planned_uris {
+        let e = smallest_io.entry(uri.clone()).or_insert(u64::MAX);
+        *e = (*e).min(invocation.jobs[*index].min_bs());
+    }
     for (i, spec) in invocation.jobs.iter().enumerate() {
         if spec.stonewall && i > 0 {
             group += 1;
         }
-        let uri = spec.filename.clone().unwrap_or_else(|| default_uri.clone());
-        let (range_start, units) = match spec.ioengine {
-            IoEngine::Dev => {
-                if !devices.contains_key(&uri) {
-                    let device = Device::open(&uri).with_context(|| {
-                        format!("job '{}': cannot open device '{uri}'", spec.name)
-                    })?;
-                    devices.insert(uri.clone(), device);
-                }
-                job_range(spec, &devices[&uri])?
-            }
-            IoEngine::Bluefs => {
-                if !filesystems.contains_key(&uri) {
-                    let fs = bluefs_engine::mount(&uri, spec.bluefs_mkfs)
-                        .with_context(|| format!("job '{}'", spec.name))?;
-                    filesystems.insert(uri.clone(), fs);
-                }
-                (0, spec.size.unwrap_or(spec.bs) / spec.bs)
-            }
-            IoEngine::Store | IoEngine::Kstore | IoEngine::Image => {
-                (0, spec.size.unwrap_or(spec.bs) / spec.bs)
-            }
-        };
         let spec = Arc::new(spec.clone());
         for clone in 0..spec.numjobs {
             let seed = if spec.randrepeat {
@@ -164,19 +305,48 @@ pub fn run(args: &[String]) -> Result<Outcome> {
                         ^ number as u64,
                 )
             };
+            let (uri, range_start, range_len) = match spec.ioengine {
+                IoEngine::Dev => {
+                    let named = planned_uris[&(i, clone)].clone();
+                    let uri = with_block_size(&named, smallest_io[&named]);
+                    if !devices.contains_key(&uri) {
+                        let device = Device::open(&uri).with_context(|| {
+                            format!("job '{}': cannot open device '{uri}'", spec.name)
+                        })?;
+                        devices.insert(uri.clone(), device);
+                    }
+                    let (start, len) = job_range(&spec, clone, seed, &devices[&uri], &mut notes)?;
+                    (uri, start, len)
+                }
+                IoEngine::Bluefs => {
+                    let uri = spec.filename.clone().unwrap_or_else(|| default_uri.clone());
+                    if !filesystems.contains_key(&uri) {
+                        let fs = bluefs_engine::mount(&uri, spec.bluefs_mkfs)
+                            .with_context(|| format!("job '{}'", spec.name))?;
+                        filesystems.insert(uri.clone(), fs);
+                    }
+                    (uri, 0, spec.size.unwrap_or(spec.bs) / spec.bs * spec.bs)
+                }
+                IoEngine::Store | IoEngine::Kstore | IoEngine::Image => {
+                    let uri = spec.filename.clone().unwrap_or_else(|| default_uri.clone());
+                    (uri, 0, spec.size.unwrap_or(spec.bs) / spec.bs * spec.bs)
+                }
+            };
             instances.push(Instance {
                 spec: Arc::clone(&spec),
                 number,
                 clone,
                 group,
-                device_uri: uri.clone(),
+                device_uri: uri,
                 range_start,
-                units,
+                range_len,
+                units: range_len / spec.bs,
                 seed,
             });
             number += 1;
         }
     }
+    let replays = load_replays(&instances)?;
 
     // Object stores, one per distinct `filename` of store and image jobs, each with a reactor
     // per CPU.
@@ -254,6 +424,12 @@ pub fn run(args: &[String]) -> Result<Outcome> {
     };
     let groups = instances.iter().map(|i| i.group).max().map_or(0, |g| g + 1);
     for phase in 0..groups {
+        if control.exit_all.load(Ordering::Relaxed) {
+            notes.push(format!(
+                "groups from {phase} on did not run: an exitall job with exit_what=all ended"
+            ));
+            break;
+        }
         let members: Vec<&Instance> = instances.iter().filter(|i| i.group == phase).collect();
         let (dev_members, fs_members): (Placed<'_>, Placed<'_>) = members
             .iter()
@@ -279,6 +455,33 @@ pub fn run(args: &[String]) -> Result<Outcome> {
             .iter()
             .map(|_| Arc::new(JobProgress::default()))
             .collect();
+        let group_exit = Arc::new(AtomicBool::new(false));
+        let mut flows: HashMap<u32, Arc<engine::FlowGroup>> = HashMap::new();
+        for m in members.iter().filter(|m| m.spec.flow != 0) {
+            let group = flows.entry(m.spec.flow_id).or_default();
+            group
+                .weight
+                .fetch_add(m.spec.flow.unsigned_abs(), Ordering::Relaxed);
+        }
+        let waited_for = |m: &Instance| -> Result<Option<Arc<JobProgress>>> {
+            let Some(name) = &m.spec.wait_for else {
+                return Ok(None);
+            };
+            if let Some(k) = members.iter().position(|o| o.spec.name == *name) {
+                return Ok(Some(Arc::clone(&progress[k])));
+            }
+            if instances
+                .iter()
+                .any(|o| o.spec.name == *name && o.group < m.group)
+            {
+                // In an earlier group: finished before this group began.
+                return Ok(None);
+            }
+            bail!(
+                "job '{}': wait_for={name} names no job before it",
+                m.spec.name
+            )
+        };
         let (fs_tx, fs_rx) = mpsc::channel::<Result<JobResult, String>>();
         let mut fs_pending = 0;
         for (slot, m) in &fs_members {
@@ -393,8 +596,42 @@ pub fn run(args: &[String]) -> Result<Outcome> {
                 block_size: device.info().block_size as u64,
                 flush: device.info().ops.flush,
                 range_start: m.range_start,
+                range_len: m.range_len,
                 units: m.units,
+                wait_for: waited_for(m)?,
+                group_exit: Arc::clone(&group_exit),
+                flow: (m.spec.flow != 0).then(|| Arc::clone(&flows[&m.spec.flow_id])),
+                replay: replays.get(&m.number).cloned(),
+                iolog: match &m.spec.write_iolog {
+                    None => None,
+                    Some(path) => {
+                        // Clones of one job each write their own trace: PATH, PATH.1, …
+                        let path = match m.clone {
+                            0 => path.clone(),
+                            n => format!("{path}.{n}"),
+                        };
+                        Some(
+                            iolog::IologWriter::create(
+                                std::path::Path::new(&path),
+                                iolog::IologVersion::V3,
+                                &m.device_uri,
+                            )
+                            .with_context(|| format!("job '{}': write_iolog", m.spec.name))?,
+                        )
+                    }
+                },
                 seed: m.seed,
+                foreign_tables: if m.spec.verify == VerifyMode::None
+                    && (m.spec.rw.writes() || m.spec.rw.trims())
+                {
+                    generations
+                        .iter()
+                        .filter(|((uri, _), _)| *uri == m.device_uri)
+                        .filter_map(|(_, t)| t.clone())
+                        .collect()
+                } else {
+                    Vec::new()
+                },
                 generations: if m.spec.verify == VerifyMode::Crc32c {
                     generations
                         .get(&(m.device_uri.clone(), m.spec.bs))
@@ -533,6 +770,7 @@ pub fn run(args: &[String]) -> Result<Outcome> {
         queue_pairs: &queue_pairs,
         notes: &notes,
         stores: &store_summaries,
+        ignored_options: &ignored,
     };
     let entries = report::entries(&results);
     // fio's order: terse, JSON, normal.
@@ -596,52 +834,155 @@ fn default_device_uri(jobs: &[JobSpec]) -> String {
     format!("mem:{mib}M")
 }
 
-/// Checks a job against its device and returns its range as (first byte, units of `bs`).
-fn job_range(spec: &JobSpec, device: &Device) -> Result<(u64, u64)> {
+/// Options only the dev engine implements: an error naming the first one another engine's job
+/// sets, rather than a run that silently ignores it.
+fn dev_only_options(spec: &JobSpec) -> Result<()> {
+    let d = JobSpec::default_for(&spec.name);
+    let set: &[(&str, bool)] = &[
+        ("bssplit/bsrange/bs per direction", !spec.fixed_bs()),
+        ("rw=trim/randtrim/trimwrite", spec.rw.trims()),
+        ("rw=…:N", spec.rw_modifier != 0),
+        (
+            "random_distribution",
+            spec.random_distribution != d.random_distribution,
+        ),
+        ("percentage_random", spec.percentage_random != 100),
+        ("blockalign", spec.blockalign.is_some()),
+        ("rate", spec.rate != [0; 3]),
+        (
+            "rate_min",
+            spec.rate_min != [0; 3] || spec.rate_iops_min != [0; 3],
+        ),
+        ("thinktime", !spec.thinktime.is_zero()),
+        ("startdelay", spec.startdelay != d.startdelay),
+        ("number_ios", spec.number_ios != 0),
+        ("io_size", spec.io_size.is_some()),
+        ("loops", spec.loops != 1),
+        (
+            "offset_increment",
+            spec.offset_increment != 0 || spec.offset_increment_percent.is_some(),
+        ),
+        (
+            "size/offset in %",
+            spec.size_percent.is_some() || spec.offset_percent.is_some(),
+        ),
+        ("filesize", spec.filesize.is_some()),
+        ("wait_for", spec.wait_for.is_some()),
+        ("flow", spec.flow != 0),
+        ("zonemode=strided", spec.zonemode_strided.is_some()),
+        ("latency_target", spec.latency_target.is_some()),
+        ("read_iolog", spec.read_iolog.is_some()),
+        ("write_iolog", spec.write_iolog.is_some()),
+        ("end_fsync", spec.end_fsync),
+        ("ioengine=null", spec.null_engine),
+    ];
+    if let Some((name, _)) = set.iter().find(|(_, on)| *on) {
+        bail!(
+            "job '{}': {name} is supported with ioengine=dev (and fio's kernel engines) only, \
+             not ioengine={}",
+            spec.name,
+            spec.ioengine.name()
+        );
+    }
+    if spec.rate_iops_dirs.iter().any(|&r| r > 0) && spec.ioengine != IoEngine::Store {
+        bail!(
+            "job '{}': rate_iops is supported with ioengine=dev and store only",
+            spec.name
+        );
+    }
+    Ok(())
+}
+
+/// Checks a job against its device and returns its range as (first byte, bytes). Sizes follow
+/// fio on a block device: `size=N%` and `offset=N%` are of the device, `filesize` (a range: drawn
+/// per clone) replaces `size`, `offset_increment` moves each clone on, a range that runs past the
+/// end is cut there (with a note), and a start past the end is an error, as fio's "offset
+/// extends end".
+fn job_range(
+    spec: &JobSpec,
+    clone: u32,
+    seed: u64,
+    device: &Device,
+    notes: &mut Vec<String>,
+) -> Result<(u64, u64)> {
     let info = device.info();
     let block = info.block_size as u64;
     let name = &spec.name;
-    if spec.bs % block != 0 {
-        bail!(
-            "job '{name}': bs={} is not a multiple of the block size {block} of {}",
-            spec.bs,
-            info.uri
-        );
+    let capacity = info.capacity_bytes();
+    let align = spec.min_bs().max(block);
+    let percent_of = |p: f64| ((capacity as f64 * p / 100.0) as u64) / align * align;
+    for size in [
+        spec.min_bs(),
+        spec.max_bs(),
+        spec.blockalign.unwrap_or(block),
+    ] {
+        if size % block != 0 {
+            bail!(
+                "job '{name}': block size or alignment {size} is not a multiple of the block \
+                 size {block} of {}",
+                info.uri
+            );
+        }
     }
-    if spec.bs > info.max_transfer_bytes as u64 {
+    if spec.max_bs() > info.max_transfer_bytes as u64 {
         bail!(
             "job '{name}': bs={} exceeds the largest transfer {} of {}",
-            spec.bs,
+            spec.max_bs(),
             info.max_transfer_bytes,
             info.uri
         );
     }
-    if spec.offset % block != 0 {
+    let base = spec.offset_percent.map_or(spec.offset, percent_of);
+    let increment = spec
+        .offset_increment_percent
+        .map_or(spec.offset_increment, percent_of);
+    let offset = base.saturating_add(increment.saturating_mul(clone as u64));
+    if offset % block != 0 {
         bail!(
-            "job '{name}': offset={} is not a multiple of the block size {block} of {}",
-            spec.offset,
+            "job '{name}': offset={offset} is not a multiple of the block size {block} of {}",
             info.uri
         );
     }
-    let capacity = info.capacity_bytes();
-    if spec.offset >= capacity {
+    if offset >= capacity {
         bail!(
-            "job '{name}': offset={} is beyond the end of {} ({capacity} bytes)",
-            spec.offset,
+            "job '{name}': offset extends end: clone {clone} starts at byte {offset} \
+             (offset={}{}), beyond the end of {} ({capacity} bytes)",
+            base,
+            if increment > 0 {
+                format!(" + offset_increment={increment} × {clone}")
+            } else {
+                String::new()
+            },
             info.uri
         );
     }
-    let size = spec.size.unwrap_or(capacity - spec.offset);
-    if spec.offset.saturating_add(size) > capacity {
-        bail!(
-            "job '{name}': size={size} from offset={} runs past the end of {} ({capacity} bytes)",
-            spec.offset,
-            info.uri
+    let wanted = match (spec.filesize, spec.size_percent) {
+        (Some((lo, hi)), _) => {
+            let drawn = lo + splitmix(seed ^ 0xf11e) % (hi - lo + 1);
+            Some(drawn / block * block)
+        }
+        (None, Some(p)) => Some(percent_of(p)),
+        (None, None) => spec.size,
+    };
+    let mut len = wanted.unwrap_or(capacity - offset);
+    if offset.saturating_add(len) > capacity {
+        push_once(
+            notes,
+            format!(
+                "job '{name}': size {len} from byte {offset} runs past the end of {}; cut to {} bytes \
+             (as fio does on a block device)",
+                info.uri,
+                capacity - offset
+            ),
         );
+        len = capacity - offset;
     }
-    let units = size / spec.bs;
-    if units == 0 {
-        bail!("job '{name}': size={size} is smaller than bs={}", spec.bs);
+    len = len / block * block;
+    if len < spec.max_bs() {
+        bail!(
+            "job '{name}': its range ({len} bytes) is smaller than its largest block size {}",
+            spec.max_bs()
+        );
     }
     if spec.iodepth > info.max_queue_depth {
         bail!(
@@ -651,7 +992,79 @@ fn job_range(spec: &JobSpec, device: &Device) -> Result<(u64, u64)> {
             info.uri
         );
     }
-    Ok((spec.offset, units))
+    Ok((offset, len))
+}
+
+/// The fio options the jobs set that bluepoll accepts without effect, each once, in order.
+pub fn ignored_options(jobs: &[JobSpec]) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    for name in jobs.iter().flat_map(|j| &j.ignored_options) {
+        if !all.contains(name) {
+            all.push(name.clone());
+        }
+    }
+    all
+}
+
+/// Adds a note unless the same one is there already (clones of a job repeat them).
+fn push_once(notes: &mut Vec<String>, note: String) {
+    if !notes.contains(&note) {
+        notes.push(note);
+    }
+}
+
+/// `read_iolog`: each job's trace, read once, as I/Os on its device (offsets are the log's, as
+/// fio replays them). Syncs and waits are dropped; trims replay as trims.
+fn load_replays(instances: &[Instance]) -> Result<HashMap<usize, Arc<Vec<pattern::NextIo>>>> {
+    let mut by_path: HashMap<String, Arc<Vec<pattern::NextIo>>> = HashMap::new();
+    let mut out = HashMap::new();
+    for i in instances {
+        let Some(path) = &i.spec.read_iolog else {
+            continue;
+        };
+        if !by_path.contains_key(path) {
+            let log = iolog::read(std::path::Path::new(path))
+                .with_context(|| format!("job '{}': read_iolog", i.spec.name))?;
+            let mut ios = Vec::new();
+            for e in &log.entries {
+                let dir = match e.action {
+                    iolog::Action::Read => pattern::READ,
+                    iolog::Action::Write => pattern::WRITE,
+                    iolog::Action::Trim => pattern::TRIM,
+                    _ => continue,
+                };
+                ios.push(pattern::NextIo {
+                    dir,
+                    offset: e.offset,
+                    len: e.len,
+                });
+            }
+            if ios.is_empty() {
+                bail!(
+                    "job '{}': read_iolog {path} holds no reads, writes or trims",
+                    i.spec.name
+                );
+            }
+            by_path.insert(path.clone(), Arc::new(ios));
+        }
+        let ios = Arc::clone(&by_path[path]);
+        let end = i.range_start + i.range_len;
+        if let Some(bad) = ios
+            .iter()
+            .find(|io| io.offset + io.len > end || io.len == 0)
+        {
+            bail!(
+                "job '{}': read_iolog {path}: I/O at byte {} ({} bytes) is outside {} ({} bytes)",
+                i.spec.name,
+                bad.offset,
+                bad.len,
+                i.device_uri,
+                end
+            );
+        }
+        out.insert(i.number, ios);
+    }
+    Ok(out)
 }
 
 /// One generation table per (device, bs) among verifying jobs, spanning the union of their
@@ -663,7 +1076,7 @@ fn verify_tables(instances: &[Instance]) -> HashMap<(String, u64), Option<Arc<Ge
         .iter()
         .filter(|i| i.spec.verify == VerifyMode::Crc32c)
     {
-        let (start, end) = (i.range_start, i.range_start + i.units * i.spec.bs);
+        let (start, end) = (i.range_start, i.range_start + i.range_len);
         let span = spans
             .entry((i.device_uri.clone(), i.spec.bs))
             .or_insert((start, end));
@@ -739,13 +1152,13 @@ fn lay_out_fresh_ram(
         while unit < m.units {
             let n = units_per_cmd.min(m.units - unit);
             let mut buf = pool.alloc()?;
+            let interval = m.spec.verify_unit(bs) as usize;
             for k in 0..n {
                 let offset = m.range_start + (unit + k) * bs;
-                verify::fill(
-                    &mut buf[(k * bs) as usize..((k + 1) * bs) as usize],
-                    offset,
-                    1,
-                );
+                let block = &mut buf[(k * bs) as usize..((k + 1) * bs) as usize];
+                for (i, chunk) in block.chunks_mut(interval).enumerate() {
+                    verify::fill(chunk, offset + (i * interval) as u64, 1);
+                }
                 if let Some(t) = &table {
                     t.set(offset, 1);
                 }

@@ -100,7 +100,7 @@ impl OffsetGen {
         self.units
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn next(&mut self, rng: &mut Rng) -> u64 {
         match &mut self.order {
             Order::Sequential { next } => {

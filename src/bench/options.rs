@@ -144,7 +144,81 @@ impl IoEngine {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VerifyMode {
     None,
+    /// bluepoll's verify header (docs/format.md) with a crc32c of the block: fio's `crc32c`,
+    /// `crc32c-intel`, and `meta` (fio's header-only check; this header covers the data too).
     Crc32c,
+}
+
+/// How one direction's block sizes are chosen (`bs`, `bsrange`, `bssplit`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlockSizes {
+    Fixed(u64),
+    /// Uniform between the two, inclusive.
+    Range(u64, u64),
+    /// (size, weight in percent).
+    Split(Vec<(u64, u32)>),
+}
+
+impl BlockSizes {
+    fn min(&self) -> u64 {
+        match self {
+            BlockSizes::Fixed(b) => *b,
+            BlockSizes::Range(lo, _) => *lo,
+            BlockSizes::Split(parts) => parts.iter().map(|p| p.0).min().unwrap_or(4096),
+        }
+    }
+
+    fn max(&self) -> u64 {
+        match self {
+            BlockSizes::Fixed(b) => *b,
+            BlockSizes::Range(_, hi) => *hi,
+            BlockSizes::Split(parts) => parts.iter().map(|p| p.0).max().unwrap_or(4096),
+        }
+    }
+}
+
+/// fio's `random_distribution`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Distribution {
+    Random,
+    Zipf(f64),
+    Pareto(f64),
+    /// Deviation in percent of the range.
+    Normal(f64),
+    /// (percent of accesses, percent of the range).
+    Zoned(Vec<(u32, f64)>),
+    /// (percent of accesses, bytes).
+    ZonedAbs(Vec<(u32, u64)>),
+}
+
+/// `rw_sequencer`: what the `:N` of a random `rw` does between fresh offsets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sequencer {
+    Sequential,
+    Identical,
+}
+
+/// `rate_process`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateProcess {
+    Linear,
+    Poisson,
+}
+
+/// `exit_what`: which jobs an `exitall` job's end stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitWhat {
+    Group,
+    Stonewall,
+    All,
+}
+
+/// `continue_on_error`: which errors do not end a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ContinueOn {
+    pub read: bool,
+    pub write: bool,
+    pub verify: bool,
 }
 
 /// One job, fully resolved.
@@ -152,7 +226,78 @@ pub enum VerifyMode {
 pub struct JobSpec {
     pub name: String,
     pub rw: RwMode,
+    /// `:N` after `rw`: bytes added between sequential I/Os (negative: backwards), or I/Os per
+    /// random offset.
+    pub rw_modifier: i64,
+    pub rw_sequencer: Sequencer,
+    /// The smallest block size of the job (the only one for engines other than dev).
     pub bs: u64,
+    /// Block sizes per direction (read, write, trim).
+    pub block_sizes: [BlockSizes; 3],
+    /// `blockalign`: random offsets are multiples of this (default: the smallest block size).
+    pub blockalign: Option<u64>,
+    pub random_distribution: Distribution,
+    /// `percentage_random`: share of a random job's I/Os at random offsets (the rest sequential).
+    pub percentage_random: u32,
+    /// `size=N%` / `offset=N%` / `offset_increment=N%`: of the device, resolved when it is open.
+    pub size_percent: Option<f64>,
+    pub offset_percent: Option<f64>,
+    pub offset_increment: u64,
+    pub offset_increment_percent: Option<f64>,
+    /// `filesize=LO[-HI]`: the job's range when given (fio's per-file size).
+    pub filesize: Option<(u64, u64)>,
+    /// `io_size`: bytes of I/O before the job ends (default: the range, times `loops`).
+    pub io_size: Option<u64>,
+    /// `number_ios`: I/Os before the job ends (0: no limit).
+    pub number_ios: u64,
+    pub loops: u32,
+    /// `startdelay=LO[-HI]`.
+    pub startdelay: (Duration, Duration),
+    pub rate: [u64; 3],
+    pub rate_min: [u64; 3],
+    pub rate_iops_dirs: [u64; 3],
+    pub rate_iops_min: [u64; 3],
+    pub rate_process: RateProcess,
+    /// `rate_cycle`: the window over which `rate_min` is checked.
+    pub rate_cycle: Duration,
+    /// `thinktime` and its companions.
+    pub thinktime: Duration,
+    pub thinktime_spin: Duration,
+    pub thinktime_blocks: u64,
+    pub thinktime_issue: bool,
+    pub thinktime_iotime: Duration,
+    pub new_group: bool,
+    pub wait_for: Option<String>,
+    pub exitall: bool,
+    pub exit_what: ExitWhat,
+    pub flow: i64,
+    pub flow_id: u32,
+    pub flow_sleep: Duration,
+    /// `zonemode=strided`: zone size, zone range and the skip after each zone.
+    pub zonemode_strided: Option<(u64, u64, u64)>,
+    pub zonesize: u64,
+    pub zonerange: u64,
+    pub zoneskip: u64,
+    pub continue_on_error: ContinueOn,
+    pub verify_fatal: bool,
+    pub verify_backlog: u64,
+    /// `verify_interval`: bytes per verify header (default: the whole I/O).
+    pub verify_interval: Option<u64>,
+    /// `verify_only`: read and check what an earlier run wrote, writing nothing.
+    pub verify_only: bool,
+    pub read_iolog: Option<String>,
+    pub write_iolog: Option<String>,
+    /// `ioengine=null`: the job runs on a `null:` device of its size, as fio's null engine.
+    pub null_engine: bool,
+    /// `latency_target` (with `latency_window`, `latency_percentile`): find the deepest queue
+    /// that keeps the percentile of completions under the target.
+    pub latency_target: Option<Duration>,
+    pub latency_window: Duration,
+    pub latency_percentile: f64,
+    /// Options accepted that cannot change what a bluepoll device measures (named in reports).
+    pub ignored_options: Vec<String>,
+    /// `end_fsync` / `fsync_on_close`: one Flush when the job's writes are done.
+    pub end_fsync: bool,
     pub iodepth: u32,
     /// Commands queued before the doorbell is rung (fio's `iodepth_batch_submit`; 1 = each as
     /// soon as it is ready, as fio does by default; 0 = a whole `iodepth` at a time).
@@ -243,17 +388,118 @@ impl JobSpec {
 
     /// Whether the engine keeps one record per I/O for the logs (fio's `log_avg_msec=0`).
     pub fn logs_every_io(&self) -> bool {
-        self.log_avg_msec == 0
-            && (self.write_lat_log.is_some()
-                || self.write_iops_log.is_some()
-                || self.write_bw_log.is_some())
+        let averaged_logs = self.write_lat_log.is_some()
+            || self.write_iops_log.is_some()
+            || self.write_bw_log.is_some();
+        (self.log_avg_msec == 0 && averaged_logs)
+            || (self.write_hist_log.is_some() && self.log_hist_msec > 0)
+    }
+
+    /// Bytes per verify header in an I/O of `len` bytes (`verify_interval`, at least a header).
+    pub fn verify_unit(&self, len: u64) -> u64 {
+        self.verify_interval
+            .unwrap_or(len)
+            .clamp(super::verify::HEADER_LEN as u64, len.max(1))
+    }
+
+    pub fn min_bs(&self) -> u64 {
+        self.used_dirs()
+            .map(|d| self.block_sizes[d].min())
+            .min()
+            .unwrap_or(self.bs)
+    }
+
+    pub fn max_bs(&self) -> u64 {
+        self.used_dirs()
+            .map(|d| self.block_sizes[d].max())
+            .max()
+            .unwrap_or(self.bs)
+    }
+
+    /// Whether every I/O of the job has the same size.
+    pub fn fixed_bs(&self) -> bool {
+        self.used_dirs()
+            .all(|d| matches!(self.block_sizes[d], BlockSizes::Fixed(b) if b == self.bs))
+    }
+
+    fn used_dirs(&self) -> impl Iterator<Item = usize> + '_ {
+        [self.rw.reads(), self.rw.writes(), self.rw.trims()]
+            .into_iter()
+            .enumerate()
+            .filter(|(_, used)| *used)
+            .map(|(d, _)| d)
+    }
+
+    /// The rate caps in force per direction: bytes/s from `rate`, I/Os per second from
+    /// `rate_iops` (converted with the smallest block size, as fio does).
+    pub fn rate_limited(&self) -> bool {
+        self.rate.iter().chain(&self.rate_iops_dirs).any(|&r| r > 0)
+    }
+
+    /// A job with nothing but defaults (to tell which options a job changed).
+    pub fn default_for(name: &str) -> JobSpec {
+        JobSpec::new(name)
     }
 
     fn new(name: &str) -> JobSpec {
         JobSpec {
             name: name.to_string(),
             rw: RwMode::Read,
+            rw_modifier: 0,
+            rw_sequencer: Sequencer::Sequential,
             bs: 4096,
+            block_sizes: [
+                BlockSizes::Fixed(4096),
+                BlockSizes::Fixed(4096),
+                BlockSizes::Fixed(4096),
+            ],
+            blockalign: None,
+            random_distribution: Distribution::Random,
+            percentage_random: 100,
+            size_percent: None,
+            offset_percent: None,
+            offset_increment: 0,
+            offset_increment_percent: None,
+            filesize: None,
+            io_size: None,
+            number_ios: 0,
+            loops: 1,
+            startdelay: (Duration::ZERO, Duration::ZERO),
+            rate: [0; 3],
+            rate_min: [0; 3],
+            rate_iops_dirs: [0; 3],
+            rate_iops_min: [0; 3],
+            rate_process: RateProcess::Linear,
+            rate_cycle: Duration::from_secs(1),
+            thinktime: Duration::ZERO,
+            thinktime_spin: Duration::ZERO,
+            thinktime_blocks: 1,
+            thinktime_issue: false,
+            thinktime_iotime: Duration::ZERO,
+            new_group: false,
+            wait_for: None,
+            exitall: false,
+            exit_what: ExitWhat::Group,
+            flow: 0,
+            flow_id: 0,
+            flow_sleep: Duration::ZERO,
+            zonemode_strided: None,
+            zonesize: 0,
+            zonerange: 0,
+            zoneskip: 0,
+            continue_on_error: ContinueOn::default(),
+            verify_fatal: false,
+            verify_backlog: 0,
+            verify_interval: None,
+            verify_only: false,
+            read_iolog: None,
+            write_iolog: None,
+            null_engine: false,
+            latency_target: None,
+            latency_window: Duration::ZERO,
+            latency_percentile: 100.0,
+            ignored_options: Vec::new(),
+            end_fsync: false,
             iodepth: 1,
             iodepth_batch_submit: 1,
             numjobs: 1,
@@ -393,6 +639,453 @@ pub fn parse_cpu_list(value: &str) -> Result<Vec<usize>, String> {
     Ok(cpus)
 }
 
+/// Options of fio that are accepted but cannot change what a bluepoll device measures, with why.
+/// They are named in the report header and in the JSON (`"ignored_options"`), and listed in
+/// docs/bench.md.
+pub const IGNORED_OPTIONS: &[(&str, &str)] = &[
+    (
+        "invalidate",
+        "page-cache invalidation: bluepoll never goes through the page cache",
+    ),
+    ("fadvise_hint", "page-cache advice"),
+    ("allow_mounted_write", "a kernel-filesystem safety check"),
+    (
+        "allow_file_create",
+        "files are not created on bluepoll devices",
+    ),
+    (
+        "create_on_open",
+        "files are not created on bluepoll devices",
+    ),
+    (
+        "create_serialize",
+        "files are not created on bluepoll devices",
+    ),
+    ("create_fsync", "files are not created on bluepoll devices"),
+    ("fallocate", "files are not created on bluepoll devices"),
+    ("pre_read", "page-cache warm-up"),
+    ("unlink", "files are not created on bluepoll devices"),
+    (
+        "unlink_each_loop",
+        "files are not created on bluepoll devices",
+    ),
+    ("overwrite", "a device has no holes to fill first"),
+    ("file_service_type", "each job drives one device"),
+    (
+        "io_submit_mode",
+        "the reactor submits to the queue pair either way",
+    ),
+    ("iodepth_low", "the reactor refills every poll"),
+    (
+        "iodepth_batch_complete_min",
+        "the reactor reaps every completion each poll",
+    ),
+    (
+        "iodepth_batch_complete_max",
+        "the reactor reaps every completion each poll",
+    ),
+    ("iomem", "buffers come from the queue pair's DMA pool"),
+    ("mem", "buffers come from the queue pair's DMA pool"),
+    ("iomem_align", "DMA buffers are page-aligned"),
+    ("mem_align", "DMA buffers are page-aligned"),
+    ("nice", "CPU scheduling of a kernel thread"),
+    (
+        "prio",
+        "kernel I/O priority: a queue pair has no priority classes",
+    ),
+    (
+        "prioclass",
+        "kernel I/O priority: a queue pair has no priority classes",
+    ),
+    (
+        "cmdprio",
+        "kernel I/O priority: a queue pair has no priority classes",
+    ),
+    (
+        "cmdprio_class",
+        "kernel I/O priority: a queue pair has no priority classes",
+    ),
+    (
+        "cmdprio_percentage",
+        "kernel I/O priority: a queue pair has no priority classes",
+    ),
+    (
+        "cmdprio_bssplit",
+        "kernel I/O priority: a queue pair has no priority classes",
+    ),
+    (
+        "cmdprio_hint",
+        "kernel I/O priority: a queue pair has no priority classes",
+    ),
+    (
+        "ioscheduler",
+        "the kernel's block scheduler is not in the path",
+    ),
+    ("cgroup", "kernel cgroups"),
+    ("cgroup_weight", "kernel cgroups"),
+    (
+        "numa_mem_policy",
+        "DMA pools are allocated by the reactor on its own CPU",
+    ),
+    (
+        "cpus_allowed_policy",
+        "jobs are placed round-robin on the run's reactors",
+    ),
+    (
+        "gtod_reduce",
+        "bluepoll stamps time once per poll, so latencies cost nothing to keep",
+    ),
+    ("gtod_cpu", "bluepoll stamps time once per poll"),
+    (
+        "clocksource",
+        "bluepoll's clock is the invariant TSC or the monotonic clock",
+    ),
+    (
+        "disable_lat",
+        "bluepoll stamps time once per poll, so latencies cost nothing to keep",
+    ),
+    (
+        "disable_clat",
+        "bluepoll stamps time once per poll, so latencies cost nothing to keep",
+    ),
+    (
+        "disable_slat",
+        "bluepoll stamps time once per poll, so latencies cost nothing to keep",
+    ),
+    ("disable_bw_measurement", "bandwidth is counted either way"),
+    (
+        "lat_percentiles",
+        "clat percentiles are reported; lat is reported with min/max/mean",
+    ),
+    ("clat_percentiles", "clat percentiles are always reported"),
+    ("slat_percentiles", "slat is reported with min/max/mean"),
+    (
+        "unified_rw_reporting",
+        "directions are always reported apart",
+    ),
+    ("kb_base", "units in reports follow fio's defaults"),
+    ("unit_base", "units in reports follow fio's defaults"),
+    ("log_compression", "logs are written uncompressed"),
+    ("log_store_compressed", "logs are written uncompressed"),
+    ("status_interval", "the live status line is --eta"),
+    (
+        "dedupe_mode",
+        "data content: bluepoll devices neither compress nor deduplicate",
+    ),
+    (
+        "dedupe_global",
+        "data content: bluepoll devices neither compress nor deduplicate",
+    ),
+    (
+        "dedupe_percentage",
+        "data content: bluepoll devices neither compress nor deduplicate",
+    ),
+    (
+        "dedupe_working_set_percentage",
+        "data content: bluepoll devices neither compress nor deduplicate",
+    ),
+    (
+        "buffer_compress_percentage",
+        "data content: bluepoll devices neither compress nor deduplicate",
+    ),
+    (
+        "buffer_compress_chunk",
+        "data content: bluepoll devices neither compress nor deduplicate",
+    ),
+    (
+        "compress_percentage",
+        "data content: bluepoll devices neither compress nor deduplicate",
+    ),
+    (
+        "refill_buffers",
+        "data content: bluepoll devices neither compress nor deduplicate",
+    ),
+    (
+        "scramble_buffers",
+        "data content: bluepoll devices neither compress nor deduplicate",
+    ),
+    (
+        "zero_buffers",
+        "data content: bluepoll devices neither compress nor deduplicate",
+    ),
+    (
+        "buffer_pattern",
+        "data content: bluepoll devices neither compress nor deduplicate",
+    ),
+    (
+        "verify_pattern",
+        "verify blocks carry bluepoll's own header and payload (docs/format.md)",
+    ),
+    (
+        "verify_dump",
+        "a failed block is named in the report rather than dumped to files",
+    ),
+    (
+        "verify_async",
+        "blocks are checked on the reactor as they complete",
+    ),
+    (
+        "verify_async_cpus",
+        "blocks are checked on the reactor as they complete",
+    ),
+    (
+        "verify_state_save",
+        "the generation table lives for one run",
+    ),
+    (
+        "error_dump",
+        "errors are counted and the first ten named in the report",
+    ),
+    (
+        "ignore_error",
+        "errors a job continues past are chosen with continue_on_error",
+    ),
+    (
+        "allrandrepeat",
+        "every random choice is seeded from randseed already",
+    ),
+    ("bs_unaligned", "lengths must be whole device blocks"),
+    (
+        "ss",
+        "steady-state detection is not implemented: the job runs to its runtime or size",
+    ),
+    (
+        "ss_dur",
+        "steady-state detection is not implemented: the job runs to its runtime or size",
+    ),
+    (
+        "ss_ramp",
+        "steady-state detection is not implemented: the job runs to its runtime or size",
+    ),
+    ("uid", "jobs run as the invoking user"),
+    ("gid", "jobs run as the invoking user"),
+];
+
+fn micros() -> Duration {
+    Duration::from_micros(1)
+}
+
+/// fio's per-direction lists (`bs=4k,8k`): one value for all three directions; two for reads,
+/// then writes and trims; three for each. An empty part keeps the default.
+fn per_direction(value: &str) -> [Option<&str>; 3] {
+    let parts: Vec<&str> = value.split(',').map(str::trim).collect();
+    let pick = |i: usize| parts.get(i).copied().filter(|p| !p.is_empty());
+    match parts.len() {
+        1 => [pick(0), pick(0), pick(0)],
+        2 => [pick(0), pick(1), pick(1)],
+        _ => [pick(0), pick(1), pick(2)],
+    }
+}
+
+/// `rate=1m,500k`: per direction, 0 where not given.
+fn per_direction_sizes(value: &str) -> Result<[u64; 3], String> {
+    let mut out = [0; 3];
+    let parts: Vec<&str> = value.split(',').map(str::trim).collect();
+    if parts.len() == 1 {
+        return Ok([parse_size(parts[0])?; 3]);
+    }
+    for (d, part) in parts.iter().take(3).enumerate() {
+        if !part.is_empty() {
+            out[d] = parse_size(part)?;
+        }
+    }
+    Ok(out)
+}
+
+/// `LO-HI` or `LO:HI` (fio's ranges), or one value for both.
+fn parse_range(value: &str) -> Result<(u64, u64), String> {
+    let (lo, hi) = match value.split_once(['-', ':']) {
+        Some((a, b)) => (parse_size(a.trim())?, parse_size(b.trim())?),
+        None => {
+            let v = parse_size(value.trim())?;
+            (v, v)
+        }
+    };
+    if hi < lo {
+        return Err(format!("range {value} ends before it starts"));
+    }
+    Ok((lo, hi))
+}
+
+/// `N%` as a fraction in percent, or None for an absolute value.
+fn parse_percent(value: &str) -> Result<Option<f64>, String> {
+    let Some(number) = value.trim().strip_suffix('%') else {
+        return Ok(None);
+    };
+    let p: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{value}' is not a percentage"))?;
+    if !(p > 0.0 && p <= 100.0) {
+        return Err(format!("percentage {p} is not in (0, 100]"));
+    }
+    Ok(Some(p))
+}
+
+/// `4k/10:64k/50:32k/` — weights left blank share what the others leave, as fio does.
+fn parse_bssplit(value: &str) -> Result<Vec<(u64, u32)>, String> {
+    let mut parts = Vec::new();
+    let mut blank = 0;
+    let mut given = 0u32;
+    for item in value.split(':').map(str::trim).filter(|i| !i.is_empty()) {
+        let (size, weight) = item.split_once('/').unwrap_or((item, ""));
+        let size = parse_size(size.trim())?;
+        if size == 0 || size > 1 << 30 {
+            return Err(format!("block size in '{item}' must be between 1 and 1G"));
+        }
+        let weight = match weight.trim() {
+            "" => {
+                blank += 1;
+                None
+            }
+            w => {
+                let w: u32 = w
+                    .parse()
+                    .map_err(|_| format!("weight in '{item}' is not a whole number"))?;
+                given += w;
+                Some(w)
+            }
+        };
+        parts.push((size, weight));
+    }
+    if parts.is_empty() {
+        return Err("no block sizes".into());
+    }
+    if given > 100 {
+        return Err(format!("weights add up to {given}, more than 100"));
+    }
+    let share = (100 - given).checked_div(blank).unwrap_or(0);
+    Ok(parts
+        .into_iter()
+        .map(|(size, w)| (size, w.unwrap_or(share)))
+        .collect())
+}
+
+/// `zipf:1.2`, `pareto:0.9`, `normal:10`, `zoned:50/5:30/15:20/`, `zoned_abs:60/10g:40/`.
+fn parse_distribution(value: &str) -> Result<Distribution, String> {
+    // fio allows one per direction after commas; bluepoll applies the first to all.
+    let value = value.split(',').next().unwrap_or("").trim();
+    let (kind, rest) = value.split_once(':').unwrap_or((value, ""));
+    let number = |text: &str| -> Result<f64, String> {
+        let first = text.split(':').next().unwrap_or("");
+        first
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{text}' is not a number"))
+    };
+    let zones = |rest: &str| -> Result<Vec<(u32, String)>, String> {
+        let mut out = Vec::new();
+        for item in rest.split(':').map(str::trim).filter(|i| !i.is_empty()) {
+            let (access, range) = item.split_once('/').unwrap_or((item, ""));
+            let access: u32 = access
+                .trim()
+                .parse()
+                .map_err(|_| format!("access share in '{item}' is not a whole number"))?;
+            out.push((access, range.trim().to_string()));
+        }
+        let total: u32 = out.iter().map(|z| z.0).sum();
+        if total != 100 {
+            return Err(format!("zone access shares add up to {total}, not 100"));
+        }
+        Ok(out)
+    };
+    Ok(match kind {
+        "random" => Distribution::Random,
+        "zipf" => {
+            let theta = number(rest)?;
+            if theta.is_nan() || theta <= 0.0 || theta == 1.0 {
+                return Err("zipf theta must be above 0 and not 1".into());
+            }
+            Distribution::Zipf(theta)
+        }
+        "pareto" => {
+            let h = number(rest)?;
+            if !(h > 0.0 && h < 1.0) {
+                return Err("pareto power must be between 0 and 1".into());
+            }
+            Distribution::Pareto(h)
+        }
+        "normal" | "gauss" => {
+            let dev = number(rest)?;
+            if !(0.0..=100.0).contains(&dev) {
+                return Err("normal deviation must be between 0 and 100".into());
+            }
+            Distribution::Normal(dev)
+        }
+        "zoned" => {
+            let list = zones(rest)?;
+            let given: f64 = list
+                .iter()
+                .filter(|z| !z.1.is_empty())
+                .map(|z| z.1.parse::<f64>().unwrap_or(0.0))
+                .sum();
+            let blank = list.iter().filter(|z| z.1.is_empty()).count().max(1) as f64;
+            let mut out = Vec::new();
+            for (access, range) in list {
+                let pct = if range.is_empty() {
+                    (100.0 - given) / blank
+                } else {
+                    range
+                        .parse::<f64>()
+                        .map_err(|_| format!("range share '{range}' is not a number"))?
+                };
+                out.push((access, pct));
+            }
+            Distribution::Zoned(out)
+        }
+        "zoned_abs" => {
+            let mut out = Vec::new();
+            for (access, range) in zones(rest)? {
+                let bytes = if range.is_empty() {
+                    u64::MAX / 4
+                } else {
+                    parse_size(&range)?
+                };
+                out.push((access, bytes));
+            }
+            Distribution::ZonedAbs(out)
+        }
+        _ => {
+            return Err(
+                "expected random, zipf:THETA, pareto:POWER, normal:DEV, zoned:… or zoned_abs:…"
+                    .into(),
+            );
+        }
+    })
+}
+
+/// Keeps `bs` — what engines with one block size use — at the job's smallest size.
+fn settle_bs(spec: &mut JobSpec) {
+    spec.bs = spec
+        .block_sizes
+        .iter()
+        .map(BlockSizes::min)
+        .min()
+        .unwrap_or(4096);
+}
+
+/// The CPUs of NUMA nodes `0` or `0-1` (from sysfs). Nodes this machine does not have are
+/// passed over, so a job file written for a two-socket server runs on one socket; naming only
+/// absent nodes is an error.
+fn numa_node_cpus(value: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for node in parse_cpu_list(value)? {
+        let path = format!("/sys/devices/system/node/node{node}/cpulist");
+        let Ok(list) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for cpu in parse_cpu_list(list.trim())? {
+            if !cpus.contains(&cpu) {
+                cpus.push(cpu);
+            }
+        }
+    }
+    if cpus.is_empty() {
+        return Err(format!("this machine has none of the NUMA nodes {value}"));
+    }
+    Ok(cpus)
+}
+
 /// Options that take no value (`--time_based`), where a bare key means 1.
 fn is_flag(key: &str) -> bool {
     matches!(
@@ -411,6 +1104,40 @@ fn is_flag(key: &str) -> bool {
             | "store_mkfs"
             | "store_layout"
             | "image_layout"
+            | "new_group"
+            | "exitall"
+            | "threads"
+            | "fill_device"
+            | "fill_fs"
+            | "verify_fatal"
+            | "verify_only"
+            | "per_job_logs"
+            | "log_offset"
+            | "log_prio"
+            | "log_max_value"
+            | "gtod_reduce"
+            | "disable_lat"
+            | "disable_clat"
+            | "disable_slat"
+            | "disable_bw_measurement"
+            | "lat_percentiles"
+            | "clat_percentiles"
+            | "slat_percentiles"
+            | "create_on_open"
+            | "create_serialize"
+            | "invalidate"
+            | "pre_read"
+            | "unlink"
+            | "overwrite"
+            | "refill_buffers"
+            | "scramble_buffers"
+            | "zero_buffers"
+            | "dedupe_global"
+            | "allow_file_create"
+            | "allow_mounted_write"
+            | "end_fsync"
+            | "fsync_on_close"
+            | "rate_ignore_thinktime"
     )
 }
 
@@ -475,11 +1202,88 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         "name" => spec.name = value.clone(),
         "description" => {}
         "rw" | "readwrite" => {
-            spec.rw = RwMode::parse(&value).ok_or_else(|| {
-                invalid("expected read, write, randread, randwrite, rw, readwrite or randrw".into())
+            let (mode, modifier) = match value.split_once(':') {
+                Some((m, n)) => (m, Some(n)),
+                None => (value.as_str(), None),
+            };
+            spec.rw = RwMode::parse(mode).ok_or_else(|| {
+                invalid(
+                    "expected read, write, trim, randread, randwrite, randtrim, rw, readwrite, \
+                     randrw, trimwrite or randtrimwrite, optionally with :N"
+                        .into(),
+                )
             })?;
+            spec.rw_modifier = match modifier {
+                None => 0,
+                Some(n) => {
+                    let (negative, digits) = match n.strip_prefix('-') {
+                        Some(d) => (true, d),
+                        None => (false, n),
+                    };
+                    let v = parse_size(digits).map_err(invalid)? as i64;
+                    if negative { -v } else { v }
+                }
+            };
         }
-        "bs" | "blocksize" => spec.bs = at_least_one(&value, 1 << 30).map_err(invalid)?,
+        "rw_sequencer" => {
+            spec.rw_sequencer = match value.as_str() {
+                "sequential" => Sequencer::Sequential,
+                "identical" => Sequencer::Identical,
+                _ => return Err(invalid("expected sequential or identical".into())),
+            }
+        }
+        "bs" | "blocksize" => {
+            let parts = per_direction(&value);
+            for (d, part) in parts.iter().enumerate() {
+                if let Some(part) = part {
+                    spec.block_sizes[d] =
+                        BlockSizes::Fixed(at_least_one(part, 1 << 30).map_err(invalid)?);
+                }
+            }
+            settle_bs(spec);
+        }
+        "bsrange" | "blocksize_range" => {
+            for (d, part) in per_direction(&value).iter().enumerate() {
+                if let Some(part) = part {
+                    let (lo, hi) = parse_range(part).map_err(invalid)?;
+                    if lo == 0 || hi > 1 << 30 {
+                        return Err(invalid("block sizes must be between 1 and 1G".into()));
+                    }
+                    spec.block_sizes[d] = BlockSizes::Range(lo, hi);
+                }
+            }
+            settle_bs(spec);
+        }
+        "bssplit" => {
+            for (d, part) in per_direction(&value).iter().enumerate() {
+                if let Some(part) = part {
+                    spec.block_sizes[d] = BlockSizes::Split(parse_bssplit(part).map_err(invalid)?);
+                }
+            }
+            settle_bs(spec);
+        }
+        "blockalign" | "ba" => {
+            let first = per_direction(&value)[0].ok_or_else(|| invalid("empty".into()))?;
+            spec.blockalign = Some(at_least_one(first, 1 << 30).map_err(invalid)?);
+        }
+        "random_distribution" => {
+            spec.random_distribution = parse_distribution(&value).map_err(invalid)?
+        }
+        "random_generator" => {
+            // The generator's algorithm, not the distribution: bluepoll's own generator (with
+            // its random map, which like lfsr touches every block once per pass) stands in.
+            if !matches!(value.as_str(), "tausworthe" | "lfsr" | "tausworthe64") {
+                return Err(invalid("expected tausworthe, lfsr or tausworthe64".into()));
+            }
+        }
+        "percentage_random" => {
+            let first = per_direction(&value)[0].ok_or_else(|| invalid("empty".into()))?;
+            let n = parse_u64(first).map_err(invalid)?;
+            if n > 100 {
+                return Err(invalid("must be between 0 and 100".into()));
+            }
+            spec.percentage_random = n as u32;
+        }
         "iodepth" => spec.iodepth = at_least_one(&value, 65536).map_err(invalid)? as u32,
         "iodepth_batch_submit" | "iodepth_batch" => {
             let n = parse_u64(&value).map_err(invalid)?;
@@ -489,8 +1293,188 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
             spec.iodepth_batch_submit = n as u32;
         }
         "numjobs" => spec.numjobs = at_least_one(&value, 4096).map_err(invalid)? as u32,
-        "size" => spec.size = Some(at_least_one(&value, u64::MAX).map_err(invalid)?),
-        "offset" => spec.offset = parse_size(&value).map_err(invalid)?,
+        "size" => match parse_percent(&value).map_err(invalid)? {
+            Some(p) => {
+                spec.size_percent = Some(p);
+                spec.size = None;
+            }
+            None => {
+                spec.size = Some(at_least_one(&value, u64::MAX).map_err(invalid)?);
+                spec.size_percent = None;
+            }
+        },
+        "offset" => match parse_percent(&value).map_err(invalid)? {
+            Some(p) => spec.offset_percent = Some(p),
+            None => {
+                spec.offset = parse_size(&value).map_err(invalid)?;
+                spec.offset_percent = None;
+            }
+        },
+        "offset_increment" => match parse_percent(&value).map_err(invalid)? {
+            Some(p) => spec.offset_increment_percent = Some(p),
+            None => spec.offset_increment = parse_size(&value).map_err(invalid)?,
+        },
+        "filesize" => {
+            let (lo, hi) = parse_range(&value).map_err(invalid)?;
+            if lo == 0 {
+                return Err(invalid("must be at least 1".into()));
+            }
+            spec.filesize = Some((lo, hi));
+        }
+        "io_size" | "io_limit" => {
+            spec.io_size = Some(at_least_one(&value, u64::MAX).map_err(invalid)?)
+        }
+        "number_ios" => spec.number_ios = parse_size(&value).map_err(invalid)?,
+        "loops" => spec.loops = at_least_one(&value, u32::MAX as u64).map_err(invalid)? as u32,
+        "fill_device" | "fill_fs" => {
+            if parse_bool(&value).map_err(invalid)? {
+                // To the end of the device: a device's "full" is its last block.
+                spec.size = None;
+                spec.size_percent = None;
+            }
+        }
+        "startdelay" => {
+            let (lo, hi) = match value.split_once('-') {
+                Some((a, b)) => (a, b),
+                None => (value.as_str(), value.as_str()),
+            };
+            let lo = parse_duration(lo, secs).map_err(invalid)?;
+            let hi = parse_duration(hi, secs).map_err(invalid)?;
+            if hi < lo {
+                return Err(invalid("the range's end is before its start".into()));
+            }
+            spec.startdelay = (lo, hi);
+        }
+        "rate" => spec.rate = per_direction_sizes(&value).map_err(invalid)?,
+        "rate_min" | "ratemin" => spec.rate_min = per_direction_sizes(&value).map_err(invalid)?,
+        "rate_iops_min" => spec.rate_iops_min = per_direction_sizes(&value).map_err(invalid)?,
+        "rate_process" => {
+            spec.rate_process = match value.as_str() {
+                "linear" => RateProcess::Linear,
+                "poisson" => RateProcess::Poisson,
+                _ => return Err(invalid("expected linear or poisson".into())),
+            }
+        }
+        "rate_cycle" | "ratecycle" => {
+            spec.rate_cycle = parse_duration(&value, Duration::from_millis(1)).map_err(invalid)?
+        }
+        "rate_ignore_thinktime" => {
+            parse_bool(&value).map_err(invalid)?;
+        }
+        "thinktime" => spec.thinktime = parse_duration(&value, micros()).map_err(invalid)?,
+        "thinktime_spin" => {
+            spec.thinktime_spin = parse_duration(&value, micros()).map_err(invalid)?
+        }
+        "thinktime_blocks" => {
+            spec.thinktime_blocks = at_least_one(&value, u64::MAX).map_err(invalid)?
+        }
+        "thinktime_blocks_type" => {
+            spec.thinktime_issue = match value.as_str() {
+                "complete" => false,
+                "issue" => true,
+                _ => return Err(invalid("expected complete or issue".into())),
+            }
+        }
+        "thinktime_iotime" => {
+            spec.thinktime_iotime = parse_duration(&value, secs).map_err(invalid)?
+        }
+        "new_group" => spec.new_group = parse_bool(&value).map_err(invalid)?,
+        "wait_for" => spec.wait_for = Some(value.clone()),
+        "exitall" => spec.exitall = parse_bool(&value).map_err(invalid)?,
+        "exit_what" => {
+            spec.exit_what = match value.as_str() {
+                "group" => ExitWhat::Group,
+                "stonewall" => ExitWhat::Stonewall,
+                "all" => ExitWhat::All,
+                _ => return Err(invalid("expected group, stonewall or all".into())),
+            }
+        }
+        "flow" => {
+            spec.flow = value
+                .trim()
+                .parse()
+                .map_err(|_| invalid("expected a whole number".into()))?
+        }
+        "flow_id" => spec.flow_id = parse_u64(&value).map_err(invalid)? as u32,
+        "flow_sleep" => spec.flow_sleep = parse_duration(&value, micros()).map_err(invalid)?,
+        "zonemode" => match value.as_str() {
+            "none" => spec.zonemode_strided = None,
+            "strided" => spec.zonemode_strided = Some((0, 0, 0)),
+            other => {
+                return Err(invalid(format!(
+                    "zonemode={other} is not supported: bluepoll's devices are not zoned and \
+                     it does not emulate zones (zonemode=strided and none are)"
+                )));
+            }
+        },
+        "zonesize" => spec.zonesize = parse_size(&value).map_err(invalid)?,
+        "zonerange" => spec.zonerange = parse_size(&value).map_err(invalid)?,
+        "zoneskip" => spec.zoneskip = parse_size(&value).map_err(invalid)?,
+        "continue_on_error" => {
+            spec.continue_on_error = match value.as_str() {
+                "none" | "0" => ContinueOn::default(),
+                "read" => ContinueOn {
+                    read: true,
+                    ..Default::default()
+                },
+                "write" => ContinueOn {
+                    write: true,
+                    ..Default::default()
+                },
+                "io" => ContinueOn {
+                    read: true,
+                    write: true,
+                    verify: false,
+                },
+                "verify" => ContinueOn {
+                    verify: true,
+                    ..Default::default()
+                },
+                "all" | "1" => ContinueOn {
+                    read: true,
+                    write: true,
+                    verify: true,
+                },
+                _ => {
+                    return Err(invalid(
+                        "expected none, read, write, io, verify or all".into(),
+                    ));
+                }
+            }
+        }
+        "verify_fatal" => spec.verify_fatal = parse_bool(&value).map_err(invalid)?,
+        "verify_backlog" => spec.verify_backlog = parse_u64(&value).map_err(invalid)?,
+        "verify_interval" => {
+            spec.verify_interval = Some(at_least_one(&value, 1 << 30).map_err(invalid)?)
+        }
+        "verify_only" => spec.verify_only = parse_bool(&value).map_err(invalid)?,
+        "read_iolog" => spec.read_iolog = Some(value.clone()),
+        "write_iolog" => spec.write_iolog = Some(value.clone()),
+        "latency_target" => {
+            let d = parse_duration(&value, micros()).map_err(invalid)?;
+            spec.latency_target = (!d.is_zero()).then_some(d);
+        }
+        "latency_window" => {
+            spec.latency_window = parse_duration(&value, micros()).map_err(invalid)?
+        }
+        "latency_percentile" => {
+            let p: f64 = value
+                .trim()
+                .parse()
+                .map_err(|_| invalid("expected a number".into()))?;
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(invalid("must be in (0, 100]".into()));
+            }
+            spec.latency_percentile = p;
+        }
+        "numa_cpu_nodes" => {
+            let cpus = numa_node_cpus(&value).map_err(invalid)?;
+            spec.cpus_allowed = Some(cpus);
+        }
+        "timeout" => {
+            let d = parse_duration(&value, secs).map_err(invalid)?;
+            spec.runtime = if d.is_zero() { None } else { Some(d) };
+        }
         "runtime" => {
             let d = parse_duration(&value, secs).map_err(invalid)?;
             spec.runtime = if d.is_zero() { None } else { Some(d) };
@@ -519,12 +1503,23 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         }
         "ioengine" => {
             spec.ioengine = match value.as_str() {
-                "dev" => IoEngine::Dev,
+                "dev" => {
+                    spec.null_engine = false;
+                    IoEngine::Dev
+                }
                 // fio's engines for the kernel's block and file paths: here the same device
                 // through bluepoll's queue pairs, which is what a job file written for them
                 // asks to measure.
                 "libaio" | "io_uring" | "psync" | "sync" | "pvsync" | "pvsync2" | "vsync"
-                | "posixaio" | "mmap" => IoEngine::Dev,
+                | "posixaio" | "mmap" => {
+                    spec.null_engine = false;
+                    IoEngine::Dev
+                }
+                // fio's null engine completes I/O without doing any: bluepoll's null: device.
+                "null" => {
+                    spec.null_engine = true;
+                    IoEngine::Dev
+                }
                 "bluefs" => IoEngine::Bluefs,
                 "store" => IoEngine::Store,
                 "kstore" => IoEngine::Kstore,
@@ -566,15 +1561,27 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         "store_deferred_size" => {
             spec.store_deferred_size = Some(parse_size(&value).map_err(invalid)?)
         }
-        "rate_iops" => spec.rate_iops = parse_u64(&value).map_err(invalid)?,
+        "rate_iops" => {
+            spec.rate_iops_dirs = per_direction_sizes(&value).map_err(invalid)?;
+            spec.rate_iops = spec.rate_iops_dirs.iter().copied().max().unwrap_or(0);
+        }
         "directory" => spec.directory = Some(value.clone()),
         "kstore_stripe" => spec.kstore_stripe = at_least_one(&value, 1 << 30).map_err(invalid)?,
         "image_order" => spec.image_order = at_least_one(&value, 26).map_err(invalid)? as u8,
         "image_layout" => spec.image_layout = parse_bool(&value).map_err(invalid)?,
-        "direct" => spec.direct = parse_bool(&value).map_err(invalid)?,
+        "direct" | "odirect" => spec.direct = parse_bool(&value).map_err(invalid)?,
+        "end_fsync" | "fsync_on_close" => spec.end_fsync |= parse_bool(&value).map_err(invalid)?,
+        "cpumask" => {
+            let mask = parse_u64(&value).map_err(invalid)?;
+            let cpus: Vec<usize> = (0..64).filter(|c| mask & (1 << c) != 0).collect();
+            if cpus.is_empty() {
+                return Err(invalid("names no CPU".into()));
+            }
+            spec.cpus_allowed = Some(cpus);
+        }
         // fio's `buffered` is the opposite of `direct`.
         "buffered" => spec.direct = !parse_bool(&value).map_err(invalid)?,
-        "thread" => {}
+        "thread" | "threads" => {}
         "percentile_list" => {
             let mut list = Vec::new();
             for part in value.split(':').filter(|p| !p.is_empty()) {
@@ -598,8 +1605,14 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         "verify" => {
             spec.verify = match value.as_str() {
                 "0" | "none" => VerifyMode::None,
-                "crc32c" | "crc32c-intel" => VerifyMode::Crc32c,
-                _ => return Err(invalid("supported: crc32c, none".into())),
+                "crc32c" | "crc32c-intel" | "meta" => VerifyMode::Crc32c,
+                _ => {
+                    return Err(invalid(
+                        "supported: crc32c (crc32c-intel), meta (bluepoll's verify header, \
+                         docs/format.md), none; md5, crc64, sha*, xxhash, pattern are not"
+                            .into(),
+                    ));
+                }
             }
         }
         "do_verify" => spec.do_verify = parse_bool(&value).map_err(invalid)?,
@@ -617,6 +1630,11 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         "log_prio" => spec.log_prio = parse_bool(&value).map_err(invalid)?,
         "log_max_value" => spec.log_max_value = parse_bool(&value).map_err(invalid)?,
         "cpus_allowed" => spec.cpus_allowed = Some(parse_cpu_list(&value).map_err(invalid)?),
+        other if IGNORED_OPTIONS.iter().any(|(name, _)| *name == other) => {
+            if !spec.ignored_options.iter().any(|o| o == other) {
+                spec.ignored_options.push(other.to_string());
+            }
+        }
         _ => {
             return Err(OptionError::Unknown {
                 origin: option.origin.clone(),
@@ -666,6 +1684,8 @@ pub struct RunOptions {
     /// Write a pattern over a fresh `mem:` device's range before jobs read it, as fio lays out
     /// a new file, so reads measure copying data rather than zero-filling unwritten memory.
     pub layout: bool,
+    /// fio's `--section=NAME` (repeatable): run only these job sections of the job files.
+    pub sections: Vec<String>,
 }
 
 impl Default for RunOptions {
@@ -677,6 +1697,7 @@ impl Default for RunOptions {
             plot: None,
             eta: Eta::Auto,
             layout: true,
+            sections: Vec::new(),
         }
     }
 }
@@ -762,6 +1783,7 @@ fn apply_run_option(
                 _ => return Err(invalid(&v, "expected auto, always or never")),
             };
         }
+        "section" => run.sections.push(need(value)?),
         "layout" => {
             let v = value.unwrap_or("1");
             run.layout = parse_bool(v).map_err(|e| invalid(v, &e))?;
@@ -847,6 +1869,18 @@ pub fn parse_invocation(args: &[String]) -> Result<Invocation, InvocationError> 
             }
         }
     }
+    if !run.sections.is_empty() {
+        files.retain(|job| run.sections.contains(&job.name));
+        if files.is_empty() {
+            return Err(OptionError::Invalid {
+                origin: Origin::CommandLine,
+                key: "section".into(),
+                value: run.sections.join(","),
+                reason: "no job file has a section of that name".into(),
+            }
+            .into());
+        }
+    }
     let mut jobs = Vec::new();
     for raw in &files {
         jobs.push(resolve(raw, &raw.globals, &raw.options, &cli_globals)?);
@@ -876,6 +1910,40 @@ pub(crate) fn resolve(
     }
     for option in overrides {
         apply(&mut spec, option)?;
+    }
+    let last_origin = || {
+        own.iter()
+            .chain(globals)
+            .chain(overrides)
+            .last()
+            .map_or(Origin::Default, |o| o.origin.clone())
+    };
+    let origin_of = |key: &str| {
+        overrides
+            .iter()
+            .chain(own.iter().rev())
+            .chain(globals.iter().rev())
+            .find(|o| normalise(&o.key) == key)
+            .map_or_else(last_origin, |o| o.origin.clone())
+    };
+    if spec.zonemode_strided.is_some() {
+        if spec.zonesize == 0 {
+            return Err(OptionError::Invalid {
+                origin: origin_of("zonemode"),
+                key: "zonemode".into(),
+                value: "strided".into(),
+                reason: "zonemode=strided needs zonesize".into(),
+            });
+        }
+        spec.zonemode_strided = Some((spec.zonesize, spec.zonerange, spec.zoneskip));
+    }
+    if spec.verify != VerifyMode::None && !spec.fixed_bs() {
+        return Err(OptionError::Invalid {
+            origin: origin_of("verify"),
+            key: "verify".into(),
+            value: "crc32c".into(),
+            reason: "verify needs one block size (bluepoll tracks what it wrote per block)".into(),
+        });
     }
     let text = |o: &RawOption| {
         (
@@ -1018,6 +2086,66 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("output_format"), "{e}");
+    }
+
+    #[test]
+    fn fios_job_shaping_options_parse_as_fio_defines_them() {
+        let inv = parse_invocation(&args(&[
+            "--name=j",
+            "--rw=randrw:8",
+            "--rw_sequencer=identical",
+            "--bs=4k,16k",
+            "--bssplit=4k/50:1k/:32k/,8k/100",
+            "--size=25%",
+            "--offset_increment=1g",
+            "--rate=1m,500k",
+            "--rate_iops=,200",
+            "--thinktime=2ms",
+            "--startdelay=1-3",
+            "--random_distribution=zoned:50/5:30/15:20/",
+            "--invalidate=1",
+            "--gtod_reduce",
+        ]))
+        .unwrap();
+        let j = &inv.jobs[0];
+        assert_eq!(
+            (j.rw, j.rw_modifier, j.rw_sequencer),
+            (RwMode::RandRw, 8, Sequencer::Identical)
+        );
+        assert_eq!(
+            j.block_sizes[0],
+            BlockSizes::Split(vec![(4096, 50), (1024, 25), (32768, 25)])
+        );
+        assert_eq!(j.block_sizes[1], BlockSizes::Split(vec![(8192, 100)]));
+        assert_eq!(j.bs, 1024, "bs follows the smallest size");
+        assert_eq!(j.size_percent, Some(25.0));
+        assert_eq!(j.offset_increment, 1 << 30);
+        assert_eq!(j.rate, [1 << 20, 500 << 10, 0]);
+        assert_eq!(j.rate_iops_dirs, [0, 200, 0]);
+        assert_eq!(j.thinktime, Duration::from_millis(2));
+        assert_eq!(
+            j.startdelay,
+            (Duration::from_secs(1), Duration::from_secs(3))
+        );
+        assert_eq!(
+            j.random_distribution,
+            Distribution::Zoned(vec![(50, 5.0), (30, 15.0), (20, 80.0)])
+        );
+        assert_eq!(j.ignored_options, vec!["invalidate", "gtod_reduce"]);
+        let bad = |a: &str| {
+            parse_invocation(&args(&["--name=j", a]))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("--bssplit=4k/60:8k/60").contains("more than 100"));
+        assert!(bad("--random_distribution=zoned:50/5:30/15").contains("not 100"));
+        assert!(bad("--zonemode=zbd").contains("not supported"));
+        assert!(bad("--rw=read:x").contains("option 'rw'"));
+        assert!(bad("--verify=md5").contains("not"));
+        let e = parse_invocation(&args(&["--name=j", "--verify=crc32c", "--bsrange=4k-8k"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one block size"), "{e}");
     }
 
     #[test]

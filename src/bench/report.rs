@@ -421,6 +421,8 @@ pub struct RunSummary<'a> {
     /// Object stores the run drove (ioengine=store): (devices, `perf dump` JSON, the text
     /// summary with the per-state breakdown).
     pub stores: &'a [(String, Value, String)],
+    /// fio options accepted without effect (`options::IGNORED_OPTIONS`), named for the reader.
+    pub ignored_options: &'a [String],
 }
 
 fn group_bandwidths(entries: &[Entry]) -> Vec<(usize, [f64; DIRS])> {
@@ -504,6 +506,7 @@ pub fn json_report(entries: &[Entry], summary: &RunSummary<'_>, bins: bool) -> V
         "global options": Value::Object(globals),
         "jobs": jobs,
         "disk_util": [],
+        "ignored_options": summary.ignored_options,
         "bluepoll": {
             "reactors": reactors,
             "notes": summary.notes,
@@ -1039,6 +1042,7 @@ mod tests {
             queue_pairs: &[],
             notes: &[],
             stores: &[],
+            ignored_options: &[],
         };
         json_report(entries, &summary, bins)
     }

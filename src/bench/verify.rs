@@ -170,14 +170,17 @@ pub struct Generations {
 
 /// Set in a table entry while a command holds the unit.
 const BUSY: u32 = 1 << 31;
+/// Set for good once a job that does not write verify blocks (or a trim) changed the unit: its
+/// contents are unknown for the rest of the run and reads of it are not checked.
+const FOREIGN: u32 = 1 << 30;
 
-/// A generation as the table keeps it, in 31 bits and never 0 for a written unit (0 means "not
-/// written in this run"): generations past 2^31 − 1 wrap to 1, not to 0, so a stale unit is
+/// A generation as the table keeps it, in 30 bits and never 0 for a written unit (0 means "not
+/// written in this run"): generations past 2^30 − 1 wrap to 1, not to 0, so a stale unit is
 /// still told from a fresh one after any number of writes.
 pub fn fold(generation: u64) -> u64 {
     match generation {
         0 => 0,
-        g => (g - 1) % (BUSY as u64 - 1) + 1,
+        g => (g - 1) % (FOREIGN as u64 - 1) + 1,
     }
 }
 
@@ -236,7 +239,7 @@ impl Generations {
             return Claim::Busy;
         }
         match slot.compare_exchange(current, current | BUSY, Ordering::AcqRel, Ordering::Relaxed) {
-            Ok(_) => Claim::Claimed(current as u64),
+            Ok(_) => Claim::Claimed((current & !FOREIGN) as u64),
             Err(_) => Claim::Busy,
         }
     }
@@ -245,8 +248,38 @@ impl Generations {
     /// failed write).
     pub fn release(&self, device_offset: u64, generation: u64) {
         if let Some(slot) = self.slot(device_offset) {
-            slot.store(fold(generation) as u32, Ordering::Release);
+            let folded = fold(generation) as u32;
+            // A foreign write may have marked the unit meanwhile; the mark stays.
+            let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                Some(folded | (current & FOREIGN))
+            });
         }
+    }
+
+    /// Marks every tracked unit that `[device_offset, +len)` touches as changed by something that
+    /// writes no verify blocks (a job without verify, or a trim).
+    pub fn forget(&self, device_offset: u64, len: u64) {
+        let rel = device_offset.saturating_sub(self.first_offset);
+        let first = rel / self.unit;
+        let end = (rel + len).div_ceil(self.unit);
+        for unit in first..end {
+            if unit % self.stride == 0
+                && let Some(slot) = self.table.get((unit / self.stride) as usize)
+            {
+                slot.fetch_or(FOREIGN, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Whether the unit was changed by something that writes no verify blocks.
+    pub fn foreign(&self, device_offset: u64) -> bool {
+        let rel = device_offset.saturating_sub(self.first_offset);
+        let unit = rel / self.unit;
+        unit % self.stride == 0
+            && self
+                .table
+                .get((unit / self.stride) as usize)
+                .is_some_and(|s| s.load(Ordering::Acquire) & FOREIGN != 0)
     }
 
     /// Records a generation outside any claim (laying out a device before jobs start).
@@ -256,8 +289,9 @@ impl Generations {
 
     /// Generation last recorded at `device_offset`, 0 if unknown.
     pub fn get(&self, device_offset: u64) -> u64 {
-        self.slot(device_offset)
-            .map_or(0, |s| (s.load(Ordering::Acquire) & !BUSY) as u64)
+        self.slot(device_offset).map_or(0, |s| {
+            (s.load(Ordering::Acquire) & !(BUSY | FOREIGN)) as u64
+        })
     }
 }
 
