@@ -258,8 +258,8 @@ fn bad_input_is_one_line_naming_the_problem() {
             "not a multiple of the block size",
         ),
         (
-            vec!["--size=2G".into(), "--filename=mem:1G".into()],
-            "runs past the end",
+            vec!["--offset=2G".into(), "--filename=mem:1G".into()],
+            "offset extends end",
         ),
         (vec!["--cpus=9999".into()], "cpu 9999 is not available"),
         (

@@ -334,6 +334,10 @@ struct JobRun {
     verify_cursor: u64,
     /// Units this job wrote successfully, read back by its verify pass.
     written: WrittenUnits,
+    /// `verify_backlog=N`: offsets written since the last check; at N the job reads them back
+    /// before writing more.
+    backlog: Vec<u64>,
+    backlog_due: bool,
     finish_ns: u64,
     meter: Meter,
     depth_dist: [u64; 7],
@@ -445,6 +449,8 @@ impl JobRun {
                 WrittenUnits::default()
             },
             finish_ns: 0,
+            backlog: Vec::new(),
+            backlog_due: false,
             meter: Meter::new(spec.sample_every_ns()),
             depth_dist: [0; 7],
             submit_dist: [0; 7],
@@ -547,6 +553,15 @@ impl JobRun {
         self.window_start_ns = now_ns;
         self.cpu_start = thread_cpu_usage();
         self.phase = Phase::Run;
+        if spec.verify_only && self.verify && self.mode.writes() {
+            // verify_only: write nothing; read back the whole range an earlier run wrote.
+            for unit in 0..self.plan.units {
+                self.written.mark(unit);
+            }
+            self.run_end_ns = now_ns;
+            self.verify_start_ns = Some(now_ns);
+            self.phase = Phase::Verify;
+        }
     }
 
     fn note(&mut self, message: String) {
@@ -703,9 +718,15 @@ impl JobRun {
                     g.release(offset, generation);
                 }
                 match (dir, buf.as_deref()) {
-                    (WRITE, _) => self
-                        .written
-                        .mark((offset - self.plan.range_start) / self.bs),
+                    (WRITE, _) => {
+                        self.written
+                            .mark((offset - self.plan.range_start) / self.bs);
+                        let backlog = self.plan.spec.verify_backlog;
+                        if backlog > 0 && self.plan.spec.do_verify {
+                            self.backlog.push(offset);
+                            self.backlog_due |= self.backlog.len() as u64 >= backlog;
+                        }
+                    }
                     (TRIM, _) => {}
                     (_, Some(data)) => {
                         let expected = generation;
@@ -1059,6 +1080,9 @@ impl JobRun {
         pending: &mut Vec<u64>,
         job_index: usize,
     ) -> usize {
+        if self.backlog_due {
+            return self.issue_backlog_reads(now_ns, qp, pending, job_index);
+        }
         let mut issued = 0usize;
         let queued = pending.len();
         if self.sync_blocks(now_ns, qp, pending, job_index) {
@@ -1166,6 +1190,48 @@ impl JobRun {
         if !self.plan.spec.thinktime.is_zero() && self.plan.spec.thinktime_issue {
             self.count_think_block();
         }
+    }
+
+    /// `verify_backlog`: reads back what was written since the last check, then lets writing
+    /// go on.
+    fn issue_backlog_reads(
+        &mut self,
+        now_ns: u64,
+        qp: &mut QueuePair,
+        pending: &mut Vec<u64>,
+        job_index: usize,
+    ) -> usize {
+        let mut issued = 0;
+        while self.in_flight < self.iodepth && issued < self.batch as usize {
+            let Some(&slot_index) = self.free.last() else {
+                break;
+            };
+            let Some(&offset) = self.backlog.last() else {
+                break;
+            };
+            let Some((last, claimed)) = self.reserve(offset) else {
+                break;
+            };
+            let command = Command {
+                dir: READ,
+                offset,
+                len: self.bs,
+                generation: last,
+                claimed,
+                verify_read: true,
+            };
+            if !self.submit(slot_index, command, now_ns, qp, pending, job_index) {
+                self.unreserve(offset, claimed, last);
+                break;
+            }
+            self.backlog.pop();
+            issued += 1;
+        }
+        if self.backlog.is_empty() {
+            self.backlog_due = false;
+        }
+        self.account_batch(issued);
+        issued
     }
 
     /// The verify pass of a write job: read back every unit this run wrote, in order.

@@ -22,6 +22,7 @@ pub mod pattern;
 pub mod plat;
 pub mod plot;
 pub mod report;
+pub mod spdk_plugin;
 pub mod stats;
 pub mod status;
 pub mod store_engine;
@@ -104,10 +105,38 @@ fn device_target(spec: &JobSpec, clone: u32, default_uri: &str) -> Result<Target
         let mib = wanted_bytes().div_ceil(1 << 20).max(1);
         return Ok(Target::Uri(format!("null:{mib}M")));
     }
+    if let (Some(plugin), Some(name)) = (spec.spdk_plugin, &spec.filename) {
+        let scheme = name.split(':').next().unwrap_or("");
+        if !(name.contains(':') && DEVICE_SCHEMES.contains(&scheme)) {
+            let uri = match plugin {
+                options::SpdkPlugin::Nvme => spdk_plugin::nvme_uri(name),
+                options::SpdkPlugin::Bdev => {
+                    let conf = spec.spdk_json_conf.as_deref().ok_or_else(|| {
+                        anyhow!(
+                            "job '{}': ioengine=spdk_bdev needs spdk_json_conf",
+                            spec.name
+                        )
+                    })?;
+                    let text = std::fs::read_to_string(conf)
+                        .with_context(|| format!("job '{}': spdk_json_conf={conf}", spec.name))?;
+                    spdk_plugin::bdev_uri(&text, name)
+                }
+            }
+            .map_err(|e| anyhow!("job '{}': filename={name}: {e}", spec.name))?;
+            return Ok(Target::Uri(uri));
+        }
+    }
     let path = match (&spec.filename, &spec.directory) {
         (Some(f), _) => {
             let scheme = f.split(':').next().unwrap_or("");
             if f.contains(':') && DEVICE_SCHEMES.contains(&scheme) {
+                return Ok(Target::Uri(f.clone()));
+            }
+            // A word before the colon is a device scheme, known or not (the device layer names
+            // a misspelt one); a path before it makes fio's list of files.
+            let looks_like_scheme =
+                !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric());
+            if f.contains(':') && looks_like_scheme {
                 return Ok(Target::Uri(f.clone()));
             }
             if f.contains(':') {

@@ -198,6 +198,13 @@ pub enum Sequencer {
     Identical,
 }
 
+/// Which of SPDK's fio plugins a job file names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpdkPlugin {
+    Nvme,
+    Bdev,
+}
+
 /// `rate_process`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RateProcess {
@@ -289,6 +296,11 @@ pub struct JobSpec {
     pub write_iolog: Option<String>,
     /// `ioengine=null`: the job runs on a `null:` device of its size, as fio's null engine.
     pub null_engine: bool,
+    /// SPDK's fio plugins: `ioengine=spdk` (filename is an SPDK transport ID) or `spdk_bdev`
+    /// (filename names a bdev of `spdk_json_conf`); resolved to bluepoll devices
+    /// ([`super::spdk_plugin`]).
+    pub spdk_plugin: Option<SpdkPlugin>,
+    pub spdk_json_conf: Option<String>,
     /// `latency_target` (with `latency_window`, `latency_percentile`): find the deepest queue
     /// that keeps the percentile of completions under the target.
     pub latency_target: Option<Duration>,
@@ -495,6 +507,8 @@ impl JobSpec {
             read_iolog: None,
             write_iolog: None,
             null_engine: false,
+            spdk_plugin: None,
+            spdk_json_conf: None,
             latency_target: None,
             latency_window: Duration::ZERO,
             latency_percentile: 100.0,
@@ -1449,6 +1463,7 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         }
         "verify_only" => spec.verify_only = parse_bool(&value).map_err(invalid)?,
         "read_iolog" => spec.read_iolog = Some(value.clone()),
+        "spdk_json_conf" => spec.spdk_json_conf = Some(value.clone()),
         "write_iolog" => spec.write_iolog = Some(value.clone()),
         "latency_target" => {
             let d = parse_duration(&value, micros()).map_err(invalid)?;
@@ -1505,6 +1520,16 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
             spec.ioengine = match value.as_str() {
                 "dev" => {
                     spec.null_engine = false;
+                    spec.spdk_plugin = None;
+                    IoEngine::Dev
+                }
+                // SPDK's fio plugins: the same controller or bdev through bluepoll's devices.
+                "spdk" => {
+                    spec.spdk_plugin = Some(SpdkPlugin::Nvme);
+                    IoEngine::Dev
+                }
+                "spdk_bdev" => {
+                    spec.spdk_plugin = Some(SpdkPlugin::Bdev);
                     IoEngine::Dev
                 }
                 // fio's engines for the kernel's block and file paths: here the same device
