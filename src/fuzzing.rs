@@ -570,7 +570,10 @@ fn check_spec(spec: &JobSpec) {
     assert!(spec.iodepth >= 1 && spec.numjobs >= 1 && spec.nrfiles >= 1);
     assert!(spec.iodepth_batch_submit <= 65536);
     assert!(spec.rwmixread <= 100);
-    assert!(spec.log_avg_msec >= 1);
+    assert!(spec.sample_every_ns() >= 1_000_000);
+    assert!(spec.percentage_random <= 100 && spec.loops >= 1);
+    assert!((1..=1 << 30).contains(&spec.min_bs()) && spec.max_bs() <= 1 << 30);
+    assert!(spec.min_bs() <= spec.max_bs());
     assert!(spec.size != Some(0));
     assert!(!spec.percentile_list.is_empty());
     assert!(

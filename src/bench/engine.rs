@@ -378,7 +378,7 @@ impl JobRun {
             })
             .collect::<Vec<_>>();
         let free = (0..slots.len() as u32).rev().collect();
-        let verify = spec.verify == VerifyMode::Crc32c;
+        let verify = spec.verify != VerifyMode::None;
         JobRun {
             qp,
             bs: spec.bs,
@@ -739,11 +739,11 @@ impl JobRun {
                         let must_check =
                             !foreign && (verify_read || !self.mode.writes() || expected != 0);
                         if must_check {
-                            let unit = self.plan.spec.verify_unit(len) as usize;
-                            let failed = data[..len as usize].chunks(unit).enumerate().find_map(
-                                |(k, chunk)| {
-                                    verify::check(chunk, offset + (k * unit) as u64, expected).err()
-                                },
+                            let failed = check_unit(
+                                &self.plan.spec,
+                                &data[..len as usize],
+                                offset,
+                                expected,
                             );
                             if let Some(failure) = failed {
                                 self.verify_errors += 1;
@@ -1313,10 +1313,12 @@ impl JobRun {
             return false;
         };
         if dir == WRITE && self.verify {
-            let unit = self.plan.spec.verify_unit(len) as usize;
-            for (k, chunk) in buf[..len as usize].chunks_mut(unit).enumerate() {
-                verify::fill(chunk, offset + (k * unit) as u64, generation);
-            }
+            fill_unit(
+                &self.plan.spec,
+                &mut buf[..len as usize],
+                offset,
+                generation,
+            );
         }
         let tag = ((job_index as u64) << 32) | slot_index as u64;
         let blocks = if len == self.bs {
@@ -1678,6 +1680,44 @@ impl Poller for Shard {
             return Poll::Idle;
         }
         Poll::Busy
+    }
+}
+
+/// Writes what the job's `verify` mode puts in one I/O of `block.len()` bytes at `offset`: a
+/// header (with its digest) every `verify_interval` bytes, or the pattern.
+pub fn fill_unit(spec: &JobSpec, block: &mut [u8], offset: u64, generation: u64) {
+    match spec.verify {
+        VerifyMode::None => {}
+        VerifyMode::Pattern => {
+            verify::fill_pattern(block, spec.verify_pattern.as_deref().unwrap_or(&[]))
+        }
+        VerifyMode::Header(digest) => {
+            let unit = spec.verify_unit(block.len() as u64) as usize;
+            for (k, chunk) in block.chunks_mut(unit).enumerate() {
+                verify::fill_with(chunk, offset + (k * unit) as u64, generation, digest);
+            }
+        }
+    }
+}
+
+/// Checks one I/O read at `offset` against the job's `verify` mode; the first failure.
+fn check_unit(
+    spec: &JobSpec,
+    block: &[u8],
+    offset: u64,
+    expected: u64,
+) -> Option<verify::VerifyFailure> {
+    match spec.verify {
+        VerifyMode::None => None,
+        VerifyMode::Pattern => {
+            verify::check_pattern(block, spec.verify_pattern.as_deref().unwrap_or(&[])).err()
+        }
+        VerifyMode::Header(_) => {
+            let unit = spec.verify_unit(block.len() as u64) as usize;
+            block.chunks(unit).enumerate().find_map(|(k, chunk)| {
+                verify::check(chunk, offset + (k * unit) as u64, expected).err()
+            })
+        }
     }
 }
 

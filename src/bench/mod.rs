@@ -661,7 +661,7 @@ pub fn run(args: &[String]) -> Result<Outcome> {
                 } else {
                     Vec::new()
                 },
-                generations: if m.spec.verify == VerifyMode::Crc32c {
+                generations: if m.spec.verify != VerifyMode::None {
                     generations
                         .get(&(m.device_uri.clone(), m.spec.bs))
                         .cloned()
@@ -1103,7 +1103,7 @@ fn verify_tables(instances: &[Instance]) -> HashMap<(String, u64), Option<Arc<Ge
     let mut spans: HashMap<(String, u64), (u64, u64)> = HashMap::new();
     for i in instances
         .iter()
-        .filter(|i| i.spec.verify == VerifyMode::Crc32c)
+        .filter(|i| i.spec.verify != VerifyMode::None)
     {
         let (start, end) = (i.range_start, i.range_start + i.range_len);
         let span = spans
@@ -1181,13 +1181,16 @@ fn lay_out_fresh_ram(
         while unit < m.units {
             let n = units_per_cmd.min(m.units - unit);
             let mut buf = pool.alloc()?;
-            let interval = m.spec.verify_unit(bs) as usize;
+            // The layout is what the job's verify mode writes (crc32c blocks for a job without
+            // verify), so a verifying read job passes on it.
+            let mut layout_spec = (*m.spec).clone();
+            if layout_spec.verify == VerifyMode::None {
+                layout_spec.verify = VerifyMode::Header(verify::Digest::Crc32c);
+            }
             for k in 0..n {
                 let offset = m.range_start + (unit + k) * bs;
                 let block = &mut buf[(k * bs) as usize..((k + 1) * bs) as usize];
-                for (i, chunk) in block.chunks_mut(interval).enumerate() {
-                    verify::fill(chunk, offset + (i * interval) as u64, 1);
-                }
+                engine::fill_unit(&layout_spec, block, offset, 1);
                 if let Some(t) = &table {
                     t.set(offset, 1);
                 }

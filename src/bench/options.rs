@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use super::jobfile::{Origin, RawJob, RawOption};
+use super::verify::Digest;
 use crate::units::{parse_duration, parse_size};
 
 /// fio's default `percentile_list`.
@@ -144,9 +145,22 @@ impl IoEngine {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VerifyMode {
     None,
-    /// bluepoll's verify header (docs/format.md) with a crc32c of the block: fio's `crc32c`,
-    /// `crc32c-intel`, and `meta` (fio's header-only check; this header covers the data too).
-    Crc32c,
+    /// bluepoll's verify header (docs/format.md): a crc32c of the block (fio's `crc32c`,
+    /// `crc32c-intel`, and `meta`, fio's header-only check, which this header more than covers),
+    /// plus, for fio's other names, a digest of the payload.
+    Header(super::verify::Digest),
+    /// `verify=pattern`: units hold `verify_pattern` repeated, and reads must find exactly it.
+    Pattern,
+}
+
+impl VerifyMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            VerifyMode::None => "none",
+            VerifyMode::Header(d) => d.name(),
+            VerifyMode::Pattern => "pattern",
+        }
+    }
 }
 
 /// How one direction's block sizes are chosen (`bs`, `bsrange`, `bssplit`).
@@ -292,6 +306,8 @@ pub struct JobSpec {
     pub verify_interval: Option<u64>,
     /// `verify_only`: read and check what an earlier run wrote, writing nothing.
     pub verify_only: bool,
+    /// `verify_pattern`: the bytes `verify=pattern` writes and expects.
+    pub verify_pattern: Option<Vec<u8>>,
     pub read_iolog: Option<String>,
     pub write_iolog: Option<String>,
     /// `ioengine=null`: the job runs on a `null:` device of its size, as fio's null engine.
@@ -504,6 +520,7 @@ impl JobSpec {
             verify_backlog: 0,
             verify_interval: None,
             verify_only: false,
+            verify_pattern: None,
             read_iolog: None,
             write_iolog: None,
             null_engine: false,
@@ -827,10 +844,6 @@ pub const IGNORED_OPTIONS: &[(&str, &str)] = &[
         "data content: bluepoll devices neither compress nor deduplicate",
     ),
     (
-        "verify_pattern",
-        "verify blocks carry bluepoll's own header and payload (docs/format.md)",
-    ),
-    (
         "verify_dump",
         "a failed block is named in the report rather than dumped to files",
     ),
@@ -934,6 +947,61 @@ fn parse_percent(value: &str) -> Result<Option<f64>, String> {
         return Err(format!("percentage {p} is not in (0, 100]"));
     }
     Ok(Some(p))
+}
+
+/// fio's pattern syntax: `0xaa555aa5` (bytes in the order written), a decimal number (its
+/// little-endian bytes, at least one), or `'text'`/`"text"`; pieces may follow each other.
+fn parse_pattern(value: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let mut rest = value.trim();
+    while !rest.is_empty() {
+        if let Some(hex) = rest.strip_prefix("0x").or_else(|| rest.strip_prefix("0X")) {
+            let end = hex
+                .find(|c: char| !c.is_ascii_hexdigit())
+                .unwrap_or(hex.len());
+            let digits = &hex[..end];
+            if digits.is_empty() {
+                return Err(format!("'{value}': 0x with no hex digits"));
+            }
+            let padded = if digits.len() % 2 == 1 {
+                format!("0{digits}")
+            } else {
+                digits.to_string()
+            };
+            for pair in padded.as_bytes().chunks(2) {
+                let text = std::str::from_utf8(pair).unwrap_or("");
+                out.push(u8::from_str_radix(text, 16).map_err(|e| e.to_string())?);
+            }
+            rest = &hex[end..];
+        } else if let Some(quote) = rest.chars().next().filter(|c| *c == '\'' || *c == '"') {
+            let inner = &rest[1..];
+            let end = inner
+                .find(quote)
+                .ok_or_else(|| format!("'{value}': unterminated quote"))?;
+            out.extend_from_slice(&inner.as_bytes()[..end]);
+            rest = &inner[end + 1..];
+        } else {
+            let end = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            if end == 0 {
+                return Err(format!(
+                    "'{value}' is not a pattern (0xHEX, a number or 'text')"
+                ));
+            }
+            let n: u64 = rest[..end]
+                .parse()
+                .map_err(|_| format!("'{value}': number too large"))?;
+            let used = (8 - n.leading_zeros() as usize / 8).max(1);
+            out.extend_from_slice(&n.to_le_bytes()[..used]);
+            rest = &rest[end..];
+        }
+        rest = rest.trim_start();
+    }
+    if out.is_empty() {
+        return Err("empty pattern".into());
+    }
+    Ok(out)
 }
 
 /// `4k/10:64k/50:32k/` — weights left blank share what the others leave, as fio does.
@@ -1458,6 +1526,7 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         }
         "verify_fatal" => spec.verify_fatal = parse_bool(&value).map_err(invalid)?,
         "verify_backlog" => spec.verify_backlog = parse_u64(&value).map_err(invalid)?,
+        "verify_pattern" => spec.verify_pattern = Some(parse_pattern(&value).map_err(invalid)?),
         "verify_interval" => {
             spec.verify_interval = Some(at_least_one(&value, 1 << 30).map_err(invalid)?)
         }
@@ -1630,11 +1699,20 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         "verify" => {
             spec.verify = match value.as_str() {
                 "0" | "none" => VerifyMode::None,
-                "crc32c" | "crc32c-intel" | "meta" => VerifyMode::Crc32c,
+                "crc32c" | "crc32c-intel" | "meta" => VerifyMode::Header(Digest::Crc32c),
+                "md5" => VerifyMode::Header(Digest::Md5),
+                "sha1" => VerifyMode::Header(Digest::Sha1),
+                "sha256" => VerifyMode::Header(Digest::Sha256),
+                "sha512" => VerifyMode::Header(Digest::Sha512),
+                "crc64" => VerifyMode::Header(Digest::Crc64),
+                "xxhash" => VerifyMode::Header(Digest::Xxhash),
+                "pattern" => VerifyMode::Pattern,
                 _ => {
                     return Err(invalid(
-                        "supported: crc32c (crc32c-intel), meta (bluepoll's verify header, \
-                         docs/format.md), none; md5, crc64, sha*, xxhash, pattern are not"
+                        "supported: crc32c (crc32c-intel), meta, md5, sha1, sha256, sha512, \
+                         crc64, xxhash (bluepoll's verify header with that digest, \
+                         docs/format.md), pattern, none; crc32, crc16, crc7, sha224, sha384 \
+                         and sha3-* are not"
                             .into(),
                     ));
                 }
@@ -1962,11 +2040,19 @@ pub(crate) fn resolve(
         }
         spec.zonemode_strided = Some((spec.zonesize, spec.zonerange, spec.zoneskip));
     }
+    if spec.verify == VerifyMode::Pattern && spec.verify_pattern.is_none() {
+        return Err(OptionError::Invalid {
+            origin: origin_of("verify"),
+            key: "verify".into(),
+            value: "pattern".into(),
+            reason: "verify=pattern needs verify_pattern".into(),
+        });
+    }
     if spec.verify != VerifyMode::None && !spec.fixed_bs() {
         return Err(OptionError::Invalid {
             origin: origin_of("verify"),
             key: "verify".into(),
-            value: "crc32c".into(),
+            value: spec.verify.name().into(),
             reason: "verify needs one block size (bluepoll tracks what it wrote per block)".into(),
         });
     }
@@ -2166,7 +2252,15 @@ mod tests {
         assert!(bad("--random_distribution=zoned:50/5:30/15").contains("not 100"));
         assert!(bad("--zonemode=zbd").contains("not supported"));
         assert!(bad("--rw=read:x").contains("option 'rw'"));
-        assert!(bad("--verify=md5").contains("not"));
+        assert!(bad("--verify=crc16").contains("not"));
+        assert!(bad("--verify=pattern").contains("needs verify_pattern"));
+        assert_eq!(
+            parse_pattern("0xaa555aa5").unwrap(),
+            vec![0xaa, 0x55, 0x5a, 0xa5]
+        );
+        assert_eq!(parse_pattern("0xab'cd'").unwrap(), vec![0xab, b'c', b'd']);
+        assert_eq!(parse_pattern("258").unwrap(), vec![2, 1]);
+        assert!(parse_pattern("'open").is_err());
         let e = parse_invocation(&args(&["--name=j", "--verify=crc32c", "--bsrange=4k-8k"]))
             .unwrap_err()
             .to_string();

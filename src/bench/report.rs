@@ -836,7 +836,12 @@ pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
             r.dirs[READ].ios, r.dirs[WRITE].ios, r.dirs[TRIM].ios
         );
         if r.spec.verify != super::options::VerifyMode::None || r.verify_errors > 0 {
-            let _ = writeln!(out, "  verify       : crc32c, errors={}", r.verify_errors);
+            let _ = writeln!(
+                out,
+                "  verify       : {}, errors={}",
+                r.spec.verify.name(),
+                r.verify_errors
+            );
         }
         if r.io_errors > 0 {
             let _ = writeln!(out, "  io errors    : {}", r.io_errors);

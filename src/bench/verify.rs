@@ -12,6 +12,12 @@
 //!  | u32   | u16   | u16   | u32      | u32      | u64               | u64               |
 //! ```
 //! All integers little-endian. The crc covers bytes 0..12 and 16..length (the crc field skipped).
+//!
+//! With fio's other checksums (`verify=md5`, `sha1`, `sha256`, `sha512`, `crc64`, `xxhash`) the
+//! header is version 2: the same 32 bytes, then the algorithm, the digest's length and the digest
+//! of the payload (docs/format.md). The crc32c still covers every byte, so the header itself is
+//! protected whatever the algorithm. `verify=pattern` writes no header: the unit holds
+//! `verify_pattern` repeated, and a read must find exactly that.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,7 +26,92 @@ use super::offsets::splitmix;
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"BPVF");
 pub const VERSION: u16 = 1;
+/// The header with a payload digest after the base fields.
+pub const VERSION_DIGEST: u16 = 2;
 pub const HEADER_LEN: usize = 32;
+/// Where a version 2 header keeps the algorithm, the digest length and the digest.
+const OFF_ALGORITHM: usize = HEADER_LEN;
+const OFF_DIGEST_LEN: usize = HEADER_LEN + 1;
+const OFF_DIGEST: usize = HEADER_LEN + 8;
+/// The longest digest (sha512).
+pub const MAX_DIGEST: usize = 64;
+
+/// The payload checksum of a verify block, by fio's `verify=` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Digest {
+    /// Version 1: the header's crc32c is the only checksum.
+    Crc32c,
+    Md5,
+    Sha1,
+    Sha256,
+    Sha512,
+    Crc64,
+    Xxhash,
+}
+
+impl Digest {
+    pub fn name(self) -> &'static str {
+        match self {
+            Digest::Crc32c => "crc32c",
+            Digest::Md5 => "md5",
+            Digest::Sha1 => "sha1",
+            Digest::Sha256 => "sha256",
+            Digest::Sha512 => "sha512",
+            Digest::Crc64 => "crc64",
+            Digest::Xxhash => "xxhash",
+        }
+    }
+
+    /// The number stored in a version 2 header (docs/format.md).
+    fn code(self) -> u8 {
+        match self {
+            Digest::Crc32c => 0,
+            Digest::Md5 => 1,
+            Digest::Sha1 => 2,
+            Digest::Sha256 => 3,
+            Digest::Sha512 => 4,
+            Digest::Crc64 => 5,
+            Digest::Xxhash => 6,
+        }
+    }
+
+    fn len(self) -> usize {
+        match self {
+            Digest::Crc32c => 0,
+            Digest::Md5 => 16,
+            Digest::Sha1 => 20,
+            Digest::Sha256 => 32,
+            Digest::Sha512 => 64,
+            Digest::Crc64 | Digest::Xxhash => 8,
+        }
+    }
+
+    /// Bytes of header before the payload: 32, or 40 + the digest rounded up to 8.
+    pub fn header_len(self) -> usize {
+        match self {
+            Digest::Crc32c => HEADER_LEN,
+            d => OFF_DIGEST + d.len().div_ceil(8) * 8,
+        }
+    }
+
+    fn compute(self, payload: &[u8], out: &mut [u8; MAX_DIGEST]) {
+        use sha2::Digest as _;
+        match self {
+            Digest::Crc32c => {}
+            Digest::Md5 => out[..16].copy_from_slice(&md5::Md5::digest(payload)),
+            Digest::Sha1 => out[..20].copy_from_slice(&sha1::Sha1::digest(payload)),
+            Digest::Sha256 => out[..32].copy_from_slice(&sha2::Sha256::digest(payload)),
+            Digest::Sha512 => out[..64].copy_from_slice(&sha2::Sha512::digest(payload)),
+            Digest::Crc64 => {
+                let crc = crc::Crc::<u64>::new(&crc::CRC_64_ECMA_182);
+                out[..8].copy_from_slice(&crc.checksum(payload).to_le_bytes());
+            }
+            Digest::Xxhash => {
+                out[..8].copy_from_slice(&xxhash_rust::xxh64::xxh64(payload, 0).to_le_bytes())
+            }
+        }
+    }
+}
 
 const OFF_MAGIC: usize = 0;
 const OFF_VERSION: usize = OFF_MAGIC + 4;
@@ -50,16 +141,36 @@ fn checksum(block: &[u8]) -> u32 {
 
 /// Fills `block` (one unit, at least HEADER_LEN bytes) for `device_offset` and `generation`.
 pub fn fill(block: &mut [u8], device_offset: u64, generation: u64) {
+    fill_with(block, device_offset, generation, Digest::Crc32c);
+}
+
+/// Fills `block` with a header carrying `digest` (version 2 unless crc32c).
+pub fn fill_with(block: &mut [u8], device_offset: u64, generation: u64, digest: Digest) {
+    let header_len = digest.header_len().min(block.len());
     let mut x = splitmix(device_offset ^ generation.rotate_left(32)) | 1;
-    for chunk in block[HEADER_LEN..].chunks_mut(8) {
+    for chunk in block[header_len..].chunks_mut(8) {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
     }
     block[OFF_MAGIC..OFF_VERSION].copy_from_slice(&MAGIC.to_le_bytes());
-    block[OFF_VERSION..OFF_HEADER_LEN].copy_from_slice(&VERSION.to_le_bytes());
-    block[OFF_HEADER_LEN..OFF_LENGTH].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
+    let version = if digest == Digest::Crc32c {
+        VERSION
+    } else {
+        VERSION_DIGEST
+    };
+    block[OFF_VERSION..OFF_HEADER_LEN].copy_from_slice(&version.to_le_bytes());
+    block[OFF_HEADER_LEN..OFF_LENGTH].copy_from_slice(&(header_len as u16).to_le_bytes());
+    if digest != Digest::Crc32c && header_len == digest.header_len() {
+        block[OFF_ALGORITHM] = digest.code();
+        block[OFF_DIGEST_LEN] = digest.len() as u8;
+        block[OFF_DIGEST_LEN + 1..OFF_DIGEST].fill(0);
+        let mut out = [0u8; MAX_DIGEST];
+        digest.compute(&block[header_len..], &mut out);
+        block[OFF_DIGEST..header_len].fill(0);
+        block[OFF_DIGEST..OFF_DIGEST + digest.len()].copy_from_slice(&out[..digest.len()]);
+    }
     let length = block.len() as u32;
     block[OFF_LENGTH..OFF_CRC].copy_from_slice(&length.to_le_bytes());
     block[OFF_DEVICE_OFFSET..OFF_GENERATION].copy_from_slice(&device_offset.to_le_bytes());
@@ -71,12 +182,37 @@ pub fn fill(block: &mut [u8], device_offset: u64, generation: u64) {
 /// Why a block failed verification.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VerifyFailure {
-    BadMagic { found: u32 },
-    BadVersion { found: u16 },
-    BadLength { found: u32, expected: u32 },
-    ChecksumMismatch { expected: u32, actual: u32 },
-    WrongOffset { found: u64 },
-    Stale { found: u64, expected: u64 },
+    BadMagic {
+        found: u32,
+    },
+    BadVersion {
+        found: u16,
+    },
+    BadLength {
+        found: u32,
+        expected: u32,
+    },
+    ChecksumMismatch {
+        expected: u32,
+        actual: u32,
+    },
+    /// The payload digest (version 2) does not match.
+    DigestMismatch {
+        algorithm: &'static str,
+    },
+    /// `verify=pattern`: the first byte that differs from the pattern.
+    PatternMismatch {
+        at: usize,
+        found: u8,
+        expected: u8,
+    },
+    WrongOffset {
+        found: u64,
+    },
+    Stale {
+        found: u64,
+        expected: u64,
+    },
 }
 
 impl fmt::Display for VerifyFailure {
@@ -98,6 +234,17 @@ impl fmt::Display for VerifyFailure {
                     "crc32c mismatch: header says {expected:#010x}, data gives {actual:#010x}"
                 )
             }
+            VerifyFailure::DigestMismatch { algorithm } => {
+                write!(f, "{algorithm} of the payload does not match the header's")
+            }
+            VerifyFailure::PatternMismatch {
+                at,
+                found,
+                expected,
+            } => write!(
+                f,
+                "byte {at} is {found:#04x}, the pattern has {expected:#04x} there"
+            ),
             VerifyFailure::WrongOffset { found } => {
                 write!(f, "block belongs at offset {found} (misdirected)")
             }
@@ -122,7 +269,7 @@ pub fn check(
         return Err(VerifyFailure::BadMagic { found: magic });
     }
     let version = u16::from_le_bytes([block[OFF_VERSION], block[OFF_VERSION + 1]]);
-    if version != VERSION {
+    if version != VERSION && version != VERSION_DIGEST {
         return Err(VerifyFailure::BadVersion { found: version });
     }
     let length = u32_at(block, OFF_LENGTH);
@@ -137,6 +284,9 @@ pub fn check(
     if expected != actual {
         return Err(VerifyFailure::ChecksumMismatch { expected, actual });
     }
+    if version == VERSION_DIGEST {
+        check_digest(block)?;
+    }
     let found = u64_at(block, OFF_DEVICE_OFFSET);
     if found != device_offset {
         return Err(VerifyFailure::WrongOffset { found });
@@ -149,6 +299,66 @@ pub fn check(
         });
     }
     Ok(())
+}
+
+/// A version 2 header's payload digest (the crc32c already vouched for the header's bytes).
+fn check_digest(block: &[u8]) -> Result<(), VerifyFailure> {
+    let digest = [
+        Digest::Md5,
+        Digest::Sha1,
+        Digest::Sha256,
+        Digest::Sha512,
+        Digest::Crc64,
+        Digest::Xxhash,
+    ]
+    .into_iter()
+    .find(|d| block.get(OFF_ALGORITHM) == Some(&d.code()))
+    .ok_or(VerifyFailure::BadVersion {
+        found: VERSION_DIGEST,
+    })?;
+    let header_len = digest.header_len();
+    if block.len() < header_len || block[OFF_DIGEST_LEN] as usize != digest.len() {
+        return Err(VerifyFailure::DigestMismatch {
+            algorithm: digest.name(),
+        });
+    }
+    let mut out = [0u8; MAX_DIGEST];
+    digest.compute(&block[header_len..], &mut out);
+    if block[OFF_DIGEST..OFF_DIGEST + digest.len()] != out[..digest.len()] {
+        return Err(VerifyFailure::DigestMismatch {
+            algorithm: digest.name(),
+        });
+    }
+    Ok(())
+}
+
+/// `verify=pattern`: fills a unit with the pattern repeated from its first byte.
+pub fn fill_pattern(block: &mut [u8], pattern: &[u8]) {
+    if pattern.is_empty() {
+        return;
+    }
+    for (i, b) in block.iter_mut().enumerate() {
+        *b = pattern[i % pattern.len()];
+    }
+}
+
+/// `verify=pattern`: the unit must hold exactly the pattern repeated.
+pub fn check_pattern(block: &[u8], pattern: &[u8]) -> Result<(), VerifyFailure> {
+    if pattern.is_empty() {
+        return Ok(());
+    }
+    match block
+        .iter()
+        .enumerate()
+        .find(|(i, b)| **b != pattern[i % pattern.len()])
+    {
+        None => Ok(()),
+        Some((at, &found)) => Err(VerifyFailure::PatternMismatch {
+            at,
+            found,
+            expected: pattern[at % pattern.len()],
+        }),
+    }
 }
 
 /// The generation this run last wrote to each unit of a device range, shared by every job on
@@ -324,6 +534,60 @@ impl WrittenUnits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_digest_catches_a_flipped_payload_bit_and_keeps_the_header_checks() {
+        for digest in [
+            Digest::Crc32c,
+            Digest::Md5,
+            Digest::Sha1,
+            Digest::Sha256,
+            Digest::Sha512,
+            Digest::Crc64,
+            Digest::Xxhash,
+        ] {
+            let mut block = vec![0u8; 4096];
+            fill_with(&mut block, 8192, 3, digest);
+            assert_eq!(check(&block, 8192, 3), Ok(()), "{digest:?}");
+            assert!(matches!(
+                check(&block, 4096, 3),
+                Err(VerifyFailure::WrongOffset { .. })
+            ));
+            assert!(matches!(
+                check(&block, 8192, 4),
+                Err(VerifyFailure::Stale { .. })
+            ));
+            block[4000] ^= 1;
+            assert!(check(&block, 8192, 3).is_err(), "{digest:?}");
+        }
+        // A digest that no longer matches its payload, under a consistent crc, is named.
+        let mut block = vec![0u8; 4096];
+        fill_with(&mut block, 0, 1, Digest::Md5);
+        block[OFF_DIGEST] ^= 0xff;
+        let crc = checksum(&block);
+        block[OFF_CRC..OFF_DEVICE_OFFSET].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            check(&block, 0, 1),
+            Err(VerifyFailure::DigestMismatch { algorithm: "md5" })
+        );
+    }
+
+    #[test]
+    fn patterns_repeat_and_mismatches_name_the_byte() {
+        let mut block = vec![0u8; 10];
+        fill_pattern(&mut block, &[0xaa, 0x55, 0x5a]);
+        assert_eq!(block[..4], [0xaa, 0x55, 0x5a, 0xaa]);
+        assert_eq!(check_pattern(&block, &[0xaa, 0x55, 0x5a]), Ok(()));
+        block[5] = 0;
+        assert_eq!(
+            check_pattern(&block, &[0xaa, 0x55, 0x5a]),
+            Err(VerifyFailure::PatternMismatch {
+                at: 5,
+                found: 0,
+                expected: 0x5a
+            })
+        );
+    }
 
     #[test]
     fn round_trip_and_every_failure() {
