@@ -321,3 +321,27 @@ fn spdk_bdev_jobs_and_verify_modes_run() {
     let reads = json["jobs"][0]["read"]["total_ios"].as_u64().unwrap();
     assert!((2048 + 2048 - 64..=4096).contains(&reads), "{reads} reads");
 }
+
+/// `ss=iops:…` ends a time-based job once its one-second samples settle, long before its runtime.
+#[test]
+fn steady_state_ends_a_job_early() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bluepoll"))
+        .args(["bench", "--name=s", "--filename=mem:64M", "--rw=randread"])
+        .args([
+            "--time_based",
+            "--runtime=60",
+            "--ss=iops:50%",
+            "--ss_dur=2",
+        ])
+        .args(["--ss_ramp=1", "--eta=never", "--output-format=json"])
+        .output()
+        .expect("bluepoll runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = common::json_of(&out.stdout);
+    let runtime_ms = json["jobs"][0]["read"]["runtime"].as_u64().unwrap();
+    assert!((2500..30_000).contains(&runtime_ms), "ran {runtime_ms} ms");
+}

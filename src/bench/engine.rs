@@ -312,6 +312,11 @@ struct JobRun {
     iotime_start_ns: u64,
     /// Issued I/Os counted in the flow group.
     flow_ios: u64,
+    /// Steady state: one-second samples (IOPS or bytes/s) of the rolling window, when the next
+    /// is due, and the counts at the last one.
+    ss_samples: std::collections::VecDeque<f64>,
+    ss_next_ns: u64,
+    ss_last: Option<(u64, u64)>,
     /// `latency_target`: the depth in force, and the window's completions and those over.
     depth_limit: u32,
     window_start_ns: u64,
@@ -418,6 +423,9 @@ impl JobRun {
             iotime_start_ns: 0,
             flow_ios: 0,
             depth_limit: spec.iodepth,
+            ss_samples: std::collections::VecDeque::new(),
+            ss_next_ns: 0,
+            ss_last: None,
             window_start_ns: 0,
             window_ios: 0,
             window_over: 0,
@@ -436,6 +444,7 @@ impl JobRun {
                     .iter()
                     .chain(&spec.rate_iops_min)
                     .any(|&r| r > 0)
+                || spec.steady_state.is_some()
                 || spec.rw.trims(),
             ramp_end_ns: 0,
             deadline_ns: None,
@@ -551,6 +560,9 @@ impl JobRun {
         self.rate_cycle_start_ns = now_ns;
         self.iotime_start_ns = now_ns;
         self.window_start_ns = now_ns;
+        self.ss_next_ns = now_ns + spec.ss_ramp.as_nanos() as u64;
+        self.ss_last = None;
+        self.ss_samples.clear();
         self.cpu_start = thread_cpu_usage();
         self.phase = Phase::Run;
         if spec.verify_only && self.verify && self.mode.writes() {
@@ -801,6 +813,7 @@ impl JobRun {
             } else if self.extras {
                 self.check_rate_min(now_ns);
                 self.adjust_depth(now_ns);
+                self.check_steady_state(now_ns);
             }
         }
         if self.phase == Phase::Drain
@@ -877,6 +890,49 @@ impl JobRun {
         }
         self.rate_cycle_bytes = [0; DIRS];
         self.rate_cycle_start_ns = now_ns;
+    }
+
+    /// `ss`: once a second after `ss_ramp`, the second's IOPS or bandwidth joins the rolling
+    /// window of `ss_dur`; a full window that meets the criterion ends the job, as fio's does.
+    fn check_steady_state(&mut self, now_ns: u64) {
+        let spec = &self.plan.spec;
+        let Some(criterion) = spec.steady_state else {
+            return;
+        };
+        let window = spec.ss_dur.as_secs() as usize;
+        if window == 0 || now_ns < self.ss_next_ns {
+            return;
+        }
+        self.ss_next_ns += 1_000_000_000;
+        let counts = (
+            self.meter.ios.iter().sum::<u64>(),
+            self.meter.bytes.iter().sum::<u64>(),
+        );
+        // The first reading, at the end of the ramp, is the baseline of the first second.
+        let Some((last_ios, last_bytes)) = self.ss_last.replace(counts) else {
+            return;
+        };
+        let sample = if criterion.bandwidth {
+            (counts.1 - last_bytes) as f64
+        } else {
+            (counts.0 - last_ios) as f64
+        };
+        self.ss_samples.push_back(sample);
+        if self.ss_samples.len() > window {
+            self.ss_samples.pop_front();
+        }
+        let samples: Vec<f64> = self.ss_samples.iter().copied().collect();
+        if samples.len() == window && super::options::steady(&criterion, &samples) {
+            let message = format!(
+                "steady state reached: the last {window} s met {}{}:{}{}",
+                if criterion.bandwidth { "bw" } else { "iops" },
+                if criterion.slope { "_slope" } else { "" },
+                criterion.limit,
+                if criterion.percent { "%" } else { "" }
+            );
+            self.note(message);
+            self.phase = Phase::Drain;
+        }
     }
 
     fn in_direction(&self, d: usize) -> bool {

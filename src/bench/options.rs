@@ -219,6 +219,18 @@ pub enum SpdkPlugin {
     Bdev,
 }
 
+/// fio's steady-state criterion (`ss=iops:10%`, `ss=bw_slope:0.1%`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SteadyState {
+    /// Bandwidth (bytes/s) rather than IOPS.
+    pub bandwidth: bool,
+    /// The least-squares slope of the window rather than each sample's distance from the mean.
+    pub slope: bool,
+    pub limit: f64,
+    /// The limit is a percentage of the window's mean.
+    pub percent: bool,
+}
+
 /// `rate_process`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RateProcess {
@@ -324,6 +336,11 @@ pub struct JobSpec {
     pub latency_percentile: f64,
     /// Options accepted that cannot change what a bluepoll device measures (named in reports).
     pub ignored_options: Vec<String>,
+    /// `ss`, `ss_dur`, `ss_ramp`: end the job once its one-second IOPS or bandwidth samples over
+    /// `ss_dur` meet the criterion.
+    pub steady_state: Option<SteadyState>,
+    pub ss_dur: Duration,
+    pub ss_ramp: Duration,
     /// `end_fsync` / `fsync_on_close`: one Flush when the job's writes are done.
     pub end_fsync: bool,
     pub iodepth: u32,
@@ -531,6 +548,9 @@ impl JobSpec {
             latency_percentile: 100.0,
             ignored_options: Vec::new(),
             end_fsync: false,
+            steady_state: None,
+            ss_dur: Duration::ZERO,
+            ss_ramp: Duration::ZERO,
             iodepth: 1,
             iodepth_batch_submit: 1,
             numjobs: 1,
@@ -947,6 +967,75 @@ fn parse_percent(value: &str) -> Result<Option<f64>, String> {
         return Err(format!("percentage {p} is not in (0, 100]"));
     }
     Ok(Some(p))
+}
+
+/// `iops:10%`, `iops_slope:0.1%`, `bw:2m`, `bw_slope:1%`.
+fn parse_steady_state(value: &str) -> Result<SteadyState, String> {
+    let (kind, limit) = value
+        .split_once(':')
+        .ok_or("expected CRITERION:LIMIT, e.g. iops:10% or bw_slope:0.1%")?;
+    let (bandwidth, slope) = match kind.trim() {
+        "iops" => (false, false),
+        "iops_slope" => (false, true),
+        "bw" => (true, false),
+        "bw_slope" => (true, true),
+        other => {
+            return Err(format!(
+                "criterion {other}: expected iops, iops_slope, bw or bw_slope"
+            ));
+        }
+    };
+    let limit = limit.trim();
+    let (number, percent) = match limit.strip_suffix('%') {
+        Some(n) => (
+            n.trim()
+                .parse::<f64>()
+                .map_err(|_| format!("'{limit}' is not a number"))?,
+            true,
+        ),
+        None if bandwidth => (parse_size(limit)? as f64, false),
+        None => (
+            limit
+                .parse::<f64>()
+                .map_err(|_| format!("'{limit}' is not a number"))?,
+            false,
+        ),
+    };
+    if number.is_nan() || number < 0.0 {
+        return Err(format!("limit {limit} is negative"));
+    }
+    Ok(SteadyState {
+        bandwidth,
+        slope,
+        limit: number,
+        percent,
+    })
+}
+
+/// Whether one-second samples meet a steady-state criterion (fio's definitions: every sample
+/// within the limit of the mean, or the least-squares slope within it).
+pub fn steady(criterion: &SteadyState, samples: &[f64]) -> bool {
+    let n = samples.len() as f64;
+    if samples.len() < 2 {
+        return false;
+    }
+    let mean = samples.iter().sum::<f64>() / n;
+    let limit = if criterion.percent {
+        mean * criterion.limit / 100.0
+    } else {
+        criterion.limit
+    };
+    if criterion.slope {
+        let x_mean = (n - 1.0) / 2.0;
+        let (mut num, mut den) = (0.0, 0.0);
+        for (i, y) in samples.iter().enumerate() {
+            num += (i as f64 - x_mean) * (y - mean);
+            den += (i as f64 - x_mean) * (i as f64 - x_mean);
+        }
+        (num / den).abs() <= limit
+    } else {
+        samples.iter().all(|y| (y - mean).abs() <= limit)
+    }
 }
 
 /// fio's pattern syntax: `0xaa555aa5` (bytes in the order written), a decimal number (its
@@ -1532,6 +1621,15 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
         }
         "verify_only" => spec.verify_only = parse_bool(&value).map_err(invalid)?,
         "read_iolog" => spec.read_iolog = Some(value.clone()),
+        "ss" | "steadystate" => {
+            spec.steady_state = Some(parse_steady_state(&value).map_err(invalid)?)
+        }
+        "ss_dur" | "steadystate_duration" => {
+            spec.ss_dur = parse_duration(&value, secs).map_err(invalid)?
+        }
+        "ss_ramp" | "steadystate_ramp_time" => {
+            spec.ss_ramp = parse_duration(&value, secs).map_err(invalid)?
+        }
         "spdk_json_conf" => spec.spdk_json_conf = Some(value.clone()),
         "write_iolog" => spec.write_iolog = Some(value.clone()),
         "latency_target" => {
@@ -2265,6 +2363,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("one block size"), "{e}");
+    }
+
+    #[test]
+    fn steady_state_criteria_follow_fio() {
+        let flat = [100.0, 104.0, 97.0, 101.0];
+        let rising = [100.0, 110.0, 120.0, 130.0];
+        let within =
+            |text: &str, samples: &[f64]| steady(&parse_steady_state(text).unwrap(), samples);
+        assert!(within("iops:5%", &flat));
+        assert!(!within("iops:2%", &flat));
+        assert!(within("iops:5", &flat));
+        assert!(!within("iops:3", &flat));
+        assert!(within("iops_slope:11%", &rising));
+        assert!(!within("iops_slope:5%", &rising));
+        assert!(within("bw_slope:10", &[5.0, 5.0, 5.0]));
+        assert!(parse_steady_state("latency:1%").is_err());
+        assert!(parse_steady_state("iops").is_err());
     }
 
     #[test]
