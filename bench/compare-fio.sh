@@ -48,7 +48,8 @@ mkdir -p "$out"
 
 case "$engine" in
     null)
-        fio_args=(--ioengine=null)
+        # fio's null engine needs a size; a job's own size still wins (fio lets it).
+        fio_args=(--ioengine=null --size=1T)
         bp_args=(--filename=null:1T)
         labels=("fio null" "bluepoll null:")
         ;;
