@@ -1265,19 +1265,7 @@ impl JobRun {
             let Some(&offset) = self.backlog.last() else {
                 break;
             };
-            let Some((last, claimed)) = self.reserve(offset) else {
-                break;
-            };
-            let command = Command {
-                dir: READ,
-                offset,
-                len: self.bs,
-                generation: last,
-                claimed,
-                verify_read: true,
-            };
-            if !self.submit(slot_index, command, now_ns, qp, pending, job_index) {
-                self.unreserve(offset, claimed, last);
+            if !self.submit_check_read(slot_index, offset, now_ns, qp, pending, job_index) {
                 break;
             }
             self.backlog.pop();
@@ -1288,6 +1276,35 @@ impl JobRun {
         }
         self.account_batch(issued);
         issued
+    }
+
+    /// Reads back one unit this job wrote, always checked (the verify pass, `verify_backlog`);
+    /// false when the unit is busy or the queue full, with nothing taken.
+    fn submit_check_read(
+        &mut self,
+        slot_index: u32,
+        offset: u64,
+        now_ns: u64,
+        qp: &mut QueuePair,
+        pending: &mut Vec<u64>,
+        job_index: usize,
+    ) -> bool {
+        let Some((last, claimed)) = self.reserve(offset) else {
+            return false;
+        };
+        let command = Command {
+            dir: READ,
+            offset,
+            len: self.bs,
+            generation: last,
+            claimed,
+            verify_read: true,
+        };
+        let submitted = self.submit(slot_index, command, now_ns, qp, pending, job_index);
+        if !submitted {
+            self.unreserve(offset, claimed, last);
+        }
+        submitted
     }
 
     /// The verify pass of a write job: read back every unit this run wrote, in order.
@@ -1314,20 +1331,8 @@ impl JobRun {
                 self.verify_cursor += 1;
                 continue;
             }
-            // Another job's command on the unit: try again at the next poll.
-            let Some((last, claimed)) = self.reserve(offset) else {
-                break;
-            };
-            let command = Command {
-                dir: READ,
-                offset,
-                len: self.bs,
-                generation: last,
-                claimed,
-                verify_read: true,
-            };
-            if !self.submit(slot_index, command, now_ns, qp, pending, job_index) {
-                self.unreserve(offset, claimed, last);
+            // Another job's command on the unit, or a full queue: try again at the next poll.
+            if !self.submit_check_read(slot_index, offset, now_ns, qp, pending, job_index) {
                 break;
             }
             self.verify_cursor += 1;

@@ -15,9 +15,9 @@ use std::sync::mpsc;
 
 use anyhow::{Context as _, Result, bail};
 
-use super::engine::{JobProgress, JobResult, READ, RunControl, ThreadRun, WRITE};
+use super::engine::{JobProgress, JobResult, READ, RunControl, ThreadRun};
 use super::offsets::{OffsetGen, Rng};
-use super::options::{JobSpec, RwMode, VerifyMode};
+use super::options::{JobSpec, VerifyMode};
 use super::stats::Meter;
 use crate::image::{self, Image, ImageError, features};
 use crate::store::StoreHandle;
@@ -174,18 +174,7 @@ pub fn run(job: ImageJob) -> Result<JobResult> {
         }
         while !stopping && in_flight < depth {
             let offset = offsets.next(&mut rng) * bs;
-            let dir = match spec.rw {
-                RwMode::Read | RwMode::RandRead => READ,
-                // Trims are refused for this engine when the job is planned.
-                RwMode::Write
-                | RwMode::RandWrite
-                | RwMode::Trim
-                | RwMode::RandTrim
-                | RwMode::TrimWrite
-                | RwMode::RandTrimWrite => WRITE,
-                _ if rng.below(100) < spec.rwmixread as u64 => READ,
-                _ => WRITE,
-            };
+            let dir = spec.rw.read_or_write(spec.rwmixread, &mut rng);
             let (tx, started_ns) = (tx.clone(), clock.now_ns());
             let queued = if dir == READ {
                 img.read_async(offset, bs, move |r| {

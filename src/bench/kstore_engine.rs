@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::engine::{JobProgress, JobResult, READ, RunControl, ThreadRun, WRITE};
 use super::offsets::{OffsetGen, Rng};
-use super::options::{JobSpec, RwMode, VerifyMode};
+use super::options::{JobSpec, VerifyMode};
 use super::stats::Meter;
 use crate::kv::KvConfig;
 use crate::sys::{Clock, thread_cpu_usage};
@@ -190,18 +190,7 @@ pub fn run(job: KstoreJob) -> Result<JobResult> {
         for _ in 0..depth {
             let unit = offsets.next(&mut rng);
             let (object, offset) = (unit / units_per_object, (unit % units_per_object) * bs);
-            let dir = match spec.rw {
-                RwMode::Read | RwMode::RandRead => READ,
-                // Trims are refused for this engine when the job is planned.
-                RwMode::Write
-                | RwMode::RandWrite
-                | RwMode::Trim
-                | RwMode::RandTrim
-                | RwMode::TrimWrite
-                | RwMode::RandTrimWrite => WRITE,
-                _ if rng.below(100) < spec.rwmixread as u64 => READ,
-                _ => WRITE,
-            };
+            let dir = spec.rw.read_or_write(spec.rwmixread, &mut rng);
             let result = if dir == READ {
                 reads += 1;
                 read(&db, object, offset, bs, stripe)

@@ -103,6 +103,16 @@ impl RwMode {
         )
     }
 
+    /// For the engines that only read and write (trims are refused before they run): 0 (read)
+    /// when the job only reads, 1 (write) when it only writes, else drawn by `rwmixread`.
+    pub fn read_or_write(self, rwmixread: u32, rng: &mut crate::rand::Rng) -> usize {
+        match (self.reads(), self.writes()) {
+            (true, false) => 0,
+            (false, _) => 1,
+            (true, true) => usize::from(rng.below(100) >= rwmixread as u64),
+        }
+    }
+
     pub fn trims(self) -> bool {
         matches!(
             self,

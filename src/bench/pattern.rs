@@ -270,10 +270,6 @@ impl Scatter {
     }
 }
 
-fn skew_is_none(dist: &Distribution) -> bool {
-    *dist == Distribution::Random
-}
-
 /// The first clear bit at or after `from` in `0..units`, wrapping to the start.
 fn next_clear(bits: &[u64], from: u64, units: u64) -> Option<u64> {
     let scan = |lo: u64, hi: u64| {
@@ -417,7 +413,7 @@ impl IoPattern {
             touched: shortens.then(|| (vec![0u64; units.div_ceil(64) as usize], units)),
             plain_random: spec.rw.is_random()
                 && fixed_len.is_some()
-                && skew_is_none(&spec.random_distribution)
+                && spec.random_distribution == Distribution::Random
                 && spec.zonemode_strided.is_none()
                 && spec.percentage_random >= 100
                 && spec.rw_modifier <= 1

@@ -23,9 +23,9 @@ use anyhow::{Context as _, Result, bail};
 use crossbeam_queue::ArrayQueue;
 use serde_json::Value;
 
-use super::engine::{DIR_NAMES, JobProgress, JobResult, READ, RunControl, WRITE};
+use super::engine::{DIR_NAMES, JobProgress, JobResult, RunControl, WRITE};
 use super::offsets::{OffsetGen, Rng};
-use super::options::{JobSpec, RwMode, VerifyMode};
+use super::options::{JobSpec, VerifyMode};
 use super::stats::Meter;
 use crate::reactor::{Context, Poll, Poller};
 use crate::store::{Store, StoreConfig, StoreDevices, StoreHandle, Transaction, TxcState};
@@ -346,23 +346,8 @@ impl StoreJob {
     }
 
     fn choose_dir(&mut self) -> usize {
-        match self.plan.spec.rw {
-            RwMode::Read | RwMode::RandRead => READ,
-            // Trims are refused for this engine when the job is planned.
-            RwMode::Write
-            | RwMode::RandWrite
-            | RwMode::Trim
-            | RwMode::RandTrim
-            | RwMode::TrimWrite
-            | RwMode::RandTrimWrite => WRITE,
-            RwMode::ReadWrite | RwMode::RandRw => {
-                if self.rng.below(100) < self.plan.spec.rwmixread as u64 {
-                    READ
-                } else {
-                    WRITE
-                }
-            }
-        }
+        let spec = &self.plan.spec;
+        spec.rw.read_or_write(spec.rwmixread, &mut self.rng)
     }
 
     fn issue(&mut self, now: u64) {

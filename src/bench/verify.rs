@@ -50,6 +50,16 @@ pub enum Digest {
 }
 
 impl Digest {
+    /// The digests a version 2 header may carry.
+    pub const WITH_DIGEST: [Digest; 6] = [
+        Digest::Md5,
+        Digest::Sha1,
+        Digest::Sha256,
+        Digest::Sha512,
+        Digest::Crc64,
+        Digest::Xxhash,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Digest::Crc32c => "crc32c",
@@ -303,19 +313,12 @@ pub fn check(
 
 /// A version 2 header's payload digest (the crc32c already vouched for the header's bytes).
 fn check_digest(block: &[u8]) -> Result<(), VerifyFailure> {
-    let digest = [
-        Digest::Md5,
-        Digest::Sha1,
-        Digest::Sha256,
-        Digest::Sha512,
-        Digest::Crc64,
-        Digest::Xxhash,
-    ]
-    .into_iter()
-    .find(|d| block.get(OFF_ALGORITHM) == Some(&d.code()))
-    .ok_or(VerifyFailure::BadVersion {
-        found: VERSION_DIGEST,
-    })?;
+    let digest = Digest::WITH_DIGEST
+        .into_iter()
+        .find(|d| block.get(OFF_ALGORITHM) == Some(&d.code()))
+        .ok_or(VerifyFailure::BadVersion {
+            found: VERSION_DIGEST,
+        })?;
     let header_len = digest.header_len();
     if block.len() < header_len || block[OFF_DIGEST_LEN] as usize != digest.len() {
         return Err(VerifyFailure::DigestMismatch {
@@ -537,15 +540,7 @@ mod tests {
 
     #[test]
     fn every_digest_catches_a_flipped_payload_bit_and_keeps_the_header_checks() {
-        for digest in [
-            Digest::Crc32c,
-            Digest::Md5,
-            Digest::Sha1,
-            Digest::Sha256,
-            Digest::Sha512,
-            Digest::Crc64,
-            Digest::Xxhash,
-        ] {
+        for digest in std::iter::once(Digest::Crc32c).chain(Digest::WITH_DIGEST) {
             let mut block = vec![0u8; 4096];
             fill_with(&mut block, 8192, 3, digest);
             assert_eq!(check(&block, 8192, 3), Ok(()), "{digest:?}");
