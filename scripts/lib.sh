@@ -4,10 +4,14 @@
 #   only when an install needs it; sudo when not root).
 # - BLUEPOLL_TARGET: the cargo target directory every script and CI share, under ~/.cache so
 #   repeated runs (and the RocksDB build, 15-20 minutes from scratch) are reused.
-# - ensure_rust: the toolchain check, the packages RocksDB's build needs, and ccache in front of
-#   the C/C++ compilers (cargo builds RocksDB again for every distinct set of build-script
-#   dependencies — `cargo clippy`'s differ from the tests' — and ccache makes those repeats
-#   cache hits instead of 15-20 minutes each).
+# - ensure_rust [lean]: the toolchain check, the packages RocksDB's build needs, and ccache in
+#   front of the C/C++ compilers (cargo builds RocksDB again for every distinct set of
+#   build-script dependencies — `cargo clippy`'s differ from the tests' — and ccache makes those
+#   repeats cache hits instead of 15-20 minutes each). `lean`: for a build without the `store`
+#   feature, which compiles no C++ (only a C compiler, for mimalloc).
+# - build_release [lean]: builds the release `bluepoll` (`lean`: without the `store` feature, so
+#   without RocksDB) and prints its path. Both builds write the same path; each caller builds the
+#   one it runs right before running it.
 
 BLUEPOLL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bluepoll/target}"
@@ -44,6 +48,10 @@ ensure_rust() {
         echo "cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
         exit 1
     fi
+    if [ "${1:-}" = lean ]; then
+        ensure_packages gcc
+        return 0
+    fi
     # RocksDB is built from source (librocksdb-sys): a C++ compiler, and libclang for bindgen.
     ensure_packages g++ libclang-dev ccache
     # cc-rs takes a known wrapper as the first word of CC/CXX. A caller's own CC/CXX win.
@@ -53,7 +61,13 @@ ensure_rust() {
 
 # Builds the release binary and prints its path.
 build_release() {
-    ensure_rust
-    (cd "$BLUEPOLL_ROOT" && cargo build --release --locked --quiet --bin bluepoll) >&2
+    local features=()
+    if [ "${1:-}" = lean ]; then
+        ensure_rust lean
+        features=(--no-default-features)
+    else
+        ensure_rust
+    fi
+    (cd "$BLUEPOLL_ROOT" && cargo build --release --locked --quiet "${features[@]}" --bin bluepoll) >&2
     echo "$BLUEPOLL_TARGET/release/bluepoll"
 }

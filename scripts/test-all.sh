@@ -14,7 +14,8 @@ export BLUEPOLL_REQUIRE_PEERS="${BLUEPOLL_REQUIRE_PEERS:-1}"
 # the suite loudly instead of passing without it (BLUEPOLL_REQUIRE_QEMU=0 to allow the skip).
 export BLUEPOLL_REQUIRE_QEMU="${BLUEPOLL_REQUIRE_QEMU:-1}"
 cd "$BLUEPOLL_ROOT"
-cargo test --locked "$@"
+# Every crate's unit tests, the integration tests, the examples and the doc tests.
+cargo test --locked --workspace "$@"
 if [ "$#" -eq 0 ]; then
     scripts/drills.sh
 fi

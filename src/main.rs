@@ -2,11 +2,7 @@
 
 use anyhow::{Result, bail};
 
-mod bluefs_cli;
-mod image_cli;
-mod kv_cli;
-mod store_cli;
-mod stress;
+mod cli;
 
 /// mimalloc: the store's reactors allocate what the kv-sync thread frees, and glibc's arenas
 /// serialise those cross-thread frees on a lock (seen in profiles of the store bench).
@@ -91,21 +87,17 @@ fn dispatch(args: &[String]) -> Result<i32> {
             }
             Ok(bluepoll::bench::run(rest)?.exit_code)
         }
-        "bluefs" => bluefs_cli::run(rest),
-        "kv" => kv_cli::run(rest),
-        "mkfs" => store_cli::mkfs(rest),
-        "fsck" => store_cli::fsck(rest),
-        "expand" => store_cli::expand(rest),
-        "perf" => store_cli::perf(rest),
-        "store" => store_cli::run(rest),
-        "stress" => stress::run(rest),
-        "image" => image_cli::run(rest),
-        "serve" => image_cli::serve(rest),
-        "drill" => stress::drill(rest),
-        "kvbench" => {
-            bluepoll::bench::kv_bench::run(rest)?;
-            Ok(0)
-        }
+        "bluefs" => cli::bluefs::run(rest),
+        #[cfg(feature = "store")]
+        "kv" | "mkfs" | "fsck" | "expand" | "perf" | "store" | "stress" | "image" | "serve"
+        | "drill" | "kvbench" => store_command(command, rest),
+        #[cfg(not(feature = "store"))]
+        "kv" | "mkfs" | "fsck" | "expand" | "perf" | "store" | "stress" | "image" | "serve"
+        | "drill" | "kvbench" => bail!(
+            "'{command}' needs the object store, which this build of bluepoll leaves out \
+             (built without the `store` feature, to skip RocksDB); build with the default \
+             features for it"
+        ),
         "compare" => {
             bluepoll::bench::compare::run(rest)?;
             Ok(0)
@@ -155,8 +147,30 @@ fn dispatch(args: &[String]) -> Result<i32> {
     }
 }
 
+/// The commands over the object store, RocksDB, images and NBD (the `store` feature).
+#[cfg(feature = "store")]
+fn store_command(command: &str, rest: &[String]) -> Result<i32> {
+    match command {
+        "kv" => cli::kv::run(rest),
+        "mkfs" => cli::store::mkfs(rest),
+        "fsck" => cli::store::fsck(rest),
+        "expand" => cli::store::expand(rest),
+        "perf" => cli::store::perf(rest),
+        "store" => cli::store::run(rest),
+        "stress" => cli::stress::run(rest),
+        "image" => cli::image::run(rest),
+        "serve" => cli::image::serve(rest),
+        "drill" => cli::stress::drill(rest),
+        "kvbench" => {
+            bluepoll::bench::kv_bench::run(rest)?;
+            Ok(0)
+        }
+        other => bail!("unknown command '{other}'"),
+    }
+}
+
 /// `bluepoll selftest conformance URI --destructive [--offset=SIZE] [--size=SIZE]`: the suite
-/// every backend passes in the tests (src/nvme/conformance.rs), on a slice of the device (by
+/// every backend passes in the tests (crates/nvme/src/conformance.rs), on a slice of the device (by
 /// default its last 4 MiB), which it overwrites. One `ok` or `FAIL` line, and the checks the
 /// device's advertised features made it skip.
 fn conformance(target: &str, options: &[String]) -> Result<i32> {
@@ -208,7 +222,7 @@ fn conformance(target: &str, options: &[String]) -> Result<i32> {
     }
 }
 
-/// `bluepoll selftest ...`: the NVMe driver's checks (see src/nvme/pcie/selftest.rs).
+/// `bluepoll selftest ...`: the NVMe driver's checks (see crates/nvme/src/pcie/selftest.rs).
 fn selftest(args: &[String]) -> Result<i32> {
     use bluepoll::nvme::pcie::selftest::{self as st, Outcome};
     const USAGE: &str = "usage: bluepoll selftest device URI --destructive [--serial=S] \

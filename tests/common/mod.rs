@@ -65,9 +65,10 @@ pub fn bluepoll_ok(device_option: &str, args: &[&str]) -> String {
 pub fn fio(args: &[&str], cwd: Option<&Path>) -> Option<Run> {
     let mut cmd = Command::new("fio");
     cmd.args(args);
-    if let Some(dir) = cwd {
-        cmd.current_dir(dir);
-    }
+    // fio leaves files in its working directory (a verify job's `*-verify.state`): never the
+    // repository's.
+    let scratch = tempfile::tempdir().ok()?;
+    cmd.current_dir(cwd.unwrap_or(scratch.path()));
     cmd.output().ok().map(Run::from)
 }
 

@@ -1,0 +1,375 @@
+//! Snapshots, clone links and fast-diff (DESIGN §6; the records are in docs/format.md, "Image
+//! snapshots").
+//!
+//! A snapshot costs nothing when it is taken: its object map is a copy of the head map, and the
+//! head map turns EXISTS into EXISTS_CLEAN. The first change of an EXISTS_CLEAN object after
+//! that first preserves it — a store clone, sharing the data — as `data.X@S`, S the newest
+//! snapshot; a removal renames it there. So `data.X@S` holds object X as every snapshot from
+//! the previous one (exclusive) up to S saw it, and object X at snapshot S is: nothing if S's map
+//! says it did not exist; else the first preserved copy `data.X@T` with T ≥ S; else the head
+//! object. Removing snapshot S hands each copy it holds to the next older snapshot if that one
+//! needs it (saw the object and has no copy of its own), and removes it otherwise.
+//!
+//! In every map, EXISTS means "written since the previous snapshot" and EXISTS_CLEAN "unchanged
+//! since it", which is what fast-diff reads: an object changed between two snapshots if any
+//! map after the first marks it EXISTS, or it exists in one and not the other.
+
+use super::error::ImageError;
+use super::object_map::{ObjectMap, ObjectState};
+
+const RECORD_VERSION: u8 = 1;
+
+/// omap keys of the header object.
+pub(crate) const SNAP_SEQ_KEY: &[u8] = b"snap_seq";
+pub(crate) const SNAP_KEY_PREFIX: &str = "snap.";
+pub(crate) const PARENT_KEY: &[u8] = b"parent";
+pub(crate) const CHILD_KEY_PREFIX: &str = "child.";
+pub(crate) const REMOVING_KEY_PREFIX: &str = "removing.";
+
+/// A snapshot of an image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapInfo {
+    pub id: u64,
+    pub name: String,
+    /// The image's size when the snapshot was taken.
+    pub size: u64,
+    pub created_ns: u64,
+    /// For a clone: how far its parent showed through when the snapshot was taken (0 for
+    /// images that are not clones).
+    pub parent_overlap: u64,
+    /// A removal has begun (its mark is committed before the first copy goes): the snapshot no
+    /// longer reads as taken and is refused to everything but another `snap rm`.
+    pub removing: bool,
+}
+
+/// The parent of a clone: image `image` at its snapshot `snap`; only the first `overlap` bytes
+/// of the clone come from it (the clone's size when made, less any shrinking since).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParentLink {
+    pub image: String,
+    pub snap: u64,
+    pub overlap: u64,
+}
+
+pub(crate) fn snap_key(id: u64) -> Vec<u8> {
+    format!("{SNAP_KEY_PREFIX}{id:016x}").into_bytes()
+}
+
+/// The mark of snapshot `id`'s removal in progress.
+pub(crate) fn removing_key(id: u64) -> Vec<u8> {
+    format!("{REMOVING_KEY_PREFIX}{id:016x}").into_bytes()
+}
+
+pub(crate) fn child_key(snap: u64, child: &str) -> Vec<u8> {
+    format!("{CHILD_KEY_PREFIX}{snap:016x}.{child}").into_bytes()
+}
+
+/// The map object of snapshot `id`.
+pub(crate) fn snap_map_object(id: u64) -> String {
+    format!("object_map.{id:016x}")
+}
+
+/// Object `index` as snapshot `snap` preserved it.
+pub(crate) fn preserved_object(index: u64, snap: u64) -> String {
+    format!("data.{index:016x}@{snap:016x}")
+}
+
+/// Appends the version, a body and the crc32c of both.
+fn seal(body: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(body.len() + 8);
+    b.push(RECORD_VERSION);
+    b.extend_from_slice(&[0, 0, 0]);
+    b.extend_from_slice(body);
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// The body of a sealed record, after its checks.
+fn unseal<'a>(b: &'a [u8], what: &str) -> Result<&'a [u8], ImageError> {
+    let bad = |reason: String| ImageError::HeaderCorrupt {
+        reason: format!("{what}: {reason}"),
+    };
+    if b.len() < 8 {
+        return Err(bad(format!("{} bytes", b.len())));
+    }
+    let (content, crc) = b.split_at(b.len() - 4);
+    let stored = u32::from_le_bytes(crc.try_into().expect("4"));
+    let computed = crc32c::crc32c(content);
+    if stored != computed {
+        return Err(bad(format!(
+            "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+        )));
+    }
+    if content[0] != RECORD_VERSION {
+        return Err(bad(format!("unknown version {}", content[0])));
+    }
+    if content[1..4] != [0, 0, 0] {
+        return Err(bad("reserved bytes are not zero".into()));
+    }
+    Ok(&content[4..])
+}
+
+/// Reads the fields of a record body in order.
+struct Fields<'a> {
+    b: &'a [u8],
+    what: &'a str,
+}
+
+impl<'a> Fields<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ImageError> {
+        if self.b.len() < n {
+            return Err(ImageError::HeaderCorrupt {
+                reason: format!("{}: truncated", self.what),
+            });
+        }
+        let (head, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(head)
+    }
+    fn u64(&mut self) -> Result<u64, ImageError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn name(&mut self) -> Result<String, ImageError> {
+        let len = u16::from_le_bytes(self.take(2)?.try_into().expect("2")) as usize;
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| ImageError::HeaderCorrupt {
+            reason: format!("{}: name is not UTF-8", self.what),
+        })
+    }
+    fn end(&self) -> Result<(), ImageError> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(ImageError::HeaderCorrupt {
+                reason: format!("{}: {} trailing bytes", self.what, self.b.len()),
+            })
+        }
+    }
+}
+
+fn push_name(b: &mut Vec<u8>, name: &str) {
+    b.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    b.extend_from_slice(name.as_bytes());
+}
+
+impl SnapInfo {
+    /// The record as stored (docs/format.md).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&self.id.to_le_bytes());
+        b.extend_from_slice(&self.size.to_le_bytes());
+        b.extend_from_slice(&self.created_ns.to_le_bytes());
+        b.extend_from_slice(&self.parent_overlap.to_le_bytes());
+        push_name(&mut b, &self.name);
+        seal(&b)
+    }
+
+    /// Reads a stored record, checking its version and checksum.
+    pub fn decode(bytes: &[u8]) -> Result<SnapInfo, ImageError> {
+        let mut f = Fields {
+            b: unseal(bytes, "snapshot record")?,
+            what: "snapshot record",
+        };
+        let info = SnapInfo {
+            id: f.u64()?,
+            size: f.u64()?,
+            created_ns: f.u64()?,
+            parent_overlap: f.u64()?,
+            name: f.name()?,
+            removing: false,
+        };
+        f.end()?;
+        Ok(info)
+    }
+}
+
+impl ParentLink {
+    /// The record as stored (docs/format.md).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&self.snap.to_le_bytes());
+        b.extend_from_slice(&self.overlap.to_le_bytes());
+        push_name(&mut b, &self.image);
+        seal(&b)
+    }
+
+    /// Reads a stored record, checking its version and checksum.
+    pub fn decode(bytes: &[u8]) -> Result<ParentLink, ImageError> {
+        let mut f = Fields {
+            b: unseal(bytes, "parent record")?,
+            what: "parent record",
+        };
+        let link = ParentLink {
+            snap: f.u64()?,
+            overlap: f.u64()?,
+            image: f.name()?,
+        };
+        f.end()?;
+        Ok(link)
+    }
+}
+
+/// The image's next snapshot id as stored (a sealed little-endian u64).
+pub fn encode_seq(next: u64) -> Vec<u8> {
+    seal(&next.to_le_bytes())
+}
+
+/// Reads the stored next snapshot id, checking its checksum.
+pub fn decode_seq(bytes: &[u8]) -> Result<u64, ImageError> {
+    let mut f = Fields {
+        b: unseal(bytes, "snapshot sequence")?,
+        what: "snapshot sequence",
+    };
+    let next = f.u64()?;
+    f.end()?;
+    Ok(next)
+}
+
+/// The value of a child record (the key says everything; the value is only checked).
+pub(crate) fn encode_child() -> Vec<u8> {
+    seal(&[])
+}
+
+/// One run of changed bytes in a diff.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiffExtent {
+    pub offset: u64,
+    pub len: u64,
+    /// Whether the run holds data at the newer end (false: it reads as zeros there).
+    pub exists: bool,
+}
+
+/// Objects changed between the state `from` describes (None: an empty image) and the last of
+/// `later` (maps of every snapshot after `from`, oldest first, then the end point's), with
+/// whether each exists at the end — from the maps alone.
+pub fn changed_objects(from: Option<&ObjectMap>, later: &[&ObjectMap]) -> Vec<(u64, bool)> {
+    let Some(last) = later.last() else {
+        return Vec::new();
+    };
+    let objects = later
+        .iter()
+        .map(|m| m.objects())
+        .chain(from.map(|m| m.objects()))
+        .max()
+        .unwrap_or(0);
+    let state = |m: &ObjectMap, o: u64| {
+        if o < m.objects() {
+            m.get(o)
+        } else {
+            ObjectState::Nonexistent
+        }
+    };
+    let mut out = Vec::new();
+    for o in 0..objects {
+        let existed = from.is_some_and(|m| state(m, o).may_exist());
+        let now = state(last, o);
+        let written = later
+            .iter()
+            .any(|m| matches!(state(m, o), ObjectState::Exists | ObjectState::Pending));
+        // Written meanwhile but absent at both ends reads as zeros at both: no change.
+        if (written && (existed || now.may_exist())) || existed != now.may_exist() {
+            out.push((o, now.may_exist()));
+        }
+    }
+    out
+}
+
+/// Changed objects as byte runs of an image of `size` bytes with `object_size`-byte objects,
+/// adjacent objects of the same kind merged.
+pub fn extents_of(changed: &[(u64, bool)], object_size: u64, size: u64) -> Vec<DiffExtent> {
+    let mut out: Vec<DiffExtent> = Vec::new();
+    for &(o, exists) in changed {
+        let offset = o * object_size;
+        if offset >= size {
+            continue;
+        }
+        let len = object_size.min(size - offset);
+        match out.last_mut() {
+            Some(e) if e.exists == exists && e.offset + e.len == offset => e.len += len,
+            _ => out.push(DiffExtent {
+                offset,
+                len,
+                exists,
+            }),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_damage_is_named() {
+        let s = SnapInfo {
+            id: 7,
+            name: "before-upgrade".into(),
+            size: 1 << 30,
+            created_ns: 99,
+            parent_overlap: 5 << 20,
+            removing: false,
+        };
+        let b = s.encode();
+        assert_eq!(SnapInfo::decode(&b).unwrap(), s);
+        let mut bad = b.clone();
+        bad[6] ^= 1;
+        assert!(
+            SnapInfo::decode(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("snapshot record: checksum mismatch")
+        );
+        assert!(SnapInfo::decode(&b[..5]).is_err());
+        let p = ParentLink {
+            image: "golden".into(),
+            snap: 3,
+            overlap: 10 << 20,
+        };
+        assert_eq!(ParentLink::decode(&p.encode()).unwrap(), p);
+        assert_eq!(decode_seq(&encode_seq(12)).unwrap(), 12);
+        assert!(decode_seq(&p.encode()).is_err());
+    }
+
+    #[test]
+    fn changed_objects_follow_the_written_flags_and_existence() {
+        let mut s1 = ObjectMap::new(8);
+        for o in [0, 1, 2] {
+            s1.set(o, ObjectState::Exists).unwrap();
+        }
+        // Between s1 and s2: 1 rewritten, 2 removed, 3 created; 0 untouched.
+        let mut s2 = ObjectMap::new(8);
+        s2.set(0, ObjectState::ExistsClean).unwrap();
+        s2.set(1, ObjectState::Exists).unwrap();
+        s2.set(3, ObjectState::Exists).unwrap();
+        // After s2: nothing written, 3 removed.
+        let mut head = ObjectMap::new(8);
+        head.set(0, ObjectState::ExistsClean).unwrap();
+        head.set(1, ObjectState::ExistsClean).unwrap();
+        assert_eq!(
+            changed_objects(Some(&s1), &[&s2, &head]),
+            vec![(1, true), (2, false)]
+        );
+        assert_eq!(changed_objects(Some(&s2), &[&head]), vec![(3, false)]);
+        assert_eq!(
+            changed_objects(None, &[&s1]),
+            vec![(0, true), (1, true), (2, true)]
+        );
+        assert_eq!(
+            extents_of(&[(0, true), (1, true), (3, false)], 4096, 4096 * 3 + 100),
+            vec![
+                DiffExtent {
+                    offset: 0,
+                    len: 8192,
+                    exists: true
+                },
+                DiffExtent {
+                    offset: 12288,
+                    len: 100,
+                    exists: false
+                }
+            ]
+        );
+    }
+}
