@@ -63,7 +63,7 @@ run options:
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = match dispatch(&args) {
+    let code = match cli::logger::install().and_then(|()| dispatch(&args)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("bluepoll: error: {error:#}");

@@ -6,6 +6,7 @@ pub mod bluefs;
 pub mod image;
 #[cfg(feature = "store")]
 pub mod kv;
+pub mod logger;
 #[cfg(feature = "store")]
 pub mod store;
 #[cfg(feature = "store")]

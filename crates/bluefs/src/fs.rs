@@ -1585,8 +1585,8 @@ impl Inner {
             st.spillover_bytes += extents.iter().map(|e| e.length).sum::<u64>();
             if !st.spillover_warned {
                 st.spillover_warned = true;
-                eprintln!(
-                    "bluefs: warning: {} data spilled over to the SLOW device (faster devices full)",
+                log::warn!(
+                    "bluefs: {} data spilled over to the SLOW device (faster devices full)",
                     kind.name()
                 );
             }

@@ -887,7 +887,7 @@ impl Image {
     }
 
     fn invalidate_map(&mut self, why: &str) -> Result<(), ImageError> {
-        eprintln!("bluepoll image {}: object map invalid: {why}", self.name);
+        log::warn!("bluepoll image {}: object map invalid: {why}", self.name);
         self.map = None;
         self.info.flags |= FLAG_MAP_INVALID;
         let mut t = Transaction::new(&self.coll);

@@ -173,7 +173,7 @@ impl Shared {
     pub fn fail(&self, reason: String) {
         let mut f = lock(&self.failure);
         if f.is_none() {
-            eprintln!("bluepoll store: {reason}; no more changes are accepted until remount");
+            log::error!("bluepoll store: {reason}; no more changes are accepted until remount");
             *f = Some(reason);
         }
         self.failed.store(true, Ordering::SeqCst);
@@ -194,7 +194,7 @@ impl Shared {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || callback(value)));
             if outcome.is_err() {
                 let n = shared.callback_panics.fetch_add(1, Ordering::Relaxed) + 1;
-                eprintln!(
+                log::error!(
                     "bluepoll store: a {what} callback panicked (caught; {n} so far); the store goes on"
                 );
             }

@@ -114,7 +114,7 @@ impl StoreSpace {
         };
         let near = used > self.nearfull;
         if near != self.warned.swap(near, std::sync::atomic::Ordering::Relaxed) && near {
-            eprintln!(
+            log::warn!(
                 "bluepoll store: nearfull: {used} of {total} bytes of the main device in use (full at {})",
                 self.full
             );

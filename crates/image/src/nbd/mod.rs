@@ -151,7 +151,7 @@ impl NbdServer {
                         if waiter.wait(Duration::from_millis(50))
                             && let Err(e) = lock(&image).serve_lock_requests()
                         {
-                            eprintln!("bluepoll nbd: {name}: serving a lock request: {e}");
+                            log::warn!("bluepoll nbd: {name}: serving a lock request: {e}");
                         }
                         // A request this client cannot serve (it does not own the lock) waits
                         // for the owner; do not spin on it.
@@ -180,7 +180,7 @@ impl NbdServer {
                         .name(format!("nbd-{peer}"))
                         .spawn(move || {
                             if let Err(e) = serve(stream, &exports, stats) {
-                                eprintln!("bluepoll nbd: {peer}: {e}");
+                                log::warn!("bluepoll nbd: {peer}: {e}");
                             }
                         })
                         .map_err(io("starting a connection thread"))?;
@@ -904,7 +904,7 @@ fn execute(incoming: Incoming, image: &Mutex<Image>, stats: &ServerStats, replie
                 let mut img = lock(image);
                 // Map blocks a refused write left stale go out before the flush answers.
                 if let Err(e) = img.write_back_map() {
-                    eprintln!("bluepoll nbd: writing back the object map: {e}");
+                    log::error!("bluepoll nbd: writing back the object map: {e}");
                 }
                 img.flush_waiter()
             };
