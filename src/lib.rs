@@ -16,7 +16,7 @@
 //!   pipeline on the reactors;
 //! - [`image`] and [`nbd`] (`bluepoll-image`, feature `store`): RBD-style block images on the
 //!   object store, and the NBD server that exports them;
-//! - [`bench`] (`bluepoll-bench`): the fio-style load harness that drives every layer.
+//! - [`bench`](mod@bench) (`bluepoll-bench`): the fio-style load harness that drives every layer.
 //!
 //! Without the default `store` feature nothing here builds RocksDB: the device layer, the
 //! reactors, BlueFS and the bench on devices and BlueFS are what remains.

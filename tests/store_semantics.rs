@@ -2377,3 +2377,29 @@ fn fsck_leaves_the_store_intact() {
     }
     env.finish();
 }
+
+/// A transaction without ops on a collection that does not exist is refused like any op on it,
+/// and the shard goes on serving (it once panicked the shard's reactor and hung the store).
+#[test]
+fn an_empty_transaction_on_a_missing_collection_is_refused() {
+    for v in [V1, V2] {
+        let env = Env::new(v);
+        let store = env.s();
+        for i in 0..4 {
+            let coll = format!("missing{i}");
+            let refused = store.apply(tx(&coll));
+            assert!(
+                matches!(refused, Err(StoreError::NoSuchCollection { .. })),
+                "{coll}: {refused:?}"
+            );
+            let mut t = tx(&coll);
+            t.create_collection().write("o", 0, b"after".to_vec());
+            store.apply(t).expect("the shard still serves");
+            assert_eq!(store.read(&coll, "o", 0, 5).unwrap(), b"after");
+            // On an existing collection an empty transaction is a no-op that commits.
+            store
+                .apply(tx(&coll))
+                .expect("empty transaction on an existing collection");
+        }
+    }
+}

@@ -8,6 +8,8 @@ pub struct Rng {
 }
 
 impl Rng {
+    /// A generator whose state is `seed` expanded by SplitMix64: the same seed gives the same
+    /// sequence on every platform, so runs can be repeated.
     pub fn new(seed: u64) -> Rng {
         let mut sm = seed;
         let mut next = || {
@@ -19,6 +21,7 @@ impl Rng {
         }
     }
 
+    /// The next 64 random bits.
     #[inline]
     pub fn next_u64(&mut self) -> u64 {
         let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);

@@ -12,11 +12,15 @@ pub fn current_cpu() -> Option<usize> {
 /// CPU time and scheduling counters of one thread (or process), as fio's `cpu` line reports them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuUsage {
+    /// CPU time spent running user code.
     pub user: Duration,
+    /// CPU time the kernel spent on the thread's (or process's) behalf.
     pub system: Duration,
     /// Voluntary plus involuntary context switches.
     pub context_switches: u64,
+    /// Page faults that had to wait for I/O.
     pub major_faults: u64,
+    /// Page faults served without I/O.
     pub minor_faults: u64,
 }
 

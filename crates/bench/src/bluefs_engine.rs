@@ -36,8 +36,10 @@ use bluepoll_base::sys::{Clock, CpuUsage, current_cpu, thread_cpu_usage};
 use bluepoll_bluefs::{BlueFs, BlueFsConfig, BlueFsError, Devices, FileKind};
 use bluepoll_nvme::Device;
 
-/// The BlueFS directory the job files live in (`bluefs_kind=slow`: SLOW_DIR).
+/// The BlueFS directory the job files live in (`bluefs_kind=slow`: [`SLOW_DIR`]).
 pub const DIR: &str = "bench";
+/// The directory of `bluefs_kind=slow` files: BlueFS puts the files of a directory whose name
+/// ends in `.slow` on the SLOW device first.
 pub const SLOW_DIR: &str = "bench.slow";
 
 /// Separates `ROLE=URI` pairs in `filename`.
@@ -49,8 +51,11 @@ const MAX_MESSAGES: usize = 10;
 /// The device URIs `filename` names, by BlueFS role.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceUris {
+    /// `wal=URI`: the device of BlueFS's WAL area, if separate.
     pub wal: Option<String>,
+    /// `db=URI` (or the single URI): BlueFS's main device, which it needs.
     pub db: String,
+    /// `slow=URI`: the device of BlueFS's SLOW area, if any.
     pub slow: Option<String>,
 }
 
@@ -118,7 +123,10 @@ pub fn validate(spec: &JobSpec) -> Result<()> {
         );
     }
     if spec.verify != VerifyMode::None {
-        bail!("job '{name}': verify=crc32c is not supported with ioengine=bluefs");
+        bail!(
+            "job '{name}': verify={} is not supported with ioengine=bluefs",
+            spec.verify.name()
+        );
     }
     let Some(filename) = &spec.filename else {
         bail!(
@@ -238,13 +246,21 @@ impl Errors {
 
 /// One job clone, ready to run on its own thread.
 pub struct FsJob {
+    /// The job's options.
     pub spec: Arc<JobSpec>,
+    /// Number of the job in the run (0-based; reports add one).
     pub number: usize,
+    /// The group (phase) the job runs in.
     pub group: usize,
+    /// Which clone of its job (0..`numjobs`): picks its file and its CPU.
     pub clone: u32,
+    /// The BlueFS the job's file is on, mounted for the run.
     pub fs: BlueFs,
+    /// Seed of the job's random offsets and data.
     pub seed: u64,
+    /// Where the job publishes its progress for the main thread.
     pub progress: Arc<JobProgress>,
+    /// The run-wide switches (stop on Ctrl-C).
     pub control: Arc<RunControl>,
 }
 

@@ -10,9 +10,13 @@ use serde_json::Value;
 /// The figures compared for one direction of one run.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Figures {
+    /// IOPS, summed over the jobs.
     pub iops: f64,
+    /// Median completion latency, ns (the worst job's).
     pub p50: f64,
+    /// 99th-percentile completion latency, ns (the worst job's).
     pub p99: f64,
+    /// 99.9th-percentile completion latency, ns (the worst job's).
     pub p999: f64,
 }
 

@@ -1,7 +1,7 @@
 //! The load generator that runs on a reactor.
 //!
 //! A shard holds the jobs placed on one reactor, one queue pair per device they use (so all of
-//! a reactor's I/O to a device shares one doorbell per poll, as DESIGN §3 wants), and one DMA
+//! a reactor's I/O to a device shares one doorbell per poll, as docs/devices.md wants), and one DMA
 //! pool. Each reactor iteration polls every queue pair, accounts the completions, then refills the
 //! jobs in rounds of at most `iodepth_batch_submit` commands each, ringing the doorbells after
 //! every round. The clock is read per poll and per round, not per I/O: every completion reaped by
@@ -29,11 +29,15 @@ use bluepoll_nvme::{
 };
 use bluepoll_reactor::{Context, Poll, Poller};
 
+/// Index of the read direction in per-direction arrays (`[_; DIRS]`).
 pub const READ: usize = 0;
+/// Index of the write direction in per-direction arrays.
 pub const WRITE: usize = 1;
+/// Index of the trim direction in per-direction arrays.
 pub const TRIM: usize = 2;
 /// Directions measured apart, as fio does: read, write, trim.
 pub const DIRS: usize = 3;
+/// The directions' names as fio's reports spell them, by index.
 pub const DIR_NAMES: [&str; DIRS] = ["read", "write", "trim"];
 
 /// Most error messages kept per job; the counts are always exact.
@@ -61,8 +65,12 @@ enum SyncState {
 /// What the main thread can watch while a job runs.
 #[derive(Debug, Default)]
 pub struct JobProgress {
+    /// I/Os completed so far per direction, updated as the job runs (restarting from 0 when
+    /// measurement starts after `ramp_time`).
     pub ios: [AtomicU64; DIRS],
+    /// Bytes completed so far per direction, counted like [`ios`](Self::ios).
     pub bytes: [AtomicU64; DIRS],
+    /// Set once the job is done (what `wait_for` and the status line wait on).
     pub finished: AtomicBool,
 }
 
@@ -79,71 +87,111 @@ pub struct RunControl {
 /// group's I/Os near its share of the group's `flow` weights.
 #[derive(Debug, Default)]
 pub struct FlowGroup {
+    /// I/Os issued so far by all the group's jobs.
     pub ios: AtomicU64,
+    /// The sum of the group's jobs' `flow` weights (their magnitudes).
     pub weight: AtomicU64,
 }
 
 /// A job placed on a reactor, with its device range resolved.
 pub struct JobPlan {
+    /// The job's options.
     pub spec: Arc<JobSpec>,
     /// Number of the job in the run (0-based; logs and reports add one).
     pub number: usize,
+    /// The group (phase) the job runs in: 0-based, one more after each `stonewall`.
     pub group: usize,
     /// Index into the shard's devices.
     pub device: usize,
+    /// The URI of the job's device, as reports name it.
     pub device_uri: String,
+    /// The device's logical block size in bytes: I/O sizes and offsets are multiples of it.
     pub block_size: u64,
     /// The device implements Flush (`fsync=N` is skipped where it does not).
     pub flush: bool,
     /// First byte of the job's range, its length, and the number of `bs` units in it.
     pub range_start: u64,
+    /// Bytes in the job's range.
     pub range_len: u64,
+    /// `bs` units in the job's range.
     pub units: u64,
     /// `wait_for`: the job that must finish before this one starts (same group).
     pub wait_for: Option<Arc<JobProgress>>,
     /// Set when an `exitall` job of the group ends: every job of the group stops.
     pub group_exit: Arc<AtomicBool>,
+    /// The job's `flow_id` group when it has a `flow` weight (fio's flow control).
     pub flow: Option<Arc<FlowGroup>>,
     /// `read_iolog`: the I/Os to replay instead of generating them.
     pub replay: Option<Arc<Vec<NextIo>>>,
     /// `write_iolog`: where the job records every I/O it issues (fio's iolog v3).
     pub iolog: Option<super::iolog::IologWriter>,
+    /// Seed of the job's random choices (offsets, sizes, mixes), per clone; fixed by
+    /// `randseed` unless `randrepeat=0`.
     pub seed: u64,
+    /// With `verify`: the device's table of what this run last wrote where, shared with the
+    /// other jobs on the device.
     pub generations: Option<Arc<Generations>>,
     /// The verify tables of the job's device when the job writes or trims without verify
     /// blocks: the units it changes are marked so verifying jobs do not check them.
     pub foreign_tables: Vec<Arc<Generations>>,
+    /// Where the job publishes its progress for the main thread.
     pub progress: Arc<JobProgress>,
 }
 
 /// Everything one reactor needs for one phase of the run.
 pub struct ShardPlan {
+    /// The devices the jobs use; the shard opens one queue pair on each.
     pub devices: Vec<Device>,
+    /// The jobs placed on this reactor.
     pub jobs: Vec<JobPlan>,
+    /// The run-wide switches (stop, exit_all).
     pub control: Arc<RunControl>,
+    /// Where the shard sends its [`ShardReport`] when its jobs are done.
     pub results: mpsc::Sender<ShardReport>,
 }
 
 /// What a job measured.
 #[derive(Clone, Debug)]
 pub struct JobResult {
+    /// The job's options.
     pub spec: Arc<JobSpec>,
+    /// Number of the job in the run (0-based; reports add one).
     pub number: usize,
+    /// The group (phase) the job ran in, fio's `groupid`.
     pub group: usize,
+    /// The URI of the device (or the devices' `filename`) the job ran on.
     pub device_uri: String,
+    /// Index of the reactor that ran the job; `usize::MAX` for a job on a thread of its own.
     pub reactor: usize,
+    /// The CPU the job ran on.
     pub cpu: usize,
+    /// Counters and latencies per direction (read, write, trim), measured after `ramp_time`.
     pub dirs: [DirStats; DIRS],
     /// Time each direction was active, ns (a write job's verify pass counts as read time).
     pub dir_runtime_ns: [u64; DIRS],
+    /// From the start of measurement to the job's end (its drain and verify pass included), ns.
     pub runtime_ns: u64,
+    /// One sample per `log_avg_msec` (or second): the series behind bw/iops spreads, averaged
+    /// logs and plots.
     pub samples: Vec<Sample>,
+    /// CPU time of the thread that ran the job while it was measured (for dev jobs, the whole
+    /// reactor's, shared with the other jobs on it): fio's `usr`/`sys`.
     pub cpu_usage: CpuUsage,
+    /// fio's "IO depths": commands issued, counted by the depth in flight after their batch
+    /// was queued, in the buckets of [`depth_bucket`] (1, 2, 4, 8, 16, 32, ≥64).
     pub depth_dist: [u64; 7],
+    /// fio's "submit": batches queued at once, counted by size in the buckets of
+    /// [`batch_bucket`] (0, 1–4, 5–8, 9–16, 17–32, 33–64, >64).
     pub submit_dist: [u64; 7],
+    /// fio's "complete": polls that reaped at least one of the job's completions, by how many
+    /// they reaped (buckets of [`batch_bucket`]).
     pub complete_dist: [u64; 7],
+    /// Commands that failed (and `rate_min` shortfalls), counted whether or not they ended
+    /// the job.
     pub io_errors: u64,
+    /// Blocks read back that failed verification.
     pub verify_errors: u64,
+    /// The first ten error messages (the counts above are exact).
     pub messages: Vec<String>,
     /// Latencies of the syncs `fsync=N` made (Flush commands; BlueFS fsyncs): fio's `sync`.
     pub syncs: LatencyStat,
@@ -208,9 +256,13 @@ impl JobResult {
 /// What a reactor sends back when its shard finishes.
 #[derive(Debug)]
 pub struct ShardReport {
+    /// Index of the reactor that ran the shard.
     pub reactor: usize,
+    /// The CPU that reactor is pinned to.
     pub cpu: usize,
+    /// What each of the shard's jobs measured.
     pub jobs: Vec<JobResult>,
+    /// The shard's queue pairs, by device URI, with their counters.
     pub queue_pairs: Vec<(String, QueuePairStats)>,
     /// Set when the shard could not start (no queue pair, no memory).
     pub error: Option<String>,

@@ -32,7 +32,10 @@ const LAYOUT_CHUNK: u64 = 1 << 20;
 pub fn validate(spec: &JobSpec) -> Result<()> {
     let name = &spec.name;
     if spec.verify != VerifyMode::None {
-        bail!("job '{name}': verify=crc32c is not supported with ioengine=image");
+        bail!(
+            "job '{name}': verify={} is not supported with ioengine=image",
+            spec.verify.name()
+        );
     }
     if spec.filename.is_none() {
         bail!(
@@ -94,14 +97,23 @@ pub fn lay_out(store: &StoreHandle, spec: &JobSpec, clone: u32, seed: u64) -> Re
     Ok(())
 }
 
+/// One job clone, ready to run on its own thread.
 pub struct ImageJob {
+    /// The job's options.
     pub spec: Arc<JobSpec>,
+    /// Number of the job in the run (0-based; reports add one).
     pub number: usize,
+    /// The group (phase) the job runs in.
     pub group: usize,
+    /// Which clone of its job (0..`numjobs`): picks its image ([`image_name`]).
     pub clone: u32,
+    /// Seed of the job's random offsets and data.
     pub seed: u64,
+    /// The mounted store the image lives on.
     pub store: StoreHandle,
+    /// Where the job publishes its progress for the main thread.
     pub progress: Arc<JobProgress>,
+    /// The run-wide switches (stop on Ctrl-C).
     pub control: Arc<RunControl>,
 }
 

@@ -9,8 +9,16 @@ use std::fmt;
 /// Where an option came from, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
-    File { path: String, line: usize },
+    /// A line of a job file.
+    File {
+        /// The job file's path (an included file's path as resolved from the including one).
+        path: String,
+        /// The line number, from 1.
+        line: usize,
+    },
+    /// A `--key=value` argument of `bluepoll bench`.
     CommandLine,
+    /// The built-in default job (`bench/jobs/quick.fio`), run when no job is given.
     Default,
 }
 
@@ -27,23 +35,32 @@ impl fmt::Display for Origin {
 /// One `key=value` with where it was written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawOption {
+    /// The option's name as written (normalised only when it is applied).
     pub key: String,
+    /// The text after `=`, trimmed; `None` for a bare `key` (a flag).
     pub value: Option<String>,
+    /// Where it was written.
     pub origin: Origin,
 }
 
 /// A job section with the `[global]` options in force where it appeared.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawJob {
+    /// The section's name: the job's name.
     pub name: String,
+    /// The `[global]` options in force where the section began, in order.
     pub globals: Vec<RawOption>,
+    /// The section's own options, in order.
     pub options: Vec<RawOption>,
 }
 
+/// A job file that cannot be parsed (or included), with where.
 #[derive(Debug, thiserror::Error)]
 #[error("{origin}: {message}")]
 pub struct JobFileError {
+    /// The line at fault (or the `include` line).
     pub origin: Origin,
+    /// What is wrong there.
     pub message: String,
 }
 

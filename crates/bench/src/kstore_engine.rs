@@ -29,7 +29,10 @@ use bluepoll_kv::KvConfig;
 pub fn validate(spec: &JobSpec) -> Result<()> {
     let name = &spec.name;
     if spec.verify != VerifyMode::None {
-        bail!("job '{name}': verify=crc32c is not supported with ioengine=kstore");
+        bail!(
+            "job '{name}': verify={} is not supported with ioengine=kstore",
+            spec.verify.name()
+        );
     }
     if spec.directory.is_none() {
         bail!("job '{name}': ioengine=kstore needs directory= (where RocksDB keeps its files)");
@@ -87,12 +90,19 @@ fn onode_value(size: u64) -> Vec<u8> {
 
 /// One job clone, ready to run on its own thread.
 pub struct KstoreJob {
+    /// The job's options.
     pub spec: Arc<JobSpec>,
+    /// Number of the job in the run (0-based; reports add one).
     pub number: usize,
+    /// The group (phase) the job runs in.
     pub group: usize,
+    /// Which clone of its job (0..`numjobs`): picks its database ([`db_path`]).
     pub clone: u32,
+    /// Seed of the job's random offsets and data.
     pub seed: u64,
+    /// Where the job publishes its progress for the main thread.
     pub progress: Arc<JobProgress>,
+    /// The run-wide switches (stop on Ctrl-C).
     pub control: Arc<RunControl>,
 }
 

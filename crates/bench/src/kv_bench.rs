@@ -26,6 +26,7 @@ use bluepoll_bluefs::{BlueFs, BlueFsConfig, Devices};
 use bluepoll_kv::{Kv, KvConfig, WriteBatch, rocksdb_options};
 use bluepoll_nvme::Device;
 
+/// The help text `bluepoll kvbench --help` prints.
 pub const USAGE: &str = "\
 usage: bluepoll kvbench --dir=DIR [--num=N] [--value-size=B] [--rounds=R] [--image-size=SIZE]
                         [--workloads=fillseq,fillrandom,overwrite,readrandom,seekrandom,fillsync]
@@ -39,6 +40,8 @@ usage: bluepoll kvbench --dir=DIR [--num=N] [--value-size=B] [--rounds=R] [--ima
 
 Prints ops/s per workload and engine, then the BlueFS/kernel ratios (median of rounds).";
 
+/// The workloads `--workloads` may name (db_bench's; see the module docs): all of them, in
+/// this order, by default.
 pub const WORKLOADS: [&str; 6] = [
     "fillseq",
     "fillrandom",
@@ -281,6 +284,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Entry point of `bluepoll kvbench`: parses `args` (see [`USAGE`]), runs the rounds and
+/// prints the results.
 pub fn run(args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("{USAGE}");

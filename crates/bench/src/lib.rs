@@ -8,6 +8,8 @@
 //! and an SVG ([`plot`]) are optional.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
 
 pub mod bluefs_engine;
 pub mod compare;
@@ -58,7 +60,9 @@ const DEFAULT_DEVICE_BYTES: u64 = 256 << 20;
 
 /// What a run produced, for callers that want more than the exit code.
 pub struct Outcome {
+    /// The process exit code: 1 when any job had I/O errors or verify failures, else 0.
     pub exit_code: i32,
+    /// What every job measured, in job order.
     pub results: Vec<JobResult>,
 }
 

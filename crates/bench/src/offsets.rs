@@ -68,6 +68,7 @@ pub struct OffsetGen {
 }
 
 impl OffsetGen {
+    /// Units in order, `0, 1, …, units - 1`, then from 0 again (at least one unit).
     pub fn sequential(units: u64) -> OffsetGen {
         OffsetGen {
             units: units.max(1),
@@ -75,6 +76,8 @@ impl OffsetGen {
         }
     }
 
+    /// Random units from `seed`: with `random_map`, every unit once per pass in a shuffled
+    /// order (a new order each pass); without it (`norandommap`), each drawn uniformly.
     pub fn random(units: u64, seed: u64, random_map: bool) -> OffsetGen {
         let units = units.max(1);
         if !random_map {
@@ -96,10 +99,12 @@ impl OffsetGen {
         }
     }
 
+    /// How many units indices are drawn from (at least 1).
     pub fn units(&self) -> u64 {
         self.units
     }
 
+    /// The next unit index; `rng` is drawn from only by the uniform order.
     #[inline(always)]
     pub fn next(&mut self, rng: &mut Rng) -> u64 {
         match &mut self.order {

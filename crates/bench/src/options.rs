@@ -21,19 +21,29 @@ pub const DEFAULT_PERCENTILES: [f64; 17] = [
 /// The embedded default job, used when neither a job file nor `--name` is given.
 pub const DEFAULT_JOB: &str = include_str!("../../../bench/jobs/quick.fio");
 
+/// fio's `rw` (`readwrite`): the directions a job issues and whether its offsets are sequential
+/// or random.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RwMode {
+    /// `read`: sequential reads.
     Read,
+    /// `write`: sequential writes.
     Write,
+    /// `trim`: sequential trims (deallocations).
     Trim,
+    /// `randread`: reads at random offsets.
     RandRead,
+    /// `randwrite`: writes at random offsets.
     RandWrite,
+    /// `randtrim`: trims at random offsets.
     RandTrim,
     /// Sequential mix (`rw`, `readwrite`).
     ReadWrite,
+    /// `randrw`: reads and writes at random offsets, mixed by `rwmixread`.
     RandRw,
     /// Each block trimmed, then written (fio's `trimwrite`; `randtrimwrite` at random offsets).
     TrimWrite,
+    /// `randtrimwrite`: as [`TrimWrite`](Self::TrimWrite), at random offsets.
     RandTrimWrite,
 }
 
@@ -58,6 +68,7 @@ impl RwMode {
         }
     }
 
+    /// The mode's name as fio writes it (`rw` for the sequential mix, not `readwrite`).
     pub fn name(self) -> &'static str {
         match self {
             RwMode::Read => "read",
@@ -73,6 +84,7 @@ impl RwMode {
         }
     }
 
+    /// Whether offsets are drawn at random (the `rand*` modes).
     pub fn is_random(self) -> bool {
         matches!(
             self,
@@ -84,6 +96,7 @@ impl RwMode {
         )
     }
 
+    /// Whether the job issues reads.
     pub fn reads(self) -> bool {
         matches!(
             self,
@@ -91,6 +104,7 @@ impl RwMode {
         )
     }
 
+    /// Whether the job issues writes (the trim-then-write modes included).
     pub fn writes(self) -> bool {
         matches!(
             self,
@@ -113,6 +127,7 @@ impl RwMode {
         }
     }
 
+    /// Whether the job issues trims (the trim-then-write modes included).
     pub fn trims(self) -> bool {
         matches!(
             self,
@@ -130,17 +145,21 @@ pub enum IoEngine {
     /// job clone, as fio's psync engine ([`super::bluefs_engine`]).
     Bluefs,
     /// Objects of an object store made on the devices named by `filename`, jobs on the store's
-    /// reactors ([`super::store_engine`]).
+    /// reactors (`store_engine`, built with the `store` feature).
+    #[cfg_attr(feature = "store", doc = "\nSee [`super::store_engine`].")]
     Store,
     /// The baseline: object data as RocksDB values on the kernel filesystem in `directory`
-    /// ([`super::kstore_engine`]).
+    /// (`kstore_engine`, built with the `store` feature).
+    #[cfg_attr(feature = "store", doc = "\nSee [`super::kstore_engine`].")]
     Kstore,
     /// RBD-style images on an object store made on the devices named by `filename`, one
-    /// thread per job clone ([`super::image_engine`]).
+    /// thread per job clone (`image_engine`, built with the `store` feature).
+    #[cfg_attr(feature = "store", doc = "\nSee [`super::image_engine`].")]
     Image,
 }
 
 impl IoEngine {
+    /// The engine's name as `ioengine=` takes it.
     pub fn name(self) -> &'static str {
         match self {
             IoEngine::Dev => "dev",
@@ -152,8 +171,10 @@ impl IoEngine {
     }
 }
 
+/// fio's `verify`: what write jobs put in each block and how reads check it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VerifyMode {
+    /// `verify=0` / `none` (the default): nothing is written for checking, nothing checked.
     None,
     /// bluepoll's verify header (docs/format.md): a crc32c of the block (fio's `crc32c`,
     /// `crc32c-intel`, and `meta`, fio's header-only check, which this header more than covers),
@@ -164,6 +185,8 @@ pub enum VerifyMode {
 }
 
 impl VerifyMode {
+    /// The mode's name as fio's `verify=` spells it (`crc32c` for fio's `crc32c-intel` and
+    /// `meta` too).
     pub fn name(self) -> &'static str {
         match self {
             VerifyMode::None => "none",
@@ -176,6 +199,7 @@ impl VerifyMode {
 /// How one direction's block sizes are chosen (`bs`, `bsrange`, `bssplit`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BlockSizes {
+    /// Every I/O is this many bytes (`bs`).
     Fixed(u64),
     /// Uniform between the two, inclusive.
     Range(u64, u64),
@@ -204,8 +228,11 @@ impl BlockSizes {
 /// fio's `random_distribution`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Distribution {
+    /// `random`: uniform over the range (the default).
     Random,
+    /// `zipf:THETA`: a Zipf distribution with exponent theta (above 0, not 1).
     Zipf(f64),
+    /// `pareto:POWER`: a Pareto distribution with power h (between 0 and 1).
     Pareto(f64),
     /// Deviation in percent of the range.
     Normal(f64),
@@ -218,14 +245,19 @@ pub enum Distribution {
 /// `rw_sequencer`: what the `:N` of a random `rw` does between fresh offsets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sequencer {
+    /// `sequential` (the default): the I/Os between fresh random offsets follow on from the
+    /// previous one.
     Sequential,
+    /// `identical`: the I/Os between fresh random offsets repeat the same offset.
     Identical,
 }
 
 /// Which of SPDK's fio plugins a job file names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpdkPlugin {
+    /// `ioengine=spdk`: `filename` is an SPDK transport ID of an NVMe namespace.
     Nvme,
+    /// `ioengine=spdk_bdev`: `filename` names a bdev defined in `spdk_json_conf`.
     Bdev,
 }
 
@@ -236,6 +268,8 @@ pub struct SteadyState {
     pub bandwidth: bool,
     /// The least-squares slope of the window rather than each sample's distance from the mean.
     pub slope: bool,
+    /// The allowed deviation (or slope): IOPS or bytes/s, or, with
+    /// [`percent`](Self::percent), a percentage of the window's mean.
     pub limit: f64,
     /// The limit is a percentage of the window's mean.
     pub percent: bool,
@@ -244,48 +278,75 @@ pub struct SteadyState {
 /// `rate_process`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RateProcess {
+    /// `linear` (the default): rate-capped I/Os are evenly spaced.
     Linear,
+    /// `poisson`: gaps between I/Os are drawn from an exponential distribution with the same
+    /// mean, as arrivals of a Poisson process.
     Poisson,
 }
 
 /// `exit_what`: which jobs an `exitall` job's end stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitWhat {
+    /// `group` (the default): the other jobs of the `exitall` job's group stop.
     Group,
+    /// `stonewall`: fio stops the running jobs of every group and goes on with the next
+    /// stonewalled group; groups here run one at a time, so this is the same as `group`.
     Stonewall,
+    /// `all`: the group stops and later groups do not start.
     All,
 }
 
 /// `continue_on_error`: which errors do not end a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ContinueOn {
+    /// Failed reads are counted and the job goes on (`read`, `io`, `all`).
     pub read: bool,
+    /// Failed writes are counted and the job goes on (`write`, `io`, `all`).
     pub write: bool,
+    /// Blocks that fail verification are counted and the job goes on (`verify`, `all`).
     pub verify: bool,
 }
 
 /// One job, fully resolved.
+///
+/// Each field comes from the fio option of the same name unless its doc says otherwise; units
+/// are those of fio's HOWTO (sizes in bytes, with fio's `k`/`m`/`g` suffixes when parsed). The
+/// defaults are fio's, set by [`JobSpec::default_for`].
 #[derive(Clone, Debug)]
 pub struct JobSpec {
+    /// `name` (the job file's section name, or `--name=`): names the job in reports and log
+    /// files, and what `wait_for` refers to.
     pub name: String,
+    /// `rw` / `readwrite`: the I/O pattern — direction(s), and sequential or random offsets.
     pub rw: RwMode,
     /// `:N` after `rw`: bytes added between sequential I/Os (negative: backwards), or I/Os per
     /// random offset.
     pub rw_modifier: i64,
+    /// `rw_sequencer`: what the I/Os between two fresh random offsets do when `rw` has a `:N`
+    /// (`sequential`, the default: follow on; `identical`: repeat the same offset).
     pub rw_sequencer: Sequencer,
     /// The smallest block size of the job (the only one for engines other than dev).
     pub bs: u64,
-    /// Block sizes per direction (read, write, trim).
+    /// Block sizes per direction (read, write, trim), from `bs`, `bsrange` or `bssplit`.
     pub block_sizes: [BlockSizes; 3],
     /// `blockalign`: random offsets are multiples of this (default: the smallest block size).
     pub blockalign: Option<u64>,
+    /// `random_distribution`: how random offsets are spread over the range (default `random`:
+    /// uniform).
     pub random_distribution: Distribution,
     /// `percentage_random`: share of a random job's I/Os at random offsets (the rest sequential).
     pub percentage_random: u32,
-    /// `size=N%` / `offset=N%` / `offset_increment=N%`: of the device, resolved when it is open.
+    /// `size=N%`: the job's range as a percentage of the device (or file), resolved when it is
+    /// open; replaces [`size`](Self::size) when set.
     pub size_percent: Option<f64>,
+    /// `offset=N%`: the start of the job's range as a percentage of the device (replaces
+    /// [`offset`](Self::offset) when set).
     pub offset_percent: Option<f64>,
+    /// `offset_increment`: bytes added to `offset` per clone — clone k of `numjobs` starts
+    /// `offset + k × offset_increment`.
     pub offset_increment: u64,
+    /// `offset_increment=N%`: the increment as a percentage of the device.
     pub offset_increment_percent: Option<f64>,
     /// `filesize=LO[-HI]`: the job's range when given (fio's per-file size).
     pub filesize: Option<(u64, u64)>,
@@ -293,36 +354,74 @@ pub struct JobSpec {
     pub io_size: Option<u64>,
     /// `number_ios`: I/Os before the job ends (0: no limit).
     pub number_ios: u64,
+    /// `loops`: how many times the job goes over its range (default 1).
     pub loops: u32,
-    /// `startdelay=LO[-HI]`.
+    /// `startdelay=LO[-HI]`: how long after its group begins the job starts (seconds by
+    /// default); with a range, each clone draws a delay within it. Runtime counts from then.
     pub startdelay: (Duration, Duration),
+    /// `rate`: bandwidth cap in bytes per second, per direction (read, write, trim); 0 = no cap.
     pub rate: [u64; 3],
+    /// `rate_min` / `ratemin`: the least bandwidth in bytes per second, per direction; a
+    /// direction below it over a `rate_cycle` ends the job with an error. 0 = no minimum.
     pub rate_min: [u64; 3],
+    /// `rate_iops`: cap in I/Os per second, per direction (read, write, trim); 0 = no cap.
     pub rate_iops_dirs: [u64; 3],
+    /// `rate_iops_min`: the least I/Os per second, per direction, checked like `rate_min`.
     pub rate_iops_min: [u64; 3],
+    /// `rate_process`: how rate-capped I/Os are spaced (`linear`: evenly; `poisson`:
+    /// exponential gaps with the same mean).
     pub rate_process: RateProcess,
-    /// `rate_cycle`: the window over which `rate_min` is checked.
+    /// `rate_cycle`: the window over which `rate_min` and `rate_iops_min` are checked
+    /// (milliseconds by default; default 1 s).
     pub rate_cycle: Duration,
-    /// `thinktime` and its companions.
+    /// `thinktime`: after every `thinktime_blocks` I/Os the job waits for what it has in
+    /// flight, then issues nothing for this long (µs by default; 0 = never).
     pub thinktime: Duration,
+    /// `thinktime_spin`: of each think, how long fio busy-spins rather than sleeps (µs by
+    /// default). Parsed but without effect: a polling reactor always spins.
     pub thinktime_spin: Duration,
+    /// `thinktime_blocks`: I/Os between thinks (default 1).
     pub thinktime_blocks: u64,
+    /// `thinktime_blocks_type=issue`: count `thinktime_blocks` as I/Os are issued rather than
+    /// as they complete (`complete`, the default).
     pub thinktime_issue: bool,
+    /// `thinktime_iotime`: also think after each stretch of this much I/O time (seconds by
+    /// default; 0 = off).
     pub thinktime_iotime: Duration,
+    /// `new_group`: fio starts a new reporting group at this job. Parsed but without effect:
+    /// groups here are split by `stonewall` only.
     pub new_group: bool,
+    /// `wait_for`: the name of a job of the same group that must finish before this one starts.
     pub wait_for: Option<String>,
+    /// `exitall`: when this job ends, the jobs `exit_what` names stop too.
     pub exitall: bool,
+    /// `exit_what`: which jobs an `exitall` job's end stops (default `group`).
     pub exit_what: ExitWhat,
+    /// `flow`: the job's weight in fio's token-based flow control among the jobs of its
+    /// `flow_id` (its magnitude is used; 0 = no flow control).
     pub flow: i64,
+    /// `flow_id`: the flow-control group the job belongs to (default 0).
     pub flow_id: u32,
+    /// `flow_sleep`: how long fio sleeps when flow control holds a job back (µs by default).
+    /// Parsed but unused: a held-back job here simply issues nothing until its share allows.
     pub flow_sleep: Duration,
-    /// `zonemode=strided`: zone size, zone range and the skip after each zone.
+    /// `zonemode=strided`: (`zonesize`, `zonerange`, `zoneskip`) once the job is resolved;
+    /// `None` for `zonemode=none`.
     pub zonemode_strided: Option<(u64, u64, u64)>,
+    /// `zonesize`: with `zonemode=strided`, bytes of I/O done in a zone before moving on.
     pub zonesize: u64,
+    /// `zonerange`: with `zonemode=strided`, the size of one zone (the distance between zone
+    /// starts, before `zoneskip`).
     pub zonerange: u64,
+    /// `zoneskip`: with `zonemode=strided`, bytes skipped after each zone.
     pub zoneskip: u64,
+    /// `continue_on_error`: which kinds of error are counted without ending the job.
     pub continue_on_error: ContinueOn,
+    /// `verify_fatal`: end the job at the first block that fails verification.
     pub verify_fatal: bool,
+    /// `verify_backlog`: after this many writes, read back and check them before writing more
+    /// (0 = no such checks; the verify pass after the writes comes either way with
+    /// `do_verify`).
     pub verify_backlog: u64,
     /// `verify_interval`: bytes per verify header (default: the whole I/O).
     pub verify_interval: Option<u64>,
@@ -330,7 +429,10 @@ pub struct JobSpec {
     pub verify_only: bool,
     /// `verify_pattern`: the bytes `verify=pattern` writes and expects.
     pub verify_pattern: Option<Vec<u8>>,
+    /// `read_iolog`: path of an fio I/O log ([`crate::iolog`]) whose I/Os the job replays
+    /// instead of generating its own.
     pub read_iolog: Option<String>,
+    /// `write_iolog`: path where the job records every I/O it issues as an fio I/O log.
     pub write_iolog: Option<String>,
     /// `ioengine=null`: the job runs on a `null:` device of its size, as fio's null engine.
     pub null_engine: bool,
@@ -338,34 +440,58 @@ pub struct JobSpec {
     /// (filename names a bdev of `spdk_json_conf`); resolved to bluepoll devices
     /// ([`super::spdk_plugin`]).
     pub spdk_plugin: Option<SpdkPlugin>,
+    /// `spdk_json_conf`: the SPDK JSON config that defines the bdev an `ioengine=spdk_bdev`
+    /// job's `filename` names.
     pub spdk_json_conf: Option<String>,
     /// `latency_target` (with `latency_window`, `latency_percentile`): find the deepest queue
     /// that keeps the percentile of completions under the target.
     pub latency_target: Option<Duration>,
+    /// `latency_window`: how long the job runs at one queue depth before `latency_target`
+    /// judges it (µs by default).
     pub latency_window: Duration,
+    /// `latency_percentile`: the percentage of a window's completions that must be within
+    /// `latency_target` (default 100).
     pub latency_percentile: f64,
     /// Options accepted that cannot change what a bluepoll device measures (named in reports).
     pub ignored_options: Vec<String>,
     /// `ss`, `ss_dur`, `ss_ramp`: end the job once its one-second IOPS or bandwidth samples over
     /// `ss_dur` meet the criterion.
     pub steady_state: Option<SteadyState>,
+    /// `ss_dur` / `steadystate_duration`: the rolling window of samples the steady-state
+    /// criterion is judged over (seconds by default).
     pub ss_dur: Duration,
+    /// `ss_ramp` / `steadystate_ramp_time`: time before steady-state samples are taken
+    /// (seconds by default).
     pub ss_ramp: Duration,
     /// `end_fsync` / `fsync_on_close`: one Flush when the job's writes are done.
     pub end_fsync: bool,
+    /// `iodepth`: I/Os the job keeps in flight (default 1; BlueFS jobs always have one).
     pub iodepth: u32,
     /// Commands queued before the doorbell is rung (fio's `iodepth_batch_submit`; 1 = each as
     /// soon as it is ready, as fio does by default; 0 = a whole `iodepth` at a time).
     pub iodepth_batch_submit: u32,
+    /// `numjobs`: how many clones of the job run (default 1).
     pub numjobs: u32,
     /// Bytes of the device the job covers from `offset`; `None` = to the end of the device.
     pub size: Option<u64>,
+    /// `offset`: the byte where the job's range starts on the device (default 0).
     pub offset: u64,
+    /// `runtime` (or fio's older `timeout`): the most the job runs after `ramp_time`; `None`
+    /// (or 0) = no time limit.
     pub runtime: Option<Duration>,
+    /// `time_based`: run for all of `runtime`, going over the range again as often as needed,
+    /// rather than ending after `size` bytes.
     pub time_based: bool,
+    /// `ramp_time`: how long the job runs before its statistics start (seconds by default).
     pub ramp_time: Duration,
+    /// `rwmixread` (or `100 - rwmixwrite`): percentage of a mixed job's I/Os that are reads
+    /// (default 50).
     pub rwmixread: u32,
+    /// `filename`: the device URI or path the job works on (the engine's devices for
+    /// `bluefs`, `store` and `image`); `None` = the shared default RAM device, or, with
+    /// `directory`, a file there named as fio names it.
     pub filename: Option<String>,
+    /// `ioengine`: the layer the job drives (fio's kernel engines map to [`IoEngine::Dev`]).
     pub ioengine: IoEngine,
     /// fio's `fsync=N` / `fdatasync=N`: sync the file after every N writes; 0 = never.
     pub fsync: u64,
@@ -386,7 +512,9 @@ pub struct JobSpec {
     pub store_layout: bool,
     /// `store_deferred_size=SIZE`: the store's prefer_deferred_size.
     pub store_deferred_size: Option<u64>,
-    /// fio's `rate_iops`: at most this many I/Os per second per job (0: no cap; ioengine=store).
+    /// fio's `rate_iops`, the largest of its per-direction values: at most this many I/Os per
+    /// second per job, the cap ioengine=store applies (0: no cap; ioengine=dev uses
+    /// [`rate_iops_dirs`](Self::rate_iops_dirs)).
     pub rate_iops: u64,
     /// fio's `directory`: where ioengine=kstore keeps its RocksDB.
     pub directory: Option<String>,
@@ -396,20 +524,41 @@ pub struct JobSpec {
     pub image_order: u8,
     /// `image_layout`: whether ioengine=image writes each image in full before the run.
     pub image_layout: bool,
+    /// `direct` (or the opposite of `buffered`): non-buffered I/O (default on). bluepoll
+    /// devices are always direct; this picks how a path in `filename` is opened, and whether
+    /// a BlueFS write is flushed to the device each time.
     pub direct: bool,
+    /// `percentile_list`: the completion-latency percentiles reported (default fio's 17,
+    /// [`DEFAULT_PERCENTILES`]).
     pub percentile_list: Vec<f64>,
+    /// `group_reporting`: report each group's jobs merged into one entry.
     pub group_reporting: bool,
+    /// `randrepeat`: seed the random generators from `randseed`, so runs repeat (default on;
+    /// off: seeded from the clock).
     pub randrepeat: bool,
+    /// `randseed`: the seed random offsets and sizes are drawn from (default 0x89).
     pub randseed: u64,
+    /// `norandommap`: draw random offsets uniformly instead of touching every block once per
+    /// pass.
     pub norandommap: bool,
+    /// `verify`: what write jobs put in their blocks and read jobs check (default none).
     pub verify: VerifyMode,
+    /// `do_verify`: a write job with `verify` reads back what it wrote once its writes are
+    /// done (default on).
     pub do_verify: bool,
+    /// `stonewall` / `wait_for_previous`: the job starts a new group, which runs once the
+    /// jobs before it have finished.
     pub stonewall: bool,
-    /// fio's log options: the prefix of each log's files; empty = the job's name (fio writes
-    /// `JOBNAME_bw.N.log` when the option has no value).
+    /// `write_lat_log`: the prefix of the job's latency log files (`PREFIX_lat.N.log`,
+    /// `_clat`, `_slat`; [`crate::latlog`]). As for each log option, empty = the job's name
+    /// (fio writes `JOBNAME_bw.N.log` when the option has no value).
     pub write_lat_log: Option<String>,
+    /// `write_iops_log`: the prefix of the job's IOPS log files (empty = the job's name).
     pub write_iops_log: Option<String>,
+    /// `write_bw_log`: the prefix of the job's bandwidth log files (empty = the job's name).
     pub write_bw_log: Option<String>,
+    /// `write_hist_log`: the prefix of the job's clat histogram log files (empty = the job's
+    /// name).
     pub write_hist_log: Option<String>,
     /// Milliseconds per averaged log entry; 0 = one entry per I/O (fio's default for logs).
     pub log_avg_msec: u64,
@@ -457,6 +606,7 @@ impl JobSpec {
             .clamp(super::verify::HEADER_LEN as u64, len.max(1))
     }
 
+    /// The smallest I/O size of the directions the job uses (`bs` when it uses none).
     pub fn min_bs(&self) -> u64 {
         self.used_dirs()
             .map(|d| self.block_sizes[d].min())
@@ -464,6 +614,7 @@ impl JobSpec {
             .unwrap_or(self.bs)
     }
 
+    /// The largest I/O size of the directions the job uses (`bs` when it uses none).
     pub fn max_bs(&self) -> u64 {
         self.used_dirs()
             .map(|d| self.block_sizes[d].max())
@@ -485,8 +636,8 @@ impl JobSpec {
             .map(|(d, _)| d)
     }
 
-    /// The rate caps in force per direction: bytes/s from `rate`, I/Os per second from
-    /// `rate_iops` (converted with the smallest block size, as fio does).
+    /// Whether any rate cap is in force: bytes/s from `rate`, or I/Os per second from
+    /// `rate_iops`, in any direction.
     pub fn rate_limited(&self) -> bool {
         self.rate.iter().chain(&self.rate_iops_dirs).any(|&r| r > 0)
     }
@@ -614,17 +765,34 @@ impl JobSpec {
 /// What a bad option looks like to the user: one line naming it.
 #[derive(Debug, thiserror::Error)]
 pub enum OptionError {
+    /// No option of that name, neither fio's nor bluepoll's.
     #[error("{origin}: unknown option '{key}'")]
-    Unknown { origin: Origin, key: String },
+    Unknown {
+        /// Where the option was written.
+        origin: Origin,
+        /// The option's name, normalised (no leading dashes, `-` as `_`, lower case).
+        key: String,
+    },
+    /// The option exists but its value does not parse or is out of range.
     #[error("{origin}: invalid value '{value}' for option '{key}': {reason}")]
     Invalid {
+        /// Where the option was written.
         origin: Origin,
+        /// The option's name, normalised.
         key: String,
+        /// The value as written.
         value: String,
+        /// What is wrong with it, and what is accepted.
         reason: String,
     },
+    /// An option that takes a value was given without one.
     #[error("{origin}: option '{key}' needs a value")]
-    MissingValue { origin: Origin, key: String },
+    MissingValue {
+        /// Where the option was written.
+        origin: Origin,
+        /// The option's name, normalised.
+        key: String,
+    },
 }
 
 fn normalise(key: &str) -> String {
@@ -902,18 +1070,6 @@ pub const IGNORED_OPTIONS: &[(&str, &str)] = &[
         "every random choice is seeded from randseed already",
     ),
     ("bs_unaligned", "lengths must be whole device blocks"),
-    (
-        "ss",
-        "steady-state detection is not implemented: the job runs to its runtime or size",
-    ),
-    (
-        "ss_dur",
-        "steady-state detection is not implemented: the job runs to its runtime or size",
-    ),
-    (
-        "ss_ramp",
-        "steady-state detection is not implemented: the job runs to its runtime or size",
-    ),
     ("uid", "jobs run as the invoking user"),
     ("gid", "jobs run as the invoking user"),
 ];
@@ -1860,7 +2016,9 @@ fn apply(spec: &mut JobSpec, option: &RawOption) -> Result<(), OptionError> {
 /// normal).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OutputFormat {
+    /// `normal`: fio's human-readable text summary.
     pub normal: bool,
+    /// `json`: fio-shaped JSON.
     pub json: bool,
     /// `json+`: the JSON plus each latency's histogram in fio's buckets (`bins`); sets `json`.
     pub json_plus: bool,
@@ -1869,6 +2027,7 @@ pub struct OutputFormat {
 }
 
 impl OutputFormat {
+    /// The text summary alone: fio's default `--output-format=normal`.
     pub const NORMAL: OutputFormat = OutputFormat {
         normal: true,
         json: false,
@@ -1877,20 +2036,31 @@ impl OutputFormat {
     };
 }
 
+/// fio's `--eta`: when the live status line is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Eta {
+    /// `auto` (the default): when stdout is a terminal.
     Auto,
+    /// `always`: even when stdout is not a terminal.
     Always,
+    /// `never`: not at all.
     Never,
 }
 
 /// Options of the whole run rather than of a job.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
+    /// `--output-format` (with `--minimal`, `--append-terse`): which reports are printed.
     pub output_format: OutputFormat,
+    /// `--output=FILE`: where the reports go instead of stdout.
     pub output: Option<String>,
+    /// `--cpus=LIST`: the CPUs to run reactors on (default: the first job's `cpus_allowed`, else
+    /// as many available CPUs as the largest group has jobs).
     pub cpus: Option<Vec<usize>>,
+    /// `--plot=FILE.svg`: where to draw the run's IOPS and latency percentiles over time
+    /// ([`crate::plot`]).
     pub plot: Option<String>,
+    /// `--eta`: when the live status line is shown.
     pub eta: Eta,
     /// Write a pattern over a fresh `mem:` device's range before jobs read it, as fio lays out
     /// a new file, so reads measure copying data rather than zero-filling unwritten memory.
@@ -2007,19 +2177,28 @@ fn apply_run_option(
 /// Everything `bluepoll bench` was asked to do.
 #[derive(Debug)]
 pub struct Invocation {
+    /// The run-wide options (command line only).
     pub run: RunOptions,
+    /// The jobs in the order they run: the job files' sections (in file order), then those
+    /// started with `--name`.
     pub jobs: Vec<JobSpec>,
 }
 
+/// Why `bluepoll bench`'s arguments could not be turned into an [`Invocation`].
 #[derive(Debug, thiserror::Error)]
 pub enum InvocationError {
+    /// An option is unknown or has a bad value.
     #[error(transparent)]
     Option(#[from] OptionError),
+    /// A job file does not parse.
     #[error(transparent)]
     JobFile(#[from] super::jobfile::JobFileError),
+    /// A job file named on the command line cannot be read.
     #[error("cannot read job file '{path}': {source}")]
     ReadJobFile {
+        /// The path as given.
         path: String,
+        /// Why reading it failed.
         #[source]
         source: std::io::Error,
     },
@@ -2102,6 +2281,11 @@ pub fn parse_invocation(args: &[String]) -> Result<Invocation, InvocationError> 
     Ok(Invocation { run, jobs })
 }
 
+/// Resolves one job: defaults, then `globals` and the job's `own` options in order (skipping
+/// any that `overrides` sets again), then `overrides` — the command line, which wins. Checks
+/// what needs the whole job (`zonemode=strided` needs `zonesize`, `verify=pattern` needs
+/// `verify_pattern`, `verify` needs one block size) and records the options as written for the
+/// JSON report.
 pub fn resolve(
     raw: &RawJob,
     globals: &[RawOption],
@@ -2163,6 +2347,30 @@ pub fn resolve(
             value: spec.verify.name().into(),
             reason: "verify needs one block size (bluepoll tracks what it wrote per block)".into(),
         });
+    }
+    if let (VerifyMode::Header(digest), Some(interval)) = (spec.verify, spec.verify_interval) {
+        // Each unit carries a whole header and digest, and the units tile every I/O exactly
+        // (fio asks the same: the block size a multiple of the interval).
+        let bs = spec.min_bs();
+        let needed = digest.header_len() as u64;
+        let reason = if interval < needed {
+            Some(format!(
+                "verify={} needs at least {needed} bytes per unit for its header",
+                digest.name()
+            ))
+        } else if bs % interval != 0 {
+            Some(format!("the block size ({bs}) must be a multiple of it"))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(OptionError::Invalid {
+                origin: origin_of("verify_interval"),
+                key: "verify_interval".into(),
+                value: interval.to_string(),
+                reason,
+            });
+        }
     }
     let text = |o: &RawOption| {
         (
@@ -2398,5 +2606,20 @@ mod tests {
         assert_eq!(parse_cpu_list("0-3,2,6").unwrap(), vec![0, 1, 2, 3, 6]);
         assert!(parse_cpu_list("3-1").is_err());
         assert!(parse_cpu_list("a").is_err());
+    }
+
+    #[test]
+    fn a_verify_interval_must_hold_its_header_and_tile_the_block() {
+        let run = |extra: &[&str]| {
+            let mut list = vec!["--name=v", "--rw=write", "--bs=4k", "--verify=md5"];
+            list.extend_from_slice(extra);
+            parse_invocation(&args(&list))
+        };
+        assert!(run(&["--verify_interval=512"]).is_ok());
+        assert!(run(&[]).is_ok());
+        let short = run(&["--verify_interval=32"]).unwrap_err().to_string();
+        assert!(short.contains("header"), "{short}");
+        let ragged = run(&["--verify_interval=4080"]).unwrap_err().to_string();
+        assert!(ragged.contains("multiple"), "{ragged}");
     }
 }

@@ -23,15 +23,21 @@
 use super::offsets::{OffsetGen, Rng, splitmix};
 use super::options::{BlockSizes, Distribution, JobSpec, RwMode, Sequencer};
 
+/// [`NextIo::dir`] of a read (the same index as [`crate::engine::READ`]).
 pub const READ: usize = 0;
+/// [`NextIo::dir`] of a write.
 pub const WRITE: usize = 1;
+/// [`NextIo::dir`] of a trim.
 pub const TRIM: usize = 2;
 
 /// One I/O: direction (0 read, 1 write, 2 trim), absolute byte offset, length in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NextIo {
+    /// [`READ`], [`WRITE`] or [`TRIM`].
     pub dir: usize,
+    /// Absolute byte offset on the device.
     pub offset: u64,
+    /// Length in bytes.
     pub len: u64,
 }
 

@@ -30,12 +30,15 @@ const EILSEQ: i32 = 84;
 /// One entry of the report: a job, or a group merged by `group_reporting`.
 #[derive(Clone, Debug)]
 pub struct Entry {
+    /// The job's result, or the group's merged ([`merge`]).
     pub result: JobResult,
     /// How many jobs were merged into it.
     pub jobs: usize,
 }
 
 impl Entry {
+    /// fio's `err=` for the entry: the errno that ended the job, else EIO after I/O errors,
+    /// else EILSEQ after verify failures, else 0.
     pub fn error_code(&self) -> i32 {
         if self.result.errno != 0 {
             self.result.errno
@@ -411,12 +414,19 @@ fn qp_json(stats: &QueuePairStats) -> Value {
 
 /// Everything a report needs besides the job results.
 pub struct RunSummary<'a> {
+    /// When the run started (fio's timestamp in the JSON and the text header).
     pub started: SystemTime,
+    /// Whole seconds the run took (each job's `elapsed` in the JSON).
     pub elapsed_s: u64,
+    /// The options in force for every job (`global options` in the JSON).
     pub global_options: &'a [(String, String)],
+    /// Per reactor, its loop counters over the run (iterations, sleeps, busy time).
     pub reactors: &'a [ReactorStats],
     /// Per reactor, the queue pairs it used and their counters.
     pub queue_pairs: &'a [(usize, String, QueuePairStats)],
+    /// Remarks on how the run differed from what was asked (ranges cut at a device's end,
+    /// ignored options, groups that did not run, …): `note:` lines after the text report, and
+    /// `"notes"` in the JSON.
     pub notes: &'a [String],
     /// Object stores the run drove (ioengine=store): (devices, `perf dump` JSON, the text
     /// summary with the per-state breakdown).
@@ -760,6 +770,8 @@ fn dist_line(label: &str, keys: &[&str], counts: &[u64; 7]) -> String {
     format!("{label}: {}", cells.join(", "))
 }
 
+/// fio's normal text output: per entry its header, per-direction bandwidth, latencies,
+/// percentiles and distributions, then the group status lines and bluepoll's own counters.
 pub fn text_report(entries: &[Entry], summary: &RunSummary<'_>) -> String {
     let mut out = String::new();
     let groups = group_bandwidths(entries);

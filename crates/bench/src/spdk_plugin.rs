@@ -5,6 +5,7 @@
 //! bluepoll drives the same way: the controller through `pcie:` (or `spdk:` when built with the
 //! SPDK backend), a malloc bdev as `mem:`, a null bdev as `null:`. Anything else is named.
 
+use bluepoll_base::options::KeyValues;
 use serde_json::Value;
 
 /// The bluepoll URI for an SPDK NVMe transport ID as SPDK's fio plugin takes it.
@@ -12,10 +13,9 @@ pub fn nvme_uri(transport_id: &str) -> Result<String, String> {
     let mut trtype = None;
     let mut traddr = None;
     let mut ns = None;
-    for pair in transport_id.split_whitespace() {
-        let (key, value) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("'{pair}' in '{transport_id}' is not key=value"))?;
+    let values = KeyValues::words(transport_id, "transport ID key")
+        .map_err(|e| format!("{e} (in '{transport_id}')"))?;
+    for &(key, value) in values.pairs() {
         match key.to_ascii_lowercase().as_str() {
             "trtype" => trtype = Some(value.to_string()),
             "traddr" => traddr = Some(value.to_string()),

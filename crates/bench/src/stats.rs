@@ -21,11 +21,17 @@ pub const MAX_TRACKED_NS: u64 = 100_000_000_000;
 /// [`settle`]: LatencyStat::settle
 #[derive(Clone, Debug)]
 pub struct LatencyStat {
+    /// Every settled value, ns, clamped to 1..=[`MAX_TRACKED_NS`], three significant digits.
     pub hist: Histogram<u64>,
+    /// How many values are settled.
     pub n: u64,
+    /// The smallest settled value, ns (`u64::MAX` while empty; [`min`](Self::min()) gives 0).
     pub min: u64,
+    /// The largest settled value, ns (0 while empty).
     pub max: u64,
+    /// Sum of the settled values, ns.
     pub sum: u128,
+    /// Sum of the squares of the settled values, ns² (for the standard deviation).
     pub sum_sq: f64,
     run_value: u64,
     run_length: u64,
@@ -48,6 +54,8 @@ impl Default for LatencyStat {
 }
 
 impl LatencyStat {
+    /// Records one latency of `ns` nanoseconds; a run of equal values is folded in at once by
+    /// the next different value or [`settle`](Self::settle).
     #[inline]
     pub fn record(&mut self, ns: u64) {
         if ns == self.run_value {
@@ -90,6 +98,7 @@ impl LatencyStat {
         self.sum_sq += other.sum_sq;
     }
 
+    /// Forgets every value, pending or settled.
     pub fn reset(&mut self) {
         if self.n > 0 {
             self.hist.reset();
@@ -102,10 +111,12 @@ impl LatencyStat {
         self.sum_sq = 0.0;
     }
 
+    /// The smallest latency, ns; 0 when nothing was recorded.
     pub fn min(&self) -> u64 {
         if self.n == 0 { 0 } else { self.min }
     }
 
+    /// The mean latency, ns; 0 when nothing was recorded.
     pub fn mean(&self) -> f64 {
         if self.n == 0 {
             0.0
@@ -139,7 +150,9 @@ impl LatencyStat {
 /// Counters and latencies for one direction.
 #[derive(Clone, Debug, Default)]
 pub struct DirStats {
+    /// I/Os completed.
     pub ios: u64,
+    /// Bytes those I/Os moved.
     pub bytes: u64,
     /// `submit()` call to the doorbell that handed the command to the device.
     pub slat: LatencyStat,
@@ -150,12 +163,14 @@ pub struct DirStats {
 }
 
 impl DirStats {
+    /// Settles the three latencies (see [`LatencyStat::settle`]).
     pub fn settle(&mut self) {
         self.slat.settle();
         self.clat.settle();
         self.lat.settle();
     }
 
+    /// Adds `other`'s counts and latencies, which must be settled.
     pub fn merge(&mut self, other: &DirStats) {
         self.ios += other.ios;
         self.bytes += other.bytes;
@@ -164,6 +179,7 @@ impl DirStats {
         self.lat.merge(&other.lat);
     }
 
+    /// Forgets every count and latency.
     pub fn reset(&mut self) {
         self.ios = 0;
         self.bytes = 0;
@@ -176,17 +192,27 @@ impl DirStats {
 /// One interval of one direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct DirSample {
+    /// I/Os completed in the interval.
     pub ios: u64,
+    /// Bytes they moved.
     pub bytes: u64,
+    /// Mean submission latency, ns.
     pub slat_mean: f64,
+    /// Mean completion latency, ns.
     pub clat_mean: f64,
+    /// Mean total latency, ns.
     pub lat_mean: f64,
     /// The interval's largest latencies (fio's `log_max_value` logs them instead of means).
     pub slat_max: u64,
+    /// The interval's largest completion latency, ns.
     pub clat_max: u64,
+    /// The interval's largest total latency, ns.
     pub lat_max: u64,
+    /// The interval's median completion latency, ns.
     pub clat_p50: u64,
+    /// The interval's 99th-percentile completion latency, ns.
     pub clat_p99: u64,
+    /// The interval's 99.9th-percentile completion latency, ns.
     pub clat_p999: u64,
 }
 
@@ -209,6 +235,7 @@ impl DirSample {
         }
     }
 
+    /// The sample of one interval's statistics, which must be settled.
     pub fn of(stats: &DirStats) -> DirSample {
         DirSample {
             ios: stats.ios,
@@ -229,9 +256,11 @@ impl DirSample {
 /// Both directions over one interval, ending `end_ms` after the measured run began.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Sample {
+    /// When the interval ended, ms since the measured run began.
     pub end_ms: u64,
     /// Exact length of the interval (rates use it; whole milliseconds would distort short ones).
     pub duration_ns: u64,
+    /// The interval per direction (read, write, trim).
     pub dirs: [DirSample; DIRS],
 }
 
@@ -242,10 +271,15 @@ pub struct IoRecord {
     pub end_ns: u64,
     /// 0 read, 1 write, 2 trim.
     pub dir: u8,
+    /// Size of the I/O.
     pub bytes: u32,
+    /// Byte offset of the I/O on its device (or in its file or object).
     pub offset: u64,
+    /// Its submission latency, ns.
     pub slat_ns: u64,
+    /// Its completion latency, ns.
     pub clat_ns: u64,
+    /// Its total latency, ns.
     pub lat_ns: u64,
 }
 
@@ -278,14 +312,20 @@ pub fn batch_bucket(n: usize) -> usize {
 /// Min, max, mean and sample stddev of a series (fio's bw/iops lines).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Spread {
+    /// The smallest value.
     pub min: f64,
+    /// The largest value.
     pub max: f64,
+    /// The arithmetic mean.
     pub mean: f64,
+    /// The sample standard deviation (n − 1); 0 for fewer than two values.
     pub stddev: f64,
+    /// How many values there were.
     pub samples: usize,
 }
 
 impl Spread {
+    /// The spread of `values`; all zeros when there are none.
     pub fn of(values: impl IntoIterator<Item = f64>) -> Spread {
         let values: Vec<f64> = values.into_iter().collect();
         if values.is_empty() {

@@ -10,10 +10,12 @@ use super::engine::{DIRS, JobProgress};
 use super::options::RwMode;
 use bluepoll_base::units::{format_bytes, format_count};
 
+/// Whether stdout is a terminal (`--eta=auto` shows the status line only then).
 pub fn stdout_is_terminal() -> bool {
     std::io::stdout().is_terminal()
 }
 
+/// The status line, redrawn in place with `\r` while jobs run.
 pub struct StatusLine {
     enabled: bool,
     last: Option<(
@@ -25,6 +27,7 @@ pub struct StatusLine {
 }
 
 impl StatusLine {
+    /// A status line that draws nothing unless `enabled`.
     pub fn new(enabled: bool) -> StatusLine {
         StatusLine {
             enabled,

@@ -41,7 +41,8 @@ pub fn validate(spec: &JobSpec) -> Result<()> {
     let name = &spec.name;
     if spec.verify != VerifyMode::None {
         bail!(
-            "job '{name}': verify=crc32c is not supported with ioengine=store (the store checksums every block itself)"
+            "job '{name}': verify={} is not supported with ioengine=store (the store checksums every block itself)",
+            spec.verify.name()
         );
     }
     let Some(filename) = &spec.filename else {
@@ -108,6 +109,7 @@ pub fn collection_for(handle: &StoreHandle, spec: &JobSpec, clone: u32, shard: u
         .expect("some name hashes to every shard")
 }
 
+/// The name of object `i` (0..`nrfiles`) in a job clone's collection.
 pub fn object_name(i: u64) -> String {
     format!("obj.{i}")
 }
@@ -166,16 +168,27 @@ pub fn lay_out(handle: &StoreHandle, spec: &JobSpec, coll: &str, seed: u64) -> R
 
 /// One job clone, placed on a reactor of its store.
 pub struct StoreJobPlan {
+    /// The job's options.
     pub spec: Arc<JobSpec>,
+    /// Number of the job in the run (0-based; reports add one).
     pub number: usize,
+    /// The group (phase) the job runs in.
     pub group: usize,
+    /// Which clone of its job (0..`numjobs`).
     pub clone: u32,
+    /// Seed of the job's random offsets, objects and data.
     pub seed: u64,
+    /// The mounted store the job runs on.
     pub store: StoreHandle,
+    /// The store reactor (shard) the job runs on, the one its collection lives on.
     pub shard: usize,
+    /// The job clone's collection ([`collection_for`]).
     pub coll: String,
+    /// Where the job publishes its progress for the main thread.
     pub progress: Arc<JobProgress>,
+    /// The run-wide switches (stop on Ctrl-C).
     pub control: Arc<RunControl>,
+    /// Where the job sends what it measured, or why it failed, when it ends.
     pub results: mpsc::Sender<Result<JobResult, String>>,
 }
 

@@ -24,10 +24,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::offsets::splitmix;
 
+/// The first four bytes of every verify header: `BPVF` (little-endian).
 pub const MAGIC: u32 = u32::from_le_bytes(*b"BPVF");
+/// The header with the crc32c as its only checksum (`verify=crc32c`, `meta`).
 pub const VERSION: u16 = 1;
 /// The header with a payload digest after the base fields.
 pub const VERSION_DIGEST: u16 = 2;
+/// Bytes of the base header (version 1); version 2 headers are longer
+/// ([`Digest::header_len`]).
 pub const HEADER_LEN: usize = 32;
 /// Where a version 2 header keeps the algorithm, the digest length and the digest.
 const OFF_ALGORITHM: usize = HEADER_LEN;
@@ -41,11 +45,17 @@ pub const MAX_DIGEST: usize = 64;
 pub enum Digest {
     /// Version 1: the header's crc32c is the only checksum.
     Crc32c,
+    /// `md5`: a 16-byte MD5 of the payload.
     Md5,
+    /// `sha1`: a 20-byte SHA-1 of the payload.
     Sha1,
+    /// `sha256`: a 32-byte SHA-256 of the payload.
     Sha256,
+    /// `sha512`: a 64-byte SHA-512 of the payload.
     Sha512,
+    /// `crc64`: the CRC-64/ECMA-182 of the payload, 8 bytes little-endian.
     Crc64,
+    /// `xxhash`: the 64-bit xxHash (XXH64, seed 0) of the payload, 8 bytes little-endian.
     Xxhash,
 }
 
@@ -60,6 +70,7 @@ impl Digest {
         Digest::Xxhash,
     ];
 
+    /// The digest's name as fio's `verify=` spells it.
     pub fn name(self) -> &'static str {
         match self {
             Digest::Crc32c => "crc32c",
@@ -192,35 +203,56 @@ pub fn fill_with(block: &mut [u8], device_offset: u64, generation: u64, digest: 
 /// Why a block failed verification.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VerifyFailure {
+    /// No verify header: the unit was never written (in this or an earlier run), or a write
+    /// to it was lost.
     BadMagic {
+        /// The first four bytes, little-endian.
         found: u32,
     },
+    /// A header of a version this code does not know.
     BadVersion {
+        /// The version field.
         found: u16,
     },
+    /// The header's length is not the unit's (written with another `bs` or
+    /// `verify_interval`).
     BadLength {
+        /// The length the header records.
         found: u32,
+        /// The length of the unit read.
         expected: u32,
     },
+    /// The crc32c over the unit does not match the header's: corrupted bytes.
     ChecksumMismatch {
+        /// The crc32c the header records.
         expected: u32,
+        /// The crc32c the bytes read give.
         actual: u32,
     },
     /// The payload digest (version 2) does not match.
     DigestMismatch {
+        /// The digest's name ([`Digest::name`]).
         algorithm: &'static str,
     },
     /// `verify=pattern`: the first byte that differs from the pattern.
     PatternMismatch {
+        /// The byte's index in the unit.
         at: usize,
+        /// The byte read.
         found: u8,
+        /// The pattern's byte there.
         expected: u8,
     },
+    /// A valid block written for another offset: a misdirected write (or read).
     WrongOffset {
+        /// The device offset the header records.
         found: u64,
     },
+    /// A valid block of an older generation than this run last wrote there: a lost write.
     Stale {
+        /// The generation the header records.
         found: u64,
+        /// The generation this run last wrote to the unit.
         expected: u64,
     },
 }
@@ -374,7 +406,9 @@ pub fn check_pattern(block: &[u8], pattern: &[u8]) -> Result<(), VerifyFailure> 
 /// so a read checks against what was durable when it was issued.
 #[derive(Debug)]
 pub struct Generations {
+    /// Bytes per unit tracked (the job's block size).
     pub unit: u64,
+    /// Device offset of the first unit.
     pub first_offset: u64,
     /// One unit in `stride` is tracked (1 unless the range has more than `MAX_UNITS` units).
     stride: u64,
@@ -443,6 +477,9 @@ impl Generations {
         self.table.get((rel / self.unit / self.stride) as usize)
     }
 
+    /// Takes the unit at `device_offset` for one command, returning the generation it last
+    /// held; [`Claim::Busy`] while another command holds it, [`Claim::Untracked`] for an
+    /// offset the table does not track. A claimed unit must be [`release`](Self::release)d.
     pub fn claim(&self, device_offset: u64) -> Claim {
         let Some(slot) = self.slot(device_offset) else {
             return Claim::Untracked;
@@ -515,18 +552,21 @@ pub struct WrittenUnits {
 }
 
 impl WrittenUnits {
+    /// A set over units `0..units`, none marked.
     pub fn new(units: u64) -> WrittenUnits {
         WrittenUnits {
             bits: vec![0; units.div_ceil(64) as usize],
         }
     }
 
+    /// Marks `unit` as written by the job (units past the end are ignored).
     pub fn mark(&mut self, unit: u64) {
         if let Some(word) = self.bits.get_mut((unit / 64) as usize) {
             *word |= 1 << (unit % 64);
         }
     }
 
+    /// Whether the job wrote `unit`.
     pub fn contains(&self, unit: u64) -> bool {
         self.bits
             .get((unit / 64) as usize)

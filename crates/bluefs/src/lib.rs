@@ -1,4 +1,4 @@
-//! BlueFS: a small journaling filesystem for RocksDB on bluepoll devices (DESIGN §5).
+//! BlueFS: a small journaling filesystem for RocksDB on bluepoll devices (docs/bluefs.md).
 //!
 //! Up to three devices: WAL (fastest), DB and SLOW (the main device, whose space BlueFS may take
 //! from the object store on demand). All metadata lives in one log of checksummed transactions;
@@ -14,11 +14,14 @@
 //! - **Running out of space is an error**: the log keeps a reserve on its devices so it can
 //!   always commit and compact, and a full filesystem stays mountable.
 //!
-//! Layout: `format` (every on-disk structure), `alloc` (space), `io` (block I/O through queue
-//! pairs polled by the calling thread), `fs` (metadata, files, log, compaction). RocksDB runs on
-//! it through the FileSystem shim of the `bluepoll-kv` crate, which needs only the public API here.
+//! Layout: `format` (every on-disk structure, a file per structure), `alloc` (space), `io`
+//! (block I/O through queue pairs polled by the calling thread), `cache` (the read cache), `fs`
+//! (metadata, files, log, compaction, a file per concern). RocksDB runs on it through the
+//! FileSystem shim of the `bluepoll-kv` crate, which needs only the public API here.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod alloc;
 mod cache;

@@ -1,9 +1,11 @@
-//! RBD-style block images on the object store (DESIGN §6): images with a 2-bit object map,
+//! RBD-style block images on the object store (docs/image.md): images with a 2-bit object map,
 //! an exclusive lock with handover and proxied maintenance, snapshots (create, list, remove,
-//! rollback) with a map each, fast-diff, clones with copy-up and flatten; and [`nbd`], the NBD server that exports
-//! them.
+//! rollback) with a map each, fast-diff, clones with copy-up and flatten; and [`nbd`], the NBD
+//! server that exports them.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
 
 pub mod error;
 pub mod lock;

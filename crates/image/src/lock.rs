@@ -1,4 +1,4 @@
-//! The exclusive lock of an image (DESIGN §6): at most one client owns an image at a time, and
+//! The exclusive lock of an image (docs/image.md): at most one client owns an image at a time, and
 //! only the owner writes it and keeps its object map. Another client that wants to write asks
 //! the owner to hand the lock over; one that wants a maintenance operation (resize, snapshot
 //! create/remove/rollback, flatten) asks the owner to run it and gets progress and the result.
@@ -22,14 +22,37 @@ use bluepoll_base::sync::lock;
 /// What the owner of an image can be asked to run for another client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MaintenanceOp {
-    Resize { size: u64 },
-    SnapCreate { name: String },
-    SnapRemove { name: String },
-    Rollback { snap: String },
-    Flatten { objects_per_second: Option<u64> },
+    /// [`Image::resize`](crate::Image::resize): grow or shrink the image.
+    Resize {
+        /// The new size in bytes.
+        size: u64,
+    },
+    /// [`Image::snap_create`](crate::Image::snap_create): take a snapshot.
+    SnapCreate {
+        /// The new snapshot's name.
+        name: String,
+    },
+    /// [`Image::snap_remove`](crate::Image::snap_remove): remove a snapshot.
+    SnapRemove {
+        /// The snapshot to remove.
+        name: String,
+    },
+    /// [`Image::rollback`](crate::Image::rollback): make the image what a snapshot saw.
+    Rollback {
+        /// The snapshot to roll back to.
+        snap: String,
+    },
+    /// [`Image::flatten`](crate::Image::flatten): copy up what a clone still reads from its
+    /// parent, then cut the link.
+    Flatten {
+        /// Objects copied per second at most; None for as fast as it goes.
+        objects_per_second: Option<u64>,
+    },
 }
 
 impl MaintenanceOp {
+    /// The operation's name as a person would type it ("resize", "snap create", "snap rm",
+    /// "rollback", "flatten"), for messages and [`LockEvent::OpRequested`].
     pub fn name(&self) -> &'static str {
         match self {
             MaintenanceOp::Resize { .. } => "resize",
@@ -44,26 +67,41 @@ impl MaintenanceOp {
 /// What a client that asked the owner to run an operation hears back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OpUpdate {
-    Progress { done: u64, total: u64 },
+    /// The owner has dealt with `done` of the `total` objects the operation goes through.
+    Progress {
+        /// Objects dealt with so far.
+        done: u64,
+        /// Objects the operation goes through in all.
+        total: u64,
+    },
+    /// The owner finished the operation: Ok, or its error as text. The last update.
     Finished(Result<(), String>),
 }
 
 /// Notifications every client of an image receives ([`crate::Image::watch`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LockEvent {
+    /// `client` took the lock (or was handed it).
     Acquired {
+        /// The new owner's client id.
         client: u64,
     },
+    /// `client` let go of the lock (an [`Acquired`](LockEvent::Acquired) for the next owner
+    /// follows when a client was waiting).
     Released {
+        /// The former owner's client id.
         client: u64,
     },
     /// `by` asked the owner to hand the lock over.
     ReleaseRequested {
+        /// The client id of the client that wants the lock.
         by: u64,
     },
     /// `by` asked the owner to run an operation.
     OpRequested {
+        /// The client id of the client that asked.
         by: u64,
+        /// The operation, as [`MaintenanceOp::name`] names it.
         op: &'static str,
     },
 }

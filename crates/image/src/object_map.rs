@@ -1,4 +1,4 @@
-//! The object map of an image (DESIGN §6): two bits per data object saying whether it exists,
+//! The object map of an image (docs/image.md): two bits per data object saying whether it exists,
 //! so reads of never-written space cost nothing, and diffs and clones stop scanning.
 //!
 //! On disk the map is a run of 4 KiB blocks, each with its own index and crc32c, so changing one
@@ -80,6 +80,7 @@ impl ObjectMap {
         map
     }
 
+    /// Objects the map describes (the image's, or the snapshot's, object count).
     pub fn objects(&self) -> u64 {
         self.objects
     }

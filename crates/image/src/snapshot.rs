@@ -1,4 +1,4 @@
-//! Snapshots, clone links and fast-diff (DESIGN §6; the records are in docs/format.md, "Image
+//! Snapshots, clone links and fast-diff (docs/image.md; the records are in docs/format.md, "Image
 //! snapshots").
 //!
 //! A snapshot costs nothing when it is taken: its object map is a copy of the head map, and the
@@ -29,10 +29,14 @@ pub(crate) const REMOVING_KEY_PREFIX: &str = "removing.";
 /// A snapshot of an image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapInfo {
+    /// The snapshot's id: 1 for an image's first snapshot, then one more for each (ids are
+    /// never reused); it orders snapshots and names their objects (`data.X@ID`).
     pub id: u64,
+    /// The name it was taken under (unique among the image's snapshots).
     pub name: String,
-    /// The image's size when the snapshot was taken.
+    /// The image's size in bytes when the snapshot was taken.
     pub size: u64,
+    /// When it was taken, in nanoseconds since the Unix epoch.
     pub created_ns: u64,
     /// For a clone: how far its parent showed through when the snapshot was taken (0 for
     /// images that are not clones).
@@ -46,8 +50,12 @@ pub struct SnapInfo {
 /// of the clone come from it (the clone's size when made, less any shrinking since).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParentLink {
+    /// The parent image's name.
     pub image: String,
+    /// The id of the parent's snapshot the clone was made from.
     pub snap: u64,
+    /// Bytes, from the clone's start, that read from the parent where the clone has written
+    /// nothing.
     pub overlap: u64,
 }
 
@@ -210,12 +218,14 @@ impl ParentLink {
     }
 }
 
-/// The image's next snapshot id as stored (a sealed little-endian u64).
-pub fn encode_seq(next: u64) -> Vec<u8> {
-    seal(&next.to_le_bytes())
+/// The snapshot sequence record as stored (a sealed little-endian u64): the id of the newest
+/// snapshot the image ever took, so the next one gets one more (docs/format.md, `snap_seq`).
+pub fn encode_seq(newest: u64) -> Vec<u8> {
+    seal(&newest.to_le_bytes())
 }
 
-/// Reads the stored next snapshot id, checking its checksum.
+/// Reads the stored snapshot sequence (the newest snapshot id ever taken), checking its
+/// version and checksum.
 pub fn decode_seq(bytes: &[u8]) -> Result<u64, ImageError> {
     let mut f = Fields {
         b: unseal(bytes, "snapshot sequence")?,
@@ -234,7 +244,9 @@ pub(crate) fn encode_child() -> Vec<u8> {
 /// One run of changed bytes in a diff.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiffExtent {
+    /// Where the run starts, in bytes from the image's start.
     pub offset: u64,
+    /// The run's length in bytes.
     pub len: u64,
     /// Whether the run holds data at the newer end (false: it reads as zeros there).
     pub exists: bool,

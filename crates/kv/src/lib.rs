@@ -11,6 +11,8 @@
 //! the only one that builds RocksDB.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod rocks_env;
 
@@ -21,9 +23,13 @@ use thiserror::Error;
 use bluepoll_bluefs::{BlueFs, BlueFsError, DeviceId};
 use rocks_env::{rocksdb_env, set_error_retry_interval, verify_checksums};
 
-/// RocksDB's directories in BlueFS.
+/// RocksDB's directories in BlueFS. This one holds its tables, MANIFEST and OPTIONS files (on
+/// the DB device, as BlueFS places them).
 pub const DB_DIR: &str = "db";
+/// The directory of RocksDB's WAL files (`*.log`), which BlueFS places on the WAL device.
 pub const WAL_DIR: &str = "db.wal";
+/// With level-aware placement, the directory of the levels the DB device cannot hold; BlueFS
+/// places its files on the SLOW device.
 pub const SLOW_DIR: &str = "db.slow";
 
 /// The merge operator every bluepoll DB carries: a value is a vector of little-endian u64 lanes
@@ -35,26 +41,45 @@ pub const SLOW_DIR: &str = "db.slow";
 /// this way.
 pub const U64_ADD_MERGE: &str = "bluepoll.u64add";
 
+/// Why a metadata store operation failed.
 #[derive(Debug, Error)]
 pub enum KvError {
+    /// Making RocksDB's Env over BlueFS failed (at open).
     #[error(transparent)]
     BlueFs(#[from] BlueFsError),
 
     /// A device is full: nothing was written by the failing call; reads still work.
     #[error("no space: {op}: {message}")]
-    NoSpace { op: &'static str, message: String },
+    NoSpace {
+        /// The operation that failed: `"open"`, `"submit"`, `"flush"`, `"scan"`, …
+        op: &'static str,
+        /// RocksDB's message.
+        message: String,
+    },
 
+    /// RocksDB found damaged data (a block or WAL record checksum, an inconsistent MANIFEST),
+    /// or [`Kv::verify_checksums`] did.
     #[error("corruption: {op}: {message}")]
-    Corruption { op: &'static str, message: String },
+    Corruption {
+        /// The operation that failed: `"open"`, `"submit"`, `"flush"`, `"scan"`, …
+        op: &'static str,
+        /// RocksDB's message.
+        message: String,
+    },
 
+    /// Any other RocksDB error.
     #[error("{op}: {message}")]
     Rocks {
+        /// The operation that failed: `"open"`, `"submit"`, `"flush"`, `"scan"`, …
         op: &'static str,
+        /// RocksDB's status code, as `rocksdb::ErrorKind` prints it (`IOError`, `Busy`, …).
         kind: String,
+        /// RocksDB's message.
         message: String,
     },
 }
 
+/// What metadata store operations return.
 pub type Result<T> = std::result::Result<T, KvError>;
 
 fn rocks(op: &'static str) -> impl FnOnce(rocksdb::Error) -> KvError {
@@ -105,7 +130,7 @@ impl Default for KvConfig {
 }
 
 /// RocksDB's options for a bluepoll DB whose directories are under `root` (`/` in BlueFS, see
-/// bluefs::rocks_env; a directory for a copy on a kernel filesystem, opened as `root/db`): the
+/// `rocks_env`; a directory for a copy on a kernel filesystem, opened as `root/db`): the
 /// same for both, so an exported copy opens like the original.
 pub fn rocksdb_options(config: &KvConfig, root: &Path, db_bytes: Option<u64>) -> rocksdb::Options {
     let mut opts = rocksdb::Options::default();
@@ -166,12 +191,15 @@ pub struct WriteBatch {
 }
 
 impl WriteBatch {
+    /// An empty batch.
     pub fn new() -> WriteBatch {
         WriteBatch::default()
     }
+    /// Sets `key` to `value`, replacing any value it had.
     pub fn put(&mut self, key: &[u8], value: &[u8]) {
         self.inner.put(key, value);
     }
+    /// Removes `key` (nothing if it has no value).
     pub fn delete(&mut self, key: &[u8]) {
         self.inner.delete(key);
     }
@@ -188,9 +216,11 @@ impl WriteBatch {
     pub fn merge_lanes(&mut self, key: &[u8], lanes: &[u8]) {
         self.inner.merge(key, lanes);
     }
+    /// Changes in the batch (puts, deletes, range deletes and merges, one each).
     pub fn len(&self) -> usize {
         self.inner.len()
     }
+    /// Whether the batch holds no change.
     pub fn is_empty(&self) -> bool {
         self.inner.is_empty()
     }
@@ -199,12 +229,16 @@ impl WriteBatch {
 /// Bounds of an ordered scan: keys in `lower..upper`, all of them starting with `prefix`.
 #[derive(Clone, Debug, Default)]
 pub struct KeyRange {
+    /// The first key included; None: from the first key (or the prefix).
     pub lower: Option<Vec<u8>>,
+    /// The first key excluded; None: to the last key (or the prefix's end).
     pub upper: Option<Vec<u8>>,
+    /// Only keys starting with these bytes; with `lower`/`upper` too, the tighter bound wins.
     pub prefix: Option<Vec<u8>>,
 }
 
 impl KeyRange {
+    /// Every key starting with `prefix`.
     pub fn prefix(prefix: &[u8]) -> KeyRange {
         KeyRange {
             prefix: Some(prefix.to_vec()),
@@ -273,10 +307,13 @@ impl Kv {
         Ok(Kv { db })
     }
 
+    /// The value of `key`; None if it has none.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.db.get(key).map_err(rocks("get"))
     }
 
+    /// The values of `keys`, in their order (None where a key has no value): one RocksDB
+    /// call, so faster than one `get` each. The first key that fails fails the call.
     pub fn multi_get<'k>(
         &self,
         keys: impl IntoIterator<Item = &'k [u8]>,

@@ -327,8 +327,20 @@ class BlueLogger : public rocksdb::Logger {
   void* writer_;
 };
 
-void add_child(void* ctx, const char* name, size_t len) {
-  static_cast<std::vector<std::string>*>(ctx)->emplace_back(name, len);
+// The names bp_fs_children hands back. The callback runs inside a Rust frame, so no C++
+// exception may leave it: a failed allocation is recorded and reported after the call.
+struct ChildList {
+  std::vector<std::string>* names;
+  bool out_of_memory = false;
+};
+
+void add_child(void* ctx, const char* name, size_t len) noexcept {
+  auto* list = static_cast<ChildList*>(ctx);
+  try {
+    list->names->emplace_back(name, len);
+  } catch (...) {
+    list->out_of_memory = true;
+  }
 }
 
 class BlueFileSystem : public rocksdb::FileSystem {
@@ -402,9 +414,14 @@ class BlueFileSystem : public rocksdb::FileSystem {
                        std::vector<std::string>* result,
                        IODebugContext*) override {
     result->clear();
-    return call([&](bp_status* st) {
-      bp_fs_children(fs_, dir.data(), dir.size(), add_child, result, st);
+    ChildList list{result};
+    IOStatus s = call([&](bp_status* st) {
+      bp_fs_children(fs_, dir.data(), dir.size(), add_child, &list, st);
     });
+    if (s.ok() && list.out_of_memory) {
+      return IOStatus::IOError("listing " + dir + ": out of memory");
+    }
+    return s;
   }
 
   IOStatus DeleteFile(const std::string& fname, const IOOptions&,

@@ -136,7 +136,9 @@ fn run(status: *mut FfiStatus, f: impl FnOnce() -> Result<(), CallError>) -> i32
         Err(e) => (e.code, e.message),
     };
     if !status.is_null() {
-        // SAFETY: the shim passes a valid, exclusive bp_status for the duration of the call.
+        // SAFETY: `status` is not null (checked) and points to the bp_status the shim's `call`
+        // keeps on its stack until this function returns; nothing else reads or writes it
+        // meanwhile, and FfiStatus has its layout (repr(C): i32, then 244 bytes).
         let status = unsafe { &mut *status };
         status.code = code;
         let n = message.len().min(status.msg.len() - 1);
@@ -157,7 +159,10 @@ unsafe fn bytes<'a>(ptr: *const c_char, len: usize) -> &'a [u8] {
     if len == 0 {
         return &[];
     }
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: `len` is not 0, and by this function's contract `ptr` points to `len` readable
+    // bytes that stay unchanged for `'a`: every caller passes the data and size of a
+    // std::string or Slice the shim holds until the exported call returns, and uses the slice
+    // only within that call. u8 needs no alignment, and a C++ object is under isize::MAX bytes.
     unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) }
 }
 
@@ -212,8 +217,11 @@ fn kind_of(fs: &BlueFs, raw: &[u8]) -> Result<Option<bool>, CallError> {
 /// # Safety
 /// `fs` must be a handle from `rocksdb_env` not yet released.
 unsafe fn fs_of<'a>(fs: *mut c_void) -> &'a BlueFs {
-    // SAFETY: guaranteed by the caller; the shim keeps the handle alive as long as its
-    // FileSystem, which outlives every call it makes.
+    // SAFETY: by this function's contract `fs` is the pointer `rocksdb_env` made with
+    // Box::into_raw(Box<BlueFs>) and the shim has not released it: its BlueFileSystem owns it
+    // and releases it only in its destructor, after every call it makes through it, so the
+    // BlueFs is alive for `'a` (one such call). Only shared references are made, and BlueFs is
+    // Sync, so RocksDB's threads may hold them at once.
     unsafe { &*fs.cast::<BlueFs>() }
 }
 
@@ -229,7 +237,9 @@ unsafe fn on_file(
     op: impl FnOnce(&BlueFs, &str) -> Result<(), BlueFsError>,
 ) -> i32 {
     run(status, || {
-        // SAFETY: guaranteed by the caller.
+        // SAFETY: this function's contract: `fs` is a live handle and `path` points to `len`
+        // bytes, both valid until on_file returns; the references end with this closure,
+        // which runs before that.
         let (fs, raw) = unsafe { (fs_of(fs), bytes(path, len)) };
         Ok(op(fs, &file_path(raw)?)?)
     })
@@ -247,7 +257,9 @@ unsafe fn on_two_files(
     op: impl FnOnce(&BlueFs, &str, &str) -> Result<(), BlueFsError>,
 ) -> i32 {
     run(status, || {
-        // SAFETY: guaranteed by the caller.
+        // SAFETY: this function's contract: `fs` is a live handle and `from`/`to` point to
+        // `from_len`/`to_len` bytes, all valid until on_two_files returns; the references end
+        // with this closure, which runs before that.
         let (fs, from, to) = unsafe { (fs_of(fs), bytes(from, from_len), bytes(to, to_len)) };
         Ok(op(fs, &file_path(from)?, &file_path(to)?)?)
     })
@@ -260,7 +272,9 @@ unsafe fn on_two_files(
 /// `fs` is a handle from `rocksdb_env`; called once, by the shim's FileSystem destructor.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn bp_fs_release(fs: *mut c_void) {
-    // SAFETY: the handle is the Box leaked in `rocksdb_env`, released exactly once.
+    // SAFETY: `fs` is the pointer `rocksdb_env` got from Box::into_raw(Box<BlueFs>). The shim
+    // calls this exactly once: from ~BlueFileSystem, after the last call through the handle,
+    // or from bp_rocksdb_env_new when it could not construct that FileSystem.
     drop(unsafe { Box::from_raw(fs.cast::<BlueFs>()) });
 }
 
@@ -274,7 +288,10 @@ pub unsafe extern "C" fn bp_fs_exists(
     status: *mut FfiStatus,
 ) -> i32 {
     run(status, || {
-        // SAFETY: section comment.
+        // SAFETY: `fs` is the shim's live handle (the Box<BlueFs> from `rocksdb_env`, released only
+        // when its BlueFileSystem is destroyed, after its last call), and `path` is the data of a
+        // std::string of `len` bytes RocksDB passed the shim, alive and unchanged until this call
+        // returns.
         let (fs, raw) = unsafe { (fs_of(fs), bytes(path, len)) };
         match kind_of(fs, raw)? {
             Some(_) => Ok(()),
@@ -298,10 +315,17 @@ pub unsafe extern "C" fn bp_fs_children(
     status: *mut FfiStatus,
 ) -> i32 {
     run(status, || {
-        // SAFETY: section comment.
+        // SAFETY: `fs` is the shim's live handle (the Box<BlueFs> from `rocksdb_env`, released only
+        // when its BlueFileSystem is destroyed, after its last call), and `dir` is the data of a
+        // std::string of `len` bytes RocksDB passed the shim, alive and unchanged until this call
+        // returns.
         let (fs, raw) = unsafe { (fs_of(fs), bytes(dir, len)) };
         for name in fs.readdir(&dir_path(raw)?)? {
-            // SAFETY: `add` copies the name out before returning.
+            // SAFETY: `add` is the shim's add_child and `ctx` the ChildList its GetChildren
+            // passed, alive for this call; add_child copies the `name.len()` bytes at
+            // `name.as_ptr()` into a new std::string before returning, catches any C++
+            // exception (it is noexcept, so none unwinds into this frame), and `name` lives
+            // until the end of this loop iteration.
             unsafe { add(ctx, name.as_ptr().cast(), name.len()) };
         }
         Ok(())
@@ -317,7 +341,9 @@ pub unsafe extern "C" fn bp_fs_delete(
     len: usize,
     status: *mut FfiStatus,
 ) -> i32 {
-    // SAFETY: section comment.
+    // SAFETY: on_file's contract holds: `fs` is the shim's live handle (the Box<BlueFs> from
+    // `rocksdb_env`, released only when its BlueFileSystem is destroyed, after its last call), and
+    // `path` is the data of a std::string of `len` bytes the shim holds for this call.
     unsafe { on_file(fs, path, len, status, |fs, path| fs.unlink(path)) }
 }
 
@@ -332,7 +358,10 @@ pub unsafe extern "C" fn bp_fs_mkdir(
     status: *mut FfiStatus,
 ) -> i32 {
     run(status, || {
-        // SAFETY: section comment.
+        // SAFETY: `fs` is the shim's live handle (the Box<BlueFs> from `rocksdb_env`, released only
+        // when its BlueFileSystem is destroyed, after its last call), and `dir` is the data of a
+        // std::string of `len` bytes RocksDB passed the shim, alive and unchanged until this call
+        // returns.
         let (fs, raw) = unsafe { (fs_of(fs), bytes(dir, len)) };
         match fs.mkdir(&dir_path(raw)?) {
             Err(BlueFsError::Exists { .. }) if if_missing != 0 => Ok(()),
@@ -351,7 +380,10 @@ pub unsafe extern "C" fn bp_fs_rmdir(
     status: *mut FfiStatus,
 ) -> i32 {
     run(status, || {
-        // SAFETY: section comment.
+        // SAFETY: `fs` is the shim's live handle (the Box<BlueFs> from `rocksdb_env`, released only
+        // when its BlueFileSystem is destroyed, after its last call), and `dir` is the data of a
+        // std::string of `len` bytes RocksDB passed the shim, alive and unchanged until this call
+        // returns.
         let (fs, raw) = unsafe { (fs_of(fs), bytes(dir, len)) };
         Ok(fs.rmdir(&dir_path(raw)?)?)
     })
@@ -368,7 +400,10 @@ pub unsafe extern "C" fn bp_fs_is_dir(
     status: *mut FfiStatus,
 ) -> i32 {
     run(status, || {
-        // SAFETY: section comment.
+        // SAFETY: `fs` is the shim's live handle (the Box<BlueFs> from `rocksdb_env`, released only
+        // when its BlueFileSystem is destroyed, after its last call), and `path` is the data of a
+        // std::string of `len` bytes RocksDB passed the shim, alive and unchanged until this call
+        // returns.
         let (fs, raw) = unsafe { (fs_of(fs), bytes(path, len)) };
         let Some(dir) = kind_of(fs, raw)? else {
             return Err(BlueFsError::NotFound {
@@ -376,7 +411,8 @@ pub unsafe extern "C" fn bp_fs_is_dir(
             }
             .into());
         };
-        // SAFETY: section comment.
+        // SAFETY: `is_dir` points to the int32_t local of the shim's IsDirectory, aligned,
+        // writable and read by no one until this call returns.
         unsafe { *is_dir = i32::from(dir) };
         Ok(())
     })
@@ -394,10 +430,15 @@ pub unsafe extern "C" fn bp_fs_stat(
     status: *mut FfiStatus,
 ) -> i32 {
     run(status, || {
-        // SAFETY: section comment.
+        // SAFETY: `fs` is the shim's live handle (the Box<BlueFs> from `rocksdb_env`, released only
+        // when its BlueFileSystem is destroyed, after its last call), and `path` is the data of a
+        // std::string of `len` bytes RocksDB passed the shim, alive and unchanged until this call
+        // returns.
         let (fs, raw) = unsafe { (fs_of(fs), bytes(path, len)) };
         let stat = fs.stat(&file_path(raw)?)?;
-        // SAFETY: section comment.
+        // SAFETY: `size` and `mtime_ns` point to uint64_t the shim passes for this call (its
+        // locals, or the out-parameter RocksDB gave GetFileSize), aligned, writable and read by
+        // no one until it returns.
         unsafe {
             *size = stat.size;
             *mtime_ns = stat.mtime_ns;
@@ -417,7 +458,10 @@ pub unsafe extern "C" fn bp_fs_rename(
     to_len: usize,
     status: *mut FfiStatus,
 ) -> i32 {
-    // SAFETY: section comment.
+    // SAFETY: on_two_files's contract holds: `fs` is the shim's live handle (the Box<BlueFs> from
+    // `rocksdb_env`, released only when its BlueFileSystem is destroyed, after its last call), and
+    // `from`/`to` are the data of std::strings of `from_len`/`to_len` bytes the shim holds for this
+    // call.
     unsafe {
         on_two_files(fs, (from, from_len), (to, to_len), status, |fs, a, b| {
             fs.rename(a, b)
@@ -436,7 +480,10 @@ pub unsafe extern "C" fn bp_fs_link(
     to_len: usize,
     status: *mut FfiStatus,
 ) -> i32 {
-    // SAFETY: section comment.
+    // SAFETY: on_two_files's contract holds: `fs` is the shim's live handle (the Box<BlueFs> from
+    // `rocksdb_env`, released only when its BlueFileSystem is destroyed, after its last call), and
+    // `from`/`to` are the data of std::strings of `from_len`/`to_len` bytes the shim holds for this
+    // call.
     unsafe {
         on_two_files(fs, (from, from_len), (to, to_len), status, |fs, a, b| {
             fs.link(a, b)
@@ -454,7 +501,9 @@ pub unsafe extern "C" fn bp_fs_truncate(
     size: u64,
     status: *mut FfiStatus,
 ) -> i32 {
-    // SAFETY: section comment.
+    // SAFETY: on_file's contract holds: `fs` is the shim's live handle (the Box<BlueFs> from
+    // `rocksdb_env`, released only when its BlueFileSystem is destroyed, after its last call), and
+    // `path` is the data of a std::string of `len` bytes the shim holds for this call.
     unsafe { on_file(fs, path, len, status, |fs, path| fs.truncate(path, size)) }
 }
 
@@ -467,7 +516,9 @@ pub unsafe extern "C" fn bp_fs_lock(
     len: usize,
     status: *mut FfiStatus,
 ) -> i32 {
-    // SAFETY: section comment.
+    // SAFETY: on_file's contract holds: `fs` is the shim's live handle (the Box<BlueFs> from
+    // `rocksdb_env`, released only when its BlueFileSystem is destroyed, after its last call), and
+    // `path` is the data of a std::string of `len` bytes the shim holds for this call.
     unsafe { on_file(fs, path, len, status, |fs, path| fs.lock_file(path)) }
 }
 
@@ -480,7 +531,9 @@ pub unsafe extern "C" fn bp_fs_unlock(
     len: usize,
     status: *mut FfiStatus,
 ) -> i32 {
-    // SAFETY: section comment.
+    // SAFETY: on_file's contract holds: `fs` is the shim's live handle (the Box<BlueFs> from
+    // `rocksdb_env`, released only when its BlueFileSystem is destroyed, after its last call), and
+    // `path` is the data of a std::string of `len` bytes the shim holds for this call.
     unsafe { on_file(fs, path, len, status, |fs, path| fs.unlock_file(path)) }
 }
 
@@ -493,10 +546,12 @@ pub unsafe extern "C" fn bp_fs_free_space(
     status: *mut FfiStatus,
 ) -> i32 {
     run(status, || {
-        // SAFETY: section comment.
+        // SAFETY: `fs` is the shim's live handle (the Box<BlueFs> from `rocksdb_env`, released only
+        // when its BlueFileSystem is destroyed, after its last call).
         let fs = unsafe { fs_of(fs) };
         let free = fs.usage().devices.iter().flatten().map(|d| d.free).sum();
-        // SAFETY: section comment.
+        // SAFETY: `free_bytes` is the out-parameter RocksDB gave GetFreeSpace, a valid, aligned
+        // uint64_t it reads only after this call returns.
         unsafe { *free_bytes = free };
         Ok(())
     })
@@ -518,7 +573,10 @@ pub unsafe extern "C" fn bp_writer_open(
 ) -> *mut c_void {
     let mut writer = None;
     run(status, || {
-        // SAFETY: section comment.
+        // SAFETY: `fs` is the shim's live handle (the Box<BlueFs> from `rocksdb_env`, released only
+        // when its BlueFileSystem is destroyed, after its last call); `path` and `old_path` are the
+        // data of std::strings of `len` and `old_len` bytes (the old name empty unless reusing) the
+        // shim holds until this call returns.
         let (fs, raw, old) = unsafe { (fs_of(fs), bytes(path, len), bytes(old_path, old_len)) };
         let path = file_path(raw)?;
         writer = Some(match mode {
@@ -539,7 +597,11 @@ pub unsafe extern "C" fn bp_writer_open(
 /// `w` is a live handle from `bp_writer_open`, used by one thread at a time (RocksDB's file
 /// writer serialises its calls).
 unsafe fn writer_of<'a>(w: *mut c_void) -> &'a mut FileWriter {
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: by this function's contract `w` is the pointer bp_writer_open made with
+    // Box::into_raw(Box<FileWriter>), not yet closed, and no other reference to it is in use during
+    // `'a` (one call): a BlueWritableFile is driven by one thread at a time (RocksDB calls a
+    // writable file's methods one at a time, and the shim leaves IsSyncThreadSafe() false, so not
+    // even Sync overlaps Append) and BlueLogger holds its mutex across each call.
     unsafe { &mut *w.cast::<FileWriter>() }
 }
 
@@ -553,7 +615,13 @@ pub unsafe extern "C" fn bp_writer_append(
     status: *mut FfiStatus,
 ) -> i32 {
     run(status, || {
-        // SAFETY: as documented.
+        // SAFETY: `w` is a writer handle from bp_writer_open that the shim has not closed (it nulls
+        // its copy when it calls bp_writer_close), so the FileWriter is alive; and it is exclusive
+        // for this call: a BlueWritableFile is driven by one thread at a time (RocksDB calls a
+        // writable file's methods one at a time, and the shim leaves IsSyncThreadSafe() false, so
+        // not even Sync overlaps Append) and BlueLogger holds its mutex across each call. `data` is
+        // the data of RocksDB's Slice of `len` bytes (or the logger's line buffer), alive and
+        // unchanged until this call returns.
         let (w, data) = unsafe { (writer_of(w), bytes(data, len)) };
         Ok(w.append(data)?)
     })
@@ -564,7 +632,11 @@ pub unsafe extern "C" fn bp_writer_append(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn bp_writer_fsync(w: *mut c_void, status: *mut FfiStatus) -> i32 {
     run(status, || {
-        // SAFETY: as documented.
+        // SAFETY: `w` is a writer handle from bp_writer_open that the shim has not closed (it nulls
+        // its copy when it calls bp_writer_close), so the FileWriter is alive; and it is exclusive
+        // for this call: a BlueWritableFile is driven by one thread at a time (RocksDB calls a
+        // writable file's methods one at a time, and the shim leaves IsSyncThreadSafe() false, so
+        // not even Sync overlaps Append) and BlueLogger holds its mutex across each call.
         Ok(unsafe { writer_of(w) }.fsync()?)
     })
 }
@@ -578,7 +650,11 @@ pub unsafe extern "C" fn bp_writer_truncate(
     status: *mut FfiStatus,
 ) -> i32 {
     run(status, || {
-        // SAFETY: as documented.
+        // SAFETY: `w` is a writer handle from bp_writer_open that the shim has not closed (it nulls
+        // its copy when it calls bp_writer_close), so the FileWriter is alive; and it is exclusive
+        // for this call: a BlueWritableFile is driven by one thread at a time (RocksDB calls a
+        // writable file's methods one at a time, and the shim leaves IsSyncThreadSafe() false, so
+        // not even Sync overlaps Append) and BlueLogger holds its mutex across each call.
         Ok(unsafe { writer_of(w) }.truncate(size)?)
     })
 }
@@ -587,7 +663,9 @@ pub unsafe extern "C" fn bp_writer_truncate(
 /// See `writer_of`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn bp_writer_size(w: *mut c_void) -> u64 {
-    // SAFETY: as documented.
+    // SAFETY: `w` is a live writer handle (the shim's GetFileSize checks it has not closed it)
+    // and BlueWritableFile's calls are serialised, so no other reference to the FileWriter is
+    // in use while this one reads its size.
     catch_unwind(AssertUnwindSafe(|| unsafe { writer_of(w) }.size())).unwrap_or(0)
 }
 
@@ -598,7 +676,9 @@ pub unsafe extern "C" fn bp_writer_size(w: *mut c_void) -> u64 {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn bp_writer_close(w: *mut c_void, status: *mut FfiStatus) -> i32 {
     run(status, || {
-        // SAFETY: the Box leaked by bp_writer_open, freed once, here.
+        // SAFETY: `w` came from Box::into_raw(Box<FileWriter>) in bp_writer_open. The shim
+        // calls this once per handle and never uses it again: BlueWritableFile::Close and
+        // BlueLogger::CloseLocked null their copy first (the logger under its mutex).
         let writer = unsafe { Box::from_raw(w.cast::<FileWriter>()) };
         Ok(writer.close()?)
     })
@@ -615,7 +695,10 @@ pub unsafe extern "C" fn bp_reader_open(
 ) -> *mut c_void {
     let mut reader = None;
     run(status, || {
-        // SAFETY: section comment.
+        // SAFETY: `fs` is the shim's live handle (the Box<BlueFs> from `rocksdb_env`, released only
+        // when its BlueFileSystem is destroyed, after its last call), and `path` is the data of a
+        // std::string of `len` bytes RocksDB passed the shim, alive and unchanged until this call
+        // returns.
         let (fs, raw) = unsafe { (fs_of(fs), bytes(path, len)) };
         reader = Some(fs.open_read(&file_path(raw)?)?);
         Ok(())
@@ -641,16 +724,24 @@ pub unsafe extern "C" fn bp_reader_read_at(
     status: *mut FfiStatus,
 ) -> i32 {
     run(status, || {
-        // SAFETY: as documented; FileReader::read_at takes &self.
+        // SAFETY: `r` came from Box::into_raw(Box<FileReader>) in bp_reader_open and is freed
+        // only by the destructor of the shim's file object that owns it, after its last read,
+        // so it is alive for this call. RocksDB may read one random-access file from several
+        // threads at once: only shared references are made, FileReader::read_at takes &self,
+        // and FileReader is Sync.
         let reader = unsafe { &*r.cast::<FileReader>() };
         let out: &mut [u8] = if len == 0 {
             &mut []
         } else {
-            // SAFETY: as documented.
+            // SAFETY: `buf` is RocksDB's `scratch` for a read of `len` bytes: at least `len`
+            // writable bytes, not null since `len` > 0, that nothing else touches until this
+            // call returns (a reader never hands it to the device: it reads into its own
+            // buffers and copies).
             unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) }
         };
         let n = reader.read_at(offset, out)?;
-        // SAFETY: as documented.
+        // SAFETY: `got` points to the size_t local of the shim's read_at, aligned, writable
+        // and read only after this call returns.
         unsafe { *got = n };
         Ok(())
     })
@@ -660,8 +751,10 @@ pub unsafe extern "C" fn bp_reader_read_at(
 /// `r` is a live handle from `bp_reader_open`, not used again.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn bp_reader_free(r: *mut c_void) {
-    // SAFETY: the Box leaked by bp_reader_open, freed once, here.
     let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `r` came from Box::into_raw(Box<FileReader>) in bp_reader_open; the shim
+        // calls this once, from the destructor of the file object that owns the handle, after
+        // its last read, so the Box is reclaimed exactly once and never used again.
         drop(unsafe { Box::from_raw(r.cast::<FileReader>()) })
     }));
 }

@@ -25,6 +25,7 @@ pub enum Opcode {
 }
 
 impl Opcode {
+    /// Every opcode, for code that has to cover each one (tests, per-opcode counters).
     pub const ALL: [Opcode; 5] = [
         Opcode::Read,
         Opcode::Write,
@@ -54,6 +55,8 @@ impl Opcode {
         matches!(self, Opcode::Write | Opcode::WriteZeroes | Opcode::Trim)
     }
 
+    /// A short lowercase name for messages and statistics (`write-zeroes`, not the spec's
+    /// "Write Zeroes"); also the `Display` form.
     pub const fn name(self) -> &'static str {
         match self {
             Opcode::Read => "read",
@@ -77,16 +80,32 @@ impl fmt::Display for Opcode {
 /// Flush ignores `lba` and `blocks`. WriteZeroes and Trim need no buffer; one given is handed back.
 #[derive(Debug)]
 pub struct IoCmd {
+    /// What the command does. One the namespace does not support ([`SupportedOps`]) completes
+    /// with [`Status::INVALID_OPCODE`].
+    ///
+    /// [`SupportedOps`]: crate::SupportedOps
     pub opcode: Opcode,
+    /// First logical block. `lba + blocks` past the namespace's capacity completes with
+    /// [`Status::LBA_OUT_OF_RANGE`]. Ignored by Flush.
     pub lba: u64,
+    /// Number of logical blocks, not bytes; 0 completes with [`Status::INVALID_FIELD`] (except for
+    /// Flush, which ignores it). A Read or Write may move at most `max_transfer_bytes`; WriteZeroes
+    /// and Trim are not bounded by it.
     pub blocks: u32,
+    /// The data buffer: required by Read and Write (missing, or too short for the data window, is
+    /// [`Status::INVALID_FIELD`]), ignored by the others. It belongs to the device until the
+    /// completion hands it back.
     pub buf: Option<DmaBuf>,
+    /// Byte offset of the data window in `buf`. The window's address must meet the namespace's
+    /// `buffer_alignment`, else the command completes with [`Status::PRP_OFFSET_INVALID`].
     pub buf_offset: u32,
     /// Returned unchanged in the completion; the queue pair never interprets it.
     pub tag: u64,
 }
 
 impl IoCmd {
+    /// Reads `blocks` blocks from `lba` into the start of `buf`, which must hold at least
+    /// `blocks * block_size` bytes.
     pub fn read(lba: u64, blocks: u32, buf: DmaBuf, tag: u64) -> IoCmd {
         IoCmd {
             opcode: Opcode::Read,
@@ -98,6 +117,7 @@ impl IoCmd {
         }
     }
 
+    /// Writes the first `blocks * block_size` bytes of `buf` to `blocks` blocks from `lba`.
     pub fn write(lba: u64, blocks: u32, buf: DmaBuf, tag: u64) -> IoCmd {
         IoCmd {
             opcode: Opcode::Write,
@@ -109,6 +129,8 @@ impl IoCmd {
         }
     }
 
+    /// Makes every write that completed before this command was submitted durable. The
+    /// namespace must support it ([`NamespaceInfo::ops`](crate::NamespaceInfo::ops)).
     pub fn flush(tag: u64) -> IoCmd {
         IoCmd {
             opcode: Opcode::Flush,
@@ -120,6 +142,7 @@ impl IoCmd {
         }
     }
 
+    /// Sets `blocks` blocks from `lba` to zeroes, without a buffer.
     pub fn write_zeroes(lba: u64, blocks: u32, tag: u64) -> IoCmd {
         IoCmd {
             opcode: Opcode::WriteZeroes,
@@ -131,6 +154,8 @@ impl IoCmd {
         }
     }
 
+    /// Tells the device `blocks` blocks from `lba` are unused. What they read as afterwards
+    /// depends on the namespace's `trim_reads_zeroes`.
     pub fn trim(lba: u64, blocks: u32, tag: u64) -> IoCmd {
         IoCmd {
             opcode: Opcode::Trim,
@@ -161,7 +186,10 @@ impl IoCmd {
 /// What a poll returns for each finished command.
 #[derive(Debug)]
 pub struct Completion {
+    /// The command's [`IoCmd::tag`], unchanged.
     pub tag: u64,
+    /// How the command ended; anything but [`Status::SUCCESS`] means it failed, and a write
+    /// that failed may have changed some of its blocks.
     pub status: Status,
     /// The command's buffer, owned by the caller again (for a Read: filled when `status` is success).
     pub buf: Option<DmaBuf>,
@@ -177,10 +205,15 @@ pub struct Status {
 
 /// Status Code Types (NVMe Base 2.0, Figure 100).
 pub mod sct {
+    /// 0h: statuses any command may end with (success, invalid field, LBA out of range, ...).
     pub const GENERIC: u8 = 0;
+    /// 1h: statuses whose meaning depends on the command that returned them.
     pub const COMMAND_SPECIFIC: u8 = 1;
+    /// 2h: the medium failed (write fault, unrecovered read error, ...).
     pub const MEDIA_AND_DATA_INTEGRITY: u8 = 2;
+    /// 3h: the path to the controller failed (multipath, fabrics).
     pub const PATH_RELATED: u8 = 3;
+    /// 7h: defined by the controller's vendor; bluepoll gives them no meaning.
     pub const VENDOR_SPECIFIC: u8 = 7;
 }
 
@@ -216,6 +249,8 @@ impl Status {
     /// Media and Data Integrity 86h.
     pub const ACCESS_DENIED: Status = Status::new(sct::MEDIA_AND_DATA_INTEGRITY, 0x86);
 
+    /// A status from its Status Code Type (only the low 3 bits are kept, as in the 3-bit field)
+    /// and Status Code.
     pub const fn new(sct: u8, sc: u8) -> Status {
         Status { sct: sct & 0x7, sc }
     }
@@ -229,14 +264,17 @@ impl Status {
         )
     }
 
+    /// The Status Code Type, 0..=7 (see [`sct`]).
     pub const fn sct(self) -> u8 {
         self.sct
     }
 
+    /// The Status Code, whose meaning depends on [`sct`](Self::sct).
     pub const fn sc(self) -> u8 {
         self.sc
     }
 
+    /// Whether this is Successful Completion (type 0, code 0); every other status is a failure.
     pub const fn is_success(self) -> bool {
         self.sct == 0 && self.sc == 0
     }

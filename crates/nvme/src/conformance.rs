@@ -7,6 +7,9 @@
 
 use super::*;
 
+/// Fills `buf` with bytes determined by `seed` alone (an xorshift64 stream), so whoever reads
+/// the data back can regenerate what was written and compare. Distinct seeds give distinct
+/// patterns; a prefix of a longer fill equals a shorter fill with the same seed.
 pub fn pattern(seed: u64, buf: &mut [u8]) {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     for chunk in buf.chunks_mut(8) {
@@ -245,6 +248,9 @@ pub fn check_backend_on(dev: &Device, moves_data: bool) -> Vec<&'static str> {
     skipped
 }
 
+/// Checks that the device at `uri` refuses queue pairs of depth 0 and of one more than its
+/// `max_queue_depth`, with [`NvmeError::InvalidQueueDepth`]. Panics if it does not, or if `uri`
+/// does not open.
 pub fn check_queue_depth_limits(uri: &str) {
     let dev = Device::open(uri).unwrap();
     assert!(matches!(

@@ -7,7 +7,7 @@
 //! background: the thread that polls is the thread that drives the device, as Ceph's NVMEDevice
 //! does over SPDK.
 //!
-//! Every backend sees only commands that passed [`check_command`]: a command outside the
+//! Every backend sees only commands that passed `check_command`: a command outside the
 //! namespace, with a misaligned or short buffer, or an opcode the namespace lacks, completes with
 //! the matching NVMe status at the next poll without reaching the backend.
 
@@ -25,12 +25,20 @@ use super::{fault, mem, null, pcie, sim, slice, uring};
 /// What kind of medium a namespace is, for tier placement (WAL → nvme, DB → ssd, data → hdd).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DeviceClass {
+    /// NVMe flash, the fastest tier. The default of `mem:`, `null:`, `pcie:` and `spdk:`; what
+    /// `uring:` reports when the disk behind the file is named `nvme*` in sysfs.
     Nvme,
+    /// Other flash (SATA, SAS, virtio). What `uring:` reports for a disk sysfs says does not
+    /// rotate, and when sysfs says nothing.
     Ssd,
+    /// A rotating disk, the slowest tier. What `uring:` reports when sysfs marks the disk
+    /// rotational.
     Hdd,
 }
 
 impl DeviceClass {
+    /// Parses the lowercase name `class=` and `sim:` URIs use (`nvme`, `ssd` or `hdd`); `None`
+    /// for anything else, including other spellings of those.
     pub fn parse(text: &str) -> Option<DeviceClass> {
         match text {
             "nvme" => Some(DeviceClass::Nvme),
@@ -40,6 +48,7 @@ impl DeviceClass {
         }
     }
 
+    /// The lowercase name [`parse`](Self::parse) accepts; also the `Display` form.
     pub fn name(self) -> &'static str {
         match self {
             DeviceClass::Nvme => "nvme",
@@ -58,18 +67,26 @@ impl fmt::Display for DeviceClass {
 /// Optional commands a namespace implements (Read and Write always are).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SupportedOps {
+    /// Flush: makes every write completed before it durable. A namespace without a volatile
+    /// write cache may offer it as a no-op.
     pub flush: bool,
+    /// Write Zeroes: sets a block range to zeroes without a data buffer.
     pub write_zeroes: bool,
+    /// Trim (Dataset Management deallocate): the device may forget the blocks; whether they then
+    /// read as zeroes is [`NamespaceInfo::trim_reads_zeroes`].
     pub trim: bool,
 }
 
 impl SupportedOps {
+    /// Every optional command, as the RAM and null namespaces implement.
     pub const ALL: SupportedOps = SupportedOps {
         flush: true,
         write_zeroes: true,
         trim: true,
     };
 
+    /// Whether a command with opcode `op` may be sent; a command this returns false for
+    /// completes with [`Status::INVALID_OPCODE`] without reaching the backend.
     pub fn supports(&self, op: Opcode) -> bool {
         match op {
             Opcode::Read | Opcode::Write => true,
@@ -91,6 +108,7 @@ pub struct NamespaceInfo {
     pub serial: String,
     /// Bytes per logical block.
     pub block_size: u32,
+    /// Size of the namespace in logical blocks; LBAs run from 0 to `capacity_blocks - 1`.
     pub capacity_blocks: u64,
     /// Largest data transfer one command may carry.
     pub max_transfer_bytes: u32,
@@ -98,7 +116,9 @@ pub struct NamespaceInfo {
     pub buffer_alignment: u32,
     /// Deepest queue pair the backend can create.
     pub max_queue_depth: u32,
+    /// The tier the medium belongs to: reported by the backend or set with `class=`.
     pub class: DeviceClass,
+    /// Which optional commands the namespace takes; others complete with Invalid Opcode.
     pub ops: SupportedOps,
     /// Whether a trimmed range reads back as zeroes (NVMe DLFEAT "deallocated reads zero").
     pub trim_reads_zeroes: bool,
@@ -107,6 +127,7 @@ pub struct NamespaceInfo {
 }
 
 impl NamespaceInfo {
+    /// Size of the namespace in bytes: `capacity_blocks * block_size`.
     pub fn capacity_bytes(&self) -> u64 {
         self.capacity_blocks * self.block_size as u64
     }
@@ -274,11 +295,15 @@ impl Device {
         Device { ns }
     }
 
+    /// Facts about the namespace, fixed from open to the last handle's drop.
     pub fn info(&self) -> &NamespaceInfo {
         self.ns.info()
     }
 
     /// A new queue pair for the calling thread, holding up to `depth` outstanding commands.
+    /// Fails with [`NvmeError::InvalidQueueDepth`] when `depth` is 0 or above
+    /// [`NamespaceInfo::max_queue_depth`], or with the backend's error when it cannot make one
+    /// (a refused io_uring setup, for example, is [`NvmeError::QueuePairFailed`]).
     pub fn queue_pair(&self, depth: u32) -> Result<QueuePair, NvmeError> {
         let info = self.ns.info();
         if depth == 0 || depth > info.max_queue_depth {
@@ -577,10 +602,13 @@ impl QueuePair {
         self.outstanding
     }
 
+    /// The most commands that may be outstanding at once, as given to [`Device::queue_pair`];
+    /// a [`submit`](Self::submit) beyond it returns [`QueueFull`].
     pub fn depth(&self) -> u32 {
         self.depth
     }
 
+    /// Counters since the queue pair was created.
     pub fn stats(&self) -> &QueuePairStats {
         &self.stats
     }

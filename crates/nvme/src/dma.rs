@@ -35,12 +35,16 @@ pub enum HugePages {
     Require,
 }
 
+/// The shape of a pool, for [`DmaPool::with_config`]; [`DmaPool::new`] is the common case
+/// with [`HugePages::Auto`].
 #[derive(Clone, Copy, Debug)]
 pub struct DmaPoolConfig {
     /// Bytes per buffer; rounded up to a multiple of [`DMA_ALIGN`].
     pub buf_size: usize,
     /// Number of buffers.
     pub count: usize,
+    /// Whether the region is backed by 2 MiB hugepages (fewer TLB misses and IOMMU entries
+    /// for a large pool).
     pub hugepages: HugePages,
 }
 
@@ -54,11 +58,13 @@ struct Region {
     id: u64,
 }
 
-// SAFETY: a Region is a plain private mapping with no thread affinity. Its bytes are only reached
-// through DmaBufs, each the unique owner of a disjoint slice, so sharing the Region itself between
-// threads cannot create aliasing access.
+// SAFETY: a Region is a plain private mapping with no thread affinity: munmap in Drop is valid on
+// any thread. Its bytes are only reached through DmaBufs, each the unique owner of a disjoint
+// slice, so moving the Region itself to another thread creates no aliasing access.
 unsafe impl Send for Region {}
-// SAFETY: as above; &Region exposes only the address and length, never the bytes.
+// SAFETY: &Region exposes only the address, length, id and hugepage flag, all immutable after
+// `new`; no method of Region reads or writes the mapped bytes, so shared references on several
+// threads cannot race on them.
 unsafe impl Sync for Region {}
 
 impl Region {
@@ -102,7 +108,10 @@ impl Region {
 impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: ptr/len are exactly what mmap returned, and every DmaBuf into this region holds
-        // an Arc to the pool that owns it, so no buffer outlives the mapping.
+        // an Arc to the pool that owns it, so no buffer outlives the mapping; a command in flight
+        // holds its DmaBuf, so the region cannot go while a device is working on it. A
+        // registration that outlives the pool (an IOMMU mapping not yet released) keeps its pages
+        // pinned in the kernel, so they are not reused while a device could still reach them.
         unsafe {
             libc::munmap(self.ptr.as_ptr().cast(), self.len);
         }
@@ -176,6 +185,11 @@ impl DmaPool {
         })
     }
 
+    /// A pool shaped by `config`, mapped and pre-faulted on the calling thread.
+    ///
+    /// Fails with [`NvmeError::InvalidPool`] when `buf_size` or `count` is 0, `count` exceeds
+    /// `u32::MAX`, or the total size overflows; with [`NvmeError::Os`] when the mapping fails
+    /// (with [`HugePages::Require`], also when hugepages cannot be had).
     pub fn with_config(config: DmaPoolConfig) -> Result<DmaPool, NvmeError> {
         if config.buf_size == 0 || config.count == 0 {
             return Err(NvmeError::InvalidPool {
@@ -219,7 +233,9 @@ impl DmaPool {
             buf_size: self.shared.buf_size,
         })?;
         let offset = index as usize * self.shared.buf_size;
-        // SAFETY: index < count, so offset + buf_size lies within the region.
+        // SAFETY: indices in the free queue are < count, so offset + buf_size <= count * buf_size
+        // <= region.len: `add` stays inside the one mapping, and a non-null base plus an
+        // in-bounds offset cannot be null.
         let ptr = unsafe { NonNull::new_unchecked(self.shared.region.ptr.as_ptr().add(offset)) };
         Ok(DmaBuf {
             ptr,
@@ -229,10 +245,12 @@ impl DmaPool {
         })
     }
 
+    /// Bytes in each buffer: the requested size rounded up to a multiple of [`DMA_ALIGN`].
     pub fn buf_size(&self) -> usize {
         self.shared.buf_size
     }
 
+    /// Number of buffers in the pool, handed out or not.
     pub fn count(&self) -> usize {
         self.shared.count
     }
@@ -242,6 +260,8 @@ impl DmaPool {
         self.shared.free.len()
     }
 
+    /// Whether the region is backed by hugepages: always false with [`HugePages::Never`], and
+    /// with [`HugePages::Auto`] false when too few were free or mapping them failed.
     pub fn uses_hugepages(&self) -> bool {
         self.shared.region.hugepages
     }
@@ -277,8 +297,12 @@ impl PoolLiveness {
 /// Where a pool's memory lives; what a backend needs to register it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DmaRegionInfo {
+    /// Unique per region for the life of the process (never reused), so a backend can tell
+    /// whether it has registered this region already.
     pub id: u64,
+    /// Virtual address of the region's first byte; 4 KiB aligned (2 MiB with hugepages).
     pub addr: usize,
+    /// Length of the region in bytes, at least `buf_size * count` (rounded up to whole pages).
     pub len: usize,
 }
 
@@ -294,9 +318,11 @@ pub struct DmaBuf {
 }
 
 // SAFETY: a DmaBuf is the only handle to its slice of the region (pool indices are handed out once
-// until returned), so moving it to another thread moves exclusive access with it.
+// until returned), so moving it to another thread moves exclusive access with it; the pool state
+// it touches on drop (an Arc and a lock-free ArrayQueue) is thread-safe.
 unsafe impl Send for DmaBuf {}
-// SAFETY: &DmaBuf only allows reading the bytes; &mut is needed to write them.
+// SAFETY: through &DmaBuf the bytes can only be read (Deref), and writing needs &mut DmaBuf, so
+// shared references on several threads only ever read concurrently, as with &[u8].
 unsafe impl Sync for DmaBuf {}
 
 impl DmaBuf {
@@ -310,10 +336,12 @@ impl DmaBuf {
         .alloc()
     }
 
+    /// Size of the buffer in bytes: its pool's `buf_size`, a multiple of [`DMA_ALIGN`].
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether the buffer has no bytes; never true, since a pool refuses a size of 0.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -333,6 +361,7 @@ impl DmaBuf {
         self.pool.region.id
     }
 
+    /// Whether the buffer lies in hugepage-backed memory (see [`DmaPool::uses_hugepages`]).
     pub fn uses_hugepages(&self) -> bool {
         self.pool.region.hugepages
     }
@@ -343,14 +372,20 @@ impl Deref for DmaBuf {
 
     fn deref(&self) -> &[u8] {
         // SAFETY: ptr..ptr+len lies inside the live region (the Arc keeps it mapped) and is owned
-        // by this DmaBuf alone; no device holds it, since a device only gets it by taking `self`.
+        // by this DmaBuf alone. No device writes it now: a device only reaches a buffer while a
+        // backend holds the DmaBuf inside an in-flight command, and backends never view such a
+        // buffer as a slice (they pass `as_mut_ptr`/`addr` to the device) until its completion
+        // hands it back; so whoever can call this, the device is not writing these bytes.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl DerefMut for DmaBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as for deref, and &mut self guarantees no other reference exists.
+        // SAFETY: ptr..ptr+len lies inside the live region (the Arc keeps it mapped), belongs to
+        // this DmaBuf alone, and no device is writing it (a buffer a device may write is held
+        // inside an in-flight command and never dereferenced until it completes); &mut self
+        // rules out any other reference to these bytes for the slice's lifetime.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }

@@ -7,6 +7,8 @@
 //! URIs and parameters.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod command;
 pub mod device;

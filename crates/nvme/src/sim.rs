@@ -56,6 +56,8 @@
 //! Times accept a unit (`seek_ms=500us`); a bare number is in the unit the name says. An unknown
 //! option, a repeated one or a bad value is [`NvmeError::InvalidUri`] naming the option.
 
+use crate::uri::uri_error;
+use bluepoll_base::options::KeyValues;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex};
@@ -86,6 +88,7 @@ const METADATA_BYTES: u64 = 4096;
 /// Parameters of the `hdd` model (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct HddModel {
+    /// Spindle speed, revolutions per minute; one rotation takes `60 / rpm` seconds.
     pub rpm: f64,
     /// Average seek over uniformly random pairs of positions.
     pub seek_ms: f64,
@@ -111,7 +114,10 @@ impl Default for HddModel {
 pub struct FlashModel {
     /// Units serving commands in parallel.
     pub channels: u32,
+    /// Fixed cost of a read on its unit, in microseconds, before the transfer.
     pub read_us: f64,
+    /// Fixed cost of a write (also of WriteZeroes and Trim) on its unit, in microseconds, before
+    /// the transfer.
     pub write_us: f64,
     /// Transfer rate of one unit, 10^6 bytes per second.
     pub mbps: f64,
@@ -120,6 +126,7 @@ pub struct FlashModel {
 }
 
 impl FlashModel {
+    /// The `ssd` defaults: 4 units, 80 µs reads, 30 µs writes, 500 MB/s per unit.
     pub const SSD: FlashModel = FlashModel {
         channels: 4,
         read_us: 80.0,
@@ -128,6 +135,7 @@ impl FlashModel {
         flush_us: 0.0,
     };
 
+    /// The `nvme` defaults: 8 units, 10 µs reads and writes, 3000 MB/s per unit.
     pub const NVME: FlashModel = FlashModel {
         channels: 8,
         read_us: 10.0,
@@ -140,8 +148,11 @@ impl FlashModel {
 /// A latency model and the class it simulates.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum SimConfig {
+    /// `sim:hdd`: a rotating disk; the namespace reports [`DeviceClass::Hdd`].
     Hdd(HddModel),
+    /// `sim:ssd`: the flash model with SATA-like defaults; reports [`DeviceClass::Ssd`].
     Ssd(FlashModel),
+    /// `sim:nvme`: the flash model with NVMe-like defaults; reports [`DeviceClass::Nvme`].
     Nvme(FlashModel),
 }
 
@@ -159,6 +170,7 @@ impl SimConfig {
         }
     }
 
+    /// The class the simulated namespace reports in [`NamespaceInfo::class`].
     pub fn class(&self) -> DeviceClass {
         match self {
             SimConfig::Hdd(_) => DeviceClass::Hdd,
@@ -169,8 +181,9 @@ impl SimConfig {
 
     /// Parses `CLASS[,key=value...]` (the part of a `sim:` URI before the `+`).
     fn parse(uri: &str, options: &str) -> Result<SimConfig, NvmeError> {
-        let mut items = options.split(',');
-        let class_text = items.next().unwrap_or_default();
+        let (class_text, rest) = options
+            .split_once(',')
+            .map_or((options, None), |(class, rest)| (class, Some(rest)));
         let class = DeviceClass::parse(class_text).ok_or_else(|| {
             NvmeError::uri(
                 uri,
@@ -181,18 +194,13 @@ impl SimConfig {
         let bad = |key: &str, why: String| NvmeError::uri(uri, format!("option '{key}': {why}"));
         let ms = Duration::from_millis(1);
         let us = Duration::from_micros(1);
-        let mut seen: Vec<&str> = Vec::new();
-        for item in items {
-            let Some((key, value)) = item.split_once('=') else {
-                return Err(NvmeError::uri(
-                    uri,
-                    format!("option '{item}' is not key=value"),
-                ));
-            };
-            if seen.contains(&key) {
-                return Err(bad(key, "given twice".into()));
-            }
-            seen.push(key);
+        let values = match rest {
+            Some(rest) => KeyValues::list(rest, ',', "option"),
+            None => KeyValues::query("", "option"),
+        }
+        .map_err(|e| uri_error(uri, e))?;
+        let seen: Vec<&str> = values.pairs().iter().map(|(k, _)| *k).collect();
+        for &(key, value) in values.pairs() {
             // A bare number is kept as written, so the model string shows what was asked for.
             let time = |unit: Duration| match value.parse::<f64>() {
                 Ok(v) if v.is_finite() => Ok(v),
@@ -339,20 +347,28 @@ fn parse_number(text: &str) -> Result<f64, String> {
 /// What the model needs to know about a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SimKind {
+    /// A Read: pays `read_us` on flash.
     Read,
+    /// A Write, or the metadata write WriteZeroes and Trim are modelled as: pays `write_us` on
+    /// flash.
     Write,
+    /// A Flush: waits for everything scheduled before it and moves no data.
     Flush,
 }
 
 /// A command as the model sees it: byte offset and length on the namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SimOp {
+    /// What the command costs like.
     pub kind: SimKind,
+    /// Byte offset of the first byte on the namespace (LBA × block size); 0 for a Flush.
     pub offset: u64,
+    /// Bytes transferred; 0 for a Flush.
     pub bytes: u64,
 }
 
 impl SimOp {
+    /// A read of `bytes` bytes at byte `offset`.
     pub fn read(offset: u64, bytes: u64) -> SimOp {
         SimOp {
             kind: SimKind::Read,
@@ -361,6 +377,7 @@ impl SimOp {
         }
     }
 
+    /// A write of `bytes` bytes at byte `offset`.
     pub fn write(offset: u64, bytes: u64) -> SimOp {
         SimOp {
             kind: SimKind::Write,
@@ -369,6 +386,7 @@ impl SimOp {
         }
     }
 
+    /// A flush.
     pub fn flush() -> SimOp {
         SimOp {
             kind: SimKind::Flush,
@@ -392,11 +410,15 @@ impl SimOp {
 /// When a command's service starts and finishes, in nanoseconds on the model's clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Service {
+    /// When the model began serving the command: its arrival, or later if the unit (the
+    /// actuator, for a disk) was busy with earlier commands.
     pub start: u64,
+    /// When the command is done; the simulated device completes it no earlier than this.
     pub finish: u64,
 }
 
 impl Service {
+    /// Service time in nanoseconds, `finish - start`; the wait before `start` is not included.
     pub fn duration(&self) -> u64 {
         self.finish - self.start
     }
@@ -439,14 +461,17 @@ impl HddState {
         }
     }
 
+    /// One rotation, in nanoseconds (at least 1).
     pub fn period_ns(&self) -> u64 {
         self.period_ns
     }
 
+    /// Bytes that pass under the head in one rotation at the media rate (at least 1).
     pub fn bytes_per_track(&self) -> u64 {
         self.bytes_per_track
     }
 
+    /// Tracks the capacity spans (at least 1); seek distances are measured against it.
     pub fn tracks(&self) -> u64 {
         self.tracks
     }
@@ -508,6 +533,8 @@ pub struct FlashState {
 }
 
 impl FlashState {
+    /// Every unit idle from time 0. Expects a model that passed the `sim:` range checks
+    /// (positive `mbps`); a `channels` of 0 is treated as 1.
     pub fn new(model: &FlashModel) -> FlashState {
         FlashState {
             read_ns: ns(model.read_us, 1e3),
@@ -518,6 +545,7 @@ impl FlashState {
         }
     }
 
+    /// Time one unit takes to move `bytes` bytes at its rate, in nanoseconds.
     pub fn transfer_ns(&self, bytes: u64) -> u64 {
         (bytes as f64 * self.ns_per_byte).round() as u64
     }
@@ -554,11 +582,15 @@ impl FlashState {
 /// Either model, behind the namespace's lock.
 #[derive(Clone, Debug)]
 pub enum ModelState {
+    /// The disk model.
     Hdd(HddState),
+    /// The flash model, for both `ssd` and `nvme`.
     Flash(FlashState),
 }
 
 impl ModelState {
+    /// The idle state of `config`'s model for a namespace of `capacity_bytes` bytes (only the
+    /// disk model uses the capacity, for its geometry).
     pub fn new(config: &SimConfig, capacity_bytes: u64) -> ModelState {
         match config {
             SimConfig::Hdd(m) => ModelState::Hdd(HddState::new(m, capacity_bytes)),
@@ -566,6 +598,8 @@ impl ModelState {
         }
     }
 
+    /// Serves `op`, arriving at `now` (nanoseconds on the model's clock), after everything
+    /// scheduled before it, and returns when it starts and finishes.
     #[inline]
     pub fn schedule(&mut self, now: u64, op: SimOp) -> Service {
         match self {
@@ -950,7 +984,7 @@ mod tests {
                 "sim:hdd,seek_ms=1,track_ms=2+mem:1M",
                 "option 'track_ms': 2 exceeds",
             ),
-            ("sim:hdd,rpm=1,rpm=2+mem:1M", "option 'rpm': given twice"),
+            ("sim:hdd,rpm=1,rpm=2+mem:1M", "option 'rpm' given twice"),
             ("sim:hdd,rpm+mem:1M", "option 'rpm' is not key=value"),
             (
                 "sim:hdd,colour=red+mem:1M",

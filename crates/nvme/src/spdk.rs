@@ -116,16 +116,21 @@ fn environment() -> Result<(), NvmeError> {
             opts: ffi::spdk_env_opts,
             spare: [u64; 32],
         }
-        // SAFETY: spdk_env_opts is plain data (pointers, integers, bools): all zeroes is valid.
+        // SAFETY: Room is #[repr(C)] over spdk_env_opts, which bindgen generates as raw
+        // pointers, integers and bools (no references, no enums, no function pointers), and
+        // u64s: all-zero bytes are a valid value of every field (null, 0, false).
         let mut room: Room = unsafe { std::mem::zeroed() };
         let opts = &mut room.opts;
         opts.opts_size = std::mem::size_of::<ffi::spdk_env_opts>();
-        // SAFETY: opts is live and followed by 256 spare bytes; SPDK reads opts_size (set
-        // first) to know how much of it we understand.
+        // SAFETY: `opts` points into `room`, a local exclusively borrowed for the call, and is
+        // followed by 256 spare bytes, so even an SPDK built with a larger spdk_env_opts than
+        // our bindings writes inside `room`; it reads opts_size (set first) to know how much of
+        // the struct we understand.
         unsafe { ffi::spdk_env_opts_init(opts) };
         opts.name = name.as_ptr();
-        // SAFETY: opts is initialised and `name` is a static C string that outlives the call;
-        // SPDK copies what it keeps.
+        // SAFETY: `room.opts` was initialised by spdk_env_opts_init and is only read during the
+        // call; its pointers are null (SPDK's defaults) or `name`, a static NUL-terminated C
+        // string. SPDK copies what it keeps. OnceLock runs this at most once per process.
         let rc = unsafe { ffi::spdk_env_init(&room.opts) };
         if rc == 0 {
             Ok(())
@@ -164,8 +169,9 @@ impl Controller {
             return;
         }
         *last = std::time::Instant::now();
-        // SAFETY: the controller is attached; admin completions are processed by one thread at
-        // a time (the mutex held here).
+        // SAFETY: `self.ptr` came from spdk_nvme_connect and stays attached while this
+        // Controller lives (it is detached only in Drop); SPDK requires admin completions to be
+        // processed by one thread at a time, which the `admin_polled` mutex held here ensures.
         unsafe {
             ffi::spdk_nvme_ctrlr_process_admin_completions(self.ptr.as_ptr());
         }
@@ -186,7 +192,9 @@ fn c_text(chars: &[std::ffi::c_char]) -> String {
 // alloc/free of I/O queue pairs, detach) take SPDK's controller lock. I/O never goes through it,
 // only through queue pairs, each used by one thread.
 unsafe impl Send for Controller {}
-// SAFETY: as above; no method here gives out mutable access to the controller's state.
+// SAFETY: shared use from several threads makes only the calls above, which take SPDK's
+// controller lock, and admin polling, which the `admin_polled` mutex serialises; no method gives
+// out a Rust reference into SPDK's controller state.
 unsafe impl Sync for Controller {}
 
 impl Drop for Controller {
@@ -196,8 +204,10 @@ impl Drop for Controller {
         if table.get(&self.key).is_some_and(|w| w.strong_count() == 0) {
             table.remove(&self.key);
         }
-        // SAFETY: every namespace and queue pair of this controller holds an Arc to it, so this
-        // is the last user; the handle came from spdk_nvme_connect.
+        // SAFETY: the handle came from spdk_nvme_connect and is detached only here. Every
+        // namespace of this controller holds an Arc to it and every queue pair an Arc to its
+        // namespace, so none is left to use it; the registry lock held above keeps a concurrent
+        // connect from running during the detach, as SPDK requires.
         unsafe {
             ffi::spdk_nvme_detach(self.ptr.as_ptr());
         }
@@ -212,9 +222,11 @@ fn controllers() -> &'static Mutex<HashMap<String, Weak<Controller>>> {
 fn attach(trid: &str) -> Result<Arc<Controller>, NvmeError> {
     let mut table = lock(controllers());
     let text = CString::new(trid).map_err(|_| spdk_error(trid, "NUL byte in the transport ID"))?;
-    // SAFETY: the transport ID is plain data; zeroed is its empty state, and parse fills it.
+    // SAFETY: spdk_nvme_transport_id is #[repr(C)] over C chars and C integers (bindgen maps
+    // its enums to c_uint), so all-zero bytes are valid: empty strings, type 0. Parse fills it.
     let mut id: ffi::spdk_nvme_transport_id = unsafe { std::mem::zeroed() };
-    // SAFETY: `id` is live and writable, `text` a valid C string for the call.
+    // SAFETY: `id` is a local exclusively borrowed for the call, which writes only inside it;
+    // `text` is a CString (NUL-terminated) that outlives the call.
     let rc = unsafe { ffi::spdk_nvme_transport_id_parse(&mut id, text.as_ptr()) };
     if rc != 0 {
         return Err(spdk_error(
@@ -233,7 +245,9 @@ fn attach(trid: &str) -> Result<Arc<Controller>, NvmeError> {
     if let Some(c) = table.get(&key).and_then(Weak::upgrade) {
         return Ok(c);
     }
-    // SAFETY: `id` was filled by the parser; null options ask for SPDK's defaults.
+    // SAFETY: `id` was filled by the parser and is only read during the call; null options
+    // (size 0) ask for SPDK's defaults. The registry lock held here keeps connect and detach
+    // from running concurrently, as SPDK requires.
     let ptr = unsafe { ffi::spdk_nvme_connect(&id, std::ptr::null(), 0) };
     let ptr = NonNull::new(ptr).ok_or_else(|| {
         spdk_error(
@@ -259,9 +273,12 @@ pub(crate) struct SpdkNamespace {
 }
 
 // SAFETY: the namespace handle is only read through SPDK's query functions, which read
-// identify data fixed while the controller is attached (and `ctrlr` keeps it attached).
+// identify data fixed while the controller is attached (and `ctrlr` keeps it attached); I/O
+// through it goes to a queue pair owned by one thread.
 unsafe impl Send for SpdkNamespace {}
-// SAFETY: as above.
+// SAFETY: shared references on several threads only pass `ns` to SPDK's read-only query
+// functions and to command submission on each thread's own queue pair; nothing writes the
+// namespace structure while the controller is attached.
 unsafe impl Sync for SpdkNamespace {}
 
 impl SpdkNamespace {
@@ -269,11 +286,13 @@ impl SpdkNamespace {
         let target = parse(uri, rest)?;
         environment()?;
         let ctrlr = attach(&target.trid)?;
-        // SAFETY: ctrlr.ptr is an attached controller (kept so by the Arc).
+        // SAFETY: ctrlr.ptr is an attached controller, kept so by the Arc held here; the call
+        // only looks up the namespace structure.
         let ns = unsafe { ffi::spdk_nvme_ctrlr_get_ns(ctrlr.ptr.as_ptr(), target.ns) };
         let ns = NonNull::new(ns)
             .ok_or_else(|| spdk_error(&target.trid, format!("no namespace {}", target.ns)))?;
-        // SAFETY: ns belongs to the attached controller; these calls read identify data.
+        // SAFETY: `ns` is non-null and belongs to the controller `ctrlr` keeps attached; these
+        // calls only read its identify data.
         let (active, block_size, blocks, xfer, flags) = unsafe {
             (
                 ffi::spdk_nvme_ns_is_active(ns.as_ptr()),
@@ -335,8 +354,9 @@ impl Namespace for SpdkNamespace {
         self: Arc<Self>,
         depth: u32,
     ) -> Result<Box<dyn QueuePairBackend>, NvmeError> {
-        // SAFETY: the controller is attached (self.ctrlr); null options ask for SPDK's
-        // defaults (a queue of MAX_DEPTH entries).
+        // SAFETY: the controller is attached (self.ctrlr keeps it so); null options (size 0) ask
+        // for SPDK's defaults, a queue of MAX_DEPTH entries. Allocation takes SPDK's controller
+        // lock, so concurrent calls from other threads are safe.
         let qpair = unsafe {
             ffi::spdk_nvme_ctrlr_alloc_io_qpair(self.ctrlr.ptr.as_ptr(), std::ptr::null(), 0)
         };
@@ -369,7 +389,9 @@ struct Bounce(NonNull<u8>);
 
 impl Bounce {
     fn new() -> Option<Bounce> {
-        // SAFETY: a plain allocation request; null (no memory) is handled by the caller.
+        // SAFETY: a plain allocation request with a power-of-two alignment and a null physical
+        // address out-parameter (not wanted); it passes no memory of ours, and a null result
+        // (no memory) becomes None.
         let p = unsafe {
             ffi::spdk_dma_zmalloc(MAX_TRANSFER as usize, DMA_ALIGN, std::ptr::null_mut())
         };
@@ -379,8 +401,10 @@ impl Bounce {
 
 impl Drop for Bounce {
     fn drop(&mut self) {
-        // SAFETY: the pointer came from spdk_dma_zmalloc and no command holds it any more
-        // (bounce buffers are dropped only from the free list).
+        // SAFETY: the pointer came from spdk_dma_zmalloc and is freed once, here. A Bounce is
+        // dropped only from the free list (when `shared` is freed, after the SPDK queue pair),
+        // which holds only buffers of completed or refused commands, so the device no longer
+        // touches it.
         unsafe { ffi::spdk_dma_free(self.0.as_ptr().cast()) }
     }
 }
@@ -416,14 +440,15 @@ struct SpdkQueuePair {
 }
 
 // SAFETY: an SPDK queue pair may be used from any thread, one at a time; a QueuePair (not Sync)
-// is used by the thread that owns it. `shared` is a heap allocation owned by the queue pair, so
-// moving the queue pair between threads moves its only users along.
+// is used by the thread that owns it, and its callbacks run on that thread inside
+// process_completions. `shared` is a heap allocation owned by the queue pair, so moving the queue
+// pair between threads moves its only users along.
 unsafe impl Send for SpdkQueuePair {}
 
 /// Called by SPDK from `spdk_nvme_qpair_process_completions`, on the polling thread.
 unsafe extern "C" fn on_complete(arg: *mut c_void, cpl: *const ffi::spdk_nvme_cpl) {
-    // SAFETY: `arg` is the Box<Pending> leaked when the command was submitted, and SPDK calls
-    // back exactly once per command.
+    // SAFETY: `arg` is the Box<Pending> leaked by `submit` for a command SPDK accepted, and SPDK
+    // calls back exactly once per accepted command, so the Box is reclaimed exactly once.
     let pending = unsafe { Box::from_raw(arg.cast::<Pending>()) };
     // SAFETY: SPDK passes a valid completion for the duration of the callback; status_raw is
     // the status half-word (phase tag in bit 0), the layout the pcie backend decodes.
@@ -444,8 +469,10 @@ unsafe extern "C" fn on_complete(arg: *mut c_void, cpl: *const ffi::spdk_nvme_cp
             && let Some(buf) = cmd.buf.as_mut()
         {
             let at = cmd.buf_offset as usize;
-            // SAFETY: the device has finished with the bounce buffer (the command completed),
-            // which holds at least `len` bytes (len <= MAX_TRANSFER).
+            // SAFETY: the bounce buffer holds MAX_TRANSFER >= len bytes from spdk_dma_zmalloc,
+            // and the command has completed, so the device no longer writes it: this is the
+            // first time it is viewed as a slice since the read was submitted, and the slice is
+            // gone before the buffer returns to the free list.
             let data = unsafe { std::slice::from_raw_parts(b.0.as_ptr(), len) };
             buf[at..at + len].copy_from_slice(data);
         }
@@ -457,8 +484,9 @@ unsafe extern "C" fn on_complete(arg: *mut c_void, cpl: *const ffi::spdk_nvme_cp
 
 impl SpdkQueuePair {
     fn shared(&mut self) -> &mut Shared {
-        // SAFETY: `shared` came from Box::into_raw and lives until Drop; callbacks (the only
-        // other users) run only inside the SPDK calls made below, never while this borrow lives.
+        // SAFETY: `shared` came from Box::into_raw and is freed only in Drop; callbacks (the only
+        // other users) run only inside process_completions and free_io_qpair, and every borrow
+        // this returns ends before those calls.
         unsafe { &mut *self.shared }
     }
 
@@ -478,8 +506,9 @@ impl SpdkQueuePair {
         };
         if let (Some(b), Opcode::Write, Some(buf)) = (&bounce, cmd.opcode, cmd.buf.as_ref()) {
             let at = cmd.buf_offset as usize;
-            // SAFETY: the bounce buffer is ours until submitted and holds MAX_TRANSFER >= len
-            // bytes (queue-pair checks keep commands within max_transfer_bytes).
+            // SAFETY: the bounce buffer holds MAX_TRANSFER >= len bytes (check_command keeps data
+            // commands within max_transfer_bytes <= MAX_TRANSFER) and is not yet handed to SPDK,
+            // so no device reads or writes it while this slice lives.
             let dst = unsafe { std::slice::from_raw_parts_mut(b.0.as_ptr(), len) };
             dst.copy_from_slice(&buf[at..at + len]);
         }
@@ -487,8 +516,9 @@ impl SpdkQueuePair {
             .as_ref()
             .map_or(std::ptr::null_mut(), |b| b.0.as_ptr().cast::<c_void>());
         let (opcode, lba, blocks) = (cmd.opcode, cmd.lba, cmd.blocks);
-        // SAFETY: a DSM range is plain data; zero attributes are "none" (bindgen may give the
-        // attributes field a union type, so only the two fields we set are named).
+        // SAFETY: spdk_nvme_dsm_range is #[repr(C)] over integers (bindgen may give the
+        // attributes field a union of integers instead), so all-zero bytes are valid; zero
+        // attributes mean "none". Only the two fields we set are named.
         let mut range: ffi::spdk_nvme_dsm_range = unsafe { std::mem::zeroed() };
         range.length = blocks;
         range.starting_lba = lba;
@@ -500,9 +530,12 @@ impl SpdkQueuePair {
         }));
         let arg = pending.cast::<c_void>();
         let cb: ffi::spdk_nvme_cmd_cb = Some(on_complete);
-        // SAFETY: ns and qpair are live (self holds the namespace, which holds the controller);
-        // the payload is a bounce buffer from spdk_dma_zmalloc of at least the command's bytes;
-        // `arg` stays valid until on_complete takes it back; `range` is read during the call.
+        // SAFETY: ns and qpair are live (self holds the namespace, which holds the controller),
+        // and this thread is the queue pair's only user. The payload is a bounce buffer from
+        // spdk_dma_zmalloc of at least the command's bytes (or null for commands without data),
+        // moved into `pending` so it lives until on_complete; our own DmaBuf is never given to
+        // SPDK. `arg` stays valid until on_complete takes it back; `range` is a local read
+        // during the call.
         let rc = unsafe {
             match opcode {
                 Opcode::Read => {
@@ -530,8 +563,8 @@ impl SpdkQueuePair {
             self.in_flight += 1;
             return Ok(());
         }
-        // SAFETY: SPDK refused the command, so it will never call back with `arg`: the Box is
-        // ours again.
+        // SAFETY: `pending` came from Box::into_raw above, and SPDK refused the command (non-zero
+        // return), so it will never call back with `arg`: the Box is reclaimed exactly once.
         let pending = unsafe { Box::from_raw(pending) };
         let Pending { cmd, bounce, .. } = *pending;
         if let Some(b) = bounce {
@@ -573,7 +606,9 @@ impl QueuePairBackend for SpdkQueuePair {
             stats.record_doorbell(handed);
         }
         if self.in_flight > 0 {
-            // SAFETY: the queue pair is live and used only by this thread; 0 = reap all.
+            // SAFETY: the queue pair is live (freed only in Drop) and used only by this thread;
+            // 0 = reap all. The callbacks it runs borrow `shared`, which no borrow of ours
+            // overlaps during the call.
             let rc = unsafe { ffi::spdk_nvme_qpair_process_completions(self.qpair.as_ptr(), 0) };
             if rc < 0 {
                 return Err(Box::new(NvmeError::QueuePairFailed {
@@ -594,13 +629,15 @@ impl QueuePairBackend for SpdkQueuePair {
 
 impl Drop for SpdkQueuePair {
     fn drop(&mut self) {
-        // SAFETY: freeing the queue pair aborts what is still in flight, calling on_complete for
-        // each while `shared` is still alive; nothing uses the handle afterwards.
+        // SAFETY: the handle came from spdk_nvme_ctrlr_alloc_io_qpair and is freed once, here,
+        // while the controller is still attached (self.ns holds it). Freeing aborts what is
+        // still in flight, calling on_complete for each while `shared` is still alive; nothing
+        // uses the handle afterwards.
         unsafe {
             ffi::spdk_nvme_ctrlr_free_io_qpair(self.qpair.as_ptr());
         }
-        // SAFETY: from Box::into_raw in create_queue_pair; the SPDK queue pair is gone, so no
-        // callback can reach it any more.
+        // SAFETY: from Box::into_raw in create_queue_pair, reclaimed once, here; the SPDK queue
+        // pair is gone, so no callback can reach it any more.
         drop(unsafe { Box::from_raw(self.shared) });
     }
 }

@@ -6,6 +6,7 @@
 
 use super::device::DeviceClass;
 use super::error::NvmeError;
+use bluepoll_base::options::{KeyValues, OptionsError};
 use bluepoll_base::units::parse_size;
 
 /// The schemes [`super::Device::open`] understands, for error messages.
@@ -30,10 +31,11 @@ pub fn split_scheme(uri: &str) -> Result<(&str, &str), NvmeError> {
 }
 
 /// A leaf URI's body and its query parameters, consumed as the backend reads them; whatever is
-/// left at the end is an unknown parameter and an error.
+/// left at the end is an unknown parameter and an error. The parsing is
+/// [`bluepoll_base::options::KeyValues`], shared with the wrappers' option lists.
 pub struct Params<'a> {
     uri: &'a str,
-    pairs: Vec<(&'a str, &'a str)>,
+    values: KeyValues<'a>,
 }
 
 impl<'a> Params<'a> {
@@ -43,50 +45,37 @@ impl<'a> Params<'a> {
             Some((body, query)) => (body, query),
             None => (rest, ""),
         };
-        let mut pairs = Vec::new();
-        for item in query.split('&').filter(|s| !s.is_empty()) {
-            let (key, value) = item.split_once('=').unwrap_or((item, "1"));
-            if pairs.iter().any(|(k, _)| *k == key) {
-                return Err(NvmeError::uri(
-                    uri,
-                    format!("parameter '{key}' given twice"),
-                ));
-            }
-            pairs.push((key, value));
-        }
-        Ok((body, Params { uri, pairs }))
+        let values = KeyValues::query(query, "parameter").map_err(|e| uri_error(uri, e))?;
+        Ok((body, Params { uri, values }))
     }
 
+    /// The whole URI the parameters came from, for error messages.
     pub fn uri(&self) -> &'a str {
         self.uri
     }
 
-    fn take(&mut self, key: &str) -> Option<&'a str> {
-        let index = self.pairs.iter().position(|(k, _)| *k == key)?;
-        Some(self.pairs.remove(index).1)
-    }
-
+    /// Removes `key` and returns its raw value; `None` when the URI does not give it. A key
+    /// written without `=value` reads as `"1"`.
     pub fn take_str(&mut self, key: &str) -> Option<&'a str> {
-        self.take(key)
+        self.values.take(key)
     }
 
+    /// Removes `key` and parses its value as a size in bytes, written as fio writes sizes
+    /// (`4096`, `4k`, `10G`, `0x1000`; the suffixes are powers of 1024). `Ok(None)` when absent;
+    /// [`NvmeError::InvalidUri`] when the value is not a size.
     pub fn take_size(&mut self, key: &str) -> Result<Option<u64>, NvmeError> {
-        self.take(key)
-            .map(|v| parse_size(v).map_err(|e| NvmeError::uri(self.uri, format!("{key}: {e}"))))
-            .transpose()
+        self.values
+            .take_size(key)
+            .map_err(|e| uri_error(self.uri, e))
     }
 
+    /// Removes `key` and parses it as a switch: `1`, `true`, `on`, `yes` or a bare key are
+    /// true; `0`, `false`, `off`, `no` false. `Ok(None)` when absent; [`NvmeError::InvalidUri`]
+    /// for any other value.
     pub fn take_bool(&mut self, key: &str) -> Result<Option<bool>, NvmeError> {
-        self.take(key)
-            .map(|v| match v {
-                "1" | "true" | "on" | "yes" => Ok(true),
-                "0" | "false" | "off" | "no" => Ok(false),
-                _ => Err(NvmeError::uri(
-                    self.uri,
-                    format!("{key}: '{v}' is not on/off"),
-                )),
-            })
-            .transpose()
+        self.values
+            .take_bool(key)
+            .map_err(|e| uri_error(self.uri, e))
     }
 
     /// `block_size=N`: a power of two from 512 to 64 KiB, as NVMe LBA formats allow.
@@ -103,7 +92,7 @@ impl<'a> Params<'a> {
 
     /// `class=nvme|ssd|hdd`: overrides what the backend would report.
     pub fn take_class(&mut self) -> Result<Option<DeviceClass>, NvmeError> {
-        self.take("class")
+        self.take_str("class")
             .map(|v| {
                 DeviceClass::parse(v).ok_or_else(|| {
                     NvmeError::uri(
@@ -117,14 +106,13 @@ impl<'a> Params<'a> {
 
     /// Fails on any parameter the backend did not read.
     pub fn finish(self) -> Result<(), NvmeError> {
-        match self.pairs.first() {
-            None => Ok(()),
-            Some((key, _)) => Err(NvmeError::uri(
-                self.uri,
-                format!("unknown parameter '{key}'"),
-            )),
-        }
+        self.values.finish().map_err(|e| uri_error(self.uri, e))
     }
+}
+
+/// An option list's error as the URI's.
+pub fn uri_error(uri: &str, error: OptionsError) -> NvmeError {
+    NvmeError::uri(uri, error.to_string())
 }
 
 /// Parses a namespace size written in the URI body (`mem:256M`), which must be a whole, non-zero

@@ -15,6 +15,8 @@
 //! for a backoff to expire.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod timer;
 
@@ -46,6 +48,8 @@ pub enum Poll {
 
 /// Something the reactor calls on every loop iteration.
 pub trait Poller {
+    /// Does whatever work is ready without blocking, on the reactor's thread, once per loop
+    /// iteration; [`Poll::Done`] drops the poller.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll;
 }
 
@@ -58,7 +62,10 @@ impl<F: FnMut(&mut Context<'_>) -> Poll> Poller for F {
 /// What a periodic timer's callback wants next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimerAction {
+    /// Fire again at the next multiple of the period after the first deadline (periods
+    /// missed in a stall are skipped, not made up).
     Continue,
+    /// Fire no more: the timer is dropped.
     Cancel,
 }
 
@@ -80,10 +87,12 @@ impl Default for IdlePolicy {
     }
 }
 
+/// What [`Reactors::start`] starts: which CPUs, how reactors wait when idle, mailbox sizes.
 #[derive(Clone, Debug)]
 pub struct ReactorConfig {
     /// One reactor per entry, pinned to that CPU.
     pub cpus: Vec<usize>,
+    /// How each reactor waits when it finds no work.
     pub idle: IdlePolicy,
     /// Capacity of each mailbox queue.
     pub mailbox_capacity: usize,
@@ -92,6 +101,8 @@ pub struct ReactorConfig {
 }
 
 impl ReactorConfig {
+    /// One pinned reactor per CPU in `cpus`, the default idle policy, mailboxes of 1024
+    /// messages.
     pub fn new(cpus: Vec<usize>) -> ReactorConfig {
         ReactorConfig {
             cpus,
@@ -102,25 +113,56 @@ impl ReactorConfig {
     }
 }
 
+/// Why reactors could not start, or a message could not be sent to one.
 #[derive(Debug, thiserror::Error)]
 pub enum ReactorError {
+    /// `ReactorConfig::cpus` is empty.
     #[error("no cpus given for reactors")]
     NoCpus,
+    /// A CPU appears twice in `ReactorConfig::cpus`.
     #[error("cpu {cpu} is listed twice")]
-    DuplicateCpu { cpu: usize },
+    DuplicateCpu {
+        /// The CPU listed twice.
+        cpu: usize,
+    },
+    /// With pinning on, a CPU outside this process's affinity mask.
     #[error("cpu {cpu} is not available to this process (available: {available})")]
-    CpuUnavailable { cpu: usize, available: String },
+    CpuUnavailable {
+        /// The first such CPU in `ReactorConfig::cpus`.
+        cpu: usize,
+        /// The CPUs the process may run on, comma-separated.
+        available: String,
+    },
+    /// Pinning a reactor thread to its CPU failed; the reactors already started are stopped.
     #[error("could not pin a reactor thread to cpu {cpu}")]
-    PinFailed { cpu: usize },
+    PinFailed {
+        /// The CPU.
+        cpu: usize,
+    },
+    /// The OS would not start a reactor thread; the reactors already started are stopped.
     #[error("could not start a reactor thread: {source}")]
     Spawn {
+        /// The OS's error.
         #[source]
         source: std::io::Error,
     },
+    /// A message for a reactor index that does not exist.
     #[error("reactor {index} does not exist ({count} reactors)")]
-    NoSuchReactor { index: usize, count: usize },
+    NoSuchReactor {
+        /// The index asked for.
+        index: usize,
+        /// How many reactors there are (indices are `0..count`).
+        count: usize,
+    },
+    /// The inbox of reactor `index` already holds `mailbox_capacity` messages: the message was
+    /// not queued (`send_boxed` hands it back).
     #[error("mailbox of reactor {index} is full")]
-    MailboxFull { index: usize },
+    MailboxFull {
+        /// The reactor whose inbox is full.
+        index: usize,
+    },
+    /// The reactors were asked to stop (or one exited while starting): nothing more is
+    /// delivered.
     #[error("reactors are stopping")]
     Stopped,
 }
@@ -128,23 +170,30 @@ pub enum ReactorError {
 /// Counters one reactor keeps; returned when it stops.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReactorStats {
+    /// The reactor's index: its position in `ReactorConfig::cpus`.
     pub index: usize,
+    /// The CPU it was configured for.
     pub cpu: usize,
     /// Loop iterations.
     pub iterations: u64,
     /// Iterations in which a poller, message or timer did work.
     pub busy_iterations: u64,
+    /// Iterations that found nothing to do.
     pub idle_iterations: u64,
     /// Times the reactor parked its thread.
     pub sleeps: u64,
+    /// Messages delivered to it, from other reactors and other threads.
     pub messages: u64,
+    /// Timer callbacks run (each firing of a periodic timer counts).
     pub timers_fired: u64,
     /// Time spent in busy iterations, and the reactor's whole life (busy share = busy / total).
     pub busy_ns: u64,
+    /// The reactor's whole life in wall-clock ns, from start to stop, time parked included.
     pub total_ns: u64,
 }
 
 impl ReactorStats {
+    /// The share of its life the reactor spent in busy iterations, in 0..=1 (0 before it ran).
     pub fn busy_fraction(&self) -> f64 {
         if self.total_ns == 0 {
             0.0
@@ -190,10 +239,12 @@ pub struct ReactorHandle {
 }
 
 impl ReactorHandle {
+    /// How many reactors there are: indices are `0..len`.
     pub fn len(&self) -> usize {
         self.shared.count
     }
 
+    /// Whether there are no reactors (never, for a set that started).
     pub fn is_empty(&self) -> bool {
         self.shared.count == 0
     }
@@ -309,10 +360,12 @@ impl Reactors {
         Ok(reactors)
     }
 
+    /// How many reactors run: indices are `0..len`.
     pub fn len(&self) -> usize {
         self.shared.count
     }
 
+    /// Whether there are no reactors (never, for a set that started).
     pub fn is_empty(&self) -> bool {
         self.shared.count == 0
     }
@@ -438,10 +491,13 @@ impl Context<'_> {
         self.core.index
     }
 
+    /// The CPU this reactor was configured for (and pinned to, unless `ReactorConfig::pin` is
+    /// off).
     pub fn cpu(&self) -> usize {
         self.core.cpu
     }
 
+    /// How many reactors the set has: the indices [`send`](Self::send) takes are `0..count`.
     pub fn reactor_count(&self) -> usize {
         self.core.shared.count
     }

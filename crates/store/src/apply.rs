@@ -6,7 +6,7 @@
 //! failing op (ENOENT, ENOSPC, a read error while padding a partial block, ...) throws the
 //! copies away and gives back the space taken so far, so a failed transaction changes nothing.
 //!
-//! The write path (DESIGN §4):
+//! The write path (docs/store.md):
 //! - an overwrite shorter than `prefer_deferred_size` of space that is allocated and not shared
 //!   is *deferred*: padded to checksum blocks, put in the kv batch as a journal record, and
 //!   applied in place after commit;
@@ -135,6 +135,11 @@ impl Shard {
             Some(c) => (c.cid, c.exists),
             None => (0, false),
         };
+        // Every op checks the collection, so only a transaction without ops could reach the
+        // pipeline naming one that does not exist (and the shard has no state for it).
+        if ops.is_empty() && !exists {
+            return Err(StoreError::NoSuchCollection { coll: coll.into() });
+        }
         let mut t = Txn {
             id,
             cid,

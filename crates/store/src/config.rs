@@ -28,8 +28,16 @@ use bluepoll_nvme::DeviceClass;
 /// The device URIs a store is made of.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceUris {
+    /// The main device (`[devices] slow`), as [`Device::open`](bluepoll_nvme::Device::open)
+    /// takes it: object data, BlueFS's spillover, and BlueFS's DB area when `db` is None.
+    /// Required (empty: none given).
     pub slow: String,
+    /// A device of its own for RocksDB's tables (BlueFS's DB device); None: a DB area of
+    /// `db_size` bytes at the start of the main device. Must be given at every mount of a
+    /// store made with one, and never for one made without.
     pub db: Option<String>,
+    /// A device of its own for RocksDB's WAL and BlueFS's log; None: they live with the
+    /// tables.
     pub wal: Option<String>,
 }
 
@@ -81,7 +89,10 @@ pub struct StoreConfig {
     /// when each reactor has a CPU to itself; shorter when reactors share CPUs with the kv-sync
     /// and RocksDB threads.
     pub idle_spin: Duration,
+    /// How BlueFS, the filesystem under RocksDB, is made and run (its allocation units, log
+    /// and read cache); the TOML file sets only `bluefs_read_cache_bytes`.
     pub bluefs: BlueFsConfig,
+    /// How RocksDB is opened; the TOML file sets only `kv_write_buffer_size`.
     pub kv: KvConfig,
 }
 
@@ -132,6 +143,8 @@ impl StoreConfig {
         })
     }
 
+    /// The throttle cost of one data I/O on a data device of `class`: `throttle_cost_per_io`,
+    /// or 670000 on an HDD and 4000 otherwise (BlueStore's figures) when None.
     pub fn cost_per_io_for(&self, class: DeviceClass) -> u64 {
         self.throttle_cost_per_io.unwrap_or(match class {
             DeviceClass::Hdd => 670_000,
@@ -139,12 +152,17 @@ impl StoreConfig {
         })
     }
 
+    /// Bytes of the DB area mkfs carves from a main device of `device_bytes` when there is no
+    /// DB device: `db_size`, or 1/16 of the device between 64 MiB and 16 GiB when None; rounded
+    /// up to a MiB.
     pub fn db_size_for(&self, device_bytes: u64) -> u64 {
         self.db_size
             .unwrap_or_else(|| (device_bytes / 16).clamp(64 << 20, 16 << 30))
             .next_multiple_of(1 << 20)
     }
 
+    /// Bytes of a main device of `device_bytes` kept free for BlueFS: `bluefs_reserve`, or 1/32
+    /// of the device between 16 MiB and 4 GiB when None.
     pub fn bluefs_reserve_for(&self, device_bytes: u64) -> u64 {
         self.bluefs_reserve
             .unwrap_or_else(|| (device_bytes / 32).clamp(16 << 20, 4 << 30))
@@ -340,7 +358,8 @@ fn ratio_value(key: &str, value: &toml::Value) -> Result<f64> {
     }
 }
 
-/// `[0, 1]` or `"0-3"` / `"0,2"`.
+/// The CPUs of a `cpus` value: an array of CPU numbers (`[0, 1]`) or a string in the list
+/// format of [`parse_cpu_list`] (`"0-3"`, `"0,2"`).
 pub fn cpus_value(value: &toml::Value) -> Result<Vec<usize>> {
     match value {
         toml::Value::Array(items) => items
@@ -363,7 +382,8 @@ pub fn cpus_value(value: &toml::Value) -> Result<Vec<usize>> {
 /// (`0-99999999999`) can make the parser allocate.
 const MAX_LISTED_CPUS: usize = 8192;
 
-/// `0,2-3` → [0, 2, 3].
+/// Parses a CPU list in Linux's format, numbers and inclusive ranges separated by commas:
+/// `0,2-3` → [0, 2, 3]. An empty list, a backwards range, or more than 8192 CPUs is an error.
 pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>> {
     let mut out = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {

@@ -29,50 +29,94 @@ use bluepoll_bluefs::Uuid;
 /// The format this code writes; it reads only this one so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FormatVersion {
+    /// Version 1, the first: every structure in this file as described here.
     V1 = 1,
 }
 
 impl FormatVersion {
+    /// The version this code writes.
     pub const CURRENT: FormatVersion = FormatVersion::V1;
 
+    /// The version a value's first byte names; None for one this code does not know.
     pub fn from_u8(v: u8) -> Option<FormatVersion> {
         (v == 1).then_some(FormatVersion::V1)
     }
 }
 
+/// `S name`: the store's own records ([`SUPER_KEY`], [`OMAP_MAX_KEY`]).
 pub const PREFIX_SUPER: u8 = b'S';
+/// `C name`: a collection, its value its id ([`coll_key`]).
 pub const PREFIX_COLL: u8 = b'C';
+/// `O cid name`: an object's onode ([`onode_key`]).
 pub const PREFIX_ONODE: u8 = b'O';
+/// `X cid esc(name) 00 index`: one shard of an object's extent map ([`shard_key`]).
 pub const PREFIX_SHARD: u8 = b'X';
+/// `M omap 00` / `M omap 01 key`: an omap's header and entries ([`omap_header_key`],
+/// [`omap_entry_key`]).
 pub const PREFIX_OMAP: u8 = b'M';
+/// `F group`: the freelist bits of 1024 allocation units ([`freelist_key`]).
 pub const PREFIX_FREELIST: u8 = b'F';
+/// `R unit`: the extra references of a shared allocation unit ([`refs_key`]).
 pub const PREFIX_REFS: u8 = b'R';
+/// `D seq`: a deferred write waiting to be applied in place ([`deferred_key`]).
 pub const PREFIX_DEFERRED: u8 = b'D';
 
 /// Allocation units one freelist key covers (16 lanes of 64 bits).
 pub const FREELIST_UNITS_PER_KEY: u64 = 1024;
+/// Little-endian u64 lanes in a freelist value: lane `i`, bit `b` is unit
+/// `group * 1024 + 64 * i + b`.
 pub const FREELIST_LANES: usize = 16;
 
 /// A collection's id in keys.
 pub type CollId = u32;
 
-/// Why a stored structure could not be decoded.
+/// Why a stored structure could not be decoded. Every variant names the structure (`what`:
+/// "store label", "onode", "extent shard", ...); as a [`StoreError`] it becomes
+/// [`StoreError::Corrupt`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FormatError {
+    /// The stored crc32c does not match the bytes: the structure was damaged.
     #[error("{what}: checksum mismatch (stored {expected:#010x}, computed {actual:#010x})")]
     ChecksumMismatch {
+        /// The structure.
         what: &'static str,
+        /// The crc32c stored with the structure.
         expected: u32,
+        /// The crc32c of the bytes read.
         actual: u32,
     },
+    /// The structure ends before its fields do.
     #[error("{what}: {len} bytes is too short")]
-    Truncated { what: &'static str, len: usize },
+    Truncated {
+        /// The structure.
+        what: &'static str,
+        /// Bytes it has (the whole value or block, crc included).
+        len: usize,
+    },
+    /// The structure is of a format version this code does not know.
     #[error("{what}: unknown format version {version}")]
-    Version { what: &'static str, version: u8 },
+    Version {
+        /// The structure.
+        what: &'static str,
+        /// The version found (a label's 16-bit version capped at 255).
+        version: u8,
+    },
+    /// The label block does not start with [`LABEL_MAGIC`]: not a store's main device.
     #[error("{what}: bad magic")]
-    Magic { what: &'static str },
+    Magic {
+        /// The structure.
+        what: &'static str,
+    },
+    /// The structure checks out but a field in it cannot be right: bytes left over, a name that
+    /// is not UTF-8, a size that is not a power of two, an extent length that is not a
+    /// multiple of the checksum block, a key of the wrong shape.
     #[error("{what}: {reason}")]
-    Invalid { what: &'static str, reason: String },
+    Invalid {
+        /// The structure.
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl From<FormatError> for StoreError {
@@ -91,27 +135,33 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// A value with the version byte written, with room for `capacity` bytes of fields.
     pub fn new(capacity: usize) -> Encoder {
         let mut buf = Vec::with_capacity(capacity + 5);
         buf.push(FormatVersion::CURRENT as u8);
         Encoder { buf }
     }
+    /// Appends a byte.
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.buf.push(v);
         self
     }
+    /// Appends a little-endian u16.
     pub fn u16(&mut self, v: u16) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
+    /// Appends a little-endian u32.
     pub fn u32(&mut self, v: u32) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
+    /// Appends a little-endian u64.
     pub fn u64(&mut self, v: u64) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
+    /// Appends bytes as they are, without a length (the reader must know it).
     pub fn raw(&mut self, v: &[u8]) -> &mut Self {
         self.buf.extend_from_slice(v);
         self
@@ -120,6 +170,7 @@ impl Encoder {
     pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
         self.u32(v.len() as u32).raw(v)
     }
+    /// Appends the crc32c (little-endian) of every byte so far and returns the value.
     pub fn finish(mut self) -> Vec<u8> {
         let crc = crc32c::crc32c(&self.buf);
         self.buf.extend_from_slice(&crc.to_le_bytes());
@@ -135,6 +186,10 @@ pub struct Decoder<'a> {
 }
 
 impl<'a> Decoder<'a> {
+    /// Checks `value` — at least a version byte and a crc ([`FormatError::Truncated`]), the
+    /// crc32c of the rest ([`FormatError::ChecksumMismatch`]), a known version
+    /// ([`FormatError::Version`]) — and starts reading after the version byte. `what` names the
+    /// structure in errors.
     pub fn new(what: &'static str, value: &'a [u8]) -> Result<Decoder<'a>, FormatError> {
         if value.len() < 5 {
             return Err(FormatError::Truncated {
@@ -177,25 +232,33 @@ impl<'a> Decoder<'a> {
         self.pos = end;
         Ok(out)
     }
+    /// The next byte ([`FormatError::Truncated`] past the fields, here and below).
     pub fn u8(&mut self) -> Result<u8, FormatError> {
         Ok(self.take(1)?[0])
     }
+    /// The next little-endian u16.
     pub fn u16(&mut self) -> Result<u16, FormatError> {
         Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
     }
+    /// The next little-endian u32.
     pub fn u32(&mut self) -> Result<u32, FormatError> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
     }
+    /// The next little-endian u64.
     pub fn u64(&mut self) -> Result<u64, FormatError> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
     }
+    /// The next `n` bytes.
     pub fn raw(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
         self.take(n)
     }
+    /// A u32 length, then that many bytes (what [`Encoder::bytes`] wrote).
     pub fn bytes(&mut self) -> Result<&'a [u8], FormatError> {
         let n = self.u32()? as usize;
         self.take(n)
     }
+    /// A [`FormatError::Invalid`] naming this decoder's structure, for a field that decoded but
+    /// cannot be right.
     pub fn invalid(&self, reason: impl Into<String>) -> FormatError {
         FormatError::Invalid {
             what: self.what,
@@ -214,7 +277,10 @@ impl<'a> Decoder<'a> {
 
 // ---- the main device's label -------------------------------------------------------------
 
+/// The first 8 bytes of a store label.
 pub const LABEL_MAGIC: &[u8; 8] = b"BPSTLABL";
+/// Bytes of the label; mkfs writes it padded with zeroes to the device's block size when that
+/// is larger.
 pub const LABEL_SIZE: usize = 4096;
 
 /// Block 0 of the main device: who it belongs to and where things are on it.
@@ -237,13 +303,23 @@ pub const LABEL_SIZE: usize = 4096;
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Label {
+    /// The store's uuid (the kv superblock's must match).
     pub fsid: Uuid,
+    /// Bytes of the main device the store uses: its size at mkfs, or at the last expand.
     pub device_size: u64,
+    /// When mkfs made the store, in nanoseconds since the Unix epoch.
     pub created_ns: u64,
+    /// Byte offset of BlueFS's DB area inside this device; 0 when the store has a DB device of
+    /// its own.
     pub db_offset: u64,
+    /// Bytes of that DB area; 0 when the store has a DB device of its own.
     pub db_len: u64,
+    /// The first byte the store allocates (after the label, and the DB area if any), a
+    /// multiple of `min_alloc_size`.
     pub data_start: u64,
+    /// The allocation unit, in bytes: a power of two.
     pub min_alloc_size: u32,
+    /// Bytes per data checksum: a power of two, at most `min_alloc_size`.
     pub csum_block: u32,
 }
 
@@ -266,6 +342,7 @@ fn label_crc(block: &[u8]) -> u32 {
     crc32c::crc32c_append(crc, &block[L_FSID..])
 }
 
+/// The label's 4096-byte block (the diagram on [`Label`]), crc filled in.
 pub fn encode_label(l: &Label) -> Vec<u8> {
     let mut b = vec![0u8; LABEL_SIZE];
     b[L_MAGIC..L_VERSION].copy_from_slice(LABEL_MAGIC);
@@ -283,6 +360,11 @@ pub fn encode_label(l: &Label) -> Vec<u8> {
     b
 }
 
+/// Decodes a label from a block read at offset 0 (its first 4096 bytes). Checks, in order, the
+/// length ([`FormatError::Truncated`]), the magic ([`FormatError::Magic`]), the crc
+/// ([`FormatError::ChecksumMismatch`]), the version ([`FormatError::Version`]), and that the
+/// checksum block and allocation unit are powers of two with the checksum block no larger
+/// ([`FormatError::Invalid`]).
 pub fn decode_label(b: &[u8]) -> Result<Label, FormatError> {
     let what = "store label";
     if b.len() < LABEL_SIZE {
@@ -351,7 +433,10 @@ fn check_sizes(what: &'static str, sizes: &[(&str, u32)]) -> Result<(), FormatEr
 
 // ---- store records ------------------------------------------------------------------------
 
+/// The key of the store's [`Superblock`], written by mkfs.
 pub const SUPER_KEY: &[u8] = b"Ssuper";
+/// The key of the omap-id high-water mark: omap ids below its value may be in use, so the
+/// next mount hands out ids from there ([`encode_u64_record`]).
 pub const OMAP_MAX_KEY: &[u8] = b"Somap_max";
 
 /// The store's record in the kv (`S super`): must agree with the label.
@@ -362,13 +447,20 @@ pub const OMAP_MAX_KEY: &[u8] = b"Somap_max";
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Superblock {
+    /// The store's uuid: the label's.
     pub fsid: Uuid,
+    /// The allocation unit in bytes: the label's.
     pub min_alloc_size: u32,
+    /// Bytes per data checksum: the label's.
     pub csum_block: u32,
+    /// Object bytes one extent-map shard covers (`extent_shard_span` at mkfs): a power of two,
+    /// at least `min_alloc_size`.
     pub shard_span: u32,
+    /// When mkfs made the store, in nanoseconds since the Unix epoch: the label's.
     pub created_ns: u64,
 }
 
+/// The value of [`SUPER_KEY`].
 pub fn encode_superblock(s: &Superblock) -> Vec<u8> {
     let mut e = Encoder::new(40);
     e.raw(&s.fsid)
@@ -379,6 +471,9 @@ pub fn encode_superblock(s: &Superblock) -> Vec<u8> {
     e.finish()
 }
 
+/// Decodes the value of [`SUPER_KEY`], and checks that checksum block, allocation unit and
+/// extent shard span are powers of two, each no larger than the next
+/// ([`FormatError::Invalid`]). Agreement with the label is mount's to check.
 pub fn decode_superblock(v: &[u8]) -> Result<Superblock, FormatError> {
     let mut d = Decoder::new("store superblock", v)?;
     let s = Superblock {
@@ -407,6 +502,7 @@ pub fn encode_u64_record(v: u64) -> Vec<u8> {
     e.finish()
 }
 
+/// Decodes a value [`encode_u64_record`] made; `what` names the record in errors.
 pub fn decode_u64_record(what: &'static str, v: &[u8]) -> Result<u64, FormatError> {
     let mut d = Decoder::new(what, v)?;
     let x = d.u64()?;
@@ -416,6 +512,7 @@ pub fn decode_u64_record(what: &'static str, v: &[u8]) -> Result<u64, FormatErro
 
 // ---- collections ----------------------------------------------------------------------------
 
+/// `C name`: the key of collection `name`'s record.
 pub fn coll_key(name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + name.len());
     k.push(PREFIX_COLL);
@@ -430,6 +527,7 @@ pub fn encode_coll(cid: CollId) -> Vec<u8> {
     e.finish()
 }
 
+/// Decodes a collection record: the collection's id.
 pub fn decode_coll(v: &[u8]) -> Result<CollId, FormatError> {
     let mut d = Decoder::new("collection", v)?;
     let cid = d.u32()?;
@@ -439,12 +537,15 @@ pub fn decode_coll(v: &[u8]) -> Result<CollId, FormatError> {
 
 // ---- onodes ---------------------------------------------------------------------------------
 
+/// `O cid`: the start of every onode key of collection `cid`, so its objects are one key range
+/// in name order.
 pub fn onode_prefix(cid: CollId) -> [u8; 5] {
     let mut p = [PREFIX_ONODE, 0, 0, 0, 0];
     p[1..].copy_from_slice(&cid.to_be_bytes());
     p
 }
 
+/// `O cid name`: the key of object `name`'s onode in collection `cid`.
 pub fn onode_key(cid: CollId, name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(5 + name.len());
     k.extend_from_slice(&onode_prefix(cid));
@@ -486,6 +587,9 @@ pub fn shard_prefix(cid: CollId, name: &str) -> Vec<u8> {
     k
 }
 
+/// The key of extent-map shard `index` (object bytes `index * span ..`) of the object whose
+/// [`shard_prefix`] is `prefix`: the prefix, then the index big-endian, so shards sort by
+/// index.
 pub fn shard_key(prefix: &[u8], index: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + 4);
     k.extend_from_slice(prefix);
@@ -509,8 +613,11 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// Object metadata kept in its `O` key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OnodeRecord {
+    /// The object's size in bytes.
     pub size: u64,
+    /// The id of the object's omap (its keys are `M omap_id ...`); 0: it has none.
     pub omap_id: u64,
+    /// The object's attributes, by name.
     pub attrs: std::collections::BTreeMap<String, Vec<u8>>,
 }
 
@@ -531,6 +638,7 @@ pub fn encode_onode(o: &OnodeRecord) -> Vec<u8> {
     e.finish()
 }
 
+/// Decodes an onode value ([`encode_onode`]).
 pub fn decode_onode(v: &[u8]) -> Result<OnodeRecord, FormatError> {
     let mut d = Decoder::new("onode", v)?;
     let _flags = d.u8()?;
@@ -559,9 +667,13 @@ pub fn decode_onode(v: &[u8]) -> Result<OnodeRecord, FormatError> {
 /// the main device; `csums` holds one crc32c per checksum block.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExtentRecord {
+    /// Object offset of the mapping's first byte (stored relative to the shard's start).
     pub offset: u64,
+    /// Bytes mapped: whole allocation units, never crossing the shard's end.
     pub len: u32,
+    /// Byte offset on the main device where the mapping's bytes are.
     pub phys: u64,
+    /// One crc32c per checksum block of the mapping, in order (`len / csum_block` of them).
     pub csums: Vec<u32>,
 }
 
@@ -600,6 +712,9 @@ pub fn encode_shard_with<'a>(
     e.finish()
 }
 
+/// Decodes an extent-shard value ([`encode_shard`]) of the shard starting at object offset
+/// `shard_start`; every length must be a positive multiple of `csum_block`
+/// ([`FormatError::Invalid`]).
 pub fn decode_shard(
     v: &[u8],
     shard_start: u64,
@@ -637,6 +752,7 @@ pub fn decode_shard(
 
 // ---- omap -----------------------------------------------------------------------------------
 
+/// `M omap 00`: the key of an omap's header (its value the header's bytes as given).
 pub fn omap_header_key(omap_id: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(10);
     k.push(PREFIX_OMAP);
@@ -645,6 +761,7 @@ pub fn omap_header_key(omap_id: u64) -> Vec<u8> {
     k
 }
 
+/// `M omap 01`: the start of every entry key of an omap.
 pub fn omap_entry_prefix(omap_id: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(10);
     k.push(PREFIX_OMAP);
@@ -653,6 +770,8 @@ pub fn omap_entry_prefix(omap_id: u64) -> Vec<u8> {
     k
 }
 
+/// `M omap 01 key`: the kv key of the omap entry `key` (its value the entry's bytes as given);
+/// entries sort in key order.
 pub fn omap_entry_key(omap_id: u64, key: &[u8]) -> Vec<u8> {
     let mut k = omap_entry_prefix(omap_id);
     k.extend_from_slice(key);
@@ -669,12 +788,16 @@ pub fn omap_all(omap_id: u64) -> Vec<u8> {
 
 // ---- freelist and references ----------------------------------------------------------------
 
+/// `F group`: the key of the freelist bits of allocation units `group * 1024` to
+/// `group * 1024 + 1023`.
 pub fn freelist_key(group: u64) -> [u8; 9] {
     let mut k = [PREFIX_FREELIST, 0, 0, 0, 0, 0, 0, 0, 0];
     k[1..].copy_from_slice(&group.to_be_bytes());
     k
 }
 
+/// `R unit`: the key of the extra-reference count of allocation unit `unit` (device offset /
+/// allocation unit): one little-endian u64 lane, summed by the merge operator.
 pub fn refs_key(unit: u64) -> [u8; 9] {
     let mut k = [PREFIX_REFS, 0, 0, 0, 0, 0, 0, 0, 0];
     k[1..].copy_from_slice(&unit.to_be_bytes());
@@ -705,6 +828,8 @@ pub fn lanes_of(value: &[u8], lanes: usize) -> Vec<u64> {
 
 // ---- deferred writes ------------------------------------------------------------------------
 
+/// `D seq`: the key of the deferred writes of one transaction, by the store-wide sequence
+/// number it got when queued.
 pub fn deferred_key(seq: u64) -> [u8; 9] {
     let mut k = [PREFIX_DEFERRED, 0, 0, 0, 0, 0, 0, 0, 0];
     k[1..].copy_from_slice(&seq.to_be_bytes());
@@ -723,6 +848,7 @@ pub fn encode_deferred<'a>(writes: impl Iterator<Item = (u64, &'a [u8])> + Clone
     e.finish()
 }
 
+/// Decodes a deferred-write value ([`encode_deferred`]): (device offset, bytes) per write.
 pub fn decode_deferred(v: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, FormatError> {
     let mut d = Decoder::new("deferred write", v)?;
     let count = d.u32()?;

@@ -21,22 +21,31 @@ use bluepoll_kv::{KeyRange, WriteBatch};
 /// What fsck found (and, with repair, fixed).
 #[derive(Clone, Debug, Default)]
 pub struct FsckReport {
+    /// Collections whose record decoded.
     pub collections: u64,
+    /// Objects whose onode and extent map decoded, in an existing collection.
     pub objects: u64,
     /// Bytes of the main device mapped by objects (shared units once).
     pub referenced_bytes: u64,
     /// Bytes the freelist says are allocated.
     pub allocated_bytes: u64,
+    /// Bytes of the main device BlueFS holds (per its log).
     pub bluefs_bytes: u64,
+    /// Allocation units mapped by more than one object (clones).
     pub shared_units: u64,
+    /// Deferred writes a crash had left in the journal, applied (and deleted) before checking.
     pub deferred_replayed: u64,
     /// Bytes of object data read and verified (deep).
     pub verified_bytes: u64,
+    /// What is wrong, one message each (BlueFS's and RocksDB's findings included); at most the
+    /// first 1000. Empty: the store is consistent.
     pub errors: Vec<String>,
+    /// With `repair`: what was fixed, one message each (the errors stay listed above).
     pub repaired: Vec<String>,
 }
 
 impl FsckReport {
+    /// Whether fsck found nothing wrong (before any repair).
     pub fn is_clean(&self) -> bool {
         self.errors.is_empty()
     }
@@ -72,7 +81,23 @@ impl Bits {
     }
 }
 
-/// Checks the store on `devices` (not mounted elsewhere); see the module documentation.
+/// Checks the store on `devices`, which must not be mounted (they are claimed for the duration,
+/// EBUSY otherwise).
+///
+/// Checked: every record decodes; every extent lies in the data area, aligned, and overlaps
+/// neither BlueFS's space nor another object's unshared space; the space the freelist says is
+/// allocated equals the space objects map, and the recorded reference counts of shared units
+/// equal the mappings; no extent shard or omap is left without its object; BlueFS's own
+/// metadata. With `deep`, every byte of object data is read and checked against its checksums,
+/// and every block of RocksDB's tables against theirs.
+///
+/// With `repair`, what can be fixed without guessing is fixed in one synced RocksDB write:
+/// leaked space freed, space in use marked used, wrong reference counts set, orphaned extent
+/// shards and omaps deleted. Like mount, fsck first applies the deferred writes a crash left in
+/// the journal and deletes them, so it writes to the store even without `repair`.
+///
+/// An `Err` means the store could not be opened (no label, wrong devices, an unreadable
+/// superblock or freelist); everything found once it was open is in the report.
 pub fn fsck(
     devices: &StoreDevices,
     config: &StoreConfig,

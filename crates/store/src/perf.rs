@@ -7,6 +7,9 @@ use serde_json::{Value, json};
 use super::txc::TxcState;
 
 /// An HDR histogram of nanoseconds (or counts), 3 significant digits, saturating.
+///
+/// It tracks values from 1 to 3.6 × 10^12 (an hour in nanoseconds): 0 is recorded as 1, and a
+/// value past the top as the top.
 #[derive(Clone)]
 pub struct Histogram {
     hdr: Hdr<u64>,
@@ -27,18 +30,24 @@ impl Default for Histogram {
 }
 
 impl Histogram {
+    /// Adds one sample of `v`.
     pub fn record(&mut self, v: u64) {
         self.hdr.saturating_record(v.max(1));
     }
+    /// Adds every sample of `other` (the per-shard histograms are merged this way).
     pub fn merge(&mut self, other: &Histogram) {
         let _ = self.hdr.add(&other.hdr);
     }
+    /// How many samples were recorded.
     pub fn count(&self) -> u64 {
         self.hdr.len()
     }
+    /// The mean of the samples, in the unit they were recorded in (0 with none).
     pub fn mean(&self) -> f64 {
         self.hdr.mean()
     }
+    /// The value at percentile `p` (0 to 100: `99.9` is the 99.9th), to 3 significant digits;
+    /// 0 with no samples.
     pub fn percentile(&self, p: f64) -> u64 {
         if self.hdr.is_empty() {
             0
@@ -46,9 +55,11 @@ impl Histogram {
             self.hdr.value_at_quantile(p / 100.0)
         }
     }
+    /// The largest sample, to 3 significant digits.
     pub fn max(&self) -> u64 {
         self.hdr.max()
     }
+    /// `{"count", "mean", "p50", "p99", "p99.9", "max"}`, the mean rounded to a tenth.
     pub fn json(&self) -> Value {
         json!({
             "count": self.count(),
@@ -61,41 +72,83 @@ impl Histogram {
     }
 }
 
-/// What one shard counts.
+/// What one shard counts (or, from [`StoreHandle::perf`](crate::StoreHandle::perf), every shard
+/// added up). Counters count from the mount or the last
+/// [`reset_perf`](crate::StoreHandle::reset_perf); histograms hold nanoseconds.
 #[derive(Clone, Debug, Default)]
 pub struct ShardPerf {
+    /// Transactions that passed PREPARE (every operation applied) and went on to commit.
     pub txcs: u64,
+    /// Transactions refused at PREPARE because an operation failed (nothing of them applied).
+    /// Those refused because the store had already stopped taking changes are not counted.
     pub txc_errors: u64,
     /// Transactions refused at PREPARE for want of space (counted in `txc_errors` too).
     pub txc_enospc: u64,
+    /// Operations of the transactions counted in `txcs`.
     pub ops: u64,
+    /// Copy-on-write data write commands sent to the main device (one per 128 KiB or less of
+    /// newly allocated space).
     pub cow_writes: u64,
+    /// Bytes those commands wrote (whole allocation units: a partial unit is completed with
+    /// the object's bytes around the write).
     pub cow_bytes: u64,
+    /// Deferred writes journaled in commits: one per mapped stretch of a short overwrite,
+    /// applied in place after the commit.
     pub deferred_writes: u64,
+    /// Bytes of those writes (whole checksum blocks).
     pub deferred_bytes: u64,
+    /// Batches of deferred writes applied in place (each the waiting writes of several
+    /// transactions, the newest write of each block winning).
     pub deferred_batches: u64,
+    /// Reads PREPARE made and waited for: the old bytes that complete the partial blocks of a
+    /// write, and data a clone copies (one per stretch not found in a buffer).
     pub rmw_reads: u64,
+    /// Reads of existing objects (`read`, `read_async`).
     pub reads: u64,
+    /// Bytes those reads returned.
     pub read_bytes: u64,
+    /// Device read commands those reads sent (one per 128 KiB or less not found in a buffer).
     pub read_device_ios: u64,
+    /// Bytes of reads that fell in holes (unmapped ranges, zeroes without I/O), in whole
+    /// checksum blocks.
     pub read_hole_bytes: u64,
+    /// Bytes of reads served from buffers in memory (cached data, and data of transactions not
+    /// on the device yet).
     pub read_cache_bytes: u64,
+    /// Checksum blocks whose data did not match their checksum (in reads and in PREPARE's
+    /// reads).
     pub csum_errors: u64,
+    /// Commands on the shard's main-device queue pair (data writes, deferred writes, reads)
+    /// that completed with an error status.
     pub io_errors: u64,
+    /// Onode lookups that missed the cache and read the object's records from the kv (a
+    /// missing object included: it gets a negative entry).
     pub onode_loads: u64,
+    /// Onode lookups answered by the cache.
     pub onode_hits: u64,
+    /// Onodes evicted from the cache to bring it under `cache_bytes`.
     pub cache_trims: u64,
-    /// Gauges at the time of the snapshot: cache memory and onodes cached.
+    /// Gauge at the time of the snapshot: bytes the shard's cache holds (onodes and buffers).
     pub cache_bytes: u64,
+    /// Gauge at the time of the snapshot: onodes the shard's cache holds (negative entries
+    /// included).
     pub cache_onodes: u64,
-    /// Time spent in each TransContext state (index: `TxcState as usize`).
+    /// Time spent in each TransContext state (index: `TxcState as usize`), one sample each
+    /// time a transaction leaves the state. A transaction with deferred writes leaves
+    /// `DeferredQueued` twice: once when its batch starts, once when the batch lands.
     pub state_ns: [Histogram; TxcState::COUNT],
-    /// Queue to commit callback.
+    /// Queue to commit callback: from the moment a transaction was queued (after any throttle
+    /// wait) to the moment its shard learned the outcome of its commit, failed commits
+    /// included.
     pub commit_latency: Histogram,
+    /// Reads of at least one byte inside an existing object, from their start on the shard to
+    /// their answer (failed ones included).
     pub read_latency: Histogram,
 }
 
 impl ShardPerf {
+    /// Adds `o`'s counters, gauges and histograms to these (the store-wide view is the sum of
+    /// the shards').
     pub fn merge(&mut self, o: &ShardPerf) {
         self.txcs += o.txcs;
         self.txc_errors += o.txc_errors;
@@ -126,6 +179,9 @@ impl ShardPerf {
         self.read_latency.merge(&o.read_latency);
     }
 
+    /// The counters as JSON for `perf dump`: every counter under its field name, and the
+    /// histograms as `commit_latency_ns`, `read_latency_ns` and `state_latency_ns` (one per
+    /// state, by [`TxcState::name`]).
     pub fn json(&self) -> Value {
         let states: serde_json::Map<String, Value> = TxcState::ALL
             .iter()
@@ -161,13 +217,21 @@ impl ShardPerf {
     }
 }
 
-/// What the kv-sync thread counts.
+/// What the kv-sync thread counts: its batches (each one main-device flush, if needed, and one
+/// synced RocksDB write). Histograms of time hold nanoseconds.
 #[derive(Clone, Debug, Default)]
 pub struct KvSyncPerf {
+    /// Batches committed (or whose commit failed).
     pub batches: u64,
+    /// Items those batches carried: a transaction's metadata, or the cleanup of a
+    /// transaction's applied deferred writes (so a transaction with deferred writes counts
+    /// twice).
     pub txcs: u64,
+    /// Batches in which an item had written to the main device, so the commit asked for a
+    /// flush of it first (counted also where the device has no volatile cache and the flush
+    /// is skipped). `data_flushes` in JSON.
     pub flushes: u64,
-    /// Transactions per batch.
+    /// Items (as counted in `txcs`) per batch.
     pub batch_size: Histogram,
     /// Flush + synced RocksDB write, per batch.
     pub commit_latency: Histogram,
@@ -176,6 +240,8 @@ pub struct KvSyncPerf {
 }
 
 impl KvSyncPerf {
+    /// The counters as JSON for `perf dump` (`batches`, `txcs`, `data_flushes`, and the
+    /// histograms `txcs_per_batch`, `commit_latency_ns`, `queue_wait_ns`).
     pub fn json(&self) -> Value {
         json!({
             "batches": self.batches,

@@ -23,9 +23,12 @@ use bluepoll_nvme::{DmaBuf, Status};
 /// What `stat` reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectStat {
+    /// The object's size in bytes.
     pub size: u64,
     /// Bytes of the device mapped by the object (shared units count for each object).
     pub allocated: u64,
+    /// Whether the object has an omap: a header or an entry was set since it was made or its
+    /// omap last cleared (removing the entries one by one leaves an empty omap).
     pub has_omap: bool,
 }
 
@@ -34,6 +37,7 @@ pub struct ObjectStat {
 pub struct ObjectExtent {
     /// Offset in the object.
     pub offset: u64,
+    /// Bytes mapped (whole allocation units).
     pub length: u64,
     /// Byte offset on the main device.
     pub device_offset: u64,

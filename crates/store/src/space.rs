@@ -51,6 +51,7 @@ const FAILSAFE_SLACK: u64 = 1 << 20;
 /// How full the main device is, as the ratios see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fullness {
+    /// Below the nearfull ratio.
     Ok,
     /// Past the nearfull ratio: a warning, nothing refused.
     Nearfull,

@@ -23,23 +23,45 @@ use super::format::CollId;
 use super::kv_sync::KvOps;
 use super::perf::ShardPerf;
 
+/// A state of a transaction on its way through its shard (BlueStore's TransContext states),
+/// in the order they come; [`ShardPerf::state_ns`](crate::ShardPerf::state_ns) times each.
+/// Which states a transaction passes through depends on what it does: one without data writes
+/// skips `AioWait`, one without deferred writes the three `Deferred*` states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TxcState {
+    /// Its operations are being applied to the shard's in-memory objects and its data writes
+    /// and metadata changes built (from the moment it was queued).
     Prepare,
+    /// Its copy-on-write data writes are in flight on the main device.
     AioWait,
+    /// Its data has landed (or it had none); it waits for the earlier transactions of its
+    /// collection to reach this point, so they commit in order.
     IoDone,
+    /// Handed to the kv-sync thread, waiting for a batch to take it.
     KvQueued,
+    /// In the batch being committed: the main-device flush and the synced RocksDB write.
     KvSubmitted,
+    /// Durable (or failed): its commit callback has run, its throttle budget is returned.
     KvDone,
+    /// Its deferred writes wait to be applied in place with a batch, then are in flight.
     DeferredQueued,
+    /// Its deferred writes are on the device; the deletion of their journal record waits for
+    /// a commit.
     DeferredCleanup,
+    /// The journal record is deleted.
     DeferredDone,
+    /// Waiting for the earlier transactions of its collection to finish, after which the space
+    /// it freed goes back to the allocator (once no read that started before may still use
+    /// it).
     Finishing,
+    /// Finished; the shard forgets it.
     Done,
 }
 
 impl TxcState {
+    /// How many states there are.
     pub const COUNT: usize = 11;
+    /// Every state, in order (`ALL[s as usize] == s`).
     pub const ALL: [TxcState; TxcState::COUNT] = [
         TxcState::Prepare,
         TxcState::AioWait,
@@ -54,6 +76,8 @@ impl TxcState {
         TxcState::Done,
     ];
 
+    /// The state's name in snake case (`"aio_wait"`, `"kv_done"`, ...), as `perf dump` shows
+    /// it.
     pub fn name(self) -> &'static str {
         match self {
             TxcState::Prepare => "prepare",

@@ -1,4 +1,4 @@
-//! An NBD server exporting images (DESIGN §6): the fixed newstyle handshake (NBD_OPT_GO, _INFO,
+//! An NBD server exporting images (docs/image.md): the fixed newstyle handshake (NBD_OPT_GO, _INFO,
 //! _LIST, _EXPORT_NAME, _ABORT), then read, write, flush, trim and write-zeroes with simple
 //! replies.
 //!
@@ -14,7 +14,7 @@
 //! that runs its image's shard: reads and writes that cannot block start there, and replies
 //! leave from there, so a request crosses no thread between the socket and the store and the
 //! client's queue depth reaches the store (whose kv-sync thread then commits many writes per
-//! sync). The rest goes, in order, to the connection's thread (see [`transmit`]). A request the
+//! sync). The rest goes, in order, to the connection's thread (see `transmit`). A request the
 //! server cannot take (out of range, too long, unknown) gets an error reply and the connection
 //! goes on; a stream out of step (a bad request magic) is closed.
 //!
@@ -38,18 +38,32 @@ use bluepoll_base::sync::lock;
 use bluepoll_store::StoreHandle;
 use protocol::*;
 
+/// Why the server, or one of its connections, stopped.
 #[derive(Debug, Error)]
 pub enum NbdError {
+    /// A socket or thread call failed: binding or accepting, reading from or writing to a
+    /// client (a client that goes away mid-request ends its connection with this), starting a
+    /// thread.
     #[error("{what}: {source}")]
     Io {
+        /// What the server was doing, e.g. "reading from the client".
         what: &'static str,
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
+    /// Opening or listing the images to export failed ([`NbdServer::bind`]).
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// The client broke the protocol in a way that ends the connection: no fixed newstyle,
+    /// an option without its magic or too long, `NBD_OPT_EXPORT_NAME` for an unknown export, a
+    /// request with a bad magic, a write larger than [`protocol::MAX_PAYLOAD`]; or the store's
+    /// reactor would not take the connection.
     #[error("protocol: {reason}")]
-    Protocol { reason: String },
+    Protocol {
+        /// What the client sent, or what failed, for a person to read.
+        reason: String,
+    },
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> NbdError {
@@ -78,8 +92,14 @@ const TRANSMISSION_FLAGS: u16 = TFLAG_HAS_FLAGS
 /// Counters of a server.
 #[derive(Debug, Default)]
 pub struct ServerStats {
+    /// Connections accepted since the server started.
     pub connections: AtomicU64,
+    /// Transmission requests taken from clients (every command, NBD_CMD_DISC included).
     pub requests: AtomicU64,
+    /// Requests answered with an error there and then: out of range, unknown commands, reads
+    /// and writes the image would not queue, trims and write-zeroes that failed. A queued read
+    /// or write that fails later, and a failed flush, are answered with their error but not
+    /// counted here.
     pub errors: AtomicU64,
 }
 
@@ -114,12 +134,14 @@ impl NbdServer {
         })
     }
 
+    /// The address the server listens on (with the port picked, when it was bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
     }
 
+    /// The names of the exported images, in order: what NBD_OPT_LIST answers.
     pub fn exports(&self) -> Vec<String> {
         self.exports.keys().cloned().collect()
     }
@@ -129,6 +151,7 @@ impl NbdServer {
         Arc::clone(&self.stop)
     }
 
+    /// The server's counters, shared: they keep counting while the server runs.
     pub fn stats(&self) -> Arc<ServerStats> {
         Arc::clone(&self.stats)
     }

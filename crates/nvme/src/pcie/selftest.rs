@@ -29,9 +29,13 @@ const MIB: u64 = 1024 * KIB;
 /// A byte range of the namespace with a pattern seed.
 #[derive(Clone, Copy, Debug)]
 pub struct Region {
+    /// What the region exercises, as reports name it.
     pub name: &'static str,
+    /// Namespace byte offset of its first byte; a multiple of 1 MiB.
     pub offset: u64,
+    /// Length in bytes; whole 4 KiB blocks.
     pub len: u64,
+    /// Seed of its content ([`fill_pattern`]).
     pub seed: u64,
 }
 
@@ -130,24 +134,32 @@ fn first_mismatch(seed: u64, offset: u64, actual: &[u8]) -> Option<u64> {
         .map(|i| offset + i as u64)
 }
 
+/// How one check ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// The device did what the check expects.
     Pass,
+    /// It did not; the check's detail says what was seen.
     Fail,
     /// The device lacks what the check needs (an optional command).
     Skip,
 }
 
+/// One check's result.
 #[derive(Clone, Debug)]
 pub struct Check {
+    /// What was checked.
     pub name: String,
+    /// How it ended.
     pub outcome: Outcome,
+    /// What was measured on a pass, what went wrong on a failure, why it was skipped.
     pub detail: String,
 }
 
 /// The result of a run: one line per check.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
+    /// In the order they ran.
     pub checks: Vec<Check>,
 }
 
@@ -172,6 +184,7 @@ impl Report {
         });
     }
 
+    /// How many checks ended with `outcome`; a run passed when `count(Outcome::Fail)` is 0.
     pub fn count(&self, outcome: Outcome) -> usize {
         self.checks.iter().filter(|c| c.outcome == outcome).count()
     }
@@ -195,8 +208,11 @@ impl Report {
 /// What the controller should report, when the caller knows (the QEMU command line).
 #[derive(Clone, Debug, Default)]
 pub struct Expectations {
+    /// The controller's serial number, compared exactly; `None` accepts any.
     pub serial: Option<String>,
+    /// Namespace size in bytes; `None` accepts any.
     pub capacity_bytes: Option<u64>,
+    /// Logical block size in bytes; `None` accepts any.
     pub block_size: Option<u32>,
 }
 

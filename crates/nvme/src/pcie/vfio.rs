@@ -115,7 +115,10 @@ fn os_error(addr: &str, what: &str, err: io::Error) -> NvmeError {
 /// `arg` must be what `request` expects: a pointer to a live, correctly laid out struct of the
 /// right size (with `argsz` filled in), or an integer for requests that take one.
 unsafe fn ioctl(fd: &impl AsRawFd, request: u64, arg: libc::c_ulong) -> io::Result<libc::c_int> {
-    // SAFETY: forwarded to the caller's contract.
+    // SAFETY: `fd` is borrowed, so the descriptor stays open for the call. The kernel reads or
+    // writes memory only through `arg`, and this function's contract has the caller pass what
+    // `request` expects: an integer, or a pointer to a live #[repr(C)] struct of the request's
+    // layout (argsz filled in) that the caller keeps borrowed until we return.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, arg) };
     if rc < 0 {
         Err(io::Error::last_os_error())
@@ -208,7 +211,8 @@ impl VfioDevice {
 
         let container = open_rw("/dev/vfio/vfio")
             .map_err(|e| os_error(addr, "open /dev/vfio/vfio (is the vfio module loaded?)", e))?;
-        // SAFETY: VFIO_GET_API_VERSION takes no argument.
+        // SAFETY: VFIO_GET_API_VERSION ignores its argument, so 0 passes no memory; `container`
+        // is an open VFIO container.
         let version = unsafe { ioctl(&container, VFIO_GET_API_VERSION, 0) }
             .map_err(|e| os_error(addr, "VFIO_GET_API_VERSION", e))?;
         if version != VFIO_API_VERSION {
@@ -217,7 +221,8 @@ impl VfioDevice {
                 format!("kernel VFIO API version {version}, expected {VFIO_API_VERSION}"),
             ));
         }
-        // SAFETY: VFIO_CHECK_EXTENSION takes the extension number by value.
+        // SAFETY: VFIO_CHECK_EXTENSION takes the extension number by value and touches no
+        // memory of ours; `container` is open for the closure's whole use.
         let has = |ext| unsafe { ioctl(&container, VFIO_CHECK_EXTENSION, ext) }.unwrap_or(0) > 0;
         let iommu_type = if has(VFIO_TYPE1V2_IOMMU) {
             VFIO_TYPE1V2_IOMMU
@@ -243,7 +248,9 @@ impl VfioDevice {
             argsz: std::mem::size_of::<GroupStatus>() as u32,
             ..GroupStatus::default()
         };
-        // SAFETY: VFIO_GROUP_GET_STATUS fills a vfio_group_status whose argsz we set.
+        // SAFETY: VFIO_GROUP_GET_STATUS writes a struct vfio_group_status, which GroupStatus
+        // (#[repr(C)], two u32) matches; `status` is a local, exclusively borrowed for the call,
+        // and its argsz is its own size, so the kernel writes no further.
         unsafe {
             ioctl(
                 &group,
@@ -263,7 +270,8 @@ impl VfioDevice {
             ));
         }
         let container_fd: libc::c_int = container.as_raw_fd();
-        // SAFETY: VFIO_GROUP_SET_CONTAINER reads an int holding the container fd.
+        // SAFETY: VFIO_GROUP_SET_CONTAINER reads one int through the pointer; `container_fd` is a
+        // local that lives through the call, holding the fd of the open `container`.
         unsafe {
             ioctl(
                 &group,
@@ -272,13 +280,14 @@ impl VfioDevice {
             )
         }
         .map_err(|e| os_error(addr, "VFIO_GROUP_SET_CONTAINER", e))?;
-        // SAFETY: VFIO_SET_IOMMU takes the IOMMU type by value.
+        // SAFETY: VFIO_SET_IOMMU takes the IOMMU type by value and touches no memory of ours.
         unsafe { ioctl(&container, VFIO_SET_IOMMU, iommu_type) }
             .map_err(|e| os_error(addr, "VFIO_SET_IOMMU", e))?;
 
         let name = CString::new(addr).map_err(|_| vfio_error(addr, "bad PCI address"))?;
-        // SAFETY: VFIO_GROUP_GET_DEVICE_FD reads a NUL-terminated device name; `name` outlives
-        // the call.
+        // SAFETY: VFIO_GROUP_GET_DEVICE_FD only reads a NUL-terminated device name through the
+        // pointer; `name` is a CString (so NUL-terminated, no interior NUL) that outlives the
+        // call.
         let fd = unsafe {
             ioctl(
                 &group,
@@ -287,7 +296,8 @@ impl VfioDevice {
             )
         }
         .map_err(|e| os_error(addr, "VFIO_GROUP_GET_DEVICE_FD", e))?;
-        // SAFETY: the ioctl returned a new file descriptor that nothing else owns.
+        // SAFETY: a successful VFIO_GROUP_GET_DEVICE_FD returns a new, open file descriptor (the
+        // error case was mapped to Err above), which nothing else owns or will close.
         let device = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
 
         let config = region_info(addr, &device, VFIO_PCI_CONFIG_REGION_INDEX)?;
@@ -320,7 +330,9 @@ impl VfioDevice {
     /// Function-level reset through VFIO, when the device offers one. Clears whatever state a
     /// previous owner left; the controller reset that follows does not depend on it.
     pub fn reset(&self) -> bool {
-        // SAFETY: VFIO_DEVICE_RESET takes no argument.
+        // SAFETY: VFIO_DEVICE_RESET ignores its argument, so 0 passes no memory; `self.device` is
+        // open. Resetting cannot make the device write host memory: it can only DMA into what
+        // this container's IOMMU maps.
         unsafe { ioctl(&self.device, VFIO_DEVICE_RESET, 0) }.is_ok()
     }
 
@@ -359,10 +371,15 @@ impl VfioDevice {
             iova,
             size: len as u64,
         };
-        // SAFETY: VFIO_IOMMU_MAP_DMA reads a vfio_iommu_type1_dma_map whose argsz we set. The
-        // kernel pins the pages behind [vaddr, vaddr + len) (which must be mapped now) until
-        // the range is unmapped from the IOMMU: if this process frees its mapping first, the
-        // pages stay pinned and reachable only by the device, never handed to anyone else.
+        // SAFETY: VFIO_IOMMU_MAP_DMA only reads a struct vfio_iommu_type1_dma_map, which DmaMap
+        // (#[repr(C)]) matches; `map` is a local borrowed for the call, argsz its own size. The
+        // kernel pins the pages behind [vaddr, vaddr + len) (it fails with EFAULT if they are
+        // not mapped) until the range is unmapped from the IOMMU: if this process frees its
+        // mapping first, the pages stay pinned and reachable only by the device, never handed to
+        // anyone else. From now on the device may write those pages whenever a command names
+        // them; the callers (controller.rs) map only DeviceMemory, which is never viewed as a
+        // slice, and DMA pool regions, whose buffers a command names only while it owns them and
+        // which are not dereferenced until the completion hands them back.
         let result = unsafe {
             ioctl(
                 &self.container,
@@ -393,8 +410,9 @@ impl VfioDevice {
             iova,
             size: len as u64,
         };
-        // SAFETY: VFIO_IOMMU_UNMAP_DMA reads (and updates the size of) a
-        // vfio_iommu_type1_dma_unmap whose argsz we set.
+        // SAFETY: VFIO_IOMMU_UNMAP_DMA reads, and writes back the size field of, a struct
+        // vfio_iommu_type1_dma_unmap, which DmaUnmap (#[repr(C)]) matches; `unmap` is a local
+        // exclusively borrowed for the call, argsz its own size.
         unsafe {
             ioctl(
                 &self.container,
@@ -412,7 +430,8 @@ fn memlock_limit() -> String {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit writes one rlimit struct we own.
+    // SAFETY: getrlimit writes exactly one struct rlimit through the pointer, and `limit` is a
+    // local of that type, exclusively borrowed for the call.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
         return "unknown".into();
     }
@@ -429,7 +448,9 @@ fn region_info(addr: &str, device: &File, index: u32) -> Result<RegionInfo, Nvme
         index,
         ..RegionInfo::default()
     };
-    // SAFETY: VFIO_DEVICE_GET_REGION_INFO fills a vfio_region_info whose argsz and index we set.
+    // SAFETY: VFIO_DEVICE_GET_REGION_INFO writes a struct vfio_region_info, which RegionInfo
+    // (#[repr(C)]) matches; `info` is a local exclusively borrowed for the call, and argsz (its
+    // own size) stops the kernel from writing capability chains past it.
     unsafe {
         ioctl(
             device,
@@ -448,17 +469,22 @@ pub struct Bar0 {
     len: usize,
 }
 
-// SAFETY: the mapping is device memory with no thread affinity; every access is a single
-// volatile 32-bit load or store, and which thread writes which doorbell is the driver's protocol
-// (each queue pair writes only its own), not a memory-safety question.
+// SAFETY: the mapping is device memory with no thread affinity (munmap in Drop works from any
+// thread); every access is a single volatile 32-bit load or store, and which thread writes which
+// doorbell is the driver's protocol (each queue pair writes only its own), not a memory-safety
+// question.
 unsafe impl Send for Bar0 {}
-// SAFETY: as above; &Bar0 allows only those volatile accesses.
+// SAFETY: &Bar0 allows only volatile 32-bit loads and stores at bounds-checked, aligned offsets,
+// never a Rust reference into the mapping; concurrent register accesses from several threads are
+// what MMIO allows, and none of them can touch memory outside BAR0.
 unsafe impl Sync for Bar0 {}
 
 impl Bar0 {
     fn map(addr: &str, device: &File, offset: u64, len: usize) -> Result<Bar0, NvmeError> {
-        // SAFETY: a new shared mapping of the device's BAR0 region at the offset VFIO reported;
-        // the result is checked before use and unmapped only in Drop.
+        // SAFETY: asks for a new shared mapping at an address of the kernel's choosing, so no
+        // existing memory is affected; `device` is an open VFIO device fd and offset/len are
+        // what VFIO reported for BAR0. The result is checked before use and unmapped only in
+        // Drop.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -487,8 +513,9 @@ impl Bar0 {
             offset % 4 == 0 && offset + 4 <= self.len,
             "BAR0 offset {offset:#x}"
         );
-        // SAFETY: in bounds of the live mapping (checked above) and 4-byte aligned (the mapping
-        // is page aligned); MMIO needs a volatile access.
+        // SAFETY: offset + 4 <= len (asserted above), so the 4 bytes lie in the mapping, which
+        // lives as long as self; base is page aligned and offset a multiple of 4, so the u32 is
+        // aligned. MMIO needs a volatile access, and no Rust reference into BAR0 exists.
         unsafe { self.base.as_ptr().add(offset).cast::<u32>().read_volatile() }
     }
 
@@ -498,7 +525,9 @@ impl Bar0 {
             offset % 4 == 0 && offset + 4 <= self.len,
             "BAR0 offset {offset:#x}"
         );
-        // SAFETY: as for read32.
+        // SAFETY: offset + 4 <= len (asserted above), so the 4 bytes lie in the mapping, which
+        // lives as long as self; base is page aligned and offset a multiple of 4, so the u32 is
+        // aligned. A volatile store reaches the register; no Rust reference into BAR0 exists.
         unsafe {
             self.base
                 .as_ptr()
@@ -521,7 +550,8 @@ impl Bar0 {
 
 impl Drop for Bar0 {
     fn drop(&mut self) {
-        // SAFETY: base/len are what mmap returned; nothing uses the mapping after Drop.
+        // SAFETY: base/len are exactly what mmap returned, and BAR0 is reached only through
+        // &self methods, none of which can run after Drop.
         unsafe {
             libc::munmap(self.base.as_ptr().cast(), self.len);
         }
@@ -539,8 +569,9 @@ pub struct DeviceMemory {
     _owner: crate::dma::DmaBuf,
 }
 
-// SAFETY: DeviceMemory owns its buffer exclusively (the DmaBuf is never handed out), so moving
-// it to another thread moves the only handle. (Not Sync: shared use goes through a Mutex.)
+// SAFETY: DeviceMemory owns its buffer exclusively (the DmaBuf is never handed out or
+// dereferenced), so moving it to another thread moves the only handle; the device's own accesses
+// do not depend on which thread holds it. (Not Sync: shared use goes through a Mutex.)
 unsafe impl Send for DeviceMemory {}
 
 impl DeviceMemory {
@@ -574,28 +605,34 @@ impl DeviceMemory {
                 && offset + std::mem::size_of::<T>() <= self.len,
             "device memory offset {offset:#x}"
         );
-        // SAFETY: in bounds of the owned buffer (checked above).
+        // SAFETY: offset + size_of::<T>() <= len (asserted above), so `add` stays inside the
+        // buffer `_owner` keeps mapped for as long as self lives.
         unsafe { self.base.as_ptr().add(offset).cast::<T>() }
     }
 
     #[inline]
     pub fn read_u32(&self, offset: usize) -> u32 {
-        // SAFETY: `at` checked bounds and alignment; volatile because the device writes it.
+        // SAFETY: `at` asserted the u32 is in bounds and aligned, in memory `_owner` keeps
+        // mapped. The device may write it at any moment, so it is read with a volatile load,
+        // never through a reference.
         unsafe { self.at::<u32>(offset).read_volatile() }
     }
 
     #[inline]
     pub fn write_u64(&self, offset: usize, value: u64) {
-        // SAFETY: `at` checked bounds and alignment; volatile so the store is not elided or
-        // merged before the doorbell that tells the device to read it.
+        // SAFETY: `at` asserted the u64 is in bounds and aligned, in memory `_owner` keeps
+        // mapped; no reference into it exists. Volatile so the store is not elided or merged
+        // before the doorbell that tells the device to read it.
         unsafe { self.at::<u64>(offset).write_volatile(value) }
     }
 
     /// Writes a submission entry (64 bytes at a 64-byte aligned offset).
     #[inline]
     pub fn write_sqe(&self, offset: usize, sqe: &super::wire::SubmissionEntry) {
-        // SAFETY: `at` checked bounds and the 8-byte alignment of SubmissionEntry; the slot is
-        // one the device does not own (the queue's tail has not passed it yet).
+        // SAFETY: `at` asserted bounds and the 8-byte alignment of SubmissionEntry, in memory
+        // `_owner` keeps mapped. The slot is one the device does not read now (the published
+        // tail has not passed it), and the store is volatile, so no reference into device
+        // memory is formed.
         unsafe {
             self.at::<super::wire::SubmissionEntry>(offset)
                 .write_volatile(*sqe)
@@ -605,8 +642,9 @@ impl DeviceMemory {
     /// Reads a completion entry (16 bytes at a 16-byte aligned offset).
     #[inline]
     pub fn read_cqe(&self, offset: usize) -> super::wire::CompletionEntry {
-        // SAFETY: `at` checked bounds and alignment; the entry's phase tag was already seen
-        // flipped, so the device finished writing it.
+        // SAFETY: `at` asserted bounds and alignment, in memory `_owner` keeps mapped. Callers
+        // read the entry only after seeing its phase tag flip and an Acquire fence, so the
+        // device has finished writing it; the load is volatile and copies it out by value.
         unsafe {
             self.at::<super::wire::CompletionEntry>(offset)
                 .read_volatile()
@@ -617,7 +655,9 @@ impl DeviceMemory {
     pub fn copy_out(&self, offset: usize, out: &mut [u8]) {
         assert!(offset + out.len() <= self.len);
         for (i, byte) in out.iter_mut().enumerate() {
-            // SAFETY: in bounds (checked above); byte loads need no alignment.
+            // SAFETY: offset + out.len() <= len (asserted above), so each byte lies in memory
+            // `_owner` keeps mapped; byte loads need no alignment, and a volatile load copies the
+            // byte out without forming a reference to device memory.
             *byte = unsafe { self.base.as_ptr().add(offset + i).read_volatile() };
         }
     }

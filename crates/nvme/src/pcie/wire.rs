@@ -398,18 +398,29 @@ pub unsafe trait Wire: Copy {
         if bytes.len() < std::mem::size_of::<Self>() {
             return None;
         }
-        // SAFETY: the length was checked; implementors promise (the trait's contract) to be
-        // #[repr(C)] structs of integers and integer arrays, for which every bit pattern is
-        // valid, and read_unaligned copes with any alignment of `bytes`.
+        // SAFETY: `bytes` holds at least size_of::<Self>() readable bytes (checked above) and
+        // stays borrowed for the read; Self is a #[repr(C)] struct of integers and integer
+        // arrays (the `unsafe impl`s below each state it), for which every bit pattern is valid;
+        // read_unaligned copes with any alignment of `bytes`. Being a &[u8], it is by the
+        // crate's rule memory no device is writing (Identify pages are copied out of device
+        // memory first, with volatile loads).
         Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
     }
 }
 
-// SAFETY (all four): #[repr(C)] structs of u8/u16/u32/u64 fields and arrays of them (and of
-// LbaFormat, itself such a struct), as defined above.
+// SAFETY: IdentifyController is #[repr(C)] with only u8/u16/u32 fields and u8 arrays, so every bit
+// pattern is a valid value; its size assertion (4096, the sum of its fields) shows there is no
+// padding.
 unsafe impl Wire for IdentifyController {}
+// SAFETY: IdentifyControllerNvm is #[repr(C)] with only u8/u32/u64 fields and a u8 array; every
+// bit pattern is valid, and the 4096-byte size assertion shows no padding.
 unsafe impl Wire for IdentifyControllerNvm {}
+// SAFETY: IdentifyNamespace is #[repr(C)] with only u8/u64 fields, u8 arrays and an array of
+// LbaFormat (itself #[repr(C)] u16/u8/u8, no padding); every bit pattern is valid, and the
+// 4096-byte size assertion shows no padding.
 unsafe impl Wire for IdentifyNamespace {}
+// SAFETY: CompletionEntry is #[repr(C)] with only u16/u32 fields; every bit pattern is valid, and
+// the 16-byte size assertion shows no padding.
 unsafe impl Wire for CompletionEntry {}
 
 #[cfg(test)]
