@@ -25,14 +25,16 @@ pub enum CodecError {
         /// Bytes left in the record at `offset`.
         left: usize,
     },
-    /// A count or length of `value` items or bytes cannot fit in the `left` bytes that follow.
+    /// A count of `value` items cannot fit in the `left` bytes that follow.
     TooLong {
-        /// The count or length field.
+        /// The count field.
         field: &'static str,
         /// What it says.
         value: u64,
         /// Bytes left after it.
         left: usize,
+        /// The most items of the smallest size that would fit there.
+        fits: usize,
     },
     /// `bytes` bytes follow the record's last field.
     Trailing {
@@ -65,9 +67,15 @@ impl fmt::Display for CodecError {
                 f,
                 "{field}: needs {needed} bytes at offset {offset}, only {left} left"
             ),
-            CodecError::TooLong { field, value, left } => {
-                write!(f, "{field}: {value} cannot fit in the {left} bytes left")
-            }
+            CodecError::TooLong {
+                field,
+                value,
+                left,
+                fits,
+            } => write!(
+                f,
+                "{field}: count {value} cannot fit in the {left} bytes left (at most {fits})"
+            ),
             CodecError::Trailing { bytes } => write!(f, "{bytes} trailing bytes"),
             CodecError::NotUtf8 { field } => write!(f, "{field} is not UTF-8"),
             CodecError::Checksum { stored, computed } => write!(
@@ -269,11 +277,13 @@ impl<'a> Reader<'a> {
     ) -> Result<usize, CodecError> {
         let n = self.u32(field)?;
         let left = self.remaining();
-        if n as usize > left / min_item_len.max(1) {
+        let fits = left / min_item_len.max(1);
+        if n as usize > fits {
             return Err(CodecError::TooLong {
                 field,
                 value: n.into(),
                 left,
+                fits,
             });
         }
         Ok(n as usize)

@@ -19,6 +19,7 @@
 use std::collections::BTreeSet;
 
 use super::error::ImageError;
+use bluepoll_base::codec;
 
 /// Bytes per map block on disk.
 pub const MAP_BLOCK: usize = 4096;
@@ -195,8 +196,8 @@ impl ObjectMap {
         if from < to {
             block[HEADER..HEADER + (to - from)].copy_from_slice(&self.states[from..to]);
         }
-        let crc = crc32c::crc32c(&block[..MAP_BLOCK - 4]);
-        block[MAP_BLOCK - 4..].copy_from_slice(&crc.to_le_bytes());
+        block.truncate(MAP_BLOCK - 4);
+        codec::seal(&mut block);
         block
     }
 
@@ -222,13 +223,7 @@ impl ObjectMap {
                 block: Some(index as u64),
                 reason,
             };
-            let stored = u32::from_le_bytes(block[MAP_BLOCK - 4..].try_into().expect("4"));
-            let computed = crc32c::crc32c(&block[..MAP_BLOCK - 4]);
-            if stored != computed {
-                return Err(bad(format!(
-                    "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
-                )));
-            }
+            codec::unseal(block).map_err(|e| bad(e.to_string()))?;
             if block[0] != VERSION || block[1..4] != [0, 0, 0] {
                 return Err(bad(format!("unknown version {}", block[0])));
             }

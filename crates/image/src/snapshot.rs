@@ -16,6 +16,7 @@
 
 use super::error::ImageError;
 use super::object_map::{ObjectMap, ObjectState};
+use bluepoll_base::codec::{self, CodecError, Reader, Writer};
 
 const RECORD_VERSION: u8 = 1;
 
@@ -82,15 +83,13 @@ pub(crate) fn preserved_object(index: u64, snap: u64) -> String {
     format!("data.{index:016x}@{snap:016x}")
 }
 
-/// Appends the version, a body and the crc32c of both.
-fn seal(body: &[u8]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(body.len() + 8);
-    b.push(RECORD_VERSION);
-    b.extend_from_slice(&[0, 0, 0]);
-    b.extend_from_slice(body);
-    let crc = crc32c::crc32c(&b);
-    b.extend_from_slice(&crc.to_le_bytes());
-    b
+/// A record: the version, 3 reserved zero bytes, the body `fields` writes, and the crc32c of
+/// all of it ([`bluepoll_base::codec`]).
+fn seal(fields: impl FnOnce(&mut Writer)) -> Vec<u8> {
+    let mut record = Writer::with_capacity(64);
+    record.u8(RECORD_VERSION).raw(&[0, 0, 0]);
+    fields(&mut record);
+    record.seal()
 }
 
 /// The body of a sealed record, after its checks.
@@ -101,14 +100,7 @@ fn unseal<'a>(b: &'a [u8], what: &str) -> Result<&'a [u8], ImageError> {
     if b.len() < 8 {
         return Err(bad(format!("{} bytes", b.len())));
     }
-    let (content, crc) = b.split_at(b.len() - 4);
-    let stored = u32::from_le_bytes(crc.try_into().expect("4"));
-    let computed = crc32c::crc32c(content);
-    if stored != computed {
-        return Err(bad(format!(
-            "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
-        )));
-    }
+    let content = codec::unseal(b).map_err(|e| bad(e.to_string()))?;
     if content[0] != RECORD_VERSION {
         return Err(bad(format!("unknown version {}", content[0])));
     }
@@ -118,67 +110,57 @@ fn unseal<'a>(b: &'a [u8], what: &str) -> Result<&'a [u8], ImageError> {
     Ok(&content[4..])
 }
 
-/// Reads the fields of a record body in order.
+/// Reads the fields of a record body in order, naming the record in errors.
 struct Fields<'a> {
-    b: &'a [u8],
+    b: Reader<'a>,
     what: &'a str,
 }
 
 impl<'a> Fields<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ImageError> {
-        if self.b.len() < n {
-            return Err(ImageError::HeaderCorrupt {
-                reason: format!("{}: truncated", self.what),
-            });
-        }
-        let (head, rest) = self.b.split_at(n);
-        self.b = rest;
-        Ok(head)
-    }
-    fn u64(&mut self) -> Result<u64, ImageError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
-    }
-    fn name(&mut self) -> Result<String, ImageError> {
-        let len = u16::from_le_bytes(self.take(2)?.try_into().expect("2")) as usize;
-        let bytes = self.take(len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| ImageError::HeaderCorrupt {
-            reason: format!("{}: name is not UTF-8", self.what),
+    /// The fields of the sealed record `bytes`, after its checks.
+    fn unseal(bytes: &'a [u8], what: &'a str) -> Result<Fields<'a>, ImageError> {
+        Ok(Fields {
+            b: Reader::new(unseal(bytes, what)?),
+            what,
         })
     }
-    fn end(&self) -> Result<(), ImageError> {
-        if self.b.is_empty() {
-            Ok(())
-        } else {
-            Err(ImageError::HeaderCorrupt {
-                reason: format!("{}: {} trailing bytes", self.what, self.b.len()),
-            })
+    fn corrupt(&self, e: CodecError) -> ImageError {
+        let reason = match e {
+            CodecError::Truncated { .. } => "truncated".to_string(),
+            CodecError::NotUtf8 { .. } => "name is not UTF-8".to_string(),
+            other => other.to_string(),
+        };
+        ImageError::HeaderCorrupt {
+            reason: format!("{}: {reason}", self.what),
         }
     }
-}
-
-fn push_name(b: &mut Vec<u8>, name: &str) {
-    b.extend_from_slice(&(name.len() as u16).to_le_bytes());
-    b.extend_from_slice(name.as_bytes());
+    fn u64(&mut self) -> Result<u64, ImageError> {
+        self.b.u64("u64").map_err(|e| self.corrupt(e))
+    }
+    fn name(&mut self) -> Result<String, ImageError> {
+        let name = self.b.str16("name").map_err(|e| self.corrupt(e))?;
+        Ok(name.to_owned())
+    }
+    fn end(&self) -> Result<(), ImageError> {
+        self.b.end().map_err(|e| self.corrupt(e))
+    }
 }
 
 impl SnapInfo {
     /// The record as stored (docs/format.md).
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::new();
-        b.extend_from_slice(&self.id.to_le_bytes());
-        b.extend_from_slice(&self.size.to_le_bytes());
-        b.extend_from_slice(&self.created_ns.to_le_bytes());
-        b.extend_from_slice(&self.parent_overlap.to_le_bytes());
-        push_name(&mut b, &self.name);
-        seal(&b)
+        seal(|w| {
+            w.u64(self.id)
+                .u64(self.size)
+                .u64(self.created_ns)
+                .u64(self.parent_overlap)
+                .str16(&self.name);
+        })
     }
 
     /// Reads a stored record, checking its version and checksum.
     pub fn decode(bytes: &[u8]) -> Result<SnapInfo, ImageError> {
-        let mut f = Fields {
-            b: unseal(bytes, "snapshot record")?,
-            what: "snapshot record",
-        };
+        let mut f = Fields::unseal(bytes, "snapshot record")?;
         let info = SnapInfo {
             id: f.u64()?,
             size: f.u64()?,
@@ -195,19 +177,14 @@ impl SnapInfo {
 impl ParentLink {
     /// The record as stored (docs/format.md).
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::new();
-        b.extend_from_slice(&self.snap.to_le_bytes());
-        b.extend_from_slice(&self.overlap.to_le_bytes());
-        push_name(&mut b, &self.image);
-        seal(&b)
+        seal(|w| {
+            w.u64(self.snap).u64(self.overlap).str16(&self.image);
+        })
     }
 
     /// Reads a stored record, checking its version and checksum.
     pub fn decode(bytes: &[u8]) -> Result<ParentLink, ImageError> {
-        let mut f = Fields {
-            b: unseal(bytes, "parent record")?,
-            what: "parent record",
-        };
+        let mut f = Fields::unseal(bytes, "parent record")?;
         let link = ParentLink {
             snap: f.u64()?,
             overlap: f.u64()?,
@@ -221,16 +198,15 @@ impl ParentLink {
 /// The snapshot sequence record as stored (a sealed little-endian u64): the id of the newest
 /// snapshot the image ever took, so the next one gets one more (docs/format.md, `snap_seq`).
 pub fn encode_seq(newest: u64) -> Vec<u8> {
-    seal(&newest.to_le_bytes())
+    seal(|w| {
+        w.u64(newest);
+    })
 }
 
 /// Reads the stored snapshot sequence (the newest snapshot id ever taken), checking its
 /// version and checksum.
 pub fn decode_seq(bytes: &[u8]) -> Result<u64, ImageError> {
-    let mut f = Fields {
-        b: unseal(bytes, "snapshot sequence")?,
-        what: "snapshot sequence",
-    };
+    let mut f = Fields::unseal(bytes, "snapshot sequence")?;
     let next = f.u64()?;
     f.end()?;
     Ok(next)
@@ -238,7 +214,7 @@ pub fn decode_seq(bytes: &[u8]) -> Result<u64, ImageError> {
 
 /// The value of a child record (the key says everything; the value is only checked).
 pub(crate) fn encode_child() -> Vec<u8> {
-    seal(&[])
+    seal(|_| {})
 }
 
 /// One run of changed bytes in a diff.

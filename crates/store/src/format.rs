@@ -24,7 +24,8 @@
 //! 01 → 01 02) and ended by 00, which keeps the order and makes every name's shards one range.
 
 use super::error::StoreError;
-use bluepoll_bluefs::Uuid;
+use bluepoll_base::codec::{self, CodecError, Reader, Writer};
+use bluepoll_base::id::Uuid;
 
 /// The format this code writes; it reads only this one so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,60 +130,62 @@ impl From<FormatError> for StoreError {
 
 // ---- value codec -------------------------------------------------------------------------
 
-/// Builds a value: version byte first, crc32c of everything last (added by `finish`).
+/// Builds a value: a version byte, then little-endian fields, then (at [`finish`](Self::finish))
+/// the crc32c of all of it. The field codec is [`bluepoll_base::codec`], shared with BlueFS and
+/// the images.
 pub struct Encoder {
-    buf: Vec<u8>,
+    fields: Writer,
 }
 
 impl Encoder {
-    /// A value with the version byte written, with room for `capacity` bytes of fields.
+    /// A value of about `capacity` bytes of fields, starting with the current version byte.
     pub fn new(capacity: usize) -> Encoder {
-        let mut buf = Vec::with_capacity(capacity + 5);
-        buf.push(FormatVersion::CURRENT as u8);
-        Encoder { buf }
+        let mut fields = Writer::with_capacity(capacity + 5);
+        fields.u8(FormatVersion::CURRENT as u8);
+        Encoder { fields }
     }
-    /// Appends a byte.
+    /// Appends one byte.
     pub fn u8(&mut self, v: u8) -> &mut Self {
-        self.buf.push(v);
+        self.fields.u8(v);
         self
     }
     /// Appends a little-endian u16.
     pub fn u16(&mut self, v: u16) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_le_bytes());
+        self.fields.u16(v);
         self
     }
     /// Appends a little-endian u32.
     pub fn u32(&mut self, v: u32) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_le_bytes());
+        self.fields.u32(v);
         self
     }
     /// Appends a little-endian u64.
     pub fn u64(&mut self, v: u64) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_le_bytes());
+        self.fields.u64(v);
         self
     }
     /// Appends bytes as they are, without a length (the reader must know it).
     pub fn raw(&mut self, v: &[u8]) -> &mut Self {
-        self.buf.extend_from_slice(v);
+        self.fields.raw(v);
         self
     }
     /// A u32 length, then the bytes.
     pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
-        self.u32(v.len() as u32).raw(v)
+        self.fields.bytes32(v);
+        self
     }
     /// Appends the crc32c (little-endian) of every byte so far and returns the value.
-    pub fn finish(mut self) -> Vec<u8> {
-        let crc = crc32c::crc32c(&self.buf);
-        self.buf.extend_from_slice(&crc.to_le_bytes());
-        self.buf
+    pub fn finish(self) -> Vec<u8> {
+        self.fields.seal()
     }
 }
 
 /// Reads a value built by [`Encoder`]: checks the crc and the version first.
 pub struct Decoder<'a> {
     what: &'static str,
-    data: &'a [u8],
-    pos: usize,
+    /// Bytes of the whole value, crc included (what a truncation error reports).
+    len: usize,
+    fields: Reader<'a>,
 }
 
 impl<'a> Decoder<'a> {
@@ -191,71 +194,62 @@ impl<'a> Decoder<'a> {
     /// ([`FormatError::Version`]) — and starts reading after the version byte. `what` names the
     /// structure in errors.
     pub fn new(what: &'static str, value: &'a [u8]) -> Result<Decoder<'a>, FormatError> {
-        if value.len() < 5 {
-            return Err(FormatError::Truncated {
-                what,
-                len: value.len(),
-            });
+        let len = value.len();
+        if len < 5 {
+            return Err(FormatError::Truncated { what, len });
         }
-        let (body, tail) = value.split_at(value.len() - 4);
-        let expected = u32::from_le_bytes(tail.try_into().expect("4 bytes"));
-        let actual = crc32c::crc32c(body);
-        if expected != actual {
-            return Err(FormatError::ChecksumMismatch {
+        let body = codec::unseal(value).map_err(|e| match e {
+            CodecError::Checksum { stored, computed } => FormatError::ChecksumMismatch {
                 what,
-                expected,
-                actual,
-            });
+                expected: stored,
+                actual: computed,
+            },
+            _ => FormatError::Truncated { what, len },
+        })?;
+        let mut fields = Reader::new(body);
+        let version = fields
+            .u8("version")
+            .map_err(|_| FormatError::Truncated { what, len })?;
+        if FormatVersion::from_u8(version).is_none() {
+            return Err(FormatError::Version { what, version });
         }
-        if FormatVersion::from_u8(body[0]).is_none() {
-            return Err(FormatError::Version {
-                what,
-                version: body[0],
-            });
-        }
-        Ok(Decoder {
-            what,
-            data: body,
-            pos: 1,
-        })
+        Ok(Decoder { what, len, fields })
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
-        let Some(end) = end else {
-            return Err(FormatError::Truncated {
-                what: self.what,
-                len: self.data.len() + 4,
-            });
-        };
-        let out = &self.data[self.pos..end];
-        self.pos = end;
-        Ok(out)
+    /// Maps the codec's error for a read past the fields.
+    fn truncated(&self, _: CodecError) -> FormatError {
+        FormatError::Truncated {
+            what: self.what,
+            len: self.len,
+        }
     }
     /// The next byte ([`FormatError::Truncated`] past the fields, here and below).
     pub fn u8(&mut self) -> Result<u8, FormatError> {
-        Ok(self.take(1)?[0])
+        self.fields.u8(self.what).map_err(|e| self.truncated(e))
     }
     /// The next little-endian u16.
     pub fn u16(&mut self) -> Result<u16, FormatError> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
+        self.fields.u16(self.what).map_err(|e| self.truncated(e))
     }
     /// The next little-endian u32.
     pub fn u32(&mut self) -> Result<u32, FormatError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+        self.fields.u32(self.what).map_err(|e| self.truncated(e))
     }
     /// The next little-endian u64.
     pub fn u64(&mut self) -> Result<u64, FormatError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+        self.fields.u64(self.what).map_err(|e| self.truncated(e))
     }
     /// The next `n` bytes.
     pub fn raw(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
-        self.take(n)
+        self.fields
+            .take(n, self.what)
+            .map_err(|e| self.truncated(e))
     }
     /// A u32 length, then that many bytes (what [`Encoder::bytes`] wrote).
     pub fn bytes(&mut self) -> Result<&'a [u8], FormatError> {
-        let n = self.u32()? as usize;
-        self.take(n)
+        self.fields
+            .bytes32(self.what)
+            .map_err(|e| self.truncated(e))
     }
     /// A [`FormatError::Invalid`] naming this decoder's structure, for a field that decoded but
     /// cannot be right.
@@ -267,10 +261,9 @@ impl<'a> Decoder<'a> {
     }
     /// Fails unless every byte was read.
     pub fn end(self) -> Result<(), FormatError> {
-        if self.pos == self.data.len() {
-            Ok(())
-        } else {
-            Err(self.invalid(format!("{} bytes left over", self.data.len() - self.pos)))
+        match self.fields.remaining() {
+            0 => Ok(()),
+            left => Err(self.invalid(format!("{left} bytes left over"))),
         }
     }
 }

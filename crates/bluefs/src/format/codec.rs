@@ -1,5 +1,7 @@
 //! Shared pieces: fixed-position access, the variable-length writer and the checked reader.
 
+use bluepoll_base::codec;
+
 use super::{BLOCK, DeviceId, Extent, Fnode, FormatError, FormatVersion, MAX_NAME_LEN};
 
 /// The leading fields every structure shares.
@@ -108,66 +110,56 @@ pub(super) fn add_extent_length(total: u64, length: u64) -> Result<u64, String> 
         .ok_or_else(|| "extents total more than u64::MAX bytes".to_string())
 }
 
-/// Reads variable-length fields from untrusted bytes. Every method checks the bytes are there
-/// first; errors name the field and are wrapped by callers with where it was.
+/// Reads variable-length fields from untrusted bytes: [`bluepoll_base::codec::Reader`], with
+/// its errors as text (callers wrap them with where it was) and BlueFS's own structures on top.
 pub(super) struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+    fields: codec::Reader<'a>,
 }
 
 impl<'a> Reader<'a> {
     pub(super) fn new(buf: &'a [u8]) -> Reader<'a> {
-        Reader { buf, pos: 0 }
+        Reader {
+            fields: codec::Reader::new(buf),
+        }
     }
 
     pub(super) fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
+        self.fields.remaining()
     }
 
-    pub(super) fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8], String> {
-        if self.remaining() < n {
-            return Err(format!(
-                "{field}: needs {n} bytes at offset {}, only {} left",
-                self.pos,
-                self.remaining()
-            ));
-        }
-        let bytes = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(bytes)
+    pub(super) fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], String> {
+        self.fields.take(n, field).map_err(|e| e.to_string())
     }
 
-    pub(super) fn u8(&mut self, field: &str) -> Result<u8, String> {
-        Ok(self.take(1, field)?[0])
+    pub(super) fn u8(&mut self, field: &'static str) -> Result<u8, String> {
+        self.fields.u8(field).map_err(|e| e.to_string())
     }
 
-    pub(super) fn u16(&mut self, field: &str) -> Result<u16, String> {
-        Ok(get_u16(self.take(2, field)?, 0))
+    pub(super) fn u16(&mut self, field: &'static str) -> Result<u16, String> {
+        self.fields.u16(field).map_err(|e| e.to_string())
     }
 
-    pub(super) fn u32(&mut self, field: &str) -> Result<u32, String> {
-        Ok(get_u32(self.take(4, field)?, 0))
+    pub(super) fn u32(&mut self, field: &'static str) -> Result<u32, String> {
+        self.fields.u32(field).map_err(|e| e.to_string())
     }
 
-    pub(super) fn u64(&mut self, field: &str) -> Result<u64, String> {
-        Ok(get_u64(self.take(8, field)?, 0))
+    pub(super) fn u64(&mut self, field: &'static str) -> Result<u64, String> {
+        self.fields.u64(field).map_err(|e| e.to_string())
     }
 
     /// A u32 count of items each at least `min_item_len` bytes, checked against what is left
     /// before anyone allocates for it.
-    pub(super) fn count(&mut self, field: &str, min_item_len: usize) -> Result<usize, String> {
-        let n = self.u32(field)? as usize;
-        let fits = self.remaining() / min_item_len;
-        if n > fits {
-            return Err(format!(
-                "{field}: count {n} cannot fit in the {} bytes left (at most {fits})",
-                self.remaining()
-            ));
-        }
-        Ok(n)
+    pub(super) fn count(
+        &mut self,
+        field: &'static str,
+        min_item_len: usize,
+    ) -> Result<usize, String> {
+        self.fields
+            .count32(field, min_item_len)
+            .map_err(|e| e.to_string())
     }
 
-    pub(super) fn name(&mut self, field: &str) -> Result<String, String> {
+    pub(super) fn name(&mut self, field: &'static str) -> Result<String, String> {
         let len = self.u16(field)? as usize;
         if len > MAX_NAME_LEN {
             return Err(format!(

@@ -2,6 +2,7 @@
 //! features, flags; docs/format.md, "Image header"), and what the header object's omap holds
 //! (snapshots, the snapshot sequence, the parent link, the records of clones).
 
+use bluepoll_base::codec::{self, CodecError, Reader, Writer};
 use std::collections::BTreeMap;
 
 use super::{HEADER_ATTR, HEADER_OBJECT};
@@ -85,17 +86,15 @@ impl ImageInfo {
 
     /// The header record as stored (docs/format.md, image header).
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(HEADER_LEN);
-        b.push(HEADER_VERSION);
-        b.push(self.order);
-        b.extend_from_slice(&[0, 0]);
-        b.extend_from_slice(&self.features.to_le_bytes());
-        b.extend_from_slice(&self.flags.to_le_bytes());
-        b.extend_from_slice(&self.size.to_le_bytes());
-        b.extend_from_slice(&self.created_ns.to_le_bytes());
-        let crc = crc32c::crc32c(&b);
-        b.extend_from_slice(&crc.to_le_bytes());
-        b
+        let mut w = Writer::with_capacity(HEADER_LEN);
+        w.u8(HEADER_VERSION)
+            .u8(self.order)
+            .raw(&[0, 0])
+            .u32(self.features)
+            .u32(self.flags)
+            .u64(self.size)
+            .u64(self.created_ns);
+        w.seal()
     }
 
     /// Reads a stored header record, checking its length, version and checksum, and that its
@@ -106,28 +105,26 @@ impl ImageInfo {
         if b.len() != HEADER_LEN {
             return Err(bad(format!("{} bytes, not {HEADER_LEN}", b.len())));
         }
-        let stored = u32::from_le_bytes(b[28..32].try_into().expect("4"));
-        let computed = crc32c::crc32c(&b[..28]);
-        if stored != computed {
-            return Err(bad(format!(
-                "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
-            )));
+        let fields = codec::unseal(b).map_err(|e| bad(e.to_string()))?;
+        // The length was checked, so the fixed fields below are all there.
+        let mut r = Reader::new(fields);
+        let field = |e: CodecError| bad(e.to_string());
+        let version = r.u8("version").map_err(field)?;
+        if version != HEADER_VERSION {
+            return Err(bad(format!("unknown version {version}")));
         }
-        if b[0] != HEADER_VERSION {
-            return Err(bad(format!("unknown version {}", b[0])));
-        }
-        if b[2..4] != [0, 0] {
+        let order = r.u8("order").map_err(field)?;
+        if r.array::<2>("reserved").map_err(field)? != [0, 0] {
             return Err(bad("reserved bytes are not zero".into()));
         }
-        let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4"));
-        let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8"));
         let info = ImageInfo {
-            order: b[1],
-            features: u32_at(4),
-            flags: u32_at(8),
-            size: u64_at(12),
-            created_ns: u64_at(20),
+            order,
+            features: r.u32("features").map_err(field)?,
+            flags: r.u32("flags").map_err(field)?,
+            size: r.u64("size").map_err(field)?,
+            created_ns: r.u64("created").map_err(field)?,
         };
+        r.end().map_err(field)?;
         check_layout(info.order, info.features).map_err(|e| bad(e.to_string()))?;
         Ok(info)
     }
