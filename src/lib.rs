@@ -22,6 +22,7 @@
 //! reactors, BlueFS and the bench on devices and BlueFS are what remains.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 pub use bluepoll_base::{id, rand, sync, sys, units};
 pub use bluepoll_bench as bench;

@@ -916,6 +916,18 @@ fn load_with_fault(
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let load = scope.spawn(|| run_load(devices, config, o, Some(&stop)));
+        // The random moment counts from the load's first acknowledged transaction (its first
+        // `A` record in the side log), not from the thread's start: on a slow or busy machine
+        // mounting alone can outlast a short delay, and a run whose fault lands before anything
+        // was acknowledged holds the store to nothing.
+        let started = Instant::now();
+        while !load.is_finished()
+            && started.elapsed() < Duration::from_secs(30)
+            && !std::fs::read(&o.log)
+                .is_ok_and(|log| log.starts_with(b"A ") || log.windows(3).any(|w| w == b"\nA "))
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         std::thread::sleep(Duration::from_millis(10 + rng.below(300)));
         fault();
         std::thread::sleep(Duration::from_millis(rng.below(50)));
