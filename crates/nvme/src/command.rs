@@ -106,6 +106,7 @@ pub struct IoCmd {
 impl IoCmd {
     /// Reads `blocks` blocks from `lba` into the start of `buf`, which must hold at least
     /// `blocks * block_size` bytes.
+    #[inline]
     pub fn read(lba: u64, blocks: u32, buf: DmaBuf, tag: u64) -> IoCmd {
         IoCmd {
             opcode: Opcode::Read,
@@ -118,6 +119,7 @@ impl IoCmd {
     }
 
     /// Writes the first `blocks * block_size` bytes of `buf` to `blocks` blocks from `lba`.
+    #[inline]
     pub fn write(lba: u64, blocks: u32, buf: DmaBuf, tag: u64) -> IoCmd {
         IoCmd {
             opcode: Opcode::Write,
@@ -174,6 +176,7 @@ impl IoCmd {
     }
 
     /// Turns the command into its completion, handing the buffer back.
+    #[inline]
     pub fn complete(self, status: Status) -> Completion {
         Completion {
             tag: self.tag,

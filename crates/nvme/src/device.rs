@@ -432,6 +432,7 @@ impl Limits {
 }
 
 /// Decides whether a device may see `cmd`, and if not, the NVMe status it completes with.
+#[inline]
 pub(crate) fn check_command(limits: &Limits, cmd: &IoCmd) -> Result<(), Status> {
     if !limits.ops.supports(cmd.opcode) {
         return Err(Status::INVALID_OPCODE);
@@ -598,17 +599,20 @@ impl QueuePair {
     }
 
     /// Commands submitted and not yet returned by `poll`.
+    #[inline]
     pub fn outstanding(&self) -> u32 {
         self.outstanding
     }
 
     /// The most commands that may be outstanding at once, as given to [`Device::queue_pair`];
     /// a [`submit`](Self::submit) beyond it returns [`QueueFull`].
+    #[inline]
     pub fn depth(&self) -> u32 {
         self.depth
     }
 
     /// Counters since the queue pair was created.
+    #[inline]
     pub fn stats(&self) -> &QueuePairStats {
         &self.stats
     }

@@ -227,6 +227,7 @@ impl DmaPool {
     }
 
     /// Takes a free buffer. Its contents are whatever its previous owner left there.
+    #[inline]
     pub fn alloc(&self) -> Result<DmaBuf, NvmeError> {
         let index = self.shared.free.pop().ok_or(NvmeError::PoolExhausted {
             count: self.shared.count,
@@ -370,6 +371,7 @@ impl DmaBuf {
 impl Deref for DmaBuf {
     type Target = [u8];
 
+    #[inline]
     fn deref(&self) -> &[u8] {
         // SAFETY: ptr..ptr+len lies inside the live region (the Arc keeps it mapped) and is owned
         // by this DmaBuf alone. No device writes it now: a device only reaches a buffer while a
@@ -381,6 +383,7 @@ impl Deref for DmaBuf {
 }
 
 impl DerefMut for DmaBuf {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: ptr..ptr+len lies inside the live region (the Arc keeps it mapped), belongs to
         // this DmaBuf alone, and no device is writing it (a buffer a device may write is held
