@@ -46,6 +46,14 @@ pub(crate) struct UringNamespace {
     /// reactor with other queue pairs to poll would rather not block.
     pub(super) flush_inline: bool,
     owner: OwnerSlot,
+    /// The backing file's path, opened again for the claim's lock.
+    path: std::path::PathBuf,
+    /// While claimed: a second descriptor of the backing file carrying the advisory lock. The
+    /// lock is not taken on `file` because the rings register `file` and a dead process's rings
+    /// are torn down by the kernel some time after it exits, keeping `file` (and a lock on it)
+    /// alive for up to a second; this descriptor is in no ring, so the lock ends with the
+    /// process and a restart right after kill -9 finds the device free.
+    lock: std::sync::Mutex<Option<File>>,
 }
 
 impl UringNamespace {
@@ -267,8 +275,39 @@ impl UringNamespace {
             zeroes_mode,
             flush_inline: opts.flush_inline,
             owner: OwnerSlot::default(),
+            path,
+            lock: std::sync::Mutex::new(None),
         })
     }
+}
+
+/// Who holds the flock on `file`'s inode, from /proc/locks (`N: FLOCK ADVISORY WRITE PID
+/// MAJ:MIN:INODE ...`, the device numbers in hex): "pid N (command)". None when /proc is not
+/// there or the holder is not listed (a lock on another host's view of a network file).
+fn lock_holder(file: &File) -> Option<String> {
+    let meta = file.metadata().ok()?;
+    let inode = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(meta.dev()),
+        libc::minor(meta.dev()),
+        meta.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let pid = locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // "1:" "FLOCK" "ADVISORY" "WRITE" pid dev:inode start end; a waiter has "->" after
+        // the number and so never matches.
+        let fields = fields.get(1..)?;
+        (fields.first() == Some(&"FLOCK") && fields.get(4) == Some(&inode.as_str()))
+            .then(|| fields.get(3)?.parse::<u32>().ok())
+            .flatten()
+            .filter(|pid| *pid != std::process::id())
+    })?;
+    Some(match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(command) => format!("process {pid} ({})", command.trim()),
+        // A lock can outlive its process while the kernel finishes closing the file.
+        Err(_) => format!("process {pid}, which has exited (the kernel is releasing its lock)"),
+    })
 }
 
 fn model_name(kind: BackingKind, direct: bool, plan: &RingPlan) -> String {
@@ -295,37 +334,49 @@ impl Namespace for UringNamespace {
         &self.info
     }
 
-    /// This process's slot, then an exclusive advisory lock (flock) on the open file: other
-    /// processes that claim it — another bluepoll mounting the same file or block device —
-    /// find it held until this claim ends or the process dies (kill -9 included: the kernel
-    /// drops the lock with the file).
+    /// This process's slot, then an exclusive advisory lock (flock) on a descriptor of the file
+    /// of its own: other processes that claim it — another bluepoll mounting the same file or
+    /// block device — find it held until this claim ends or the process dies (kill -9 included:
+    /// the kernel drops the lock as the process exits). A refusal names the holder's pid and
+    /// command when /proc/locks tells them.
     fn claim(&self, owner: &str) -> Result<(), NvmeError> {
         self.owner.take(&self.info.uri, owner)?;
-        // SAFETY: flock takes only integers, so no memory is passed; the descriptor is
-        // `self.file`, open for as long as the namespace lives.
-        if unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(());
+        let locked = File::open(&self.path).and_then(|file| {
+            // SAFETY: flock takes only integers, so no memory is passed; the descriptor is
+            // `file`'s, open until `file` is dropped after this call or at release.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                Ok(file)
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        });
+        match locked {
+            Ok(file) => {
+                *bluepoll_base::sync::lock(&self.lock) = Some(file);
+                Ok(())
+            }
+            Err(source) => {
+                self.owner.clear();
+                Err(if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    NvmeError::Busy {
+                        uri: self.info.uri.clone(),
+                        holder: lock_holder(&self.file).unwrap_or_else(|| {
+                            "another process (advisory lock on the file)".into()
+                        }),
+                    }
+                } else {
+                    NvmeError::Os {
+                        what: "locking the device file",
+                        source,
+                    }
+                })
+            }
         }
-        let source = io::Error::last_os_error();
-        self.owner.clear();
-        Err(if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            NvmeError::Busy {
-                uri: self.info.uri.clone(),
-                holder: "another process (advisory lock on the file)".into(),
-            }
-        } else {
-            NvmeError::Os {
-                what: "locking the device file",
-                source,
-            }
-        })
     }
 
     fn release_claim(&self) {
-        // SAFETY: flock takes only integers, so no memory is passed; the descriptor is
-        // `self.file`, open for as long as the namespace lives. Unlocking cannot fail in a way
-        // worth reporting: the lock also ends when the descriptor closes.
-        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+        // Closing the lock's descriptor ends the lock.
+        drop(bluepoll_base::sync::lock(&self.lock).take());
         self.owner.clear();
     }
 
