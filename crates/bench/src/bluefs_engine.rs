@@ -30,7 +30,7 @@ use libc::{EIO, ENOENT, ENOSPC, EROFS};
 
 use super::engine::{DIR_NAMES, JobProgress, JobResult, READ, RunControl, WRITE};
 use super::offsets::{OffsetGen, Rng};
-use super::options::{JobSpec, RwMode, VerifyMode};
+use super::options::{JobSpec, RwMode};
 use super::stats::Meter;
 use bluepoll_base::sys::{Clock, CpuUsage, current_cpu, thread_cpu_usage};
 use bluepoll_bluefs::{BlueFs, BlueFsConfig, BlueFsError, Devices, FileKind};
@@ -120,12 +120,6 @@ pub fn validate(spec: &JobSpec) -> Result<()> {
             "job '{name}': rw={}: ioengine=bluefs supports rw=write|read|randread (BlueFS files \
              are append-only)",
             spec.rw.name()
-        );
-    }
-    if spec.verify != VerifyMode::None {
-        bail!(
-            "job '{name}': verify={} is not supported with ioengine=bluefs",
-            spec.verify.name()
         );
     }
     let Some(filename) = &spec.filename else {

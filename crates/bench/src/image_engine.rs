@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::engine::{JobProgress, JobResult, READ, RunControl, ThreadRun};
 use super::offsets::{OffsetGen, Rng};
-use super::options::{JobSpec, VerifyMode};
+use super::options::JobSpec;
 use super::stats::Meter;
 use bluepoll_base::sys::{Clock, thread_cpu_usage};
 use bluepoll_image::{self as image, Image, ImageError, features};
@@ -31,12 +31,6 @@ const LAYOUT_CHUNK: u64 = 1 << 20;
 /// Checks what an image job can do before anything is opened.
 pub fn validate(spec: &JobSpec) -> Result<()> {
     let name = &spec.name;
-    if spec.verify != VerifyMode::None {
-        bail!(
-            "job '{name}': verify={} is not supported with ioengine=image",
-            spec.verify.name()
-        );
-    }
     if spec.filename.is_none() {
         bail!(
             "job '{name}': ioengine=image needs filename= (the store's devices: URI, or \

@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::engine::{JobProgress, JobResult, READ, RunControl, ThreadRun, WRITE};
 use super::offsets::{OffsetGen, Rng};
-use super::options::{JobSpec, VerifyMode};
+use super::options::JobSpec;
 use super::stats::Meter;
 use bluepoll_base::sys::{Clock, thread_cpu_usage};
 use bluepoll_kv::KvConfig;
@@ -28,12 +28,6 @@ use bluepoll_kv::KvConfig;
 /// Checks what a kstore job can do before anything is opened.
 pub fn validate(spec: &JobSpec) -> Result<()> {
     let name = &spec.name;
-    if spec.verify != VerifyMode::None {
-        bail!(
-            "job '{name}': verify={} is not supported with ioengine=kstore",
-            spec.verify.name()
-        );
-    }
     if spec.directory.is_none() {
         bail!("job '{name}': ioengine=kstore needs directory= (where RocksDB keeps its files)");
     }

@@ -759,8 +759,8 @@ fn default_device_uri(jobs: &[JobSpec]) -> String {
     format!("mem:{mib}M")
 }
 
-/// Options only the dev engine implements: an error naming the first one another engine's job
-/// sets, rather than a run that silently ignores it.
+/// Options only the dev engine implements (verify among them): an error naming the first one
+/// another engine's job sets, rather than a run that silently ignores it.
 fn dev_only_options(spec: &JobSpec) -> Result<()> {
     let d = JobSpec::default_for(&spec.name);
     let set: &[(&str, bool)] = &[
@@ -806,6 +806,20 @@ fn dev_only_options(spec: &JobSpec) -> Result<()> {
             "job '{}': {name} is supported with ioengine=dev (and fio's kernel engines) only, \
              not ioengine={}",
             spec.name,
+            spec.ioengine.name()
+        );
+    }
+    if spec.verify != VerifyMode::None {
+        // The store checks its own checksums on every read, so a verify pass adds nothing there.
+        let why = if spec.ioengine == IoEngine::Store {
+            " (the store checksums every block itself)"
+        } else {
+            ""
+        };
+        bail!(
+            "job '{}': verify={} is not supported with ioengine={}{why}",
+            spec.name,
+            spec.verify.name(),
             spec.ioengine.name()
         );
     }

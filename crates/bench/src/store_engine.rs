@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::engine::{DIR_NAMES, JobProgress, JobResult, RunControl, WRITE};
 use super::offsets::{OffsetGen, Rng};
-use super::options::{JobSpec, VerifyMode};
+use super::options::JobSpec;
 use super::stats::Meter;
 use bluepoll_base::sys::{Clock, CpuUsage, thread_cpu_usage};
 use bluepoll_reactor::{Context, Poll, Poller};
@@ -39,12 +39,6 @@ const LAYOUT_CHUNK: u64 = 1 << 20;
 /// Checks what a store job can do before anything is opened.
 pub fn validate(spec: &JobSpec) -> Result<()> {
     let name = &spec.name;
-    if spec.verify != VerifyMode::None {
-        bail!(
-            "job '{name}': verify={} is not supported with ioengine=store (the store checksums every block itself)",
-            spec.verify.name()
-        );
-    }
     let Some(filename) = &spec.filename else {
         bail!(
             "job '{name}': ioengine=store needs filename= (the store's devices: URI, or \
